@@ -1,0 +1,70 @@
+"""Settings: every knob of Switchyard, read from the environment (prefix ``SWITCHYARD_``).
+
+The two connection strings also honour the conventional un-prefixed variables
+``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` so that the same environment works
+for Switchyard, its tests and the usual tooling. Extra librdkafka properties pass through
+``SWITCHYARD_KAFKA_OPTIONS`` as JSON (for example ``{"security.protocol": "SASL_SSL"}``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration. Instantiate once per process (see :func:`get_settings`)."""
+
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore", populate_by_name=True)
+
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SWITCHYARD_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+        description="Kafka bootstrap servers. Unset: the local launcher's broker (switchyard dev up).",
+    )
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SWITCHYARD_DATABASE_URL", "DATABASE_URL"),
+        description="PostgreSQL URL (postgresql://...). Unset: the local launcher's server.",
+    )
+    kafka_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra librdkafka properties merged into every client (JSON object).",
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password, merged as sasl.password when set."
+    )
+    topic_prefix: str = Field(default="wf", description="Prefix of every internal topic name.")
+    internal_partitions: int = Field(default=12, ge=1, description="Partitions of the internal topics.")
+    replication_factor: int = Field(default=1, ge=1, description="Replication factor of created topics.")
+    max_trigger_bytes: int = Field(default=256 * 1024, ge=1024, description="Largest accepted trigger.")
+    commit_interval_ms: int = Field(
+        default=100, ge=1, description="Longest a transaction stays open while input keeps arriving."
+    )
+    max_batch: int = Field(default=500, ge=1, description="Most input records per transaction.")
+    metrics_port: int = Field(default=0, ge=0, description="Port of /metrics, /healthz, /readyz (0: off).")
+    log_level: str = Field(default="INFO", description="Root log level.")
+    log_format: str = Field(default="json", description="'json' (structured) or 'text'.")
+    dev_kafka_port: int = Field(default=29092, description="Port of the locally launched broker.")
+    dev_kafka_controller_port: int = Field(default=29093, description="Controller port of that broker.")
+
+    def kafka_config(self) -> dict[str, Any]:
+        """Base librdkafka configuration shared by every client."""
+        if not self.kafka_bootstrap_servers:
+            raise RuntimeError(
+                "No Kafka broker configured: set KAFKA_BOOTSTRAP_SERVERS, or run `switchyard dev up` "
+                "and use the address it prints."
+            )
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap_servers}
+        conf.update(self.kafka_options)
+        if self.kafka_sasl_password is not None:
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        return conf
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

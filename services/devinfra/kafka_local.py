@@ -1,0 +1,248 @@
+"""A real single-node Apache Kafka broker (KRaft, combined broker+controller) run from the official jars.
+
+The jars are resolved once from Maven Central with ``deploy/kafka/pom.xml`` and cached under the
+user's cache dir; data and the log file live under the user's state dir. The broker is configured
+so that transactions work on one node (replication factor 1, min ISR 1).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.devinfra import paths
+from services.devinfra.process import pid_alive, stop_pid, tail, wait_until
+
+KAFKA_VERSION = "4.1.1"
+
+Progress = Callable[[str], object]
+
+
+class LauncherError(RuntimeError):
+    """Something the launcher cannot fix by itself; the message says what the user should do."""
+
+
+@dataclass(frozen=True)
+class LocalKafka:
+    port: int
+    controller_port: int
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def home(self) -> Path:
+        return paths.state_dir() / "kafka"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "broker.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        return pid_alive(self.pid())
+
+    def start(self, progress: Progress = print) -> bool:
+        """Start the broker unless ours is already running. Returns True if this call started it."""
+        if self.running():
+            wait_for_broker(self.bootstrap, timeout_s=90)
+            return False
+        java, libs = _require_tools(), ensure_jars(progress)
+        self.home.mkdir(parents=True, exist_ok=True)
+        data = self.home / "data"
+        props = self.home / "server.properties"
+        props.write_text(_server_properties(self, data))
+        if not (data / "meta.properties").exists():
+            progress(f"formatting Kafka storage in {data}")
+            subprocess.run(
+                [
+                    java,
+                    "-cp",
+                    f"{libs}/*",
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--standalone",
+                    "-t",
+                    _cluster_id(),
+                    "-c",
+                    str(props),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+        progress(f"starting Kafka {KAFKA_VERSION} on {self.bootstrap} (log: {self.log_file})")
+        log4j = paths.deploy_file("kafka", "log4j2.properties")
+        with self.log_file.open("ab") as log:
+            proc = subprocess.Popen(
+                [
+                    java,
+                    "-Xms256m",
+                    "-Xmx1g",
+                    "-XX:+UseG1GC",
+                    "-Djava.awt.headless=true",
+                    f"-Dlog4j2.configurationFile={log4j}",
+                    "-cp",
+                    f"{libs}/*",
+                    "kafka.Kafka",
+                    str(props),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(str(proc.pid))
+        try:
+            wait_until(
+                lambda: proc.poll() is not None or broker_answers(self.bootstrap),
+                timeout_s=120,
+                what=f"Kafka on {self.bootstrap}",
+            )
+        except TimeoutError as exc:
+            raise LauncherError(f"{exc}; last log lines:\n{tail(self.log_file)}") from exc
+        if proc.poll() is not None:
+            raise LauncherError(
+                f"Kafka exited with code {proc.returncode}; "
+                f"last lines of {self.log_file}:\n{tail(self.log_file)}"
+            )
+        return True
+
+    def stop(self) -> bool:
+        pid = self.pid()
+        if not pid_alive(pid):
+            return False
+        assert pid is not None
+        stop_pid(pid, timeout_s=60)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def _require_tools() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise LauncherError(
+            "Java 17+ is needed to run the local Kafka broker. Install it with "
+            "`apt-get install -y openjdk-17-jre-headless` (Debian/Ubuntu), or set KAFKA_BOOTSTRAP_SERVERS."
+        )
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    major = _java_major(out)
+    if major is not None and major < 17:
+        raise LauncherError(f"Kafka 4 needs Java 17 or newer; found Java {major} at {java}.")
+    return java
+
+
+def _java_major(version_output: str) -> int | None:
+    for token in version_output.replace('"', " ").split():
+        head = token.split(".")[0]
+        if head.isdigit() and "." in token:
+            return int(head) if head != "1" else int(token.split(".")[1])
+    return None
+
+
+def jars_dir() -> Path:
+    return paths.cache_dir() / f"kafka-{KAFKA_VERSION}" / "libs"
+
+
+def ensure_jars(progress: Progress = print) -> Path:
+    """Resolve the broker's jars into the cache once (atomic rename, so an interrupted download retries)."""
+    target = jars_dir()
+    if target.is_dir() and any(target.glob("kafka_2.13-*.jar")):
+        return target
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise LauncherError(
+            "Maven is needed once to fetch the Kafka jars. Install it with `apt-get install -y maven`, "
+            "or set KAFKA_BOOTSTRAP_SERVERS to an existing broker."
+        )
+    progress(f"resolving Apache Kafka {KAFKA_VERSION} jars with Maven (once; cached in {target})")
+    tmp = Path(tempfile.mkdtemp(prefix="libs-", dir=paths.cache_dir()))
+    result = subprocess.run(
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(paths.deploy_file("kafka", "pom.xml")),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+            "-DincludeScope=runtime",
+            f"-Dkafka.version={KAFKA_VERSION}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LauncherError(
+            f"Maven could not resolve the Kafka jars:\n{result.stdout[-3000:]}{result.stderr[-2000:]}"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def _cluster_id() -> str:
+    # KRaft wants a base64 UUID; derive one without starting a JVM.
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _server_properties(kafka: LocalKafka, data: Path) -> str:
+    return f"""# Written by `switchyard dev up`; regenerated at every start.
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:{kafka.controller_port}
+listeners=PLAINTEXT://127.0.0.1:{kafka.port},CONTROLLER://127.0.0.1:{kafka.controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{kafka.port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs={data}
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=10
+group.initial.rebalance.delay.ms=0
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+log.retention.hours=168
+"""
+
+
+def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+        admin.list_topics(timeout=timeout_s)
+        return True
+    except Exception:
+        return False
+
+
+def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
+    try:
+        wait_until(lambda: broker_answers(bootstrap), timeout_s, f"Kafka at {bootstrap}")
+    except TimeoutError as exc:
+        raise LauncherError(str(exc)) from exc
