@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     commit_interval_ms: int = Field(
         default=100, ge=1, description="Longest a transaction stays open while input keeps arriving."
     )
+    transaction_timeout_ms: int = Field(
+        default=15_000, ge=1000, description="Kafka transaction timeout; bounds the stall after a crash."
+    )
+    instance_id: str | None = Field(
+        default=None, description="Stable id of this process (transactional ids); default: hostname-pid."
+    )
     max_batch: int = Field(default=500, ge=1, description="Most input records per transaction.")
     metrics_port: int = Field(default=0, ge=0, description="Port of /metrics, /healthz, /readyz (0: off).")
     log_level: str = Field(default="INFO", description="Root log level.")

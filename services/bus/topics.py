@@ -1,0 +1,143 @@
+"""Topic names (all under one configurable prefix), their specs, and `topics ensure` / start-up checks."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from services.config import Settings
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str = "wf"
+
+    @property
+    def inbox(self) -> str:
+        return f"{self.prefix}.inbox"
+
+    @property
+    def commands(self) -> str:
+        return f"{self.prefix}.commands"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def router_state(self) -> str:
+        return f"{self.prefix}.router.state"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}.dlq"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}.control"
+
+    @property
+    def definitions(self) -> str:
+        return f"{self.prefix}.definitions"
+
+    @property
+    def tenants(self) -> str:
+        return f"{self.prefix}.tenants"
+
+    def tenant_triggers(self, tenant: str) -> str:
+        return f"{self.prefix}.tenant.{tenant}.triggers"
+
+    @property
+    def trigger_pattern(self) -> str:
+        """librdkafka regex subscription (leading ^) matching every tenant's trigger topic."""
+        return f"^{re.escape(self.prefix)}\\.tenant\\.[A-Za-z0-9_-]+\\.triggers$"
+
+    def tenant_of(self, topic: str) -> str | None:
+        head, tail = f"{self.prefix}.tenant.", ".triggers"
+        if topic.startswith(head) and topic.endswith(tail):
+            tenant = topic[len(head) : -len(tail)]
+            return tenant if TENANT_ID.fullmatch(tenant) else None
+        return None
+
+
+TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000", "segment.ms": "3600000"}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def internal_specs(settings: Settings) -> list[TopicSpec]:
+    """Every internal topic. inbox, commands, events and router.state are co-partitioned."""
+    t, n = Topics(settings.topic_prefix), settings.internal_partitions
+    return [
+        TopicSpec(t.inbox, n),
+        TopicSpec(t.commands, n),
+        TopicSpec(t.events, n),
+        TopicSpec(t.router_state, n, dict(COMPACTED)),
+        TopicSpec(t.dlq, 3, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+        TopicSpec(t.control, 3),
+        TopicSpec(t.definitions, 1, dict(COMPACTED)),
+        TopicSpec(t.tenants, 1, dict(COMPACTED)),
+    ]
+
+
+class TopicsNotReady(RuntimeError):
+    """Raised at service start when an expected topic is missing or misconfigured."""
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient(settings.kafka_config())
+
+
+def ensure_topics(admin: AdminClient, specs: list[TopicSpec], replication: int = 1) -> list[str]:
+    """Create missing topics; returns the names created. Existing topics are left as they are."""
+    existing = set(admin.list_topics(timeout=15).topics)
+    missing = [s for s in specs if s.name not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(s.name, s.partitions, replication, config=s.config) for s in missing], operation_timeout=30
+    )
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result(timeout=60)
+            created.append(name)
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    return created
+
+
+def check_topics(admin: AdminClient, specs: list[TopicSpec]) -> None:
+    """Fail with one clear message listing every missing or misconfigured topic."""
+    metadata = admin.list_topics(timeout=15).topics
+    problems = []
+    for spec in specs:
+        topic = metadata.get(spec.name)
+        if topic is None or topic.error is not None:
+            problems.append(f"{spec.name}: missing")
+            continue
+        if len(topic.partitions) != spec.partitions:
+            problems.append(
+                f"{spec.name}: has {len(topic.partitions)} partitions, expected {spec.partitions}"
+            )
+    compacted = [s for s in specs if s.config.get("cleanup.policy") == "compact" and s.name in metadata]
+    if compacted:
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in compacted]
+        for resource, future in admin.describe_configs(resources).items():
+            policy = future.result(timeout=30).get("cleanup.policy")
+            if policy is None or "compact" not in str(policy.value):
+                problems.append(f"{resource.name}: cleanup.policy must include compact")
+    if problems:
+        raise TopicsNotReady(
+            "Kafka topics are not ready:\n  " + "\n  ".join(problems) + "\nRun `switchyard topics ensure`."
+        )

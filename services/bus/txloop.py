@@ -1,0 +1,230 @@
+"""The transactional consume → process → produce loop shared by every Kafka→Kafka hop.
+
+One iteration: ``consume`` up to ``max_batch`` records (waiting at most ``commit_interval``),
+hand them to the processor, which writes its output to an :class:`Outbox`; then
+``send_offsets_to_transaction`` with the consumer group metadata and commit. Under load a
+transaction therefore carries a whole batch; when the input is idle it commits as soon as the
+first record arrives, so latency stays low.
+
+No transaction is ever open while the consumer is polled, so a rebalance never meets an open
+transaction: the offsets of revoked partitions were committed with the last batch ("commit on
+revoke"), and a lost partition has nothing of ours pending. On an abortable error the
+transaction is aborted, the consumer rewinds to its committed offsets and the processor
+discards what it did in memory (``on_abort``); on a fatal error the producer is recreated too.
+
+The loop knows nothing of workflows: processors own the semantics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from services.bus.clients import consumer_config, transactional_producer_config
+from services.config import Settings
+from services.observability import metrics
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    """What one transaction produces. Processors call :meth:`send`; the loop owns the producer."""
+
+    def __init__(self, producer: Producer) -> None:
+        self._producer = producer
+        self.count = 0
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: str | bytes | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers}
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self._producer.produce(topic, **kwargs)
+                break
+            except BufferError:
+                self._producer.poll(0.05)  # local queue full: let deliveries drain
+        self.count += 1
+
+
+class Processor(Protocol):
+    def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        """Restore state for newly assigned partitions (called before their first record)."""
+
+    def on_revoked(self, partitions: list[TopicPartition]) -> None:
+        """Forget state of partitions this instance no longer owns."""
+
+    def process(self, messages: Sequence[Message], out: Outbox) -> None:
+        """Handle a batch. Must not raise for bad input: dead-letter it through ``out`` instead."""
+
+    def tick(self, out: Outbox) -> None:
+        """Periodic work inside the transaction (timers, deadlines)."""
+
+    def on_abort(self) -> None:
+        """Undo in-memory effects of the aborted batch (typically: restore from the changelog)."""
+
+
+class TransactionalLoop:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        service: str,
+        group_id: str,
+        transactional_id: str,
+        subscribe: list[str],
+        processor: Processor,
+        consumer_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.processor = processor
+        self.transactional_id = transactional_id
+        self.consumer = Consumer(consumer_config(settings, group_id, **(consumer_overrides or {})))
+        self.producer = self._new_producer()
+        self.subscribe = subscribe
+        self.assigned: set[tuple[str, int]] = set()
+        self.ready = threading.Event()
+        self._failures = 0
+
+    def _new_producer(self) -> Producer:
+        producer = Producer(transactional_producer_config(self.settings, self.transactional_id))
+        producer.init_transactions(60)
+        return producer
+
+    # --- rebalance callbacks (run inside consume()) -------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        started = time.monotonic()
+        self.processor.on_assigned(partitions)
+        self.assigned.update((p.topic, p.partition) for p in partitions)
+        self.ready.set()
+        log.info(
+            "partitions assigned",
+            extra={
+                "service": self.service,
+                "partitions": [f"{p.topic}[{p.partition}]" for p in partitions],
+                "restore_s": round(time.monotonic() - started, 3),
+            },
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.processor.on_revoked(partitions)
+        self.assigned.difference_update((p.topic, p.partition) for p in partitions)
+        log.info("partitions revoked", extra={"service": self.service, "count": len(partitions)})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.processor.on_revoked(partitions)
+        self.assigned.difference_update((p.topic, p.partition) for p in partitions)
+        log.warning("partitions lost", extra={"service": self.service, "count": len(partitions)})
+
+    # --- main loop --------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        self.consumer.subscribe(
+            self.subscribe, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        timeout = self.settings.commit_interval_ms / 1000
+        try:
+            while not stop.is_set():
+                messages = self.consumer.consume(self.settings.max_batch, timeout)
+                self._transaction(messages)
+        finally:
+            self.close()
+
+    def _transaction(self, messages: list[Message]) -> None:
+        records = [m for m in messages if not _is_benign_error(m)]
+        started = time.monotonic()
+        out = Outbox(self.producer)
+        try:
+            self.producer.begin_transaction()
+            if records:
+                self.processor.process(records, out)
+            self.processor.tick(out)
+            if not records and out.count == 0:
+                self.producer.abort_transaction(30)  # nothing happened: no broker round trip needed
+                return
+            positions = self.consumer.position(self.consumer.assignment())
+            positions = [p for p in positions if p.offset >= 0]
+            if positions:
+                self.producer.send_offsets_to_transaction(
+                    positions, self.consumer.consumer_group_metadata(), 30
+                )
+            self.producer.commit_transaction(30)
+            self._failures = 0
+            metrics.TXN_COMMIT_SECONDS.labels(self.service).observe(time.monotonic() - started)
+            metrics.TXN_RECORDS.labels(self.service, "in").inc(len(records))
+            metrics.TXN_RECORDS.labels(self.service, "out").inc(out.count)
+        except KafkaException as exc:
+            self._recover(exc.args[0] if exc.args else None)
+
+    def _recover(self, error: KafkaError | None) -> None:
+        self._failures += 1
+        metrics.TXN_ABORTS.labels(self.service).inc()
+        fatal = error is not None and error.fatal()
+        log.warning(
+            "transaction failed; aborting and rewinding",
+            extra={"service": self.service, "error": str(error), "fatal": fatal},
+        )
+        if fatal:
+            try:
+                self.producer.flush(5)
+            finally:
+                self.producer = self._new_producer()
+        else:
+            try:
+                self.producer.abort_transaction(30)
+            except KafkaException as abort_exc:
+                log.error("abort failed; recreating producer", extra={"error": str(abort_exc)})
+                self.producer = self._new_producer()
+        self._rewind()
+        self.processor.on_abort()
+        time.sleep(min(5.0, 0.1 * 2 ** min(self._failures, 6)))  # back off a failing broker
+
+    def _rewind(self) -> None:
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return
+        for tp in self.consumer.committed(assignment, timeout=30):
+            target = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            try:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, target))
+            except KafkaException as exc:
+                log.warning(
+                    "seek failed", extra={"partition": f"{tp.topic}[{tp.partition}]", "error": str(exc)}
+                )
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("consumer close failed", extra={"error": str(exc)})
+        self.producer.flush(10)
+
+
+def _is_benign_error(msg: Message) -> bool:
+    err = msg.error()
+    if err is None:
+        return False
+    if err.code() == KafkaError._PARTITION_EOF:
+        return True
+    log.warning("consumer error", extra={"error": str(err)})
+    return True

@@ -1,0 +1,1 @@
+"""Contracts: the Avro schema of every record on every topic, and their Confluent-framed (de)serialisation."""

@@ -1,0 +1,91 @@
+"""Prometheus metrics of every service, registered on one registry that tests can replace.
+
+Buckets are explicit: latencies from sub-millisecond (in-memory routing) to tens of seconds
+(slow actions).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+TXN_COMMIT_SECONDS = Histogram(
+    "switchyard_transaction_seconds",
+    "Time of one consume-process-commit transaction",
+    ["service"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+TXN_ABORTS = Counter(
+    "switchyard_transaction_aborts_total", "Transactions aborted and rewound", ["service"], registry=REGISTRY
+)
+TXN_RECORDS = Counter(
+    "switchyard_transaction_records_total",
+    "Records consumed (in) and produced (out) in committed transactions",
+    ["service", "direction"],
+    registry=REGISTRY,
+)
+HANDLER_SECONDS = Histogram(
+    "switchyard_handler_seconds",
+    "Time to handle one record",
+    ["service", "kind", "tenant"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+ACTION_SECONDS = Histogram(
+    "switchyard_action_seconds",
+    "Time of one action attempt",
+    ["action", "tenant", "outcome"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+DLQ_RECORDS = Counter(
+    "switchyard_dlq_records_total",
+    "Records sent to the dead-letter topic",
+    ["service", "reason", "tenant"],
+    registry=REGISTRY,
+)
+STEP_RETRIES = Counter(
+    "switchyard_step_retries_total",
+    "Step attempts scheduled after a failure or timeout",
+    ["tenant", "workflow"],
+    registry=REGISTRY,
+)
+RUNS_FINISHED = Counter(
+    "switchyard_runs_finished_total",
+    "Runs that reached a terminal state",
+    ["tenant", "workflow", "state"],
+    registry=REGISTRY,
+)
+RUNS_STARTED = Counter(
+    "switchyard_runs_started_total",
+    "Runs accepted by the router core",
+    ["tenant", "workflow"],
+    registry=REGISTRY,
+)
+RUNS_IN_FLIGHT = Gauge("switchyard_runs_in_flight", "Runs running now", ["tenant"], registry=REGISTRY)
+RUNS_PENDING = Gauge(
+    "switchyard_runs_pending", "Runs waiting for a concurrency slot", ["tenant"], registry=REGISTRY
+)
+STALE_RESULTS = Counter(
+    "switchyard_stale_results_total",
+    "Step results ignored (stale attempt, finished or unknown run)",
+    ["tenant", "reason"],
+    registry=REGISTRY,
+)
+ROUTER_STATE_RUNS = Gauge("switchyard_router_state_runs", "Runs held in router memory", registry=REGISTRY)
+ROUTER_RESTORE_SECONDS = Histogram(
+    "switchyard_router_restore_seconds",
+    "Time to restore router state on assignment",
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+TRIGGERS = Counter(
+    "switchyard_triggers_total",
+    "Triggers seen by intake, by outcome",
+    ["tenant", "outcome"],
+    registry=REGISTRY,
+)
