@@ -1,0 +1,11 @@
+"""Names of the built-in actions, for validating definitions before an executor is at hand.
+
+The executor's plugin registry is the authority at run time; this list mirrors its built-ins so
+``switchyard workflow validate`` can catch typos offline. Keep the two in sync.
+"""
+
+from __future__ import annotations
+
+BUILTIN_ACTIONS: frozenset[str] = frozenset(
+    {"noop", "echo", "sleep", "fail", "http.request", "firm.update_record"}
+)

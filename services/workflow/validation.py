@@ -1,0 +1,345 @@
+"""Validation of a whole definition: shape (pydantic) plus every cross-field rule, all problems at once.
+
+Rules owned here: size limits, unique step ids, known ``needs`` (no self-loops, no cycles, named
+as ``a -> b -> a``), known actions, expressions that compile, and expression references to
+``steps.<id>`` only where ``<id>`` is an ancestor of the step. The graph rules also run when the
+pydantic shape check failed (on whatever ids and needs can be read), so one pass reports them all.
+
+On "unreachable steps": in an acyclic graph every step is reachable from a root (follow ``needs``
+backwards until a step has none), so once cycles are rejected there is nothing left to check.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from services.workflow.dag import Dag, ancestors, find_cycles
+from services.workflow.expressions import CompiledExpression, ExpressionError, compile_expression
+from services.workflow.models import RetryPolicy, Step, Trigger, WorkflowDefinition
+from services.workflow.problems import DefinitionError, PathPart, Problem, format_path
+from services.workflow.templates import CompiledInputs, compile_inputs
+
+MAX_STEPS = 200
+MAX_EDGES = 2000
+
+
+@dataclass(slots=True)
+class _StepView:
+    """What the graph and expression rules need of a step, read leniently from raw data or a model."""
+
+    index: int
+    id: str | None
+    action: str | None
+    needs: list[tuple[int, str]]
+    when: str | None
+    inputs: Mapping[str, Any] | None
+
+
+@dataclass(slots=True)
+class _View:
+    steps: list[_StepView]
+    trigger_filter: str | None
+
+
+@dataclass(slots=True)
+class CompiledParts:
+    """Everything :func:`check_definition` compiled, for the ``CompiledWorkflow``."""
+
+    dag: Dag | None = None
+    trigger_filter: CompiledExpression | None = None
+    when: dict[str, CompiledExpression] = field(default_factory=dict)
+    inputs: dict[str, CompiledInputs] = field(default_factory=dict)
+
+
+def _view_from_data(data: Mapping[str, Any]) -> _View:
+    trigger = data.get("trigger")
+    flt = trigger.get("filter") if isinstance(trigger, dict) else None
+    raw_steps = data.get("steps")
+    steps: list[_StepView] = []
+    for i, raw in enumerate(raw_steps if isinstance(raw_steps, list) else []):
+        if not isinstance(raw, dict):
+            continue
+        needs = raw.get("needs")
+        inputs = raw.get("inputs")
+        steps.append(
+            _StepView(
+                index=i,
+                id=raw["id"] if isinstance(raw.get("id"), str) else None,
+                action=raw["action"] if isinstance(raw.get("action"), str) else None,
+                needs=[(k, n) for k, n in enumerate(needs) if isinstance(n, str)]
+                if isinstance(needs, list)
+                else [],
+                when=raw["when"] if isinstance(raw.get("when"), str) else None,
+                inputs=inputs if isinstance(inputs, dict) else None,
+            )
+        )
+    return _View(steps, flt if isinstance(flt, str) else None)
+
+
+def _view_from_model(defn: WorkflowDefinition) -> _View:
+    steps = [
+        _StepView(i, s.id, s.action, list(enumerate(s.needs)), s.when, s.inputs)
+        for i, s in enumerate(defn.steps)
+    ]
+    return _View(steps, defn.trigger.filter)
+
+
+def _suggest(word: str, choices: Collection[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _model_at(loc: Sequence[PathPart]) -> type[BaseModel] | None:
+    shapes: list[tuple[tuple[type, ...], type[BaseModel]]] = [
+        ((), WorkflowDefinition),
+        ((str,), Trigger),
+        ((str, int), Step),
+        ((str, int, str), RetryPolicy),
+    ]
+    for shape, model in shapes:
+        if len(loc) == len(shape) and all(isinstance(p, t) for p, t in zip(loc, shape, strict=True)):
+            return model
+    return None
+
+
+def _pydantic_problems(exc: ValidationError, file: str) -> list[Problem]:
+    problems: list[Problem] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if isinstance(p, str | int))
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            model = _model_at(loc[:-1])
+            allowed = sorted(model.model_fields) if model else []
+            msg = f"unknown field {loc[-1]!r}{_suggest(str(loc[-1]), allowed)}"
+            if allowed:
+                msg += f"; allowed fields: {', '.join(allowed)}"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        elif err["type"] == "string_pattern_mismatch":
+            msg = f"{err['input']!r} does not match the pattern {err.get('ctx', {}).get('pattern')}"
+        problems.append(Problem(file, format_path(loc), msg))
+    return problems
+
+
+def _graph_problems(view: _View, file: str) -> list[Problem]:
+    problems: list[Problem] = []
+    if len(view.steps) > MAX_STEPS:
+        problems.append(
+            Problem(file, "steps", f"{len(view.steps)} steps; the limit is {MAX_STEPS}. Split the workflow")
+        )
+    edges = sum(len({n for _, n in s.needs}) for s in view.steps)
+    if edges > MAX_EDGES:
+        problems.append(Problem(file, "steps", f"{edges} needs edges; the limit is {MAX_EDGES}"))
+    first_at: dict[str, int] = {}
+    for step in view.steps:
+        if step.id is None:
+            continue
+        if step.id in first_at:
+            problems.append(
+                Problem(
+                    file,
+                    f"steps[{step.index}].id",
+                    f"duplicate step id {step.id!r} (first used by steps[{first_at[step.id]}]); "
+                    "step ids must be unique",
+                )
+            )
+        else:
+            first_at[step.id] = step.index
+    for step in view.steps:
+        seen: set[str] = set()
+        for k, need in step.needs:
+            where = f"steps[{step.index}].needs[{k}]"
+            if need == step.id:
+                problems.append(Problem(file, where, f"step {need!r} needs itself; remove it from needs"))
+            elif need not in first_at:
+                problems.append(
+                    Problem(
+                        file,
+                        where,
+                        f"needs unknown step {need!r}{_suggest(need, first_at)}; "
+                        "every need must be the id of another step in this workflow",
+                    )
+                )
+            elif need in seen:
+                problems.append(Problem(file, where, f"{need!r} is listed twice in needs; remove one"))
+            seen.add(need)
+    problems.extend(_cycle_problems(view, first_at, file))
+    return problems
+
+
+def _needs_map(view: _View, first_at: Mapping[str, int]) -> dict[str, list[str]]:
+    needs: dict[str, list[str]] = {}
+    for step in view.steps:
+        if step.id is not None and first_at.get(step.id) == step.index:
+            needs[step.id] = [n for _, n in step.needs if n in first_at and n != step.id]
+    return needs
+
+
+def _cycle_problems(view: _View, first_at: Mapping[str, int], file: str) -> list[Problem]:
+    needs = _needs_map(view, first_at)
+    problems: list[Problem] = []
+    by_id = {s.id: s for s in view.steps if s.id is not None and first_at.get(s.id) == s.index}
+    for cycle in find_cycles(list(needs), needs):
+        head = by_id[cycle[0]]
+        k = next(k for k, n in head.needs if n == cycle[1])
+        problems.append(
+            Problem(
+                file,
+                f"steps[{head.index}].needs[{k}]",
+                f"needs form a cycle: {' -> '.join(cycle)} (`x -> y` means x needs y); "
+                "remove one of these needs",
+            )
+        )
+    return problems
+
+
+def _reference_problems(
+    refs: Collection[str],
+    step: _StepView,
+    ancestry: Collection[str],
+    known: Collection[str],
+    where: str,
+    file: str,
+) -> list[Problem]:
+    problems: list[Problem] = []
+    for ref in sorted(refs):
+        if ref == step.id:
+            msg = f"references the output of its own step {ref!r}; a step can only read the steps it needs"
+        elif ref not in known:
+            msg = f"references unknown step {ref!r}{_suggest(ref, known)}"
+        elif ref not in ancestry:
+            msg = f"references step {ref!r} which is not an ancestor; add it to needs"
+        else:
+            continue
+        problems.append(Problem(file, where, msg))
+    return problems
+
+
+def _expression_problems(
+    view: _View, file: str, known_actions: Collection[str] | None, parts: CompiledParts
+) -> list[Problem]:
+    problems: list[Problem] = []
+    if view.trigger_filter is not None:
+        try:
+            parts.trigger_filter = compile_expression(view.trigger_filter)
+            if parts.trigger_filter.step_refs:
+                problems.append(
+                    Problem(
+                        file,
+                        "trigger.filter",
+                        "the trigger filter runs before any step; it cannot use `steps`",
+                    )
+                )
+        except ExpressionError as exc:
+            problems.append(Problem(file, "trigger.filter", str(exc)))
+    first_at: dict[str, int] = {}
+    for s in view.steps:
+        if s.id is not None:
+            first_at.setdefault(s.id, s.index)
+    needs = _needs_map(view, first_at)
+    for step in view.steps:
+        ancestry = ancestors(needs, step.id) if step.id is not None else frozenset()
+        if known_actions is not None and step.action is not None and step.action not in known_actions:
+            problems.append(
+                Problem(
+                    file,
+                    f"steps[{step.index}].action",
+                    f"unknown action {step.action!r}{_suggest(step.action, known_actions)}; "
+                    f"known actions: {', '.join(sorted(known_actions))}",
+                )
+            )
+        if step.when is not None:
+            where = f"steps[{step.index}].when"
+            try:
+                expr = compile_expression(step.when)
+                problems.extend(_reference_problems(expr.step_refs, step, ancestry, first_at, where, file))
+                if step.id is not None:
+                    parts.when[step.id] = expr
+            except ExpressionError as exc:
+                problems.append(Problem(file, where, str(exc)))
+        if step.inputs is not None:
+            compiled, template_problems = compile_inputs(step.inputs)
+            for tp in template_problems:
+                problems.append(
+                    Problem(file, format_path(("steps", step.index, "inputs", *tp.path)), str(tp.error))
+                )
+            for key, value in step.inputs.items():
+                sub, _ = compile_inputs({key: value})
+                where = format_path(("steps", step.index, "inputs", key))
+                problems.extend(_reference_problems(sub.step_refs, step, ancestry, first_at, where, file))
+            if step.id is not None:
+                parts.inputs[step.id] = compiled
+    return problems
+
+
+def _attach_lines(problems: Sequence[Problem], lines: Mapping[str, int] | None) -> list[Problem]:
+    if not lines:
+        return list(problems)
+    out: list[Problem] = []
+    for p in problems:
+        line = p.line
+        path = p.path
+        while line is None and path:
+            line = lines.get(path)
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut] if cut > 0 else ("$" if path != "$" else "")
+        out.append(Problem(p.file, p.path, p.message, line))
+    return out
+
+
+def check_definition(
+    defn: WorkflowDefinition, *, file: str = "<definition>", known_actions: Collection[str] | None = None
+) -> tuple[list[Problem], CompiledParts]:
+    """All cross-field problems of a shape-valid definition, and the compiled pieces (when none)."""
+    view = _view_from_model(defn)
+    parts = CompiledParts()
+    problems = _graph_problems(view, file)
+    problems.extend(_expression_problems(view, file, known_actions, parts))
+    if not problems:
+        parts.dag = Dag.from_needs({s.id: s.needs for s in defn.steps})
+    return problems, parts
+
+
+def validate_definition_data(
+    data: Mapping[str, Any],
+    *,
+    file: str = "<definition>",
+    known_actions: Collection[str] | None = None,
+    lines: Mapping[str, int] | None = None,
+    problems: Sequence[Problem] = (),
+) -> WorkflowDefinition:
+    """Validate parsed data as a definition; raise :class:`DefinitionError` with every problem.
+
+    ``problems`` are earlier findings (e.g. duplicate keys from the loader) to report together;
+    ``lines`` maps JSON paths to source lines so problems can name them.
+    """
+    found = list(problems)
+    try:
+        defn: WorkflowDefinition | None = WorkflowDefinition.model_validate(data)
+    except ValidationError as exc:
+        defn = None
+        found.extend(_pydantic_problems(exc, file))
+    if defn is not None:
+        found.extend(check_definition(defn, file=file, known_actions=known_actions)[0])
+    else:
+        view = _view_from_data(data)
+        found.extend(_graph_problems(view, file))
+        found.extend(_expression_problems(view, file, known_actions, CompiledParts()))
+    if found:
+        raise DefinitionError(_attach_lines(found, lines))
+    assert defn is not None
+    return defn
+
+
+def validate_definition(
+    defn: WorkflowDefinition, *, file: str = "<definition>", known_actions: Collection[str] | None = None
+) -> None:
+    """Check an already-built model; :class:`DefinitionError` with every problem if invalid."""
+    problems, _ = check_definition(defn, file=file, known_actions=known_actions)
+    if problems:
+        raise DefinitionError(problems)
