@@ -1,0 +1,18 @@
+"""Built-in actions: ``noop``, ``echo``, ``sleep``, ``fail`` and ``http.request``.
+
+They double as examples of the plugin interface (:mod:`services.executor.plugins`).
+"""
+
+from __future__ import annotations
+
+from services.actions.basic import Echo, Fail, Noop, Sleep
+from services.actions.http import HttpRequest
+from services.executor.plugins import Action
+
+
+def builtin_actions() -> list[Action]:
+    """Fresh instances of every built-in action."""
+    return [Noop(), Echo(), Sleep(), Fail(), HttpRequest()]
+
+
+__all__ = ["Echo", "Fail", "HttpRequest", "Noop", "Sleep", "builtin_actions"]
