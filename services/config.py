@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     instance_id: str | None = Field(
         default=None, description="Stable id of this process (transactional ids); default: hostname-pid."
     )
+    finished_run_retention_s: float = Field(
+        default=6 * 3600, gt=0, description="How long finished runs stay in router state (dedupe window)."
+    )
     max_batch: int = Field(default=500, ge=1, description="Most input records per transaction.")
     metrics_port: int = Field(default=0, ge=0, description="Port of /metrics, /healthz, /readyz (0: off).")
     log_level: str = Field(default="INFO", description="Root log level.")

@@ -1,0 +1,188 @@
+"""`switchyard demo`: the README's main job — the real engine on the example workflows, end to end.
+
+It brings up Kafka and PostgreSQL (or uses the configured ones), creates the internal topics and
+the database schema, registers a ``demo`` tenant with a fresh signing key, signs and publishes
+the example workflows, runs router + executor + projector in this process, fires the example
+triggers and prints the resulting runs from PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+
+import typer
+from confluent_kafka import Producer
+from rich.console import Console
+from rich.table import Table
+
+from services.bus.clients import plain_producer_config
+from services.bus.topics import Topics, admin_client, ensure_topics, internal_specs
+from services.config import Settings, get_settings
+from services.contracts import serde
+from services.devinfra import launcher, paths
+from services.runtime import install_signal_handlers, run_services, setup_logging
+from services.tenancy.admin import create_trigger_topic, read_tenants, save_tenant
+from services.tenancy.config import TenantConfig
+from services.workflow.loader import load_definition_file
+from services.workflow.signing import (
+    KeyEntry,
+    Keyring,
+    generate_keypair,
+    private_key_from_b64,
+    sign_definition,
+)
+
+out = Console()
+err = Console(stderr=True)
+TENANT = "demo"
+KEY_ID = "demo-key-1"
+EXAMPLES = paths.REPO_ROOT / "deploy" / "examples"
+
+
+def _step(msg: str) -> None:
+    err.print(f"[cyan]•[/] {msg}")
+
+
+def _demo_keys() -> tuple[str, str]:
+    key_file = paths.state_dir() / "demo-signing-key.json"
+    if key_file.exists():
+        data = json.loads(key_file.read_text())
+        return data["private"], data["public"]
+    private, public = generate_keypair()
+    key_file.write_text(json.dumps({"private": private, "public": public}))
+    key_file.chmod(0o600)
+    return private, public
+
+
+def _setup_tenant(settings: Settings, public: str) -> None:
+    existing = read_tenants(settings).get(TENANT)
+    keyring = Keyring(tenant=TENANT, keys=[KeyEntry(key_id=KEY_ID, public_key=public)])
+    config = (existing or TenantConfig(tenant=TENANT, scopes=["firm_data:write", "email:send"])).model_copy(
+        update={"keyring": keyring, "status": "active"}
+    )
+    create_trigger_topic(settings, config)
+    if existing != config:
+        save_tenant(settings, config, wait_visible_s=10)
+
+
+def _publish_examples(settings: Settings, private: str, known_actions: set[str]) -> list[str]:
+    from services.registry.publishing import publish_signed
+
+    names = []
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        definition = load_definition_file(path)
+        missing = {s.action for s in definition.steps} - known_actions
+        if missing:
+            _step(f"skipping {path.name}: actions {sorted(missing)} are not installed")
+            continue
+        signed = sign_definition(definition, tenant=TENANT, key_id=KEY_ID, private_key=private_key_from_b64(private))
+        publish_signed(settings, signed, "switchyard-demo")
+        names.append(definition.name)
+    return names
+
+
+def _fire(settings: Settings, workflows: list[str]) -> int:
+    producer = Producer(plain_producer_config(settings))
+    topic = Topics(settings.topic_prefix).tenant_triggers(TENANT)
+    sent = 0
+    for trigger in json.loads((EXAMPLES / "triggers.json").read_text()):
+        record = {"event_type": trigger["event_type"], "data_json": json.dumps(trigger["data"]),
+                  "idempotency_key": trigger["idempotency_key"], "correlation_id": None,
+                  "occurred_at": int(time.time() * 1000)}
+        producer.produce(topic, key=trigger["idempotency_key"], value=serde.encode("TriggerEvent", record))
+        sent += 1
+    producer.flush(30)
+    return sent
+
+
+def _wait_for_runs(settings: Settings, keys: list[str], timeout_s: float) -> list[dict[str, object]]:
+    import psycopg
+
+    assert settings.database_url
+    deadline = time.monotonic() + timeout_s
+    rows: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        with psycopg.connect(settings.database_url) as conn:
+            cur = conn.execute(
+                "select run_id, workflow, version, state, idempotency_key, correlation_id, "
+                "extract(epoch from (finished_at - created_at)) as seconds, "
+                "(select count(*) from steps s where s.run_id = r.run_id) as steps "
+                "from runs r where tenant = %s and idempotency_key = any(%s) order by created_at",
+                (TENANT, keys),
+            )
+            names = [c.name for c in cur.description or []]
+            rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        if rows and all(r["state"] in ("succeeded", "failed", "cancelled") for r in rows) and len(rows) >= 1:
+            return rows
+        time.sleep(0.3)
+    return rows
+
+
+def demo(
+    keep_running: bool = typer.Option(False, help="Keep the engine running after the demo (Ctrl-C stops)."),
+    timeout: float = typer.Option(90.0, help="Seconds to wait for the example runs to finish."),
+) -> None:
+    """Run the engine on the example workflows: infrastructure, tenant, signed workflows, triggers, results."""
+    from services.executor.plugins import ActionRegistry
+    from services.executor.service import run_executor
+    from services.projector.db import upgrade_database
+    from services.projector.service import run_projector
+    from services.router.service import run_router
+
+    base = get_settings()
+    try:
+        state = launcher.up(base, _step)
+    except launcher.LauncherError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    assert state.kafka and state.postgres
+    settings = base.model_copy(update={"kafka_bootstrap_servers": state.kafka.address,
+                                       "database_url": state.postgres.address,
+                                       "log_format": base.log_format if base.log_level != "INFO" else "text",
+                                       "log_level": "WARNING" if base.log_level == "INFO" else base.log_level,
+                                       "instance_id": base.instance_id or "demo"})
+    setup_logging(settings)
+    _step("ensuring topics and database schema")
+    ensure_topics(admin_client(settings), internal_specs(settings), settings.replication_factor)
+    upgrade_database(settings.database_url or "")
+    private, public = _demo_keys()
+    _step(f"registering tenant {TENANT!r} with signing key {KEY_ID}")
+    _setup_tenant(settings, public)
+    known = set(ActionRegistry.load().names())
+    published = _publish_examples(settings, private, known)
+    _step(f"published signed workflows: {', '.join(published)}")
+
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    services = {"router": run_router, "executor": run_executor, "projector": run_projector}
+    engine = threading.Thread(target=run_services, args=(settings, services, stop), name="engine")
+    engine.start()
+    triggers = json.loads((EXAMPLES / "triggers.json").read_text())
+    sent = _fire(settings, published)
+    _step(f"sent {sent} triggers to {Topics(settings.topic_prefix).tenant_triggers(TENANT)}; waiting for runs")
+    started = time.monotonic()
+    rows = _wait_for_runs(settings, [t["idempotency_key"] for t in triggers], timeout)
+    table = Table("run", "workflow", "state", "steps", "seconds", "idempotency key", "correlation id",
+                  title=f"Runs of tenant {TENANT} (from PostgreSQL)")
+    for row in rows:
+        table.add_row(str(row["run_id"])[:8], f"{row['workflow']} v{row['version']}", str(row["state"]),
+                      str(row["steps"]), f"{float(row['seconds'] or 0):.2f}", str(row["idempotency_key"]),
+                      str(row["correlation_id"])[:8])
+    out.print(table)
+    finished = [r for r in rows if r["state"] in ("succeeded", "failed", "cancelled")]
+    err.print(f"{len(finished)}/{len(rows)} runs finished in {time.monotonic() - started:.1f}s. "
+              "Inspect one with: switchyard runs show RUN_ID")
+    if keep_running and not stop.is_set():
+        err.print("engine running; Ctrl-C to stop")
+        while engine.is_alive() and not stop.is_set():
+            engine.join(0.5)
+    stop.set()
+    engine.join()
+    if not rows or len(finished) < len(rows):
+        raise typer.Exit(1)
+
+
+

@@ -1,0 +1,128 @@
+"""`switchyard router | executor | projector | run | topics | trigger`: the engine's processes and plumbing."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import typer
+from confluent_kafka import Producer
+from rich.console import Console
+
+from services.bus.clients import plain_producer_config
+from services.bus.topics import Topics, admin_client, ensure_topics, internal_specs
+from services.config import Settings, get_settings
+from services.contracts import serde
+from services.runtime import install_signal_handlers, run_services, setup_logging
+
+err = Console(stderr=True)
+INSTANCE_HELP = "Stable id of this instance (keeps its transactional id across restarts, so a restart fences "
+INSTANCE_HELP += "its predecessor at once). Default: SWITCHYARD_INSTANCE_ID, else hostname-pid."
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    if not settings.kafka_bootstrap_servers:
+        err.print("[red]error:[/] KAFKA_BOOTSTRAP_SERVERS is not set. Start a local broker with "
+                  "`switchyard dev up` and `eval \"$(switchyard dev env)\"`.")
+        raise typer.Exit(2)
+    return settings
+
+
+def _serve(services: dict[str, object], instance_id: str | None) -> None:
+    settings = _settings()
+    if instance_id:
+        settings = settings.model_copy(update={"instance_id": instance_id})
+    setup_logging(settings)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    run_services(settings, services, stop)  # type: ignore[arg-type]
+
+
+def router(instance_id: str | None = typer.Option(None, help=INSTANCE_HELP)) -> None:
+    """Run the router: intake (triggers, control → inbox) and core (run state, step commands, history)."""
+    from services.router.service import run_router
+
+    _serve({"router": run_router}, instance_id)
+
+
+def executor(instance_id: str | None = typer.Option(None, help=INSTANCE_HELP)) -> None:
+    """Run a stateless step executor: step commands → actions → step results."""
+    from services.executor.service import run_executor
+
+    _serve({"executor": run_executor}, instance_id)
+
+
+def projector() -> None:
+    """Run the state projector: run history → PostgreSQL (exactly once, offsets stored with the data)."""
+    from services.projector.db import upgrade_database
+    from services.projector.service import run_projector
+
+    settings = _settings()
+    if not settings.database_url:
+        err.print("[red]error:[/] DATABASE_URL is not set (`switchyard dev up` starts a local PostgreSQL).")
+        raise typer.Exit(2)
+    upgrade_database(settings.database_url)
+    _serve({"projector": run_projector}, None)
+
+
+def run(instance_id: str | None = typer.Option(None, help=INSTANCE_HELP)) -> None:
+    """Run router, executor and projector in one process (development)."""
+    from services.executor.service import run_executor
+    from services.projector.db import upgrade_database
+    from services.projector.service import run_projector
+    from services.router.service import run_router
+
+    settings = _settings()
+    services: dict[str, object] = {"router": run_router, "executor": run_executor}
+    if settings.database_url:
+        upgrade_database(settings.database_url)
+        services["projector"] = run_projector
+    else:
+        err.print("[yellow]DATABASE_URL is not set: running without the projector[/]")
+    _serve(services, instance_id)
+
+
+topics_app = typer.Typer(help="Create and check the internal Kafka topics.", no_args_is_help=True)
+
+
+@topics_app.command("ensure")
+def topics_ensure() -> None:
+    """Create every internal topic that is missing (partitions and configs from the settings)."""
+    settings = _settings()
+    specs = internal_specs(settings)
+    created = ensure_topics(admin_client(settings), specs, settings.replication_factor)
+    for spec in specs:
+        mark = "created" if spec.name in created else "exists"
+        err.print(f"{mark:8} {spec.name}  partitions={spec.partitions} {spec.config or ''}")
+
+
+def trigger(
+    tenant: str = typer.Option(..., help="Tenant id: the trigger goes to that tenant's trigger topic."),
+    event: str = typer.Option(..., help="Event type, e.g. client.created."),
+    data: str = typer.Option("{}", help="The business payload, a JSON document."),
+    key: str | None = typer.Option(None, help="Idempotency key: the same key never starts a second run."),
+    correlation_id: str | None = typer.Option(None, help="Correlation id (default: derived from the key)."),
+) -> None:
+    """Produce one trigger event to a tenant's trigger topic (as any tenant app would)."""
+    settings = _settings()
+    try:
+        json.loads(data)
+    except ValueError as exc:
+        err.print(f"[red]error:[/] --data is not valid JSON: {exc}")
+        raise typer.Exit(2) from exc
+    record = {"event_type": event, "data_json": data, "idempotency_key": key or str(uuid.uuid4()),
+              "correlation_id": correlation_id, "occurred_at": int(time.time() * 1000)}
+    topic = Topics(settings.topic_prefix).tenant_triggers(tenant)
+    producer = Producer(plain_producer_config(settings))
+    failures: list[str] = []
+    producer.produce(topic, key=record["idempotency_key"], value=serde.encode("TriggerEvent", record),
+                     on_delivery=lambda e, m: failures.append(str(e)) if e else None)
+    producer.flush(30)
+    if failures:
+        err.print(f"[red]error:[/] could not produce to {topic}: {failures[0]} "
+                  f"(does the tenant exist? `switchyard tenant show {tenant}`)")
+        raise typer.Exit(1)
+    err.print(f"sent {event} to {topic} with key {record['idempotency_key']}")

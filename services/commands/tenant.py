@@ -1,0 +1,112 @@
+"""`switchyard tenant`: create, change, suspend and inspect tenants (the compacted tenants registry)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from services.commands.engine import _settings
+from services.tenancy.admin import create_trigger_topic, read_tenants, save_tenant
+from services.tenancy.config import TenantConfig
+from services.workflow.signing import KeyEntry, Keyring
+
+app = typer.Typer(help="Tenants: trigger topics, limits, permission scopes and signing keyrings.",
+                  no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+
+def _get(tenant: str) -> TenantConfig:
+    config = read_tenants(_settings()).get(tenant)
+    if config is None:
+        err.print(f"[red]error:[/] no tenant {tenant!r} (create it with `switchyard tenant create {tenant}`)")
+        raise typer.Exit(1)
+    return config
+
+
+def _save(config: TenantConfig) -> None:
+    save_tenant(_settings(), config)
+    out.print_json(json.dumps(config.model_dump(mode="json")))
+
+
+@app.command()
+def create(
+    tenant: str = typer.Argument(..., help="Tenant id: lower-case letters, digits, '-' and '_'."),
+    max_concurrent_runs: int = typer.Option(100, help="Runs running at once across the tenant's workflows."),
+    trigger_rate: float = typer.Option(100.0, help="Triggers accepted per second."),
+    trigger_burst: int = typer.Option(200, help="Trigger burst (token bucket size)."),
+    trigger_partitions: int = typer.Option(3, help="Partitions of the tenant's trigger topic."),
+    scope: list[str] = typer.Option([], help="Granted permission scope (repeat), e.g. firm_data:write."),
+    operator: list[str] = typer.Option([], help="Who may replay/cancel the tenant's runs (repeat)."),
+    public_key: Path | None = typer.Option(None, help="Public key file (from `workflow keygen`) to trust."),
+    key_id: str | None = typer.Option(None, help="Key id of --public-key."),
+) -> None:
+    """Register a tenant and create its trigger topic. Fails if the tenant exists (use `update`)."""
+    settings = _settings()
+    if tenant in read_tenants(settings):
+        err.print(f"[red]error:[/] tenant {tenant!r} exists; use `switchyard tenant update`")
+        raise typer.Exit(1)
+    keys = []
+    if public_key is not None:
+        if not key_id:
+            err.print("[red]error:[/] --public-key needs --key-id")
+            raise typer.Exit(2)
+        keys.append(KeyEntry(key_id=key_id, public_key=public_key.read_text().strip()))
+    try:
+        config = TenantConfig(
+            tenant=tenant, max_concurrent_runs=max_concurrent_runs, trigger_rate=trigger_rate,
+            trigger_burst=trigger_burst, trigger_partitions=trigger_partitions, scopes=scope, operators=operator,
+            keyring=Keyring(tenant=tenant, keys=keys),
+        )
+    except ValidationError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    created = create_trigger_topic(settings, config)
+    err.print(("created" if created else "kept existing") + f" trigger topic for {tenant}")
+    _save(config)
+
+
+@app.command()
+def add_key(
+    tenant: str,
+    key_id: str = typer.Option(..., help="Id of the new key."),
+    public_key: Path = typer.Option(..., help="Public key file (base64 raw Ed25519, from `workflow keygen`)."),
+) -> None:
+    """Trust one more signing key (rotation: add the new key, then later revoke the old one)."""
+    config = _get(tenant)
+    keyring = config.keyring_or_empty()
+    entry = KeyEntry(key_id=key_id, public_key=public_key.read_text().strip())
+    _save(config.model_copy(update={"keyring": Keyring(tenant=tenant, keys=[*keyring.keys, entry])}))
+
+
+@app.command()
+def suspend(tenant: str) -> None:
+    """Refuse the tenant's triggers (they go to the DLQ with reason tenant_suspended)."""
+    _save(_get(tenant).model_copy(update={"status": "suspended"}))
+
+
+@app.command()
+def resume(tenant: str) -> None:
+    """Accept the tenant's triggers again."""
+    _save(_get(tenant).model_copy(update={"status": "active"}))
+
+
+@app.command()
+def show(tenant: str) -> None:
+    """Print a tenant's configuration as JSON."""
+    out.print_json(json.dumps(_get(tenant).model_dump(mode="json")))
+
+
+@app.command("list")
+def list_() -> None:
+    """List tenants with their status and limits."""
+    table = Table("tenant", "status", "max runs", "trigger rate", "scopes", "keys")
+    for name, config in sorted(read_tenants(_settings()).items()):
+        table.add_row(name, config.status, str(config.max_concurrent_runs), f"{config.trigger_rate:g}/s",
+                      ", ".join(config.scopes), str(len(config.keyring_or_empty().keys)))
+    out.print(table)

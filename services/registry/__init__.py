@@ -1,0 +1,1 @@
+"""Registries kept on compacted topics: tenants and signed workflow definitions."""

@@ -1,0 +1,324 @@
+"""The run state machine: pure transitions of one run, no I/O, no clock, no randomness of its own.
+
+Each entry point mutates a :class:`RunState` and returns :class:`Effects` — history events,
+step commands, timers and dead letters — which the Kafka-facing core turns into records. Time
+(``now_ms``) and jitter (``rand``) come in as arguments, so every transition is reproducible in
+unit tests.
+
+Run status: ``pending`` (admitted, waiting for a concurrency slot) → ``running`` ⇄ ``retrying``
+(some step waits for its backoff) → ``succeeded`` | ``failed`` | ``cancelled``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.router.state import RunState, RunStatus, StepRecord
+from services.workflow.compiled import CompiledWorkflow, StepStatus
+from services.workflow.expressions import EvalContext, ExpressionError
+
+#: The router waits this long past a step's deadline before declaring it timed out, so that the
+#: executor's own timeout report (sent at the deadline) normally wins the race.
+DEADLINE_GRACE_MS = 2_000
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    step_id: str | None = None
+    attempt: int | None = None
+    state: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Command:
+    step_id: str
+    attempt: int
+    action: str
+    inputs: dict[str, Any]
+    deadline_ms: int
+
+    def idempotency_key(self, run_id: str) -> str:
+        return f"{run_id}:{self.step_id}:{self.attempt}"
+
+
+@dataclass(frozen=True)
+class Timer:
+    due_ms: int
+    run_id: str
+    step_id: str
+    attempt: int
+    kind: str  # "retry" | "deadline"
+
+
+@dataclass
+class Effects:
+    events: list[Event] = field(default_factory=list)
+    commands: list[Command] = field(default_factory=list)
+    timers: list[Timer] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return any(e.type in ("run_succeeded", "run_failed", "run_cancelled") for e in self.events)
+
+
+def context(run: RunState) -> EvalContext:
+    outputs = {sid: rec.output for sid, rec in run.steps.items() if rec.status == StepStatus.SUCCEEDED}
+    return EvalContext(trigger=run.trigger, step_outputs=outputs)
+
+
+def new_run_steps(workflow: CompiledWorkflow) -> dict[str, StepRecord]:
+    return {step.id: StepRecord() for step in workflow.definition.steps}
+
+
+def admitted(run: RunState, source: str) -> Effects:
+    """First event of every run: it exists, and is pending until a slot is free."""
+    return Effects(
+        events=[
+            Event(
+                "run_pending",
+                state=RunStatus.PENDING.value,
+                detail={
+                    "trigger": {
+                        "event_type": run.trigger.get("event"),
+                        "data": run.trigger.get("data"),
+                        "idempotency_key": run.idempotency_key,
+                    },
+                    "source": source,
+                },
+            )
+        ]
+    )
+
+
+def start(run: RunState, workflow: CompiledWorkflow, now_ms: int) -> Effects:
+    effects = Effects()
+    run.status = RunStatus.RUNNING
+    effects.events.append(Event("run_started", state=RunStatus.RUNNING.value))
+    _advance(run, workflow, now_ms, effects)
+    return effects
+
+
+def on_result(run: RunState, workflow: CompiledWorkflow, result: dict[str, Any], now_ms: int, rand: float) -> Effects:
+    """Apply one StepResult. Stale or duplicate results are reported, never applied."""
+    effects = Effects()
+    step_id, attempt = result["step_id"], result["attempt"]
+    rec = run.steps.get(step_id)
+    reason = _stale_reason(run, rec, attempt)
+    if reason is not None:
+        effects.events.append(Event("result_ignored", step_id, attempt, detail={"reason": reason}))
+        return effects
+    assert rec is not None
+    timing = {
+        "started_at": result.get("started_at"),
+        "finished_at": result.get("finished_at"),
+        "executor_id": result.get("executor_id"),
+    }
+    if result["status"] == "succeeded":
+        rec.status = StepStatus.SUCCEEDED
+        rec.output = _loads(result.get("output_json"))
+        rec.deadline_ms = None
+        effects.events.append(
+            Event("step_succeeded", step_id, attempt, StepStatus.SUCCEEDED.value, {"output": rec.output, **timing})
+        )
+        _advance(run, workflow, now_ms, effects)
+    else:
+        kind = result.get("error_kind") or "action_error"
+        _failed_attempt(
+            run, workflow, step_id, kind, result.get("error_message") or "", bool(result.get("retryable", True)),
+            now_ms, rand, effects, event_type=None, extra=timing,
+        )
+    return effects
+
+
+def on_timer(run: RunState, workflow: CompiledWorkflow, timer: Timer, now_ms: int, rand: float) -> Effects:
+    effects = Effects()
+    rec = run.steps.get(timer.step_id)
+    if run.status.terminal or rec is None or rec.attempt != timer.attempt:
+        return effects  # superseded timer
+    if timer.kind == "retry" and rec.status == StepStatus.RETRYING:
+        _schedule(run, workflow, timer.step_id, now_ms, effects)
+        _refresh_status(run, effects)
+    elif timer.kind == "deadline" and rec.status == StepStatus.RUNNING:
+        _failed_attempt(
+            run, workflow, timer.step_id, "timeout",
+            f"no result for attempt {rec.attempt} by its deadline", True, now_ms, rand, effects,
+            event_type="step_timed_out",
+        )
+    return effects
+
+
+def cancel(run: RunState, requester: str, reason: str) -> Effects:
+    effects = Effects()
+    if run.status.terminal:
+        return effects
+    for step_id, rec in run.steps.items():
+        if rec.status in (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.RETRYING):
+            rec.status = StepStatus.CANCELLED
+            rec.deadline_ms = rec.retry_at_ms = None
+            effects.events.append(Event("step_cancelled", step_id, rec.attempt or None, StepStatus.CANCELLED.value))
+    run.status = RunStatus.CANCELLED
+    effects.events.append(
+        Event("run_cancelled", state=RunStatus.CANCELLED.value, detail={"requester": requester, "reason": reason})
+    )
+    return effects
+
+
+# --- internals -------------------------------------------------------------------------------------------
+
+
+def _stale_reason(run: RunState, rec: StepRecord | None, attempt: int) -> str | None:
+    if rec is None:
+        return "unknown_step"
+    if run.status.terminal:
+        return f"run_{run.status.value}"
+    if attempt != rec.attempt:
+        return "stale_attempt"
+    if rec.status != StepStatus.RUNNING:
+        return f"step_{rec.status}"
+    return None
+
+
+def _loads(text: str | None) -> Any:
+    import json
+
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _failed_attempt(
+    run: RunState,
+    workflow: CompiledWorkflow,
+    step_id: str,
+    kind: str,
+    message: str,
+    retryable: bool,
+    now_ms: int,
+    rand: float,
+    effects: Effects,
+    event_type: str | None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    rec = run.steps[step_id]
+    policy = workflow.definition.step(step_id).retry
+    rec.error_kind, rec.error_message, rec.deadline_ms = kind, message, None
+    detail = {"error_kind": kind, "error_message": message, **(extra or {})}
+    if retryable and policy.should_retry(rec.attempt, kind):
+        delay_ms = int(policy.backoff(rec.attempt, rand) * 1000)
+        rec.status = StepStatus.RETRYING
+        rec.retry_at_ms = now_ms + delay_ms
+        detail.update(retry_at=rec.retry_at_ms, next_attempt=rec.attempt + 1)
+        effects.events.append(Event(event_type or "step_retrying", step_id, rec.attempt, StepStatus.RETRYING.value, detail))
+        effects.timers.append(Timer(rec.retry_at_ms, run.run_id, step_id, rec.attempt, "retry"))
+        _refresh_status(run, effects)
+        return
+    rec.status = StepStatus.FAILED
+    detail["retries_exhausted"] = retryable
+    effects.events.append(Event(event_type or "step_failed", step_id, rec.attempt, StepStatus.FAILED.value, detail))
+    effects.dead_letters.append(
+        {"step_id": step_id, "attempt": rec.attempt, "error_kind": kind,
+         "error_message": f"step {step_id} failed after {rec.attempt} attempt(s): {message}"}
+    )
+    _advance(run, workflow, now_ms, effects)
+
+
+def _schedule(run: RunState, workflow: CompiledWorkflow, step_id: str, now_ms: int, effects: Effects) -> None:
+    rec = run.steps[step_id]
+    step = workflow.definition.step(step_id)
+    rec.attempt += 1
+    rec.retry_at_ms = None
+    try:
+        inputs = workflow.render_inputs(step_id, context(run))
+    except ExpressionError as exc:
+        rec.status = StepStatus.FAILED
+        rec.error_kind, rec.error_message = "expression_error", str(exc)
+        effects.events.append(
+            Event("step_failed", step_id, rec.attempt, StepStatus.FAILED.value,
+                  {"error_kind": "expression_error", "error_message": str(exc)})
+        )
+        effects.dead_letters.append(
+            {"step_id": step_id, "attempt": rec.attempt, "error_kind": "expression_error", "error_message": str(exc)}
+        )
+        return
+    deadline = now_ms + int(step.timeout * 1000)
+    rec.status = StepStatus.RUNNING
+    rec.deadline_ms = deadline + DEADLINE_GRACE_MS
+    command = Command(step_id, rec.attempt, step.action, inputs, deadline)
+    effects.commands.append(command)
+    effects.timers.append(Timer(rec.deadline_ms, run.run_id, step_id, rec.attempt, "deadline"))
+    effects.events.append(
+        Event("step_scheduled", step_id, rec.attempt, StepStatus.RUNNING.value,
+              {"action": step.action, "inputs": inputs, "deadline": deadline,
+               "idempotency_key": command.idempotency_key(run.run_id)})
+    )
+
+
+def _advance(run: RunState, workflow: CompiledWorkflow, now_ms: int, effects: Effects) -> None:
+    """Skip, start and finish until nothing changes (a start can fail at once on a bad expression)."""
+    while not run.status.terminal:
+        statuses = {sid: StepStatus(rec.status) for sid, rec in run.steps.items()}
+        try:
+            advance = workflow.advance(statuses, context(run))
+        except ExpressionError as exc:  # a `when` that fails to evaluate fails the run
+            _fail_run(run, None, "expression_error", str(exc), effects)
+            return
+        for step_id in advance.skip:
+            run.steps[step_id].status = StepStatus.SKIPPED
+            effects.events.append(Event("step_skipped", step_id, None, StepStatus.SKIPPED.value, {"reason": "condition"}))
+        for failure in advance.fail:
+            rec = run.steps[failure.step_id]
+            rec.status = StepStatus.FAILED
+            rec.error_kind, rec.error_message = failure.error_kind, failure.message
+            effects.events.append(
+                Event("step_failed", failure.step_id, None, StepStatus.FAILED.value,
+                      {"error_kind": failure.error_kind, "error_message": failure.message})
+            )
+            effects.dead_letters.append(
+                {"step_id": failure.step_id, "attempt": None, "error_kind": failure.error_kind,
+                 "error_message": failure.message}
+            )
+        for step_id in advance.start:
+            _schedule(run, workflow, step_id, now_ms, effects)
+        if advance.outcome == "succeeded":
+            run.status = RunStatus.SUCCEEDED
+            effects.events.append(Event("run_succeeded", state=RunStatus.SUCCEEDED.value))
+            return
+        if advance.outcome == "failed":
+            failed = next((s for s, r in run.steps.items() if r.status == StepStatus.FAILED), None)
+            rec = run.steps[failed] if failed else None
+            _fail_run(run, failed, rec.error_kind if rec else "failed", rec.error_message if rec else "", effects)
+            return
+        if not advance.start and not advance.skip and not advance.fail:
+            _refresh_status(run, effects)
+            return
+
+
+def _fail_run(run: RunState, step_id: str | None, kind: str | None, message: str | None, effects: Effects) -> None:
+    for sid, rec in run.steps.items():
+        if rec.status in (StepStatus.RUNNING, StepStatus.RETRYING):
+            rec.status = StepStatus.CANCELLED
+            rec.deadline_ms = rec.retry_at_ms = None
+            effects.events.append(Event("step_cancelled", sid, rec.attempt, StepStatus.CANCELLED.value,
+                                        {"reason": "run_failed"}))
+    run.status = RunStatus.FAILED
+    effects.events.append(
+        Event("run_failed", state=RunStatus.FAILED.value,
+              detail={"step_id": step_id, "error_kind": kind, "error_message": message})
+    )
+
+
+def _refresh_status(run: RunState, effects: Effects) -> None:
+    if run.status.terminal or run.status == RunStatus.PENDING:
+        return
+    waiting = any(rec.status == StepStatus.RETRYING for rec in run.steps.values())
+    wanted = RunStatus.RETRYING if waiting else RunStatus.RUNNING
+    if wanted != run.status:
+        run.status = wanted
+        effects.events.append(Event("run_retrying" if waiting else "run_running", state=wanted.value))

@@ -1,0 +1,107 @@
+"""Builders for the records the router produces (history events, commands, dead letters, changelog)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from services.contracts import serde
+from services.router.machine import Command, Event
+from services.router.state import RunState
+
+EVENT_NAMESPACE = uuid.UUID("6f1c9c62-4d5e-4c39-9a4c-0d1f6e3b7a10")
+RUN_NAMESPACE = uuid.UUID("0b9e4a53-2f0c-4e3a-8d7e-5a1c3f9b2e64")
+
+
+def run_id_for(tenant: str, workflow: str, idempotency_key: str) -> str:
+    """Deterministic: the same key always yields the same run (DESIGN: uuid5(tenant, workflow, key))."""
+    return str(uuid.uuid5(RUN_NAMESPACE, f"{tenant}\x1f{workflow}\x1f{idempotency_key}"))
+
+
+def run_event(run: RunState, event: Event, now_ms: int) -> bytes:
+    seq = run.next_seq()
+    return serde.encode(
+        "RunEvent",
+        {
+            "event_id": str(uuid.uuid5(EVENT_NAMESPACE, f"{run.run_id}:{seq}")),
+            "run_id": run.run_id,
+            "tenant": run.tenant,
+            "workflow": run.workflow,
+            "version": run.version,
+            "seq": seq,
+            "type": event.type,
+            "step_id": event.step_id,
+            "attempt": event.attempt,
+            "state": event.state,
+            "at": now_ms,
+            "correlation_id": run.correlation_id,
+            "detail_json": json.dumps(event.detail, default=str) if event.detail is not None else None,
+        },
+    )
+
+
+def step_command(run: RunState, command: Command, scopes: list[str], now_ms: int) -> bytes:
+    return serde.encode(
+        "StepCommand",
+        {
+            "run_id": run.run_id,
+            "tenant": run.tenant,
+            "workflow": run.workflow,
+            "version": run.version,
+            "step_id": command.step_id,
+            "attempt": command.attempt,
+            "action": command.action,
+            "inputs_json": json.dumps(command.inputs),
+            "idempotency_key": command.idempotency_key(run.run_id),
+            "deadline": command.deadline_ms,
+            "scopes": scopes,
+            "correlation_id": run.correlation_id,
+            "issued_at": now_ms,
+            "reply_partition": run.partition,
+        },
+    )
+
+
+def dead_letter(
+    service: str,
+    error_kind: str,
+    message: str,
+    now_ms: int,
+    *,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+    key: bytes | None = None,
+    value: bytes | None = None,
+    tenant: str | None = None,
+    correlation_id: str | None = None,
+    run_id: str | None = None,
+    step_id: str | None = None,
+    attempt: int | None = None,
+) -> bytes:
+    record: dict[str, Any] = {
+        "dlq_id": str(uuid.uuid4()),
+        "service": service,
+        "error_kind": error_kind,
+        "error_message": message[:4000],
+        "original_topic": topic,
+        "original_partition": partition,
+        "original_offset": offset,
+        "original_key": key,
+        "original_value": value,
+        "attempt": attempt,
+        "tenant": tenant,
+        "correlation_id": correlation_id,
+        "run_id": run_id,
+        "step_id": step_id,
+        "failed_at": now_ms,
+    }
+    return serde.encode("DeadLetter", record)
+
+
+def changelog(run: RunState, now_ms: int) -> bytes:
+    return serde.encode(
+        "RouterState",
+        {"run_id": run.run_id, "tenant": run.tenant, "snapshot_json": run.to_json(), "updated_at": now_ms},
+    )

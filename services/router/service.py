@@ -1,0 +1,74 @@
+"""The router process: registries, then intake and core, each its own transactional loop (thread)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from services.bus.topics import Topics, admin_client, check_topics, internal_specs
+from services.bus.txloop import TransactionalLoop
+from services.config import Settings
+from services.registry.definitions import DefinitionCatalog, definitions_table
+from services.registry.tenants import tenants_table
+from services.router.core import CoreProcessor
+from services.router.intake import IntakeProcessor
+
+log = logging.getLogger(__name__)
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def run_router(
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    instance_id: str | None = None,
+    ready: threading.Event | None = None,
+) -> None:
+    """Run intake and core until ``stop`` is set. Blocks."""
+    instance = instance_id or settings.instance_id or default_instance_id()
+    topics = Topics(settings.topic_prefix)
+    check_topics(admin_client(settings), internal_specs(settings))
+    tenants = tenants_table(settings).start()
+    definitions = definitions_table(settings).start()
+    tenants.wait_caught_up(60)
+    definitions.wait_caught_up(60)
+    catalog = DefinitionCatalog(definitions, tenants)
+    prefix = settings.topic_prefix
+    core = TransactionalLoop(
+        settings, service="router.core", group_id=f"{prefix}.router.core",
+        transactional_id=f"{prefix}.router.core.{instance}", subscribe=[topics.inbox],
+        processor=CoreProcessor(settings, catalog, tenants),
+    )
+    intake = TransactionalLoop(
+        settings, service="router.intake", group_id=f"{prefix}.router.intake",
+        transactional_id=f"{prefix}.router.intake.{instance}",
+        subscribe=[topics.trigger_pattern, topics.control],
+        processor=IntakeProcessor(settings, catalog, tenants),
+    )
+    errors: list[BaseException] = []
+
+    def guarded(loop: TransactionalLoop) -> None:
+        try:
+            loop.run(stop)
+        except BaseException as exc:
+            errors.append(exc)
+            log.exception("router loop crashed", extra={"service": loop.service})
+            stop.set()
+
+    threads = [threading.Thread(target=guarded, args=(loop,), name=loop.service) for loop in (core, intake)]
+    for thread in threads:
+        thread.start()
+    if ready is not None:
+        threading.Thread(target=lambda: (core.ready.wait(), intake.ready.wait(), ready.set()), daemon=True).start()
+    log.info("router started", extra={"instance": instance})
+    for thread in threads:
+        thread.join()
+    tenants.stop()
+    definitions.stop()
+    if errors:
+        raise errors[0]

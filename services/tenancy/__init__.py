@@ -1,0 +1,1 @@
+"""Tenants: their configuration (limits, scopes, keyring) and the registry that holds it."""
