@@ -331,7 +331,8 @@ def validate_definition_data(
         found.extend(_graph_problems(view, file))
         found.extend(_expression_problems(view, file, known_actions, CompiledParts()))
     if found:
-        raise DefinitionError(_attach_lines(found, lines))
+        located = _attach_lines(found, lines)
+        raise DefinitionError(sorted(located, key=lambda p: (p.line is None, p.line or 0)))
     assert defn is not None
     return defn
 
