@@ -92,7 +92,9 @@ def test_unknown_status_ids_are_refused() -> None:
 
 
 def test_matches_event_type_and_filter() -> None:
-    wf = compiled([{"id": "a", "action": "noop"}], trigger={"event": "demo", "filter": "trigger.data.amount > 3"})
+    wf = compiled(
+        [{"id": "a", "action": "noop"}], trigger={"event": "demo", "filter": "trigger.data.amount > 3"}
+    )
     assert wf.matches({"event": "demo", "data": {"amount": 5}})
     assert not wf.matches({"event": "demo", "data": {"amount": 1}})
     assert not wf.matches({"event": "other", "data": {"amount": 5}})

@@ -25,7 +25,9 @@ def _expectations(path: Path) -> list[str]:
     return [line[len(prefix) :].strip() for line in path.read_text().splitlines() if line.startswith(prefix)]
 
 
-CASES = sorted(p for p in CORPUS.iterdir() if p.suffix in {".yaml", ".yml", ".json"} and p.name != "expected.json")
+CASES = sorted(
+    p for p in CORPUS.iterdir() if p.suffix in {".yaml", ".yml", ".json"} and p.name != "expected.json"
+)
 
 
 def test_corpus_is_not_empty_and_every_case_has_expectations() -> None:

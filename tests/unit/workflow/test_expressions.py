@@ -14,7 +14,12 @@ from services.workflow.expressions import (
 from services.workflow.templates import compile_inputs, split_template
 
 CTX = EvalContext(
-    trigger={"event": "client.created", "tenant": "acme", "key": "k1", "data": {"name": "Ada", "amount": 1200}},
+    trigger={
+        "event": "client.created",
+        "tenant": "acme",
+        "key": "k1",
+        "data": {"name": "Ada", "amount": 1200},
+    },
     step_outputs={"fetch": {"id": 7, "tags": ["a", "b"]}},
 )
 
@@ -116,7 +121,8 @@ def test_whole_value_keeps_native_type_and_embedded_interpolates() -> None:
     inputs, problems = compile_inputs(
         {
             "amount": "${{ trigger.data.amount }}",
-            "text": "Hello ${{ trigger.data.name }}, #${{ steps.fetch.output.id }} ${{ steps.fetch.output.tags }}",
+            "text": "Hello ${{ trigger.data.name }}, "
+            "#${{ steps.fetch.output.id }} ${{ steps.fetch.output.tags }}",
             "nested": {"list": ["${{ trigger.data.amount > 1000 }}", 3, None], "raw": "$${{ keep }}"},
             "nothing": "${{ null }} and ${{ null }}",
         }
