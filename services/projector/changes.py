@@ -1,0 +1,238 @@
+"""What one ``RunEvent`` changes in ``runs``, ``steps`` and ``attempts`` — as plain data, no I/O.
+
+The writer turns these into SQL. A change is applied at most once per event (the event's row in
+``run_events`` is inserted first, and only a *new* row is applied), and run-level changes only
+when the event is newer than the run's ``last_seq``; so replaying a batch never double-applies.
+
+Semantics (see DESIGN.md, "projector"):
+
+- ``run_*`` events with a ``state`` set ``runs.state``; ``run_pending`` also records the trigger;
+  terminal states set ``finished_at``, ``run_failed`` the error; a run back to a non-terminal
+  state (retry, replay) clears ``finished_at`` and the error.
+- ``step_*`` events upsert the step and, when they name an attempt, the attempt.
+- Every other type is history only (stored in ``run_events``): unknown types never fail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from services.projector.events import ProjectedEvent, parse_time
+
+RUN_TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+STEP_TERMINAL = frozenset({"succeeded", "failed", "skipped", "cancelled"})
+
+Merge = Literal["set", "coalesce", "greatest"]
+
+
+@dataclass(frozen=True)
+class RowChange:
+    """An upsert: ``values`` make a new row; ``merge`` says how each column updates an existing one.
+
+    ``set`` overwrites, ``coalesce`` keeps an existing non-null value, ``greatest`` only raises.
+    Columns of ``values`` absent from ``merge`` are only used when the row is new.
+    """
+
+    key: dict[str, Any]
+    values: dict[str, Any]
+    merge: dict[str, Merge] = field(default_factory=dict)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def run_skeleton(ev: ProjectedEvent) -> dict[str, Any]:
+    """The ``runs`` row inserted (if missing) before any event of the run is applied.
+
+    ``last_seq`` is 0 so that the run's first event is applied on top of it. A run first seen
+    through a later event (its start aged out of the topic) is assumed running.
+    """
+    if ev.is_run_event and ev.state:
+        state = ev.state
+    else:
+        state = "running" if ev.type.startswith("step_") else "pending"
+    return {
+        "run_id": ev.run_id,
+        "tenant": ev.tenant,
+        "workflow": ev.workflow,
+        "version": ev.version,
+        "state": state,
+        "correlation_id": ev.correlation_id,
+        "created_at": ev.at,
+        "updated_at": ev.at,
+        "last_seq": 0,
+    }
+
+
+def run_update(ev: ProjectedEvent) -> dict[str, Any]:
+    """Columns of ``runs`` set by ``ev`` when it is newer than ``runs.last_seq``."""
+    values: dict[str, Any] = {"last_seq": ev.seq, "updated_at": ev.at}
+    if ev.type == "run_pending":
+        trigger = ev.detail.get("trigger")
+        trigger = trigger if isinstance(trigger, dict) else {}
+        values.update(
+            created_at=ev.at,
+            event_type=_text(trigger.get("event_type")),
+            trigger_data=trigger.get("data"),
+            idempotency_key=_text(trigger.get("idempotency_key")),
+        )
+    if not ev.is_run_event or not ev.state:
+        return values
+    values["state"] = ev.state
+    if ev.state in RUN_TERMINAL:
+        values["finished_at"] = ev.at
+    else:
+        values.update(finished_at=None, error_kind=None, error_message=None)
+    if ev.type == "run_failed" or (ev.state == "failed" and "error_kind" in ev.detail):
+        values.update(
+            error_kind=_text(ev.detail.get("error_kind")) or "failed",
+            error_message=_text(ev.detail.get("error_message")),
+        )
+    return values
+
+
+def run_started_at(ev: ProjectedEvent) -> bool:
+    """Whether ``ev`` starts the run (``started_at`` is set once, by the first such event)."""
+    return ev.is_run_event and ev.state == "running"
+
+
+def _timeout_message(ev: ProjectedEvent) -> str:
+    deadline = ev.detail.get("deadline")
+    return _text(ev.detail.get("error_message")) or (
+        f"attempt {ev.attempt} exceeded its deadline" + (f" ({deadline})" if deadline is not None else "")
+    )
+
+
+def step_change(ev: ProjectedEvent) -> RowChange | None:
+    """The ``steps`` upsert of a ``step_*`` event naming a step."""
+    if not ev.type.startswith("step_") or ev.step_id is None:
+        return None
+    d = ev.detail
+    key = {"run_id": ev.run_id, "step_id": ev.step_id}
+    attempts = ev.attempt if ev.attempt is not None else 0
+    base: dict[str, Any] = {"attempts": attempts, "started_at": None, "finished_at": None}
+    merge: dict[str, Merge] = {"state": "set", "attempts": "greatest"}
+    kind = ev.type
+    if kind == "step_scheduled":
+        state = ev.state or "running"
+        values = {**base, "state": state, "started_at": ev.at, "finished_at": None}
+        merge.update(started_at="coalesce", finished_at="set")
+    elif kind == "step_succeeded":
+        state = ev.state or "succeeded"
+        values = {
+            **base,
+            "state": state,
+            "started_at": parse_time(d.get("started_at")) or ev.at,
+            "finished_at": parse_time(d.get("finished_at")) or ev.at,
+            "output": d.get("output"),
+            "error_kind": None,
+            "error_message": None,
+        }
+        merge.update(
+            started_at="coalesce", finished_at="set", output="set", error_kind="set", error_message="set"
+        )
+    elif kind in ("step_failed", "step_retrying", "step_timed_out"):
+        default = {"step_failed": "failed", "step_retrying": "retrying", "step_timed_out": "failed"}[kind]
+        state = ev.state or default
+        timed_out = kind == "step_timed_out"
+        values = {
+            **base,
+            "state": state,
+            "started_at": parse_time(d.get("started_at")) or ev.at,
+            "finished_at": (parse_time(d.get("finished_at")) or ev.at) if state in STEP_TERMINAL else None,
+            "error_kind": _text(d.get("error_kind")) or ("timeout" if timed_out else "error"),
+            "error_message": _timeout_message(ev) if timed_out else _text(d.get("error_message")),
+        }
+        merge.update(started_at="coalesce", finished_at="set", error_kind="set", error_message="set")
+    elif kind in ("step_skipped", "step_cancelled"):
+        state = ev.state or kind.removeprefix("step_")
+        values = {**base, "state": state, "finished_at": ev.at}
+        merge.update(finished_at="set")
+    elif ev.state:  # an unknown step event that still says the step's state
+        values = {**base, "state": ev.state, "finished_at": ev.at if ev.state in STEP_TERMINAL else None}
+        merge.update(finished_at="set")
+    else:
+        return None
+    return RowChange(key, values, merge)
+
+
+def attempt_change(ev: ProjectedEvent) -> RowChange | None:
+    """The ``attempts`` upsert of a ``step_*`` event naming an attempt (after its step's upsert)."""
+    if ev.step_id is None or ev.attempt is None:
+        return None
+    d = ev.detail
+    key = {"run_id": ev.run_id, "step_id": ev.step_id, "attempt": ev.attempt}
+    executor = _text(d.get("executor_id"))
+    if ev.type == "step_scheduled":
+        return RowChange(
+            key,
+            {
+                "state": ev.state or "running",
+                "idempotency_key": _text(d.get("idempotency_key")),
+                "inputs": d.get("inputs"),
+                "scheduled_at": ev.at,
+            },
+            {"idempotency_key": "coalesce", "inputs": "coalesce", "scheduled_at": "coalesce"},
+        )
+    if ev.type == "step_succeeded":
+        return RowChange(
+            key,
+            {
+                "state": "succeeded",
+                "started_at": parse_time(d.get("started_at")),
+                "finished_at": parse_time(d.get("finished_at")) or ev.at,
+                "output": d.get("output"),
+                "error_kind": None,
+                "error_message": None,
+                "executor_id": executor,
+            },
+            {
+                "state": "set",
+                "started_at": "coalesce",
+                "finished_at": "set",
+                "output": "set",
+                "error_kind": "set",
+                "error_message": "set",
+                "executor_id": "coalesce",
+            },
+        )
+    if ev.type in ("step_failed", "step_retrying"):
+        return RowChange(
+            key,
+            {
+                "state": "failed",
+                "started_at": parse_time(d.get("started_at")),
+                "finished_at": parse_time(d.get("finished_at")) or ev.at,
+                "error_kind": _text(d.get("error_kind")) or "error",
+                "error_message": _text(d.get("error_message")),
+                "executor_id": executor,
+            },
+            {
+                "state": "set",
+                "started_at": "coalesce",
+                "finished_at": "coalesce",
+                "error_kind": "coalesce" if ev.type == "step_retrying" else "set",
+                "error_message": "coalesce" if ev.type == "step_retrying" else "set",
+                "executor_id": "coalesce",
+            },
+        )
+    if ev.type == "step_timed_out":
+        return RowChange(
+            key,
+            {
+                "state": "timed_out",
+                "finished_at": ev.at,
+                "error_kind": "timeout",
+                "error_message": _timeout_message(ev),
+            },
+            {"state": "set", "finished_at": "coalesce", "error_kind": "set", "error_message": "set"},
+        )
+    if ev.type == "step_cancelled":
+        return RowChange(
+            key, {"state": "cancelled", "finished_at": ev.at}, {"state": "set", "finished_at": "coalesce"}
+        )
+    return None

@@ -1,0 +1,168 @@
+"""The projection's tables (SQLAlchemy 2 typed declarative models).
+
+``runs``, ``steps`` and ``attempts`` hold the latest state; ``run_events`` is the full history
+(one row per ``RunEvent``, unique by ``event_id`` and by ``(run_id, seq)``); ``consumer_offsets``
+stores, in the same transaction as the rows, the next Kafka offset to read per partition;
+``projector_rejects`` keeps every record that could not be projected, with the reason.
+Every change here needs an Alembic revision in ``migrations/versions`` (a test compares them).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Timestamp = DateTime(timezone=True)
+# Python None is SQL NULL (absent), not the JSON literal null.
+Json = JSONB(none_as_null=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    run_id: Mapped[str] = mapped_column(String, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String)
+    workflow: Mapped[str] = mapped_column(String)
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String)
+    correlation_id: Mapped[str] = mapped_column(String)
+    idempotency_key: Mapped[str | None] = mapped_column(String)
+    event_type: Mapped[str | None] = mapped_column(String)
+    trigger_data: Mapped[Any | None] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+    last_seq: Mapped[int] = mapped_column(Integer)
+    error_kind: Mapped[str | None] = mapped_column(String)
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index(None, "created_at"),
+        Index(None, "tenant", "created_at"),
+        Index(None, "tenant", "workflow", "created_at"),
+        Index(None, "state", "created_at"),
+        Index(None, "workflow", "created_at"),
+        Index(None, "correlation_id"),
+    )
+
+
+class Step(Base):
+    __tablename__ = "steps"
+
+    run_id: Mapped[str] = mapped_column(
+        String, ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    step_id: Mapped[str] = mapped_column(String, primary_key=True)
+    state: Mapped[str] = mapped_column(String)
+    attempts: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    output: Mapped[Any | None] = mapped_column(Json)
+    error_kind: Mapped[str | None] = mapped_column(String)
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+
+class Attempt(Base):
+    __tablename__ = "attempts"
+
+    run_id: Mapped[str] = mapped_column(String, primary_key=True)
+    step_id: Mapped[str] = mapped_column(String, primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String)
+    idempotency_key: Mapped[str | None] = mapped_column(String)
+    inputs: Mapped[Any | None] = mapped_column(Json)
+    scheduled_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    output: Mapped[Any | None] = mapped_column(Json)
+    error_kind: Mapped[str | None] = mapped_column(String)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    executor_id: Mapped[str | None] = mapped_column(String)
+
+    __table_args__ = (
+        ForeignKeyConstraint(["run_id", "step_id"], ["steps.run_id", "steps.step_id"], ondelete="CASCADE"),
+    )
+
+
+class RunEventRow(Base):
+    __tablename__ = "run_events"
+
+    event_id: Mapped[str] = mapped_column(String, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String, ForeignKey("runs.run_id", ondelete="CASCADE"))
+    tenant: Mapped[str] = mapped_column(String)
+    workflow: Mapped[str] = mapped_column(String)
+    version: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String)
+    step_id: Mapped[str | None] = mapped_column(String)
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str | None] = mapped_column(String)
+    at: Mapped[datetime] = mapped_column(Timestamp)
+    correlation_id: Mapped[str] = mapped_column(String)
+    detail: Mapped[Any | None] = mapped_column(Json)
+    kafka_topic: Mapped[str] = mapped_column(String)
+    kafka_partition: Mapped[int] = mapped_column(Integer)
+    kafka_offset: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        UniqueConstraint("run_id", "seq"),
+        Index(None, "tenant", "at"),
+        Index(None, "type"),
+    )
+
+
+class ConsumerOffset(Base):
+    __tablename__ = "consumer_offsets"
+
+    consumer: Mapped[str] = mapped_column(String, primary_key=True)
+    topic: Mapped[str] = mapped_column(String, primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    next_offset: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class ProjectorReject(Base):
+    __tablename__ = "projector_rejects"
+
+    topic: Mapped[str] = mapped_column(String, primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    consumer: Mapped[str] = mapped_column(String)
+    reason: Mapped[str] = mapped_column(String)
+    message: Mapped[str] = mapped_column(Text)
+    key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary)
+    payload_size: Mapped[int] = mapped_column(Integer)
+    rejected_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (Index(None, "rejected_at"),)

@@ -1,0 +1,259 @@
+"""The projector's Kafka loop: events topic → batches → one PostgreSQL transaction each.
+
+Exactly-once into PostgreSQL without Kafka transactions: the consumer is a plain
+``read_committed`` consumer (cooperative-sticky, no auto commit) and the *database* is the
+offset store. On assignment, each partition is positioned at the ``next_offset`` stored in
+``consumer_offsets`` (from the beginning when there is none: the database has nothing from it).
+Each batch's rows and offsets commit together (see :mod:`services.projector.writer`), so a crash
+at any instant either loses the whole batch (it is read again) or none of it, and re-reading
+an already applied event changes nothing. Offsets are also committed to Kafka afterwards,
+asynchronously and only for the benefit of lag tooling; they are never read back.
+
+A database outage does not crash the loop: the batch is retried with backoff until it commits
+or ``stop`` is set (then it is simply dropped: its offsets were not stored).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from services.bus.clients import consumer_config
+from services.bus.topics import Topics
+from services.config import Settings
+from services.projector import metrics
+from services.projector.db import make_engine, upgrade_database
+from services.projector.events import Coordinates, ProjectedEvent, Rejected, decode_event
+from services.projector.writer import BatchResult, PartitionKey, load_offsets, write_batch
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 5.0
+
+
+def default_group_id(settings: Settings) -> str:
+    return f"{settings.topic_prefix}.projector"
+
+
+class Projector:
+    """One projector instance. :meth:`run` blocks until ``stop`` is set, then closes cleanly."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        group_id: str | None = None,
+        batch_size: int | None = None,
+        poll_timeout_s: float = 0.5,
+        migrate: bool = True,
+    ) -> None:
+        if not settings.database_url:
+            raise RuntimeError(
+                "No database configured: set DATABASE_URL, or run `switchyard dev up` "
+                'and `eval "$(switchyard dev env)"`.'
+            )
+        self.settings = settings
+        self.database_url = settings.database_url
+        self.topic = Topics(settings.topic_prefix).events
+        self.group_id = group_id or default_group_id(settings)
+        self.batch_size = batch_size or settings.max_batch
+        self.poll_timeout_s = poll_timeout_s
+        self.migrate = migrate
+        self.engine: sa.Engine | None = None
+        self._consumer: Consumer | None = None
+        self._stop = threading.Event()
+        self._ready: threading.Event | None = None
+        self._assigned: set[int] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, ready: threading.Event | None = None) -> None:
+        self._stop, self._ready = stop, ready
+        if self.migrate:
+            upgrade_database(self.database_url)
+        engine = self.engine = make_engine(self.database_url)
+        consumer = Consumer(consumer_config(self.settings, self.group_id))
+        self._consumer = consumer
+        consumer.subscribe(
+            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        log.info("projector started", extra={"topic": self.topic, "group_id": self.group_id})
+        try:
+            while not stop.is_set():
+                messages = consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout_s)
+                if not messages:
+                    for partition in self._assigned:
+                        metrics.LAG_SECONDS.labels(str(partition)).set(0)
+                    continue
+                self.process(consumer, messages)
+        finally:
+            try:
+                consumer.close()
+            finally:
+                engine.dispose()
+                self._consumer = None
+                metrics.ASSIGNED_PARTITIONS.set(0)
+                log.info("projector stopped", extra={"topic": self.topic, "group_id": self.group_id})
+
+    # -- rebalancing -------------------------------------------------------------------------
+
+    def _stored_offsets(self) -> dict[int, int] | None:
+        assert self.engine is not None
+        backoff = 0.2
+        while True:
+            try:
+                with self.engine.connect() as conn:
+                    return load_offsets(conn, self.group_id, self.topic)
+            except sa.exc.SQLAlchemyError:
+                log.exception("cannot read stored offsets; retrying", extra={"topic": self.topic})
+                if self._stop.wait(backoff):
+                    return None
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        stored = self._stored_offsets() if partitions else {}
+        for tp in partitions:
+            tp.offset = (stored or {}).get(tp.partition, OFFSET_BEGINNING)
+        consumer.incremental_assign(partitions)
+        self._assigned.update(tp.partition for tp in partitions)
+        metrics.ASSIGNED_PARTITIONS.set(len(self._assigned))
+        if partitions:
+            log.info(
+                "partitions assigned",
+                extra={"topic": self.topic, "positions": {tp.partition: tp.offset for tp in partitions}},
+            )
+        if self._ready is not None:
+            self._ready.set()
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._assigned.discard(tp.partition)
+            metrics.LAG_SECONDS.labels(str(tp.partition)).set(0)
+        metrics.ASSIGNED_PARTITIONS.set(len(self._assigned))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Nothing is pending: every batch commits before the next poll.
+        self._forget(partitions)
+        consumer.incremental_unassign(partitions)
+        if partitions:
+            log.info("partitions revoked", extra={"partitions": [tp.partition for tp in partitions]})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget(partitions)
+        consumer.incremental_unassign(partitions)
+        if partitions:
+            log.warning("partitions lost", extra={"partitions": [tp.partition for tp in partitions]})
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def process(self, consumer: Consumer, messages: Sequence[Message]) -> BatchResult | None:
+        """Decode, write and account for one batch; returns None if ``stop`` interrupted retries."""
+        items: list[ProjectedEvent | Rejected] = []
+        next_offsets: dict[PartitionKey, int] = {}
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                self._consumer_error(error)
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if topic is None or partition is None or offset is None:
+                continue
+            items.append(decode_event(msg.value(), msg.key(), Coordinates(topic, partition, offset)))
+            next_offsets[(topic, partition)] = max(next_offsets.get((topic, partition), 0), offset + 1)
+        if not items:
+            return None
+        result = self._write(items, next_offsets)
+        if result is None:
+            return None
+        self._account(result, len(items))
+        try:
+            consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()], asynchronous=True
+            )
+        except KafkaException as exc:  # informational only: the database holds the real offsets
+            log.debug("kafka offset commit failed: %s", exc)
+        return result
+
+    def _consumer_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("consumer error: %s", error, extra={"topic": self.topic})
+
+    def _write(
+        self, items: list[ProjectedEvent | Rejected], next_offsets: dict[PartitionKey, int]
+    ) -> BatchResult | None:
+        assert self.engine is not None
+        backoff = 0.2
+        while True:
+            started = time.perf_counter()
+            try:
+                result = write_batch(self.engine, self.group_id, items, next_offsets)
+            except Exception:
+                metrics.BATCH_RETRIES.inc()
+                log.exception(
+                    "batch of %d records not written; retrying", len(items), extra={"topic": self.topic}
+                )
+                if self._stop.wait(backoff):
+                    return None
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+            metrics.BATCH_RECORDS.observe(len(items))
+            return result
+
+    def _account(self, result: BatchResult, records: int) -> None:
+        now = time.time()
+        newest: dict[int, float] = {}
+        for ev in result.applied:
+            metrics.EVENTS.labels(ev.tenant, "applied").inc()
+            newest[ev.where.partition] = max(newest.get(ev.where.partition, 0.0), ev.at.timestamp())
+            log.debug("event projected", extra=ev.log_ids(step_id=ev.step_id, state=ev.state))
+        for ev in result.duplicates:
+            metrics.EVENTS.labels(ev.tenant, "duplicate").inc()
+        for partition, at in newest.items():
+            metrics.LAG_SECONDS.labels(str(partition)).set(max(0.0, now - at))
+        for reject in result.rejected:
+            metrics.REJECTS.labels(reject.reason).inc()
+            log.warning(
+                "record rejected: %s: %s",
+                reject.reason,
+                reject.message,
+                extra={
+                    "tenant": reject.identity.get("tenant"),
+                    "run_id": reject.identity.get("run_id"),
+                    "correlation_id": reject.identity.get("correlation_id"),
+                    "topic": reject.where.topic,
+                    "partition": reject.where.partition,
+                    "offset": reject.where.offset,
+                    "reason": reject.reason,
+                },
+            )
+        log.debug(
+            "batch projected",
+            extra={
+                "records": records,
+                "applied": len(result.applied),
+                "duplicates": len(result.duplicates),
+                "rejected": len(result.rejected),
+            },
+        )
+
+
+def run_projector(
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    group_id: str | None = None,
+    ready: threading.Event | None = None,
+) -> None:
+    """Project ``<prefix>.events`` into ``settings.database_url`` until ``stop`` is set.
+
+    Migrates the database first (idempotent). ``ready`` is set once the consumer has its first
+    assignment. Default group id: ``<prefix>.projector``.
+    """
+    Projector(settings, group_id=group_id).run(stop, ready)
