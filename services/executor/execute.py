@@ -122,7 +122,7 @@ async def execute_command(
         "executor_id": executor_id,
     }
     if error is None:
-        bound.info("attempt succeeded", extra={"duration_s": round(finished - started, 4)})
+        bound.debug("attempt succeeded", extra={"duration_s": round(finished - started, 4)})
     else:
         bound.info(
             "attempt failed",
@@ -181,6 +181,8 @@ async def _attempt(
         inputs = action.Input.model_validate(raw)
     except ValidationError as exc:
         raise _Failure("invalid_input", f"{action.name}: {_describe_validation(exc)}", False) from exc
+    except Exception as exc:  # a validator that raises something pydantic does not wrap
+        raise _Failure("invalid_input", f"{action.name}: {type(exc).__name__}: {exc}", False) from exc
 
     ctx = ActionContext(
         tenant=command["tenant"],
@@ -194,6 +196,7 @@ async def _attempt(
         workflow=command.get("workflow", ""),
         scopes=declared,
     )
+    remaining = deadline - clock()
     budget = remaining if max_attempt_s is None else min(remaining, max_attempt_s)
     try:
         async with asyncio.timeout(budget) as scope:
@@ -206,7 +209,7 @@ async def _attempt(
             ) from exc
         raise _Failure("timeout", f"{action.name}: {type(exc).__name__}: {exc}", True) from exc
     except ActionError as exc:
-        raise _Failure(exc.kind or "action_error", exc.message, exc.retryable) from exc
+        raise _Failure(str(exc.kind) or "action_error", str(exc.message), bool(exc.retryable)) from exc
     except asyncio.CancelledError:
         raise
     except Exception as exc:

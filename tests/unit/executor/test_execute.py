@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from services.executor import ActionContext, ActionError, ActionRegistry, BaseAction, execute_command
 from tests.unit.executor.helpers import command
@@ -141,3 +141,26 @@ def test_long_error_messages_are_truncated() -> None:
     result = run(registry(Probe(ActionError("big", "x" * 10_000))), command("probe"))
     assert result["error_kind"] == "big"
     assert len(result["error_message"]) <= 4000 and result["error_message"].endswith("(truncated)")
+
+
+class Picky(BaseModel):
+    value: int
+
+    @field_validator("value")
+    @classmethod
+    def _explode(cls, value: int) -> int:
+        raise TypeError("validator bug")
+
+
+class PickyAction(BaseAction):
+    name = "picky"
+    Input = Picky
+
+    async def run(self, ctx: ActionContext, inputs: Any, /) -> dict[str, Any]:
+        return {}
+
+
+def test_validator_raising_an_unwrapped_exception_is_invalid_input() -> None:
+    result = run(registry(PickyAction()), command("picky", {"value": 1}))
+    assert (result["error_kind"], result["retryable"]) == ("invalid_input", False)
+    assert "validator bug" in result["error_message"]
