@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -271,3 +274,112 @@ def test_two_instances_share_the_commands_exactly_once(
     results = [serde.decode_inbox(m.value())[1] for m in read_to_end(make_consumer, ex.topics.inbox, 2)]
     assert sorted(r["run_id"] for r in results) == sorted(c["run_id"] for c in sent)  # no loss, no duplicate
     assert {r["executor_id"] for r in results} <= {"a", "b"}
+
+
+_CHILD = """
+import signal, sys, threading
+from services.config import Settings
+from services.executor import run_executor
+from services.observability.logs import configure
+
+configure("WARNING", "text")
+settings = Settings(topic_prefix=sys.argv[1], kafka_bootstrap_servers=sys.argv[2], internal_partitions=2)
+stop, ready = threading.Event(), threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+threading.Thread(target=lambda: (ready.wait(), print("ready", flush=True)), daemon=True).start()
+run_executor(settings, stop, instance_id="crashy", ready=ready)
+"""
+
+
+class Child:
+    """An executor in its own process, so that it can be killed without warning."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.kafka_bootstrap_servers is not None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, settings.topic_prefix, settings.kafka_bootstrap_servers],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # blocks until the child is assigned (or dies)
+        assert line.strip() == "ready", f"executor process did not start (exit {self.proc.poll()})"
+
+
+class HoldingServer:
+    """A local HTTP endpoint that records Idempotency-Keys and holds responses until released."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                with server.arrived:
+                    server.keys.append(self.headers["Idempotency-Key"])
+                    server.arrived.notify_all()
+                server.release.wait(60)
+                try:
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"ok": true}')
+                except OSError:
+                    pass  # the caller was killed
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, timeout_s: float = 60) -> None:
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.keys) >= count, timeout_s), self.keys
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+
+
+def test_a_killed_executor_loses_nothing_and_publishes_each_result_once(
+    kafka_bootstrap: str, unique: str, make_consumer: Callable[..., Consumer]
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique)
+    server = HoldingServer()
+    first = Child(settings)
+    try:
+        ex = Executor(
+            settings, Topics(settings.topic_prefix), Producer({"bootstrap.servers": kafka_bootstrap})
+        )
+        sent = [
+            ex.send("http.request", {"method": "POST", "url": server.url, "json": {"i": i}})
+            for i in range(10)
+        ]
+        ex.producer.flush(10)
+        server.wait_for(len(sent))  # every action is in flight, none has a result yet
+        first.proc.kill()
+        first.proc.wait(30)
+        server.release.set()
+        second = Child(settings)  # same instance id: fences the dead one's transactional id
+        try:
+            read_results(make_consumer, ex, len(sent), timeout_s=90)
+        finally:
+            second.proc.terminate()
+            assert second.proc.wait(60) == 0
+    finally:
+        if first.proc.poll() is None:
+            first.proc.kill()
+        server.close()
+
+    results = [serde.decode_inbox(m.value())[1] for m in read_to_end(make_consumer, ex.topics.inbox, 2)]
+    assert sorted(r["run_id"] for r in results) == sorted(c["run_id"] for c in sent)  # once each
+    assert {r["status"] for r in results} == {"succeeded"}
+    # The side effects were at-least-once: each idempotency key reached the endpoint twice.
+    assert sorted(server.keys) == sorted([c["idempotency_key"] for c in sent] * 2)
