@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.infra",
     "tests.fixtures.database",
     "tests.fixtures.kafka",
+    "tests.fixtures.engine",
 ]
