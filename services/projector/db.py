@@ -71,7 +71,8 @@ def sqlalchemy_url(url: str) -> sa.URL:
 def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     """An engine on ``url`` (any form :func:`sqlalchemy_url` accepts) that survives restarts."""
     kwargs.setdefault("pool_pre_ping", True)
-    kwargs.setdefault("pool_size", 2)
+    if "poolclass" not in kwargs:
+        kwargs.setdefault("pool_size", 2)
     return sa.create_engine(sqlalchemy_url(url), **kwargs)
 
 

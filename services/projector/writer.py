@@ -54,6 +54,8 @@ def is_data_error(exc: BaseException) -> bool:
     if isinstance(exc, sa.exc.DBAPIError):
         if exc.connection_invalidated:
             return False
+        if isinstance(exc, sa.exc.DataError | sa.exc.IntegrityError):
+            return True  # includes client-side ones without SQLSTATE (e.g. a NUL byte in text)
         sqlstate = getattr(exc.orig, "sqlstate", None) or ""
         return sqlstate[:2] in ("22", "23")
     return not isinstance(exc, sa.exc.SQLAlchemyError)

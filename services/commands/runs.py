@@ -1,0 +1,211 @@
+"""`switchyard runs`: list runs and show one run's steps, attempts and full event timeline.
+
+Reads the projector's tables in PostgreSQL (``DATABASE_URL``); nothing here touches Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy.orm import Session
+
+from services.config import Settings
+from services.projector.db import make_engine
+from services.projector.queries import RunTimeline, as_dict, list_runs, run_timeline
+
+app = typer.Typer(
+    help="Run history, as projected into PostgreSQL by the projector.",
+    no_args_is_help=True,
+)
+out = Console()
+err = Console(stderr=True)
+
+STATE_STYLES = {
+    "pending": "yellow",
+    "running": "cyan",
+    "retrying": "magenta",
+    "succeeded": "green",
+    "failed": "red",
+    "timed_out": "red",
+    "cancelled": "bright_black",
+    "skipped": "bright_black",
+}
+
+
+@contextmanager
+def _session() -> Iterator[Session]:
+    url = Settings().database_url
+    if not url:
+        err.print(
+            "[red]error:[/] no database configured: set DATABASE_URL (or SWITCHYARD_DATABASE_URL), "
+            'or run `switchyard dev up` and `eval "$(switchyard dev env)"`.'
+        )
+        raise typer.Exit(2)
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def _state(value: str | None) -> Text:
+    if value is None:
+        return Text("-", style="dim")
+    return Text(value, style=STATE_STYLES.get(value, ""))
+
+
+def _ts(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d}"
+
+
+def _duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return "-"
+    seconds = (end - start).total_seconds()
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _error(kind: str | None, message: str | None) -> str:
+    if kind is None and message is None:
+        return ""
+    return f"{kind or 'error'}: {message}" if message else str(kind)
+
+
+def _short_json(value: Any, limit: int = 80) -> str:
+    if value is None:
+        return ""
+    text = json.dumps(value, default=str, separators=(",", ":"))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@app.command("list")
+def list_command(
+    tenant: str | None = typer.Option(None, "--tenant", help="Only this tenant's runs."),
+    workflow: str | None = typer.Option(None, "--workflow", help="Only runs of this workflow."),
+    state: str | None = typer.Option(
+        None, "--state", help="pending, running, retrying, succeeded, failed or cancelled."
+    ),
+    limit: int = typer.Option(50, "--limit", min=1, max=10_000, help="At most this many (newest first)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List runs, newest first."""
+    with _session() as session:
+        found = list_runs(session, tenant=tenant, workflow=workflow, state=state, limit=limit)
+        if as_json:
+            print(json.dumps([as_dict(r) for r in found], indent=2, default=str))
+            return
+        if not found:
+            err.print("no runs match")
+            return
+        table = Table(title=f"{len(found)} run(s)", show_lines=False)
+        for column in ("run", "tenant", "workflow", "state", "created", "duration", "correlation", "error"):
+            table.add_column(column, overflow="fold")
+        for run in found:
+            table.add_row(
+                run.run_id,
+                run.tenant,
+                f"{run.workflow} v{run.version}",
+                _state(run.state),
+                _ts(run.created_at),
+                _duration(run.started_at or run.created_at, run.finished_at),
+                run.correlation_id,
+                _error(run.error_kind, run.error_message),
+            )
+        out.print(table)
+
+
+def _render(timeline: RunTimeline) -> None:
+    run = timeline.run
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("run", run.run_id)
+    summary.add_row("tenant", run.tenant)
+    summary.add_row("workflow", f"{run.workflow} v{run.version}")
+    summary.add_row("state", _state(run.state))
+    summary.add_row("correlation id", run.correlation_id)
+    summary.add_row("trigger", f"{run.event_type or '-'} (idempotency key {run.idempotency_key or '-'})")
+    summary.add_row("trigger data", _short_json(run.trigger_data, 200) or "-")
+    summary.add_row("created", _ts(run.created_at))
+    summary.add_row("started", _ts(run.started_at))
+    summary.add_row("finished", _ts(run.finished_at))
+    summary.add_row("duration", _duration(run.started_at or run.created_at, run.finished_at))
+    if run.error_kind or run.error_message:
+        summary.add_row("error", Text(_error(run.error_kind, run.error_message), style="red"))
+    summary.add_row("last seq", str(run.last_seq))
+    out.print(summary)
+
+    steps = Table(title="steps")
+    for column in ("step", "state", "attempts", "started", "finished", "duration", "output / error"):
+        steps.add_column(column, overflow="fold")
+    for step in timeline.steps:
+        steps.add_row(
+            step.step_id,
+            _state(step.state),
+            str(step.attempts),
+            _ts(step.started_at),
+            _ts(step.finished_at),
+            _duration(step.started_at, step.finished_at),
+            _error(step.error_kind, step.error_message) or _short_json(step.output),
+        )
+    out.print(steps)
+
+    attempts = Table(title="attempts")
+    for column in ("step", "#", "state", "scheduled", "started", "finished", "duration", "executor", "error"):
+        attempts.add_column(column, overflow="fold")
+    for a in timeline.attempts:
+        attempts.add_row(
+            a.step_id,
+            str(a.attempt),
+            _state(a.state),
+            _ts(a.scheduled_at),
+            _ts(a.started_at),
+            _ts(a.finished_at),
+            _duration(a.started_at or a.scheduled_at, a.finished_at),
+            a.executor_id or "-",
+            _error(a.error_kind, a.error_message),
+        )
+    out.print(attempts)
+
+    events = Table(title="events")
+    for column in ("seq", "at", "type", "step", "attempt", "state", "detail"):
+        events.add_column(column, overflow="fold")
+    for e in timeline.events:
+        events.add_row(
+            str(e.seq),
+            _ts(e.at),
+            e.type,
+            e.step_id or "",
+            "" if e.attempt is None else str(e.attempt),
+            _state(e.state) if e.state else Text(""),
+            _short_json(e.detail, 120),
+        )
+    out.print(events)
+
+
+@app.command()
+def show(
+    run_id: str = typer.Argument(..., metavar="RUN", help="The run id."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show one run: steps, attempts, timings, errors, correlation id and the full event timeline."""
+    with _session() as session:
+        timeline = run_timeline(session, run_id)
+        if timeline is None:
+            err.print(f"[red]error:[/] no run {run_id!r} (the projector may not have seen it yet)")
+            raise typer.Exit(1)
+        if as_json:
+            print(json.dumps(timeline.as_dict(), indent=2, default=str))
+            return
+        _render(timeline)

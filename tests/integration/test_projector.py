@@ -1,0 +1,339 @@
+"""The projector on a real broker and a real PostgreSQL: rows, exactly-once, rejects, migrations."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from psycopg.conninfo import conninfo_to_dict
+
+from services.contracts.serde import encode
+from services.projector.db import alembic_config, current_revision, make_engine, upgrade_database
+from services.projector.models import Base
+from tests.integration.test_projector_support import (
+    RunHistory,
+    create_events_topic,
+    encoded,
+    produce,
+    rows,
+    running_projector,
+    scalar,
+    settings_for,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    eng = make_engine(database_url)
+    yield eng
+    eng.dispose()
+
+
+def ms(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, tz=UTC)
+
+
+def succeeded_with_retry() -> RunHistory:
+    h = RunHistory(tenant="acme", workflow="orders").pending(key="order-7", data={"order": 7}).started()
+    h.scheduled("fetch")  # 3
+    h.add(  # 4
+        "step_retrying",
+        state="retrying",
+        step_id="fetch",
+        attempt=1,
+        detail={"error_kind": "http_503", "error_message": "upstream busy", "retry_at": 0, "next_attempt": 2},
+    )
+    h.add("run_retrying", state="retrying")  # 5
+    h.scheduled("fetch", attempt=2)  # 6
+    h.add("run_running", state="running")  # 7
+    h.succeeded("fetch", attempt=2, output={"rows": 3})  # 8
+    h.scheduled("notify")  # 9
+    h.add("result_ignored", step_id="fetch", attempt=1, detail={"reason": "stale attempt"})  # 10
+    h.succeeded("notify")  # 11
+    h.add("step_skipped", state="skipped", step_id="cleanup", detail={"reason": "when: false"})  # 12
+    h.add("run_succeeded", state="succeeded")  # 13
+    return h
+
+
+def failed_on_timeout() -> RunHistory:
+    h = RunHistory(tenant="globex", workflow="billing").pending(key="inv-1").started()
+    h.scheduled("charge")  # 3
+    h.add("control_refused", detail={"command": "pause", "reason": "unsupported"})  # 4
+    h.add("step_timed_out", state="failed", step_id="charge", attempt=1, detail={"deadline": 123})  # 5
+    h.add(  # 6
+        "run_failed",
+        state="failed",
+        detail={"step_id": "charge", "error_kind": "timeout", "error_message": "charge timed out"},
+    )
+    return h
+
+
+def cancelled() -> RunHistory:
+    h = RunHistory(tenant="acme", workflow="billing").pending(key="inv-2").started()
+    h.scheduled("charge")  # 3
+    h.add("step_cancelled", state="cancelled", step_id="charge", attempt=1)  # 4
+    h.add("run_cancelled", state="cancelled", detail={"requester": "ops", "reason": "customer asked"})  # 5
+    return h
+
+
+def test_projects_runs_steps_attempts_and_events(
+    kafka_bootstrap: str, database_url: str, unique: str, engine: sa.Engine
+) -> None:
+    settings = settings_for(kafka_bootstrap, database_url, unique)
+    topic = create_events_topic(settings)
+    ok, bad, stopped = succeeded_with_retry(), failed_on_timeout(), cancelled()
+    produce(settings, topic, encoded(ok, bad, stopped))
+
+    with running_projector(settings):
+        wait_for(
+            lambda: (
+                scalar(engine, "select count(*) from run_events") == 24
+                and scalar(engine, "select count(*) from runs where finished_at is not null") == 3
+            ),
+            what="all 24 events projected",
+        )
+
+    run = rows(engine, "select * from runs where run_id = :r", r=ok.run_id)[0]
+    assert (run.tenant, run.workflow, run.version, run.state) == ("acme", "orders", 3, "succeeded")
+    assert run.correlation_id == ok.correlation_id
+    assert (run.event_type, run.idempotency_key, run.trigger_data) == (
+        "order.created",
+        "order-7",
+        {"order": 7},
+    )
+    assert run.created_at == ms(ok.at(1))
+    assert run.started_at == ms(ok.at(2))  # not moved by run_running at seq 7
+    assert run.finished_at == ms(ok.at(13)) == run.updated_at
+    assert run.last_seq == 13 and run.error_kind is None
+
+    steps = {s.step_id: s for s in rows(engine, "select * from steps where run_id = :r", r=ok.run_id)}
+    assert set(steps) == {"fetch", "notify", "cleanup"}
+    assert (steps["fetch"].state, steps["fetch"].attempts, steps["fetch"].output) == (
+        "succeeded",
+        2,
+        {"rows": 3},
+    )
+    assert steps["fetch"].error_kind is None and steps["fetch"].started_at == ms(ok.at(3))
+    assert steps["notify"].state == "succeeded" and steps["notify"].attempts == 1
+    assert (steps["cleanup"].state, steps["cleanup"].attempts) == ("skipped", 0)
+    assert steps["cleanup"].finished_at == ms(ok.at(12))
+
+    attempts = {
+        (a.step_id, a.attempt): a
+        for a in rows(engine, "select * from attempts where run_id = :r", r=ok.run_id)
+    }
+    assert set(attempts) == {("fetch", 1), ("fetch", 2), ("notify", 1)}
+    first = attempts[("fetch", 1)]
+    assert (first.state, first.error_kind, first.error_message) == ("failed", "http_503", "upstream busy")
+    assert first.idempotency_key == f"{ok.run_id}:fetch:1" and first.inputs == {"step": "fetch"}
+    assert first.scheduled_at == ms(ok.at(3)) and first.finished_at == ms(ok.at(4))
+    second = attempts[("fetch", 2)]
+    assert (second.state, second.output, second.executor_id) == ("succeeded", {"rows": 3}, "exec-1")
+    assert second.started_at == ms(ok.at(8) - 500) and second.finished_at == ms(ok.at(8) - 100)
+
+    events = rows(engine, "select * from run_events where run_id = :r order by seq", r=ok.run_id)
+    assert [e.seq for e in events] == list(range(1, 14))
+    assert [e.type for e in events][:3] == ["run_pending", "run_started", "step_scheduled"]
+    ignored = events[9]
+    assert (ignored.type, ignored.state, ignored.detail) == (
+        "result_ignored",
+        None,
+        {"reason": "stale attempt"},
+    )
+    assert all(e.kafka_topic == topic and e.kafka_offset >= 0 for e in events)
+    assert len({e.kafka_partition for e in events}) == 1  # keyed by run
+
+    failed = rows(engine, "select * from runs where run_id = :r", r=bad.run_id)[0]
+    assert (failed.state, failed.error_kind, failed.error_message) == (
+        "failed",
+        "timeout",
+        "charge timed out",
+    )
+    charge = rows(engine, "select * from attempts where run_id = :r", r=bad.run_id)[0]
+    assert (charge.state, charge.error_kind) == ("timed_out", "timeout")
+    step = rows(engine, "select * from steps where run_id = :r", r=bad.run_id)[0]
+    assert (step.state, step.error_kind, step.finished_at) == ("failed", "timeout", ms(bad.at(5)))
+
+    gone = rows(engine, "select * from runs where run_id = :r", r=stopped.run_id)[0]
+    assert gone.state == "cancelled" and gone.finished_at == ms(stopped.at(5))
+    charge = rows(engine, "select * from attempts where run_id = :r", r=stopped.run_id)[0]
+    assert charge.state == "cancelled"
+
+    stored = rows(engine, "select * from consumer_offsets")
+    assert {r.consumer for r in stored} == {f"{settings.topic_prefix}.projector"}
+    assert sum(r.next_offset for r in stored) == 24  # one transaction: offsets 0..n-1 per partition
+
+
+def test_restart_with_duplicates_and_new_events_applies_each_event_once(
+    kafka_bootstrap: str, database_url: str, unique: str, engine: sa.Engine
+) -> None:
+    settings = settings_for(kafka_bootstrap, database_url, unique)
+    topic = create_events_topic(settings)
+    group = f"g-{unique}"
+    h = RunHistory().pending().started().scheduled("fetch")
+    first = encoded(h)
+    produce(settings, topic, first)
+    with running_projector(settings, group_id=group):
+        wait_for(lambda: scalar(engine, "select count(*) from run_events") == 3, what="first 3 events")
+    assert scalar(engine, "select state from steps where run_id = :r", r=h.run_id) == "running"
+
+    h.add(
+        "step_retrying",
+        state="retrying",
+        step_id="fetch",
+        attempt=1,
+        detail={"error_kind": "http_500", "error_message": "boom", "next_attempt": 2},
+    )
+    h.scheduled("fetch", attempt=2).succeeded("fetch", attempt=2).add("run_succeeded", state="succeeded")
+    # The router re-emits what it already emitted (e.g. after a crash), then the new events.
+    ends = produce(settings, topic, [*first, *encoded(h)])
+
+    with running_projector(settings, group_id=group):
+        wait_for(
+            lambda: scalar(engine, "select state from runs where run_id = :r", r=h.run_id) == "succeeded",
+            what="run succeeded",
+        )
+        wait_for(
+            lambda: (
+                {(r.partition, r.next_offset) for r in rows(engine, "select * from consumer_offsets")}
+                == set(ends.items())
+            ),
+            what="offsets stored up to the end",
+        )
+
+    assert scalar(engine, "select count(*) from run_events") == 7
+    assert scalar(engine, "select count(distinct seq) from run_events where run_id = :r", r=h.run_id) == 7
+    assert scalar(engine, "select count(*) from steps") == 1
+    step = rows(engine, "select * from steps")[0]
+    assert (step.state, step.attempts, step.error_kind) == ("succeeded", 2, None)
+    attempts = rows(engine, "select * from attempts order by attempt")
+    assert [(a.attempt, a.state) for a in attempts] == [(1, "failed"), (2, "succeeded")]
+    run = rows(engine, "select * from runs")[0]
+    assert (run.last_seq, run.state) == (7, "succeeded")
+    # Duplicates are stored once, at the offset where the event was first read.
+    assert scalar(engine, "select max(kafka_offset) from run_events where seq <= 3") == 2
+
+
+def test_rebuilding_from_the_start_of_the_log_changes_nothing(
+    kafka_bootstrap: str, database_url: str, unique: str, engine: sa.Engine
+) -> None:
+    settings = settings_for(kafka_bootstrap, database_url, unique)
+    topic = create_events_topic(settings)
+    histories = [succeeded_with_retry(), failed_on_timeout(), cancelled()]
+    produce(settings, topic, encoded(*histories))
+    tables = ("runs", "steps", "attempts", "run_events")
+
+    def snapshot() -> dict[str, list[tuple[object, ...]]]:
+        return {t: sorted(tuple(r) for r in rows(engine, f"select * from {t}")) for t in tables}
+
+    with running_projector(settings, batch_size=5):
+        wait_for(lambda: scalar(engine, "select count(*) from run_events") == 24, what="24 events")
+    before = snapshot()
+    offsets = rows(engine, "select partition, next_offset from consumer_offsets order by partition")
+
+    # As if the offsets were lost (or a crash happened between the rows and the offsets, which
+    # one transaction rules out anyway): everything is read again, in small batches.
+    with engine.begin() as conn:
+        conn.execute(sa.text("delete from consumer_offsets"))
+    with running_projector(settings, batch_size=5):
+        wait_for(
+            lambda: (
+                rows(engine, "select partition, next_offset from consumer_offsets order by partition")
+                == offsets
+            ),
+            what="offsets restored",
+        )
+    assert snapshot() == before
+
+
+def test_undecodable_and_unapplicable_records_are_rejected_without_stalling(
+    kafka_bootstrap: str, database_url: str, unique: str, engine: sa.Engine
+) -> None:
+    settings = settings_for(kafka_bootstrap, database_url, unique, partitions=1)
+    topic = create_events_topic(settings)
+    good = RunHistory().pending().started()
+    poison = RunHistory().pending()
+    poison.events[0]["detail_json"] = json.dumps({"trigger": {"data": {"text": "nul \u0000 byte"}}})
+    later = RunHistory().pending().started()
+    records = [
+        *encoded(good),
+        (b"k", b"not avro"),
+        (None, b'{"json": "instead of avro"}'),
+        (b"k", encode("DeadLetter", dead_letter())),  # right framing, wrong schema
+        *encoded(poison),
+        *encoded(later),
+    ]
+    produce(settings, topic, records)
+
+    with running_projector(settings):
+        wait_for(
+            lambda: scalar(engine, "select state from runs where run_id = :r", r=later.run_id) == "running",
+            what="events after the rejects projected",
+        )
+        wait_for(lambda: scalar(engine, "select count(*) from projector_rejects") == 4, what="4 rejects")
+
+    rejects = rows(engine, 'select * from projector_rejects order by "offset"')
+    assert [r.offset for r in rejects] == [2, 3, 4, 5]
+    assert [r.reason for r in rejects] == ["bad_framing", "bad_framing", "wrong_schema", "apply_error"]
+    assert rejects[0].payload == b"not avro" and rejects[0].key == b"k" and rejects[0].payload_size == 8
+    assert "looks like JSON" in rejects[1].message
+    assert rejects[3].payload is not None and len(rejects[3].payload) > 0
+    assert all(r.topic == topic for r in rejects)
+    assert scalar(engine, "select count(*) from runs where run_id = :r", r=poison.run_id) == 0
+    assert scalar(engine, "select count(*) from run_events") == 4  # good (2) + later (2)
+    assert rows(engine, "select next_offset from consumer_offsets")[0].next_offset == 8
+
+
+def dead_letter() -> dict[str, object]:
+    from services.contracts.catalog import catalog
+
+    schema = catalog().current["DeadLetter"].raw
+    record: dict[str, object] = {}
+    for f in schema["fields"]:
+        t = f["type"]
+        if "default" in f:
+            record[f["name"]] = f["default"]
+        elif t == "string":
+            record[f["name"]] = "x"
+        elif t in ("int", "long"):
+            record[f["name"]] = 0
+        elif t == "bytes":
+            record[f["name"]] = b""
+        else:
+            record[f["name"]] = None
+    return record
+
+
+def test_migrations_match_the_models(database_url: str) -> None:
+    assert current_revision(database_url) is None
+    upgrade_database(database_url)
+    upgrade_database(database_url)  # idempotent
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert current_revision(database_url) == head
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            diff = compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+    assert diff == []
+
+
+def test_sqlalchemy_url_reaches_the_real_server(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            name = conn.execute(sa.text("select current_database()")).scalar()
+    finally:
+        engine.dispose()
+    assert name == conninfo_to_dict(database_url)["dbname"]
