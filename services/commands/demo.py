@@ -12,7 +12,6 @@ import json
 import threading
 import time
 
-
 import typer
 from confluent_kafka import Producer
 from rich.console import Console
@@ -78,7 +77,9 @@ def _publish_examples(settings: Settings, private: str, known_actions: set[str])
         if missing:
             _step(f"skipping {path.name}: actions {sorted(missing)} are not installed")
             continue
-        signed = sign_definition(definition, tenant=TENANT, key_id=KEY_ID, private_key=private_key_from_b64(private))
+        signed = sign_definition(
+            definition, tenant=TENANT, key_id=KEY_ID, private_key=private_key_from_b64(private)
+        )
         publish_signed(settings, signed, "switchyard-demo")
         names.append(definition.name)
     return names
@@ -89,9 +90,13 @@ def _fire(settings: Settings, workflows: list[str]) -> int:
     topic = Topics(settings.topic_prefix).tenant_triggers(TENANT)
     sent = 0
     for trigger in json.loads((EXAMPLES / "triggers.json").read_text()):
-        record = {"event_type": trigger["event_type"], "data_json": json.dumps(trigger["data"]),
-                  "idempotency_key": trigger["idempotency_key"], "correlation_id": None,
-                  "occurred_at": int(time.time() * 1000)}
+        record = {
+            "event_type": trigger["event_type"],
+            "data_json": json.dumps(trigger["data"]),
+            "idempotency_key": trigger["idempotency_key"],
+            "correlation_id": None,
+            "occurred_at": int(time.time() * 1000),
+        }
         producer.produce(topic, key=trigger["idempotency_key"], value=serde.encode("TriggerEvent", record))
         sent += 1
     producer.flush(30)
@@ -125,7 +130,7 @@ def demo(
     keep_running: bool = typer.Option(False, help="Keep the engine running after the demo (Ctrl-C stops)."),
     timeout: float = typer.Option(90.0, help="Seconds to wait for the example runs to finish."),
 ) -> None:
-    """Run the engine on the example workflows: infrastructure, tenant, signed workflows, triggers, results."""
+    """Run the engine on the example workflows: infrastructure, tenant, signed workflows, triggers."""
     from services.executor.plugins import ActionRegistry
     from services.executor.service import run_executor
     from services.projector.db import upgrade_database
@@ -139,11 +144,15 @@ def demo(
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     assert state.kafka and state.postgres
-    settings = base.model_copy(update={"kafka_bootstrap_servers": state.kafka.address,
-                                       "database_url": state.postgres.address,
-                                       "log_format": base.log_format if base.log_level != "INFO" else "text",
-                                       "log_level": "WARNING" if base.log_level == "INFO" else base.log_level,
-                                       "instance_id": base.instance_id or "demo"})
+    settings = base.model_copy(
+        update={
+            "kafka_bootstrap_servers": state.kafka.address,
+            "database_url": state.postgres.address,
+            "log_format": base.log_format if base.log_level != "INFO" else "text",
+            "log_level": "WARNING" if base.log_level == "INFO" else base.log_level,
+            "instance_id": base.instance_id or "demo",
+        }
+    )
     setup_logging(settings)
     _step("ensuring topics and database schema")
     ensure_topics(admin_client(settings), internal_specs(settings), settings.replication_factor)
@@ -162,19 +171,37 @@ def demo(
     engine.start()
     triggers = json.loads((EXAMPLES / "triggers.json").read_text())
     sent = _fire(settings, published)
-    _step(f"sent {sent} triggers to {Topics(settings.topic_prefix).tenant_triggers(TENANT)}; waiting for runs")
+    _step(
+        f"sent {sent} triggers to {Topics(settings.topic_prefix).tenant_triggers(TENANT)}; waiting for runs"
+    )
     started = time.monotonic()
     rows = _wait_for_runs(settings, [t["idempotency_key"] for t in triggers], timeout)
-    table = Table("run", "workflow", "state", "steps", "seconds", "idempotency key", "correlation id",
-                  title=f"Runs of tenant {TENANT} (from PostgreSQL)")
+    table = Table(
+        "run",
+        "workflow",
+        "state",
+        "steps",
+        "seconds",
+        "idempotency key",
+        "correlation id",
+        title=f"Runs of tenant {TENANT} (from PostgreSQL)",
+    )
     for row in rows:
-        table.add_row(str(row["run_id"])[:8], f"{row['workflow']} v{row['version']}", str(row["state"]),
-                      str(row["steps"]), f"{float(row['seconds'] or 0):.2f}", str(row["idempotency_key"]),
-                      str(row["correlation_id"])[:8])
+        table.add_row(
+            str(row["run_id"])[:8],
+            f"{row['workflow']} v{row['version']}",
+            str(row["state"]),
+            str(row["steps"]),
+            f"{float(str(row['seconds'] or 0)):.2f}",
+            str(row["idempotency_key"]),
+            str(row["correlation_id"])[:8],
+        )
     out.print(table)
     finished = [r for r in rows if r["state"] in ("succeeded", "failed", "cancelled")]
-    err.print(f"{len(finished)}/{len(rows)} runs finished in {time.monotonic() - started:.1f}s. "
-              "Inspect one with: switchyard runs show RUN_ID")
+    err.print(
+        f"{len(finished)}/{len(rows)} runs finished in {time.monotonic() - started:.1f}s. "
+        "Inspect one with: switchyard runs show RUN_ID"
+    )
     if keep_running and not stop.is_set():
         err.print("engine running; Ctrl-C to stop")
         while engine.is_alive() and not stop.is_set():
@@ -183,6 +210,3 @@ def demo(
     engine.join()
     if not rows or len(finished) < len(rows):
         raise typer.Exit(1)
-
-
-

@@ -1,4 +1,4 @@
-"""`switchyard router | executor | projector | run | topics | trigger`: the engine's processes and plumbing."""
+"""`switchyard router | executor | projector | run | topics | trigger`: the engine's processes, plumbing."""
 
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ INSTANCE_HELP += "its predecessor at once). Default: SWITCHYARD_INSTANCE_ID, els
 def _settings() -> Settings:
     settings = get_settings()
     if not settings.kafka_bootstrap_servers:
-        err.print("[red]error:[/] KAFKA_BOOTSTRAP_SERVERS is not set. Start a local broker with "
-                  "`switchyard dev up` and `eval \"$(switchyard dev env)\"`.")
+        err.print(
+            "[red]error:[/] KAFKA_BOOTSTRAP_SERVERS is not set. Start a local broker with "
+            '`switchyard dev up` and `eval "$(switchyard dev env)"`.'
+        )
         raise typer.Exit(2)
     return settings
 
@@ -113,16 +115,27 @@ def trigger(
     except ValueError as exc:
         err.print(f"[red]error:[/] --data is not valid JSON: {exc}")
         raise typer.Exit(2) from exc
-    record = {"event_type": event, "data_json": data, "idempotency_key": key or str(uuid.uuid4()),
-              "correlation_id": correlation_id, "occurred_at": int(time.time() * 1000)}
+    record = {
+        "event_type": event,
+        "data_json": data,
+        "idempotency_key": key or str(uuid.uuid4()),
+        "correlation_id": correlation_id,
+        "occurred_at": int(time.time() * 1000),
+    }
     topic = Topics(settings.topic_prefix).tenant_triggers(tenant)
     producer = Producer(plain_producer_config(settings))
     failures: list[str] = []
-    producer.produce(topic, key=record["idempotency_key"], value=serde.encode("TriggerEvent", record),
-                     on_delivery=lambda e, m: failures.append(str(e)) if e else None)
+    producer.produce(
+        topic,
+        key=str(record["idempotency_key"]),
+        value=serde.encode("TriggerEvent", record),
+        on_delivery=lambda e, m: failures.append(str(e)) if e else None,
+    )
     producer.flush(30)
     if failures:
-        err.print(f"[red]error:[/] could not produce to {topic}: {failures[0]} "
-                  f"(does the tenant exist? `switchyard tenant show {tenant}`)")
+        err.print(
+            f"[red]error:[/] could not produce to {topic}: {failures[0]} "
+            f"(does the tenant exist? `switchyard tenant show {tenant}`)"
+        )
         raise typer.Exit(1)
     err.print(f"sent {event} to {topic} with key {record['idempotency_key']}")

@@ -15,8 +15,9 @@ from services.tenancy.admin import create_trigger_topic, read_tenants, save_tena
 from services.tenancy.config import TenantConfig
 from services.workflow.signing import KeyEntry, Keyring
 
-app = typer.Typer(help="Tenants: trigger topics, limits, permission scopes and signing keyrings.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Tenants: trigger topics, limits, permission scopes and signing keyrings.", no_args_is_help=True
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -59,8 +60,13 @@ def create(
         keys.append(KeyEntry(key_id=key_id, public_key=public_key.read_text().strip()))
     try:
         config = TenantConfig(
-            tenant=tenant, max_concurrent_runs=max_concurrent_runs, trigger_rate=trigger_rate,
-            trigger_burst=trigger_burst, trigger_partitions=trigger_partitions, scopes=scope, operators=operator,
+            tenant=tenant,
+            max_concurrent_runs=max_concurrent_runs,
+            trigger_rate=trigger_rate,
+            trigger_burst=trigger_burst,
+            trigger_partitions=trigger_partitions,
+            scopes=scope,
+            operators=operator,
             keyring=Keyring(tenant=tenant, keys=keys),
         )
     except ValidationError as exc:
@@ -75,7 +81,9 @@ def create(
 def add_key(
     tenant: str,
     key_id: str = typer.Option(..., help="Id of the new key."),
-    public_key: Path = typer.Option(..., help="Public key file (base64 raw Ed25519, from `workflow keygen`)."),
+    public_key: Path = typer.Option(
+        ..., help="Public key file (base64 raw Ed25519, from `workflow keygen`)."
+    ),
 ) -> None:
     """Trust one more signing key (rotation: add the new key, then later revoke the old one)."""
     config = _get(tenant)
@@ -107,6 +115,12 @@ def list_() -> None:
     """List tenants with their status and limits."""
     table = Table("tenant", "status", "max runs", "trigger rate", "scopes", "keys")
     for name, config in sorted(read_tenants(_settings()).items()):
-        table.add_row(name, config.status, str(config.max_concurrent_runs), f"{config.trigger_rate:g}/s",
-                      ", ".join(config.scopes), str(len(config.keyring_or_empty().keys)))
+        table.add_row(
+            name,
+            config.status,
+            str(config.max_concurrent_runs),
+            f"{config.trigger_rate:g}/s",
+            ", ".join(config.scopes),
+            str(len(config.keyring_or_empty().keys)),
+        )
     out.print(table)

@@ -46,8 +46,15 @@ def list_cmd(tenant: str | None = typer.Option(None, help="Only this tenant.")) 
         if tenant and entry.tenant != tenant:
             continue
         d = entry.signed.definition
-        table.add_row(entry.tenant, d.name, str(d.version), str(len(d.steps)), entry.signed.key_id,
-                      entry.publisher, entry.signed.content_hash[:12])
+        table.add_row(
+            entry.tenant,
+            d.name,
+            str(d.version),
+            str(len(d.steps)),
+            entry.signed.key_id,
+            entry.publisher,
+            entry.signed.content_hash[:12],
+        )
     out.print(table)
 
 
@@ -57,11 +64,15 @@ def show_cmd(
     version: int | None = typer.Option(None, help="Version (default: newest)."),
 ) -> None:
     """Print a published definition (JSON)."""
-    entries = [e for e in read_definitions(_settings()).values() if e.tenant == tenant and e.signed.name == name]
+    entries = [
+        e for e in read_definitions(_settings()).values() if e.tenant == tenant and e.signed.name == name
+    ]
     if version is not None:
         entries = [e for e in entries if e.signed.version == version]
     if not entries:
-        err.print(f"[red]error:[/] no published {name}" + (f" v{version}" if version else "") + f" for {tenant}")
+        err.print(
+            f"[red]error:[/] no published {name}" + (f" v{version}" if version else "") + f" for {tenant}"
+        )
         raise typer.Exit(1)
     entry = max(entries, key=lambda e: e.signed.version)
     out.print_json(json.dumps(entry.signed.definition.model_dump(mode="json")))

@@ -79,7 +79,7 @@ class CompactedTable(Generic[V]):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(msg.partition())
+                        at_end.add(msg.partition() or 0)
                         if at_end >= set(self._partitions):
                             self._caught_up.set()
                     else:
@@ -100,7 +100,9 @@ class CompactedTable(Generic[V]):
             decoded = self._decode(key, value)
         except Exception as exc:  # a bad registry record must not stop the registry
             self.rejected[key] = f"{type(exc).__name__}: {exc}"
-            log.warning("registry record rejected", extra={"topic": self.topic, "key": key, "error": str(exc)})
+            log.warning(
+                "registry record rejected", extra={"topic": self.topic, "key": key, "error": str(exc)}
+            )
             return
         with self._lock:
             self._values[key] = decoded

@@ -54,7 +54,9 @@ def definitions_table(settings: Settings) -> CompactedTable[DefinitionEntry]:
 class DefinitionCatalog:
     """Verified, compiled workflows by tenant; rebuilt lazily when a registry changes."""
 
-    def __init__(self, definitions: CompactedTable[DefinitionEntry], tenants: CompactedTable[TenantConfig]) -> None:
+    def __init__(
+        self, definitions: CompactedTable[DefinitionEntry], tenants: CompactedTable[TenantConfig]
+    ) -> None:
         self._definitions = definitions
         self._tenants = tenants
         self._lock = threading.Lock()

@@ -27,7 +27,9 @@ def publish_signed(settings: Settings, signed: SignedDefinition, publisher: str)
     """Publish; returns False when the identical version was already published (idempotent)."""
     tenant = read_tenants(settings).get(signed.tenant)
     if tenant is None:
-        raise PublishRefused(f"tenant {signed.tenant!r} does not exist; create it with `switchyard tenant create`")
+        raise PublishRefused(
+            f"tenant {signed.tenant!r} does not exist; create it with `switchyard tenant create`"
+        )
     existing = read_definitions(settings)
     published = {
         (entry.signed.name, entry.signed.version): entry.signed.content_hash

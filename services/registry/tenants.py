@@ -34,6 +34,8 @@ def put_tenant(settings: Settings, config: TenantConfig) -> None:
         "updated_at": int(time.time() * 1000),
     }
     producer = Producer(plain_producer_config(settings))
-    producer.produce(Topics(settings.topic_prefix).tenants, key=config.tenant, value=serde.encode("TenantRecord", record))
+    producer.produce(
+        Topics(settings.topic_prefix).tenants, key=config.tenant, value=serde.encode("TenantRecord", record)
+    )
     if producer.flush(30) != 0:
         raise RuntimeError("could not write the tenant record to Kafka within 30 s")

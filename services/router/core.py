@@ -133,10 +133,10 @@ class CoreProcessor:
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
-                            remaining.discard(msg.partition())
+                            remaining.discard(msg.partition() or 0)
                         continue
                     key = (msg.key() or b"").decode()
-                    state = states[msg.partition()]
+                    state = states[msg.partition() or 0]
                     if msg.value() is None:
                         state.runs.pop(key, None)
                         continue
@@ -148,8 +148,10 @@ class CoreProcessor:
             consumer.close()
         for state in states.values():
             self._reindex(state)
-        log.info("router state restored", extra={"partitions": numbers,
-                                                 "runs": sum(len(s.runs) for s in states.values())})
+        log.info(
+            "router state restored",
+            extra={"partitions": numbers, "runs": sum(len(s.runs) for s in states.values())},
+        )
         return states
 
     def _reindex(self, state: PartitionState) -> None:
@@ -174,7 +176,7 @@ class CoreProcessor:
     # --- processing ----------------------------------------------------------------------------------
     def process(self, messages: Sequence[Message], out: Outbox) -> None:
         for msg in messages:
-            state = self.partitions.get(msg.partition())
+            state = self.partitions.get(msg.partition() or 0)
             if state is None:  # not ours any more (revoked mid-batch); it will be redelivered
                 continue
             started = time.perf_counter()
@@ -192,8 +194,14 @@ class CoreProcessor:
                 else:
                     self._control(state, body, msg, out)
             except Exception as exc:  # a bug or an unexpected record must not stall the partition
-                log.exception("inbox record failed", extra={"tenant": tenant, "run_id": body.get("run_id"),
-                                                            "correlation_id": body.get("correlation_id")})
+                log.exception(
+                    "inbox record failed",
+                    extra={
+                        "tenant": tenant,
+                        "run_id": body.get("run_id"),
+                        "correlation_id": body.get("correlation_id"),
+                    },
+                )
                 self._dead_message(msg, out, "router_error", f"{type(exc).__name__}: {exc}", tenant)
             metrics.HANDLER_SECONDS.labels(SERVICE, kind, tenant).observe(time.perf_counter() - started)
         self._flush_dirty(out)
@@ -215,14 +223,21 @@ class CoreProcessor:
         run_id = body["run_id"]
         if run_id in state.runs:
             metrics.TRIGGERS.labels(body["tenant"], "duplicate").inc()
-            log.info("duplicate run request ignored", extra={"tenant": body["tenant"], "run_id": run_id,
-                                                             "correlation_id": body["correlation_id"]})
+            log.info(
+                "duplicate run request ignored",
+                extra={"tenant": body["tenant"], "run_id": run_id, "correlation_id": body["correlation_id"]},
+            )
             return
         workflow = self.catalog.get(body["tenant"], body["workflow"], body["version"])
         if workflow is None:
-            self._dead_message(msg, out, "unknown_definition",
-                               f"{body['workflow']} v{body['version']} is not a verified definition of "
-                               f"tenant {body['tenant']}", body["tenant"])
+            self._dead_message(
+                msg,
+                out,
+                "unknown_definition",
+                f"{body['workflow']} v{body['version']} is not a verified definition of "
+                f"tenant {body['tenant']}",
+                body["tenant"],
+            )
             return
         state.arrivals += 1
         try:
@@ -230,12 +245,22 @@ class CoreProcessor:
         except ValueError:
             data = body["data_json"]
         run = RunState(
-            run_id=run_id, tenant=body["tenant"], workflow=workflow.name, version=workflow.version,
-            partition=state.partition, correlation_id=body["correlation_id"],
+            run_id=run_id,
+            tenant=body["tenant"],
+            workflow=workflow.name,
+            version=workflow.version,
+            partition=state.partition,
+            correlation_id=body["correlation_id"],
             idempotency_key=body["idempotency_key"],
-            trigger={"event": body["event_type"], "data": data, "key": body["idempotency_key"],
-                     "tenant": body["tenant"]},
-            arrival=state.arrivals, created_ms=self.now_ms(), steps=machine.new_run_steps(workflow),
+            trigger={
+                "event": body["event_type"],
+                "data": data,
+                "key": body["idempotency_key"],
+                "tenant": body["tenant"],
+            },
+            arrival=state.arrivals,
+            created_ms=self.now_ms(),
+            steps=machine.new_run_steps(workflow),
         )
         state.runs[run_id] = run
         metrics.RUNS_STARTED.labels(run.tenant, run.workflow).inc()
@@ -247,18 +272,25 @@ class CoreProcessor:
         run = state.runs.get(body["run_id"])
         if run is None:
             metrics.STALE_RESULTS.labels(body["tenant"], "unknown_run").inc()
-            self._dead_message(msg, out, "unknown_run", f"result for unknown run {body['run_id']}", body["tenant"])
+            self._dead_message(
+                msg, out, "unknown_run", f"result for unknown run {body['run_id']}", body["tenant"]
+            )
             return
         if run.tenant != body["tenant"]:
             metrics.STALE_RESULTS.labels(body["tenant"], "tenant_mismatch").inc()
-            self._dead_message(msg, out, "tenant_mismatch",
-                               f"result claims tenant {body['tenant']!r} for a run of another tenant",
-                               body["tenant"])
+            self._dead_message(
+                msg,
+                out,
+                "tenant_mismatch",
+                f"result claims tenant {body['tenant']!r} for a run of another tenant",
+                body["tenant"],
+            )
             return
         workflow = self._workflow(run)
         if workflow is None:
-            self._dead_message(msg, out, "unknown_definition", "the run's definition is no longer verified",
-                               run.tenant)
+            self._dead_message(
+                msg, out, "unknown_definition", "the run's definition is no longer verified", run.tenant
+            )
             return
         effects = machine.on_result(run, workflow, body, self.now_ms(), self.rand())
         for event in effects.events:
@@ -269,8 +301,13 @@ class CoreProcessor:
     def _control(self, state: PartitionState, body: dict[str, Any], msg: Message, out: Outbox) -> None:
         run = state.runs.get(body.get("run_id") or "")
         if run is None or run.tenant != body["tenant"]:
-            self._dead_message(msg, out, "unknown_run", f"{body['kind']}: no run {body.get('run_id')} "
-                               f"for tenant {body['tenant']}", body["tenant"])
+            self._dead_message(
+                msg,
+                out,
+                "unknown_run",
+                f"{body['kind']}: no run {body.get('run_id')} for tenant {body['tenant']}",
+                body["tenant"],
+            )
             return
         if body["kind"] == "cancel":
             was_pending = run.status == RunStatus.PENDING
@@ -281,33 +318,62 @@ class CoreProcessor:
                     queue.remove(run.run_id)
             self._apply(state, run, effects, out, was_active=not was_pending)
         else:
-            self._dead_message(msg, out, "unsupported_control", f"{body['kind']} is not supported yet", run.tenant)
+            self._dead_message(
+                msg, out, "unsupported_control", f"{body['kind']} is not supported yet", run.tenant
+            )
 
     # --- effects ------------------------------------------------------------------------------------------
-    def _apply(self, state: PartitionState, run: RunState, effects: Effects, out: Outbox,
-               was_active: bool | None = None) -> None:
+    def _apply(
+        self,
+        state: PartitionState,
+        run: RunState,
+        effects: Effects,
+        out: Outbox,
+        was_active: bool | None = None,
+    ) -> None:
         now = self.now_ms()
         headers = headers_for(run.tenant, run.run_id, run.correlation_id)
         for event in effects.events:
-            out.send(self.topics.events, records.run_event(run, event, now), key=run.run_id,
-                     partition=run.partition, headers=headers)
-            if event.type == "step_retrying" or (event.type == "step_timed_out" and event.state == "retrying"):
+            out.send(
+                self.topics.events,
+                records.run_event(run, event, now),
+                key=run.run_id,
+                partition=run.partition,
+                headers=headers,
+            )
+            if event.type == "step_retrying" or (
+                event.type == "step_timed_out" and event.state == "retrying"
+            ):
                 metrics.STEP_RETRIES.labels(run.tenant, run.workflow).inc()
         if effects.commands:
             workflow = self._workflow(run)
             scopes = list(workflow.definition.scopes) if workflow else []
             for command in effects.commands:
-                out.send(self.topics.commands, records.step_command(run, command, scopes, now), key=run.run_id,
-                         partition=run.partition, headers=headers)
+                out.send(
+                    self.topics.commands,
+                    records.step_command(run, command, scopes, now),
+                    key=run.run_id,
+                    partition=run.partition,
+                    headers=headers,
+                )
         for timer in effects.timers:
             state.add_timer(timer)
         for dead in effects.dead_letters:
             out.send(
                 self.topics.dlq,
-                records.dead_letter(SERVICE, dead["error_kind"], dead["error_message"], now, tenant=run.tenant,
-                                    correlation_id=run.correlation_id, run_id=run.run_id,
-                                    step_id=dead["step_id"], attempt=dead["attempt"]),
-                key=run.run_id, headers=headers,
+                records.dead_letter(
+                    SERVICE,
+                    dead["error_kind"],
+                    dead["error_message"],
+                    now,
+                    tenant=run.tenant,
+                    correlation_id=run.correlation_id,
+                    run_id=run.run_id,
+                    step_id=dead["step_id"],
+                    attempt=dead["attempt"],
+                ),
+                key=run.run_id,
+                headers=headers,
             )
             metrics.DLQ_RECORDS.labels(SERVICE, dead["error_kind"], run.tenant).inc()
         self.dirty[run.run_id] = run
@@ -319,15 +385,20 @@ class CoreProcessor:
             if active:
                 self._count(state, run, -1)
                 self._admit(state, run.tenant, out)
-            log.info("run %s", run.status.value, extra={"tenant": run.tenant, "run_id": run.run_id,
-                                                        "correlation_id": run.correlation_id})
+            log.info(
+                "run %s",
+                run.status.value,
+                extra={"tenant": run.tenant, "run_id": run.run_id, "correlation_id": run.correlation_id},
+            )
 
     def _flush_dirty(self, out: Outbox) -> None:
         if not self.dirty:
             return
         now = self.now_ms()
         for run in self.dirty.values():
-            out.send(self.topics.router_state, records.changelog(run, now), key=run.run_id, partition=run.partition)
+            out.send(
+                self.topics.router_state, records.changelog(run, now), key=run.run_id, partition=run.partition
+            )
         self.dirty.clear()
         metrics.ROUTER_STATE_RUNS.set(sum(len(p.runs) for p in self.partitions.values()))
         self._publish_gauges()
@@ -338,7 +409,9 @@ class CoreProcessor:
         key = (run.tenant, run.workflow)
         state.active_by_workflow[key] = state.active_by_workflow.get(key, 0) + delta
 
-    def _limits(self, state: PartitionState, tenant: str, workflow: CompiledWorkflow) -> tuple[int, int | None]:
+    def _limits(
+        self, state: PartitionState, tenant: str, workflow: CompiledWorkflow
+    ) -> tuple[int, int | None]:
         config = self.tenants.get(tenant)
         partitions = self.settings.internal_partitions
         slices = max(1, min(config.slices if config else 1, partitions))
@@ -399,11 +472,23 @@ class CoreProcessor:
     def _workflow(self, run: RunState) -> CompiledWorkflow | None:
         return self.catalog.get(run.tenant, run.workflow, run.version)
 
-    def _dead_message(self, msg: Message, out: Outbox, kind: str, message: str, tenant: str | None = None) -> None:
+    def _dead_message(
+        self, msg: Message, out: Outbox, kind: str, message: str, tenant: str | None = None
+    ) -> None:
         out.send(
             self.topics.dlq,
-            records.dead_letter(SERVICE, kind, message, self.now_ms(), topic=msg.topic(), partition=msg.partition(),
-                                offset=msg.offset(), key=msg.key(), value=msg.value(), tenant=tenant),
+            records.dead_letter(
+                SERVICE,
+                kind,
+                message,
+                self.now_ms(),
+                topic=msg.topic(),
+                partition=msg.partition(),
+                offset=msg.offset(),
+                key=msg.key(),
+                value=msg.value(),
+                tenant=tenant,
+            ),
             key=tenant,
         )
         metrics.DLQ_RECORDS.labels(SERVICE, kind, tenant or "").inc()

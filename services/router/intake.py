@@ -71,20 +71,31 @@ class IntakeProcessor:
         out.send(
             self.topics.dlq,
             records.dead_letter(
-                SERVICE, kind, message, now, topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
-                key=msg.key(), value=msg.value(), tenant=tenant,
+                SERVICE,
+                kind,
+                message,
+                now,
+                topic=msg.topic(),
+                partition=msg.partition(),
+                offset=msg.offset(),
+                key=msg.key(),
+                value=msg.value(),
+                tenant=tenant,
             ),
             key=tenant,
             headers=headers_for(tenant, None, None),
         )
         metrics.DLQ_RECORDS.labels(SERVICE, kind, tenant or "").inc()
         metrics.TRIGGERS.labels(tenant or "", "rejected").inc()
-        log.warning("trigger dead-lettered: %s", message, extra={"tenant": tenant, "error_kind": kind,
-                                                                 "offset": msg.offset()})
+        log.warning(
+            "trigger dead-lettered: %s",
+            message,
+            extra={"tenant": tenant, "error_kind": kind, "offset": msg.offset()},
+        )
 
     def _trigger(self, msg: Message, out: Outbox) -> None:
         started = time.perf_counter()
-        tenant_id = self.topics.tenant_of(msg.topic())
+        tenant_id = self.topics.tenant_of(msg.topic() or "")
         if tenant_id is None:
             self._dead(msg, out, "bad_topic", f"{msg.topic()} is not a tenant trigger topic")
             return
@@ -99,8 +110,11 @@ class IntakeProcessor:
         size = len(value or b"")
         if size > self.settings.max_trigger_bytes:
             self._dead(
-                msg, out, "oversized",
-                f"trigger is {size} bytes; the limit is {self.settings.max_trigger_bytes}", tenant_id,
+                msg,
+                out,
+                "oversized",
+                f"trigger is {size} bytes; the limit is {self.settings.max_trigger_bytes}",
+                tenant_id,
             )
             return
         try:
@@ -111,8 +125,14 @@ class IntakeProcessor:
         key = trigger.idempotency_key
         if key is None:
             raw_key = msg.key()
-            key = raw_key.decode(errors="replace") if raw_key else f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
-        correlation_id = trigger.correlation_id or str(uuid.uuid5(records.RUN_NAMESPACE, f"{tenant_id}\x1f{key}"))
+            key = (
+                raw_key.decode(errors="replace")
+                if raw_key
+                else f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
+            )
+        correlation_id = trigger.correlation_id or str(
+            uuid.uuid5(records.RUN_NAMESPACE, f"{tenant_id}\x1f{key}")
+        )
         ctx = {"event": trigger.event_type, "data": trigger.data, "key": key, "tenant": tenant_id}
         matched = 0
         for workflow in self.catalog.latest_for(tenant_id):
@@ -120,8 +140,11 @@ class IntakeProcessor:
                 if not workflow.matches(ctx):
                     continue
             except ExpressionError as exc:
-                log.warning("trigger filter failed: %s", exc, extra={"tenant": tenant_id, "workflow": workflow.name,
-                                                                     "correlation_id": correlation_id})
+                log.warning(
+                    "trigger filter failed: %s",
+                    exc,
+                    extra={"tenant": tenant_id, "workflow": workflow.name, "correlation_id": correlation_id},
+                )
                 continue
             matched += 1
             run_id = records.run_id_for(tenant_id, workflow.name, key)
@@ -144,12 +167,25 @@ class IntakeProcessor:
                 partition=partition_for(tenant_id, run_id, self.settings.internal_partitions, tenant.slices),
                 headers=headers_for(tenant_id, run_id, correlation_id),
             )
-            log.info("run requested", extra={"tenant": tenant_id, "run_id": run_id,
-                                             "correlation_id": correlation_id, "workflow": workflow.name})
+            log.info(
+                "run requested",
+                extra={
+                    "tenant": tenant_id,
+                    "run_id": run_id,
+                    "correlation_id": correlation_id,
+                    "workflow": workflow.name,
+                },
+            )
         metrics.TRIGGERS.labels(tenant_id, "matched" if matched else "unmatched").inc()
         if not matched:
-            log.info("trigger matched no workflow", extra={"tenant": tenant_id, "correlation_id": correlation_id,
-                                                           "event_type": trigger.event_type})
+            log.info(
+                "trigger matched no workflow",
+                extra={
+                    "tenant": tenant_id,
+                    "correlation_id": correlation_id,
+                    "event_type": trigger.event_type,
+                },
+            )
         metrics.HANDLER_SECONDS.labels(SERVICE, "trigger", tenant_id).observe(time.perf_counter() - started)
 
     # --- control -----------------------------------------------------------------------------------
@@ -162,7 +198,9 @@ class IntakeProcessor:
         tenant_id = command["tenant"]
         tenant = self.tenants.get(tenant_id)
         if tenant is None:
-            self._dead(msg, out, "unknown_tenant", f"control command for unknown tenant {tenant_id!r}", tenant_id)
+            self._dead(
+                msg, out, "unknown_tenant", f"control command for unknown tenant {tenant_id!r}", tenant_id
+            )
             return
         run_id = command.get("run_id")
         if not run_id:

@@ -102,7 +102,9 @@ def start(run: RunState, workflow: CompiledWorkflow, now_ms: int) -> Effects:
     return effects
 
 
-def on_result(run: RunState, workflow: CompiledWorkflow, result: dict[str, Any], now_ms: int, rand: float) -> Effects:
+def on_result(
+    run: RunState, workflow: CompiledWorkflow, result: dict[str, Any], now_ms: int, rand: float
+) -> Effects:
     """Apply one StepResult. Stale or duplicate results are reported, never applied."""
     effects = Effects()
     step_id, attempt = result["step_id"], result["attempt"]
@@ -122,14 +124,29 @@ def on_result(run: RunState, workflow: CompiledWorkflow, result: dict[str, Any],
         rec.output = _loads(result.get("output_json"))
         rec.deadline_ms = None
         effects.events.append(
-            Event("step_succeeded", step_id, attempt, StepStatus.SUCCEEDED.value, {"output": rec.output, **timing})
+            Event(
+                "step_succeeded",
+                step_id,
+                attempt,
+                StepStatus.SUCCEEDED.value,
+                {"output": rec.output, **timing},
+            )
         )
         _advance(run, workflow, now_ms, effects)
     else:
         kind = result.get("error_kind") or "action_error"
         _failed_attempt(
-            run, workflow, step_id, kind, result.get("error_message") or "", bool(result.get("retryable", True)),
-            now_ms, rand, effects, event_type=None, extra=timing,
+            run,
+            workflow,
+            step_id,
+            kind,
+            result.get("error_message") or "",
+            bool(result.get("retryable", True)),
+            now_ms,
+            rand,
+            effects,
+            event_type=None,
+            extra=timing,
         )
     return effects
 
@@ -144,8 +161,15 @@ def on_timer(run: RunState, workflow: CompiledWorkflow, timer: Timer, now_ms: in
         _refresh_status(run, effects)
     elif timer.kind == "deadline" and rec.status == StepStatus.RUNNING:
         _failed_attempt(
-            run, workflow, timer.step_id, "timeout",
-            f"no result for attempt {rec.attempt} by its deadline", True, now_ms, rand, effects,
+            run,
+            workflow,
+            timer.step_id,
+            "timeout",
+            f"no result for attempt {rec.attempt} by its deadline",
+            True,
+            now_ms,
+            rand,
+            effects,
             event_type="step_timed_out",
         )
     return effects
@@ -159,10 +183,16 @@ def cancel(run: RunState, requester: str, reason: str) -> Effects:
         if rec.status in (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.RETRYING):
             rec.status = StepStatus.CANCELLED
             rec.deadline_ms = rec.retry_at_ms = None
-            effects.events.append(Event("step_cancelled", step_id, rec.attempt or None, StepStatus.CANCELLED.value))
+            effects.events.append(
+                Event("step_cancelled", step_id, rec.attempt or None, StepStatus.CANCELLED.value)
+            )
     run.status = RunStatus.CANCELLED
     effects.events.append(
-        Event("run_cancelled", state=RunStatus.CANCELLED.value, detail={"requester": requester, "reason": reason})
+        Event(
+            "run_cancelled",
+            state=RunStatus.CANCELLED.value,
+            detail={"requester": requester, "reason": reason},
+        )
     )
     return effects
 
@@ -215,16 +245,24 @@ def _failed_attempt(
         rec.status = StepStatus.RETRYING
         rec.retry_at_ms = now_ms + delay_ms
         detail.update(retry_at=rec.retry_at_ms, next_attempt=rec.attempt + 1)
-        effects.events.append(Event(event_type or "step_retrying", step_id, rec.attempt, StepStatus.RETRYING.value, detail))
+        effects.events.append(
+            Event(event_type or "step_retrying", step_id, rec.attempt, StepStatus.RETRYING.value, detail)
+        )
         effects.timers.append(Timer(rec.retry_at_ms, run.run_id, step_id, rec.attempt, "retry"))
         _refresh_status(run, effects)
         return
     rec.status = StepStatus.FAILED
     detail["retries_exhausted"] = retryable
-    effects.events.append(Event(event_type or "step_failed", step_id, rec.attempt, StepStatus.FAILED.value, detail))
+    effects.events.append(
+        Event(event_type or "step_failed", step_id, rec.attempt, StepStatus.FAILED.value, detail)
+    )
     effects.dead_letters.append(
-        {"step_id": step_id, "attempt": rec.attempt, "error_kind": kind,
-         "error_message": f"step {step_id} failed after {rec.attempt} attempt(s): {message}"}
+        {
+            "step_id": step_id,
+            "attempt": rec.attempt,
+            "error_kind": kind,
+            "error_message": f"step {step_id} failed after {rec.attempt} attempt(s): {message}",
+        }
     )
     _advance(run, workflow, now_ms, effects)
 
@@ -240,11 +278,21 @@ def _schedule(run: RunState, workflow: CompiledWorkflow, step_id: str, now_ms: i
         rec.status = StepStatus.FAILED
         rec.error_kind, rec.error_message = "expression_error", str(exc)
         effects.events.append(
-            Event("step_failed", step_id, rec.attempt, StepStatus.FAILED.value,
-                  {"error_kind": "expression_error", "error_message": str(exc)})
+            Event(
+                "step_failed",
+                step_id,
+                rec.attempt,
+                StepStatus.FAILED.value,
+                {"error_kind": "expression_error", "error_message": str(exc)},
+            )
         )
         effects.dead_letters.append(
-            {"step_id": step_id, "attempt": rec.attempt, "error_kind": "expression_error", "error_message": str(exc)}
+            {
+                "step_id": step_id,
+                "attempt": rec.attempt,
+                "error_kind": "expression_error",
+                "error_message": str(exc),
+            }
         )
         return
     deadline = now_ms + int(step.timeout * 1000)
@@ -254,9 +302,18 @@ def _schedule(run: RunState, workflow: CompiledWorkflow, step_id: str, now_ms: i
     effects.commands.append(command)
     effects.timers.append(Timer(rec.deadline_ms, run.run_id, step_id, rec.attempt, "deadline"))
     effects.events.append(
-        Event("step_scheduled", step_id, rec.attempt, StepStatus.RUNNING.value,
-              {"action": step.action, "inputs": inputs, "deadline": deadline,
-               "idempotency_key": command.idempotency_key(run.run_id)})
+        Event(
+            "step_scheduled",
+            step_id,
+            rec.attempt,
+            StepStatus.RUNNING.value,
+            {
+                "action": step.action,
+                "inputs": inputs,
+                "deadline": deadline,
+                "idempotency_key": command.idempotency_key(run.run_id),
+            },
+        )
     )
 
 
@@ -271,18 +328,29 @@ def _advance(run: RunState, workflow: CompiledWorkflow, now_ms: int, effects: Ef
             return
         for step_id in advance.skip:
             run.steps[step_id].status = StepStatus.SKIPPED
-            effects.events.append(Event("step_skipped", step_id, None, StepStatus.SKIPPED.value, {"reason": "condition"}))
+            effects.events.append(
+                Event("step_skipped", step_id, None, StepStatus.SKIPPED.value, {"reason": "condition"})
+            )
         for failure in advance.fail:
             rec = run.steps[failure.step_id]
             rec.status = StepStatus.FAILED
             rec.error_kind, rec.error_message = failure.error_kind, failure.message
             effects.events.append(
-                Event("step_failed", failure.step_id, None, StepStatus.FAILED.value,
-                      {"error_kind": failure.error_kind, "error_message": failure.message})
+                Event(
+                    "step_failed",
+                    failure.step_id,
+                    None,
+                    StepStatus.FAILED.value,
+                    {"error_kind": failure.error_kind, "error_message": failure.message},
+                )
             )
             effects.dead_letters.append(
-                {"step_id": failure.step_id, "attempt": None, "error_kind": failure.error_kind,
-                 "error_message": failure.message}
+                {
+                    "step_id": failure.step_id,
+                    "attempt": None,
+                    "error_kind": failure.error_kind,
+                    "error_message": failure.message,
+                }
             )
         for step_id in advance.start:
             _schedule(run, workflow, step_id, now_ms, effects)
@@ -292,25 +360,39 @@ def _advance(run: RunState, workflow: CompiledWorkflow, now_ms: int, effects: Ef
             return
         if advance.outcome == "failed":
             failed = next((s for s, r in run.steps.items() if r.status == StepStatus.FAILED), None)
-            rec = run.steps[failed] if failed else None
-            _fail_run(run, failed, rec.error_kind if rec else "failed", rec.error_message if rec else "", effects)
+            failed_rec = run.steps[failed] if failed else None
+            _fail_run(
+                run,
+                failed,
+                failed_rec.error_kind if failed_rec else "failed",
+                failed_rec.error_message if failed_rec else "",
+                effects,
+            )
             return
         if not advance.start and not advance.skip and not advance.fail:
             _refresh_status(run, effects)
             return
 
 
-def _fail_run(run: RunState, step_id: str | None, kind: str | None, message: str | None, effects: Effects) -> None:
+def _fail_run(
+    run: RunState, step_id: str | None, kind: str | None, message: str | None, effects: Effects
+) -> None:
     for sid, rec in run.steps.items():
         if rec.status in (StepStatus.RUNNING, StepStatus.RETRYING):
             rec.status = StepStatus.CANCELLED
             rec.deadline_ms = rec.retry_at_ms = None
-            effects.events.append(Event("step_cancelled", sid, rec.attempt, StepStatus.CANCELLED.value,
-                                        {"reason": "run_failed"}))
+            effects.events.append(
+                Event(
+                    "step_cancelled", sid, rec.attempt, StepStatus.CANCELLED.value, {"reason": "run_failed"}
+                )
+            )
     run.status = RunStatus.FAILED
     effects.events.append(
-        Event("run_failed", state=RunStatus.FAILED.value,
-              detail={"step_id": step_id, "error_kind": kind, "error_message": message})
+        Event(
+            "run_failed",
+            state=RunStatus.FAILED.value,
+            detail={"step_id": step_id, "error_kind": kind, "error_message": message},
+        )
     )
 
 

@@ -40,12 +40,17 @@ def run_router(
     catalog = DefinitionCatalog(definitions, tenants)
     prefix = settings.topic_prefix
     core = TransactionalLoop(
-        settings, service="router.core", group_id=f"{prefix}.router.core",
-        transactional_id=f"{prefix}.router.core.{instance}", subscribe=[topics.inbox],
+        settings,
+        service="router.core",
+        group_id=f"{prefix}.router.core",
+        transactional_id=f"{prefix}.router.core.{instance}",
+        subscribe=[topics.inbox],
         processor=CoreProcessor(settings, catalog, tenants),
     )
     intake = TransactionalLoop(
-        settings, service="router.intake", group_id=f"{prefix}.router.intake",
+        settings,
+        service="router.intake",
+        group_id=f"{prefix}.router.intake",
         transactional_id=f"{prefix}.router.intake.{instance}",
         subscribe=[topics.trigger_pattern, topics.control],
         processor=IntakeProcessor(settings, catalog, tenants),
@@ -64,7 +69,14 @@ def run_router(
     for thread in threads:
         thread.start()
     if ready is not None:
-        threading.Thread(target=lambda: (core.ready.wait(), intake.ready.wait(), ready.set()), daemon=True).start()
+        done = ready
+
+        def signal_ready() -> None:
+            core.ready.wait()
+            intake.ready.wait()
+            done.set()
+
+        threading.Thread(target=signal_ready, daemon=True).start()
     log.info("router started", extra={"instance": instance})
     for thread in threads:
         thread.join()

@@ -88,5 +88,7 @@ def parse_trigger(value: bytes | None) -> Trigger:
         data = record.get("data", {})
     event_type = record.get("event_type")
     if not isinstance(event_type, str) or not event_type or len(event_type) > 200:
-        raise TriggerError("invalid_trigger", "event_type must be a non-empty string of at most 200 characters")
+        raise TriggerError(
+            "invalid_trigger", "event_type must be a non-empty string of at most 200 characters"
+        )
     return Trigger(event_type, data, _opt_str(record, "idempotency_key"), _opt_str(record, "correlation_id"))

@@ -45,7 +45,9 @@ def test_linear_chain_runs_in_order_with_rendered_inputs(engine: Engine) -> None
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     succeeded = [e["step_id"] for e in events if e["type"] == "step_succeeded"]
     assert succeeded == ["a", "b", "c"]
-    b_out = next(e for e in events if e["type"] == "step_succeeded" and e["step_id"] == "b")["detail"]["output"]
+    b_out = next(e for e in events if e["type"] == "step_succeeded" and e["step_id"] == "b")["detail"][
+        "output"
+    ]
     assert b_out == {"prev": "hi", "n": 2}
     assert {e["correlation_id"] for e in events} == {events[0]["correlation_id"]}
 
@@ -68,9 +70,13 @@ steps:
     assert types(events)[-1] == "run_succeeded"
     assert step_events(events, "review") == ["step_skipped"]
     assert step_events(events, "after_review") == ["step_skipped"]  # no live path left
-    join_scheduled = next(i for i, e in enumerate(events) if e["type"] == "step_scheduled" and e["step_id"] == "join")
+    join_scheduled = next(
+        i for i, e in enumerate(events) if e["type"] == "step_scheduled" and e["step_id"] == "join"
+    )
     for branch in ("left", "right"):
-        done = next(i for i, e in enumerate(events) if e["type"] == "step_succeeded" and e["step_id"] == branch)
+        done = next(
+            i for i, e in enumerate(events) if e["type"] == "step_succeeded" and e["step_id"] == branch
+        )
         assert done < join_scheduled
 
 
@@ -89,7 +95,12 @@ steps:
     bad = engine.run_id("flaky", engine.trigger("flaky", {"failures": 5}))
     runs = engine.wait_terminal([ok, bad])
     assert step_events(runs[ok], "s") == [
-        "step_scheduled", "step_retrying", "step_scheduled", "step_retrying", "step_scheduled", "step_succeeded"
+        "step_scheduled",
+        "step_retrying",
+        "step_scheduled",
+        "step_retrying",
+        "step_scheduled",
+        "step_succeeded",
     ]
     assert "run_retrying" in types(runs[ok]) and types(runs[ok])[-1] == "run_succeeded"
     assert types(runs[bad])[-1] == "run_failed"
@@ -97,8 +108,14 @@ steps:
     attempts = [e["attempt"] for e in runs[bad] if e["type"] == "step_scheduled"]
     assert attempts == [1, 2, 3]
 
-    dlq = Consumer({"bootstrap.servers": engine.settings.kafka_bootstrap_servers, "group.id": f"dlq-{bad}",
-                    "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
+    dlq = Consumer(
+        {
+            "bootstrap.servers": engine.settings.kafka_bootstrap_servers,
+            "group.id": f"dlq-{bad}",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
     dlq.subscribe([engine.topics.dlq])
     try:
         seen = consume_until(dlq, lambda ms: any(serde.decode(m.value())[1]["run_id"] == bad for m in ms), 30)
@@ -141,9 +158,19 @@ def test_duplicate_trigger_yields_one_run(engine: Engine) -> None:
 
 
 def _control(engine: Engine, kind: str, run_id: str, reason: str = "test") -> None:
-    command = {"command_id": f"c-{run_id}-{kind}", "kind": kind, "requester": "ops@acme", "tenant": engine.tenant,
-               "run_id": run_id, "step_id": None, "reason": reason, "correlation_id": "cid",
-               "issued_at": int(time.time() * 1000), "filter_json": None, "dry_run": False}
+    command = {
+        "command_id": f"c-{run_id}-{kind}",
+        "kind": kind,
+        "requester": "ops@acme",
+        "tenant": engine.tenant,
+        "run_id": run_id,
+        "step_id": None,
+        "reason": reason,
+        "correlation_id": "cid",
+        "issued_at": int(time.time() * 1000),
+        "filter_json": None,
+        "dry_run": False,
+    }
     producer = Producer(plain_producer_config(engine.settings))
     producer.produce(engine.topics.control, key=run_id, value=serde.encode("ControlCommand", command))
     assert producer.flush(30) == 0
@@ -177,14 +204,22 @@ def test_bad_triggers_go_to_the_dead_letter_topic(engine: Engine) -> None:
     engine.send_raw(b"x" * (engine.settings.max_trigger_bytes + 1), key="k3")
     ok = engine.run_id("chain", engine.trigger("go", {"msg": "still fine"}))
     assert types(engine.wait_terminal([ok])[ok])[-1] == "run_succeeded"
-    dlq = Consumer({"bootstrap.servers": engine.settings.kafka_bootstrap_servers, "group.id": f"dlq-{ok}",
-                    "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
+    dlq = Consumer(
+        {
+            "bootstrap.servers": engine.settings.kafka_bootstrap_servers,
+            "group.id": f"dlq-{ok}",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
     dlq.subscribe([engine.topics.dlq])
     try:
         seen = consume_until(dlq, lambda ms: len(ms) >= 3, 30)
     finally:
         dlq.close()
-    kinds = {serde.decode(m.value())[1]["original_key"]: serde.decode(m.value())[1]["error_kind"] for m in seen}
+    kinds = {
+        serde.decode(m.value())[1]["original_key"]: serde.decode(m.value())[1]["error_kind"] for m in seen
+    }
     assert kinds == {b"k1": "unknown_schema", b"k2": "invalid_json", b"k3": "oversized"}
 
 
