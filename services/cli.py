@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.commands import dev
+from services.commands import demo, dev, engine, runs, tenant, workflow, workflow_registry
 
 app = typer.Typer(
     name="switchyard",
@@ -13,6 +13,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(dev.app, name="dev")
+workflow_registry.register(workflow.app)
+app.add_typer(workflow.app, name="workflow", help="Workflow definitions: validate, sign, publish, inspect.")
+app.add_typer(tenant.app, name="tenant")
+app.add_typer(engine.topics_app, name="topics")
+app.add_typer(runs.app, name="runs", help="Run history from PostgreSQL.")
+app.command()(engine.router)
+app.command()(engine.executor)
+app.command()(engine.projector)
+app.command()(engine.run)
+app.command()(engine.trigger)
+app.command()(demo.demo)
 
 
 def main() -> None:

@@ -134,7 +134,7 @@ def demo(
     from services.executor.plugins import ActionRegistry
     from services.executor.service import run_executor
     from services.projector.db import upgrade_database
-    from services.projector.service import run_projector
+    from services.projector.runner import run_projector
     from services.router.service import run_router
 
     base = get_settings()

@@ -60,7 +60,7 @@ def executor(instance_id: str | None = typer.Option(None, help=INSTANCE_HELP)) -
 def projector() -> None:
     """Run the state projector: run history → PostgreSQL (exactly once, offsets stored with the data)."""
     from services.projector.db import upgrade_database
-    from services.projector.service import run_projector
+    from services.projector.runner import run_projector
 
     settings = _settings()
     if not settings.database_url:
@@ -74,7 +74,7 @@ def run(instance_id: str | None = typer.Option(None, help=INSTANCE_HELP)) -> Non
     """Run router, executor and projector in one process (development)."""
     from services.executor.service import run_executor
     from services.projector.db import upgrade_database
-    from services.projector.service import run_projector
+    from services.projector.runner import run_projector
     from services.router.service import run_router
 
     settings = _settings()

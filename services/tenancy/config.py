@@ -17,7 +17,9 @@ class TenantConfig(BaseModel):
     tenant: str = Field(pattern=TENANT_PATTERN)
     status: Literal["active", "suspended"] = "active"
     trigger_partitions: int = Field(3, ge=1, le=1000, description="Partitions of the tenant's trigger topic.")
-    slices: int = Field(1, ge=1, le=64, description="Partitions of the internal topics the tenant's runs use.")
+    slices: int = Field(
+        1, ge=1, le=64, description="Partitions of the internal topics the tenant's runs use."
+    )
     max_concurrent_runs: int = Field(100, ge=1, description="Runs running at once, across all its workflows.")
     trigger_rate: float = Field(100.0, gt=0, description="Triggers accepted per second (token refill rate).")
     trigger_burst: int = Field(200, ge=1, description="Token bucket size for triggers.")
