@@ -1,0 +1,1 @@
+"""Unit tests of the projector's pure parts (no Kafka, no PostgreSQL)."""
