@@ -22,7 +22,7 @@ from services.bus.topics import Topics, admin_client, ensure_topics, internal_sp
 from services.config import Settings, get_settings
 from services.contracts import serde
 from services.devinfra import launcher, paths
-from services.runtime import install_signal_handlers, run_services, setup_logging
+from services.runtime import ServiceFn, install_signal_handlers, run_services, setup_logging
 from services.tenancy.admin import create_trigger_topic, read_tenants, save_tenant
 from services.tenancy.config import TenantConfig
 from services.workflow.loader import load_definition_file
@@ -166,7 +166,7 @@ def demo(
 
     stop = threading.Event()
     install_signal_handlers(stop)
-    services = {"router": run_router, "executor": run_executor, "projector": run_projector}
+    services: dict[str, ServiceFn] = {"router": run_router, "executor": run_executor, "projector": run_projector}
     engine = threading.Thread(target=run_services, args=(settings, services, stop), name="engine")
     engine.start()
     triggers = json.loads((EXAMPLES / "triggers.json").read_text())
