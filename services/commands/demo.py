@@ -166,7 +166,11 @@ def demo(
 
     stop = threading.Event()
     install_signal_handlers(stop)
-    services: dict[str, ServiceFn] = {"router": run_router, "executor": run_executor, "projector": run_projector}
+    services: dict[str, ServiceFn] = {
+        "router": run_router,
+        "executor": run_executor,
+        "projector": run_projector,
+    }
     engine = threading.Thread(target=run_services, args=(settings, services, stop), name="engine")
     engine.start()
     triggers = json.loads((EXAMPLES / "triggers.json").read_text())
