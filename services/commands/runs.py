@@ -25,8 +25,15 @@ app = typer.Typer(
     help="Run history, as projected into PostgreSQL by the projector.",
     no_args_is_help=True,
 )
-out = Console()
-err = Console(stderr=True)
+
+
+def _out() -> Console:
+    return Console()  # created per command, so COLUMNS and redirections apply
+
+
+def _err() -> Console:
+    return Console(stderr=True)
+
 
 STATE_STYLES = {
     "pending": "yellow",
@@ -44,7 +51,7 @@ STATE_STYLES = {
 def _session() -> Iterator[Session]:
     url = Settings().database_url
     if not url:
-        err.print(
+        _err().print(
             "[red]error:[/] no database configured: set DATABASE_URL (or SWITCHYARD_DATABASE_URL), "
             'or run `switchyard dev up` and `eval "$(switchyard dev env)"`.'
         )
@@ -106,7 +113,7 @@ def list_command(
             print(json.dumps([as_dict(r) for r in found], indent=2, default=str))
             return
         if not found:
-            err.print("no runs match")
+            _err().print("no runs match")
             return
         table = Table(title=f"{len(found)} run(s)", show_lines=False)
         for column in ("run", "tenant", "workflow", "state", "created", "duration", "correlation", "error"):
@@ -122,7 +129,7 @@ def list_command(
                 run.correlation_id,
                 _error(run.error_kind, run.error_message),
             )
-        out.print(table)
+        _out().print(table)
 
 
 def _render(timeline: RunTimeline) -> None:
@@ -144,6 +151,7 @@ def _render(timeline: RunTimeline) -> None:
     if run.error_kind or run.error_message:
         summary.add_row("error", Text(_error(run.error_kind, run.error_message), style="red"))
     summary.add_row("last seq", str(run.last_seq))
+    out = _out()
     out.print(summary)
 
     steps = Table(title="steps")
@@ -203,7 +211,7 @@ def show(
     with _session() as session:
         timeline = run_timeline(session, run_id)
         if timeline is None:
-            err.print(f"[red]error:[/] no run {run_id!r} (the projector may not have seen it yet)")
+            _err().print(f"[red]error:[/] no run {run_id!r} (the projector may not have seen it yet)")
             raise typer.Exit(1)
         if as_json:
             print(json.dumps(timeline.as_dict(), indent=2, default=str))
