@@ -1,0 +1,124 @@
+"""The pure run state machine: transitions, retries on timers, deadlines, stale results, cancellation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.router import machine
+from services.router.state import RunState, RunStatus
+from services.workflow.compiled import compile_workflow
+from services.workflow.loader import load_definition_text
+
+WF = compile_workflow(
+    load_definition_text(
+        """
+name: wf
+version: 1
+trigger: {event: go}
+steps:
+  - {id: a, action: echo, inputs: {x: "${{ trigger.data.x }}"}, timeout: 1,
+     retry: {max_attempts: 2, initial_backoff: 1, max_backoff: 1, jitter: 0}}
+  - {id: b, action: noop, needs: [a]}
+""",
+        filename="wf.yaml",
+    )
+)
+
+
+def new_run() -> RunState:
+    return RunState(
+        run_id="r1",
+        tenant="t",
+        workflow="wf",
+        version=1,
+        partition=0,
+        correlation_id="c",
+        idempotency_key="k",
+        trigger={"event": "go", "data": {"x": 7}, "key": "k", "tenant": "t"},
+        arrival=1,
+        created_ms=0,
+        steps=machine.new_run_steps(WF),
+    )
+
+
+def result(step: str, attempt: int, ok: bool = True, **extra: Any) -> dict[str, Any]:
+    return {
+        "step_id": step,
+        "attempt": attempt,
+        "status": "succeeded" if ok else "failed",
+        "output_json": '{"y": 1}' if ok else None,
+        "error_kind": None if ok else "boom",
+        "error_message": None if ok else "it broke",
+        "retryable": True,
+        **extra,
+    }
+
+
+def test_start_schedules_roots_with_rendered_inputs_and_a_deadline_timer() -> None:
+    run = new_run()
+    fx = machine.start(run, WF, now_ms=1000)
+    assert run.status == RunStatus.RUNNING
+    assert [(c.step_id, c.attempt, c.inputs, c.deadline_ms) for c in fx.commands] == [
+        ("a", 1, {"x": 7}, 2000)
+    ]
+    assert fx.timers[0].kind == "deadline" and fx.timers[0].due_ms == 2000 + machine.DEADLINE_GRACE_MS
+    assert [e.type for e in fx.events] == ["run_started", "step_scheduled"]
+
+
+def test_failure_retries_on_a_timer_then_the_run_succeeds() -> None:
+    run = new_run()
+    machine.start(run, WF, 0)
+    fx = machine.on_result(run, WF, result("a", 1, ok=False), now_ms=100, rand=0.5)
+    assert [e.type for e in fx.events] == ["step_retrying", "run_retrying"]
+    assert fx.timers == [machine.Timer(1100, "r1", "a", 1, "retry")] and not fx.commands
+    fx = machine.on_timer(run, WF, fx.timers[0], now_ms=1100, rand=0.5)
+    assert [(c.step_id, c.attempt) for c in fx.commands] == [("a", 2)]
+    assert run.status == RunStatus.RUNNING
+    machine.on_result(run, WF, result("a", 2), 1200, 0.5)
+    fx = machine.on_result(run, WF, result("b", 1), 1300, 0.5)
+    assert fx.finished and run.status == RunStatus.SUCCEEDED
+
+
+def test_exhausted_retries_fail_the_run_with_a_dead_letter() -> None:
+    run = new_run()
+    machine.start(run, WF, 0)
+    machine.on_result(run, WF, result("a", 1, ok=False), 100, 0.0)
+    machine.on_timer(run, WF, machine.Timer(1100, "r1", "a", 1, "retry"), 1100, 0.0)
+    fx = machine.on_result(run, WF, result("a", 2, ok=False), 1200, 0.0)
+    assert run.status == RunStatus.FAILED and fx.finished
+    assert fx.dead_letters[0]["error_kind"] == "boom" and fx.dead_letters[0]["attempt"] == 2
+
+
+def test_deadline_timer_counts_as_a_timeout_and_late_results_are_ignored() -> None:
+    run = new_run()
+    fx = machine.start(run, WF, 0)
+    deadline = fx.timers[0]
+    fx = machine.on_timer(run, WF, deadline, deadline.due_ms, 0.0)
+    assert fx.events[0].type == "step_timed_out" and fx.events[0].detail["error_kind"] == "timeout"
+    late = machine.on_result(run, WF, result("a", 1), deadline.due_ms + 1, 0.0)
+    assert [(e.type, e.detail) for e in late.events] == [("result_ignored", {"reason": "step_retrying"})]
+    assert not late.commands
+
+
+def test_stale_attempt_unknown_step_and_superseded_timers_change_nothing() -> None:
+    run = new_run()
+    machine.start(run, WF, 0)
+    assert machine.on_result(run, WF, result("a", 9), 1, 0.0).events[0].detail == {"reason": "stale_attempt"}
+    assert machine.on_result(run, WF, result("zz", 1), 1, 0.0).events[0].detail == {"reason": "unknown_step"}
+    assert machine.on_timer(run, WF, machine.Timer(5, "r1", "a", 7, "deadline"), 5, 0.0).events == []
+
+
+def test_cancel_marks_open_steps_and_is_idempotent() -> None:
+    run = new_run()
+    machine.start(run, WF, 0)
+    fx = machine.cancel(run, "ops", "why")
+    assert [e.type for e in fx.events] == ["step_cancelled", "step_cancelled", "run_cancelled"]
+    assert machine.cancel(run, "ops", "again").events == []
+    assert machine.on_result(run, WF, result("a", 1), 5, 0.0).events[0].detail == {"reason": "run_cancelled"}
+
+
+def test_snapshot_round_trip() -> None:
+    run = new_run()
+    machine.start(run, WF, 0)
+    machine.on_result(run, WF, result("a", 1), 10, 0.0)
+    assert RunState.from_json(run.to_json()) == run
