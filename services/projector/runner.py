@@ -70,6 +70,11 @@ class Projector:
         self._ready: threading.Event | None = None
         self._assigned: set[int] = set()
 
+    @property
+    def assigned_partitions(self) -> frozenset[int]:
+        """Partitions of the events topic this instance owns now."""
+        return frozenset(self._assigned)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, ready: threading.Event | None = None) -> None:

@@ -14,6 +14,7 @@ from alembic.script import ScriptDirectory
 from psycopg.conninfo import conninfo_to_dict
 
 from services.contracts.serde import encode
+from services.observability.metrics import REGISTRY
 from services.projector.db import alembic_config, current_revision, make_engine, upgrade_database
 from services.projector.models import Base
 from tests.integration.test_projector_support import (
@@ -274,6 +275,10 @@ def test_undecodable_and_unapplicable_records_are_rejected_without_stalling(
     ]
     produce(settings, topic, records)
 
+    def rejected(reason: str) -> float:
+        return REGISTRY.get_sample_value("switchyard_projector_rejects_total", {"reason": reason}) or 0.0
+
+    before = {reason: rejected(reason) for reason in ("bad_framing", "wrong_schema", "apply_error")}
     with running_projector(settings):
         wait_for(
             lambda: scalar(engine, "select state from runs where run_id = :r", r=later.run_id) == "running",
@@ -291,6 +296,11 @@ def test_undecodable_and_unapplicable_records_are_rejected_without_stalling(
     assert scalar(engine, "select count(*) from runs where run_id = :r", r=poison.run_id) == 0
     assert scalar(engine, "select count(*) from run_events") == 4  # good (2) + later (2)
     assert rows(engine, "select next_offset from consumer_offsets")[0].next_offset == 8
+    assert {reason: rejected(reason) - count for reason, count in before.items()} == {
+        "bad_framing": 2,
+        "wrong_schema": 1,
+        "apply_error": 1,
+    }
 
 
 def dead_letter() -> dict[str, object]:
@@ -337,3 +347,39 @@ def test_sqlalchemy_url_reaches_the_real_server(database_url: str) -> None:
     finally:
         engine.dispose()
     assert name == conninfo_to_dict(database_url)["dbname"]
+
+
+def test_two_instances_share_the_partitions_and_each_event_is_applied_once(
+    kafka_bootstrap: str, database_url: str, unique: str, engine: sa.Engine
+) -> None:
+    settings = settings_for(kafka_bootstrap, database_url, unique, partitions=4)
+    topic = create_events_topic(settings)
+    group = f"pair-{unique}"
+    early = [RunHistory(tenant=f"t{i}").pending().started() for i in range(8)]
+    produce(settings, topic, encoded(*early))
+    with running_projector(settings, group_id=group, batch_size=3) as first:
+        wait_for(lambda: scalar(engine, "select count(*) from run_events") == 16, what="early events")
+        with running_projector(settings, group_id=group, batch_size=3) as second:
+            wait_for(
+                lambda: (
+                    first.assigned_partitions
+                    and second.assigned_partitions
+                    and len(first.assigned_partitions | second.assigned_partitions) == 4
+                ),
+                what="partitions split between the two instances",
+            )
+            assert not first.assigned_partitions & second.assigned_partitions
+            for h in early:
+                h.scheduled("s").succeeded("s").add("run_succeeded", state="succeeded")
+            late = [RunHistory(tenant=f"u{i}").pending() for i in range(4)]
+            produce(settings, topic, encoded(*early, *late))  # old events again, then new ones
+            wait_for(
+                lambda: (
+                    scalar(engine, "select count(*) from runs where state = 'succeeded'") == 8
+                    and scalar(engine, "select count(*) from runs") == 12
+                ),
+                what="all runs projected",
+            )
+    assert scalar(engine, "select count(*) from run_events") == 8 * 5 + 4
+    assert scalar(engine, "select count(*) from attempts where state = 'succeeded'") == 8
+    assert scalar(engine, "select count(*) from projector_rejects") == 0
