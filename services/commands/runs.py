@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+import psycopg
+import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -60,6 +62,18 @@ def _session() -> Iterator[Session]:
     try:
         with Session(engine) as session:
             yield session
+    except sa.exc.ProgrammingError as exc:
+        if not isinstance(exc.orig, psycopg.errors.UndefinedTable):
+            raise
+        _err().print(
+            "[red]error:[/] the database has no run history tables yet: migrate it "
+            "(`switchyard db upgrade`) or start the projector, which migrates on start."
+        )
+        raise typer.Exit(2) from exc
+    except sa.exc.OperationalError as exc:
+        _err().print(f"[red]error:[/] cannot reach PostgreSQL: {str(exc.orig).strip()}")
+        _err().print("Is it running? `switchyard dev status`; start it with `switchyard dev up`.")
+        raise typer.Exit(2) from exc
     finally:
         engine.dispose()
 
@@ -117,7 +131,8 @@ def list_command(
             return
         table = Table(title=f"{len(found)} run(s)", show_lines=False)
         for column in ("run", "tenant", "workflow", "state", "created", "duration", "correlation", "error"):
-            table.add_column(column, overflow="fold")
+            wrap = column in ("workflow", "correlation", "error")
+            table.add_column(column, overflow="fold", no_wrap=not wrap)
         for run in found:
             table.add_row(
                 run.run_id,

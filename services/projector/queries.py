@@ -18,7 +18,7 @@ from services.projector.models import Attempt, Base, Run, RunEventRow, Step
 
 @dataclass(frozen=True)
 class RunTimeline:
-    """A run with its steps (in start order), attempts and every event (in ``seq`` order)."""
+    """A run with its steps (in start order), attempts (in schedule order) and events (by ``seq``)."""
 
     run: Run
     steps: list[Step]
@@ -78,7 +78,9 @@ def run_timeline(session: Session, run_id: str) -> RunTimeline | None:
         .order_by(Step.started_at.asc().nulls_last(), Step.step_id)
     )
     attempts = session.scalars(
-        sa.select(Attempt).where(Attempt.run_id == run_id).order_by(Attempt.step_id, Attempt.attempt)
+        sa.select(Attempt)
+        .where(Attempt.run_id == run_id)
+        .order_by(Attempt.scheduled_at.asc().nulls_last(), Attempt.step_id, Attempt.attempt)
     )
     events = session.scalars(
         sa.select(RunEventRow).where(RunEventRow.run_id == run_id).order_by(RunEventRow.seq)
