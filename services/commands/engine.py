@@ -139,3 +139,19 @@ def trigger(
         )
         raise typer.Exit(1)
     err.print(f"sent {event} to {topic} with key {record['idempotency_key']}")
+
+
+db_app = typer.Typer(help="The PostgreSQL schema of the run history.", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the history tables to the newest schema (Alembic; safe to run twice)."""
+    from services.projector.db import current_revision, upgrade_database
+
+    settings = get_settings()
+    if not settings.database_url:
+        err.print("[red]error:[/] DATABASE_URL is not set (`switchyard dev up` starts a local PostgreSQL).")
+        raise typer.Exit(2)
+    upgrade_database(settings.database_url)
+    err.print(f"database at revision {current_revision(settings.database_url)}")
