@@ -89,3 +89,7 @@ TRIGGERS = Counter(
     ["tenant", "outcome"],
     registry=REGISTRY,
 )
+THROTTLED_SECONDS = Counter(
+    "switchyard_throttled_seconds_total", "Seconds a tenant's trigger partitions spent paused by intake",
+    ["tenant", "reason"], registry=REGISTRY,
+)
