@@ -2,21 +2,47 @@
 
 The first SIGTERM/SIGINT asks every loop to finish its current transaction and close cleanly;
 a second one exits at once.
+
+:func:`run_services` runs each service function in its own thread. With
+``settings.metrics_port > 0`` it also serves ``/metrics``, ``/healthz`` and ``/readyz`` on that
+port and runs the consumer-lag collector for the consumer groups of the services it runs:
+
+* healthz: no service thread died (a thread that ends before ``stop`` is set counts as dead);
+* readyz: every service set its ``ready`` event, the broker answers a metadata request, and —
+  when a projector runs and a ``DATABASE_URL`` is configured — PostgreSQL answers too (both
+  cached a few seconds).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import FrameType
+from typing import Any
+
+from prometheus_client import CollectorRegistry
 
 from services.config import Settings
-from services.observability import logs
+from services.observability import logs, metrics
+from services.observability.health import (
+    CachedCheck,
+    Check,
+    Health,
+    ServiceStatus,
+    broker_check,
+    database_check,
+)
+from services.observability.lag import LagCollector, groups_for
+from services.observability.server import ObservabilityServer
 
 log = logging.getLogger(__name__)
+
+DEPENDENCY_CACHE_S = 3.0
+LAG_INTERVAL_S = 5.0
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
@@ -34,26 +60,109 @@ def setup_logging(settings: Settings) -> None:
     logs.configure(settings.log_level, settings.log_format)
 
 
-ServiceFn = Callable[[Settings, threading.Event], None]
+ServiceFn = Callable[..., None]
+"""``fn(settings, stop, *, ready=threading.Event())``; functions without a ``ready`` parameter
+count as ready as soon as their thread starts."""
 
 
-def run_services(settings: Settings, services: dict[str, ServiceFn], stop: threading.Event) -> None:
-    """Run each service in a thread; if one fails, stop them all and re-raise its error."""
+def accepts_ready(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` takes a ``ready`` keyword (explicitly or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "ready" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def default_dependencies(settings: Settings, services: Mapping[str, ServiceFn]) -> dict[str, Check]:
+    """Readiness dependencies: the broker always; PostgreSQL when a projector runs with a URL."""
+    deps: dict[str, Check] = {"kafka": CachedCheck(broker_check(settings), DEPENDENCY_CACHE_S)}
+    if "projector" in services and settings.database_url:
+        deps["database"] = CachedCheck(database_check(settings.database_url), DEPENDENCY_CACHE_S)
+    return deps
+
+
+def run_services(
+    settings: Settings,
+    services: Mapping[str, ServiceFn],
+    stop: threading.Event,
+    *,
+    registry: CollectorRegistry | None = None,
+    health: Health | None = None,
+    dependencies: Mapping[str, Check] | None = None,
+    metrics_host: str = "0.0.0.0",  # noqa: S104 - scraped from other containers
+    on_serving: Callable[[ObservabilityServer], None] | None = None,
+) -> None:
+    """Run each service in a thread; if one fails, stop them all and re-raise its error.
+
+    ``registry`` (default: the shared :data:`~services.observability.metrics.REGISTRY`),
+    ``health`` and ``dependencies`` are injectable for tests; ``on_serving`` is called with the
+    HTTP server once it listens (``metrics_port`` > 0 only).
+    """
+    health = health if health is not None else Health()
     errors: list[BaseException] = []
+    statuses = {name: health.service(name) for name in services}
 
     def guarded(name: str, fn: ServiceFn) -> None:
+        status = statuses[name]
+        status.running = True
+        metrics.SERVICE_UP.labels(name).set(1)
         try:
-            fn(settings, stop)
+            if accepts_ready(fn):
+                fn(settings, stop, ready=status.ready)
+            else:
+                status.ready.set()
+                fn(settings, stop)
+            if not stop.is_set():
+                status.died, status.error = True, "returned before stop"
+                log.error("service %s returned before stop was requested", name)
+                stop.set()
         except BaseException as exc:
+            status.died, status.error = True, f"{type(exc).__name__}: {exc}"
             errors.append(exc)
             log.exception("service %s failed", name)
             stop.set()
+        finally:
+            status.running = False
+            metrics.SERVICE_UP.labels(name).set(0)
+            metrics.SERVICE_READY.labels(name).set(0)
+
+    server, collector = None, None
+    if settings.metrics_port > 0:
+        health.dependencies.update(
+            dependencies if dependencies is not None else default_dependencies(settings, services)
+        )
+        server = ObservabilityServer(
+            registry if registry is not None else metrics.REGISTRY,
+            health,
+            settings.metrics_port,
+            metrics_host,
+        ).start()
+        collector = LagCollector(settings, groups_for(settings.topic_prefix, services), LAG_INTERVAL_S)
+        collector.start()
+        if on_serving is not None:
+            on_serving(server)
 
     threads = [threading.Thread(target=guarded, args=(n, f), name=n) for n, f in services.items()]
+    for name in services:
+        metrics.SERVICE_READY.labels(name).set(0)
     for thread in threads:
         thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.5)
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.5)
+                _publish_ready(statuses)
+    finally:
+        if collector is not None:
+            collector.stop()
+            collector.clear()
+        if server is not None:
+            server.stop()
     if errors:
         raise errors[0]
+
+
+def _publish_ready(statuses: Mapping[str, ServiceStatus]) -> None:
+    for name, status in statuses.items():
+        metrics.SERVICE_READY.labels(name).set(1 if status.ready.is_set() and status.running else 0)

@@ -6,7 +6,11 @@ Buckets are explicit: latencies from sub-millisecond (in-memory routing) to tens
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -90,6 +94,68 @@ TRIGGERS = Counter(
     registry=REGISTRY,
 )
 THROTTLED_SECONDS = Counter(
-    "switchyard_throttled_seconds_total", "Seconds a tenant's trigger partitions spent paused by intake",
-    ["tenant", "reason"], registry=REGISTRY,
+    "switchyard_throttled_seconds_total",
+    "Seconds a tenant's trigger partitions spent paused by intake",
+    ["tenant", "reason"],
+    registry=REGISTRY,
 )
+
+# --- consumer lag (services.observability.lag), service health (services.runtime) ---
+CONSUMER_LAG = Gauge(
+    "switchyard_consumer_lag",
+    "Records not yet consumed by a consumer group: log end offset minus committed offset "
+    "(tenant is the trigger topic's tenant, '' for internal topics)",
+    ["group", "topic", "partition", "tenant"],
+    registry=REGISTRY,
+)
+TOPIC_END_OFFSET = Gauge(
+    "switchyard_topic_end_offset",
+    "Log end offset (high watermark) of a partition consumed by this process's groups; "
+    "rate() of it is the topic's write throughput",
+    ["topic", "partition", "tenant"],
+    registry=REGISTRY,
+)
+LAG_COLLECTIONS = Counter(
+    "switchyard_lag_collections_total",
+    "Lag collector rounds, by outcome (ok, error)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+SERVICE_READY = Gauge(
+    "switchyard_service_ready",
+    "1 when the service in this process is ready (assigned its partitions), else 0",
+    ["service"],
+    registry=REGISTRY,
+)
+SERVICE_UP = Gauge(
+    "switchyard_service_up",
+    "1 while the service's thread runs, 0 once it has stopped or died",
+    ["service"],
+    registry=REGISTRY,
+)
+
+
+class RunsByStateCollector(Collector):
+    """``switchyard_runs_by_state{tenant,state}``: the router's active runs by state, at scrape time.
+
+    Derived from :data:`RUNS_IN_FLIGHT` (state ``running``: running or retrying, holding a slot)
+    and :data:`RUNS_PENDING` (state ``pending``: waiting for a slot), so it can never disagree
+    with them. Terminal states are counted by ``switchyard_runs_finished_total{state}``.
+    """
+
+    NAME = "switchyard_runs_by_state"
+    SOURCES = (("running", RUNS_IN_FLIGHT), ("pending", RUNS_PENDING))
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.NAME, "Active runs by tenant and state", labels=["tenant", "state"])
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.NAME, "Active runs by tenant and state", labels=["tenant", "state"])
+        for state, gauge in self.SOURCES:
+            for metric in gauge.collect():
+                for sample in metric.samples:
+                    family.add_metric([sample.labels["tenant"], state], sample.value)
+        yield family
+
+
+REGISTRY.register(RunsByStateCollector())
