@@ -92,12 +92,14 @@ def run_services(
     dependencies: Mapping[str, Check] | None = None,
     metrics_host: str = "0.0.0.0",  # noqa: S104 - scraped from other containers
     on_serving: Callable[[ObservabilityServer], None] | None = None,
+    lag_interval_s: float = LAG_INTERVAL_S,
 ) -> None:
     """Run each service in a thread; if one fails, stop them all and re-raise its error.
 
     ``registry`` (default: the shared :data:`~services.observability.metrics.REGISTRY`),
     ``health`` and ``dependencies`` are injectable for tests; ``on_serving`` is called with the
-    HTTP server once it listens (``metrics_port`` > 0 only).
+    HTTP server once it listens (``metrics_port`` > 0 only); ``lag_interval_s`` paces the lag
+    collector.
     """
     health = health if health is not None else Health()
     errors: list[BaseException] = []
@@ -138,7 +140,7 @@ def run_services(
             settings.metrics_port,
             metrics_host,
         ).start()
-        collector = LagCollector(settings, groups_for(settings.topic_prefix, services), LAG_INTERVAL_S)
+        collector = LagCollector(settings, groups_for(settings.topic_prefix, services), lag_interval_s)
         collector.start()
         if on_serving is not None:
             on_serving(server)
