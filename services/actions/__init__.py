@@ -1,4 +1,4 @@
-"""Built-in actions: ``noop``, ``echo``, ``sleep``, ``fail`` and ``http.request``.
+"""Built-in actions: ``noop``, ``echo``, ``sleep``, ``fail``, ``http.request`` and ``firm.update_record``.
 
 They double as examples of the plugin interface (:mod:`services.executor.plugins`).
 """
@@ -6,13 +6,14 @@ They double as examples of the plugin interface (:mod:`services.executor.plugins
 from __future__ import annotations
 
 from services.actions.basic import Echo, Fail, Noop, Sleep
+from services.actions.firm import UpdateRecord
 from services.actions.http import HttpRequest
 from services.executor.plugins import Action
 
 
 def builtin_actions() -> list[Action]:
     """Fresh instances of every built-in action."""
-    return [Noop(), Echo(), Sleep(), Fail(), HttpRequest()]
+    return [Noop(), Echo(), Sleep(), Fail(), HttpRequest(), UpdateRecord()]
 
 
-__all__ = ["Echo", "Fail", "HttpRequest", "Noop", "Sleep", "builtin_actions"]
+__all__ = ["Echo", "Fail", "HttpRequest", "Noop", "Sleep", "UpdateRecord", "builtin_actions"]

@@ -7,6 +7,9 @@ retryable for 5xx and 429 only. Transport failures (connect, read, timeouts) are
 ``Idempotency-Key`` and ``X-Correlation-Id`` headers, so that the receiving side can deduplicate
 the at-least-once attempts.
 
+It is ``external``: calls wait for the tenant's external-call rate limit, and a circuit breaker per
+(tenant, URL host:port) fails calls fast while that host keeps failing.
+
 One ``httpx.AsyncClient`` (connection pool) is kept per event loop.
 """
 
@@ -55,6 +58,7 @@ class HttpRequest(BaseAction):
 
     name = "http.request"
     Input = HttpRequestInput
+    external = True
 
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._transport = transport
@@ -69,6 +73,11 @@ class HttpRequest(BaseAction):
             client = httpx.AsyncClient(transport=self._transport, follow_redirects=False)
             self._clients[loop] = client
         return client
+
+    def target(self, inputs: HttpRequestInput) -> str:
+        """The circuit breaker target: the URL's host (with its port when explicit)."""
+        url = httpx.URL(inputs.url)
+        return f"{url.host}:{url.port}" if url.port else url.host
 
     async def run(self, ctx: ActionContext, inputs: HttpRequestInput, /) -> dict[str, Any]:
         headers = {"Idempotency-Key": ctx.idempotency_key, "X-Correlation-Id": ctx.correlation_id}

@@ -6,9 +6,16 @@ An action is any object with
 - ``Input`` — a pydantic model its inputs must validate against (a validation error fails the
   step non-retryably with error kind ``invalid_input``);
 - ``scopes`` — the permission scopes it needs (e.g. ``firm_data:write``);
-- ``mutates_firm_data`` — whether it changes the tenant's data (the executor then also checks the
-  tenant's granted scopes);
+- ``mutates_firm_data`` — whether it changes the tenant's data (it then needs ``firm_data:write``,
+  declared by the workflow and granted to the tenant, whatever its ``scopes`` say);
 - ``async def run(self, ctx, inputs) -> dict`` — does the work and returns JSON-serialisable output.
+
+and optionally
+
+- ``external`` (default False) — it calls a system outside the firm: it is subject to the
+  tenant's external-call rate limit and to a circuit breaker;
+- ``def target(self, inputs) -> str`` — what it talks to (a host, a database), keying its
+  circuit breaker per (tenant, action, target); defining it also puts the action behind a breaker.
 
 To fail, ``run`` raises :class:`ActionError` with an error kind and whether a retry may help; any
 other exception is reported as kind ``action_error``, retryable. Side effects are at-least-once:
@@ -103,6 +110,7 @@ class BaseAction:
     Input: ClassVar[type[BaseModel]]
     scopes: ClassVar[frozenset[str]] = frozenset()
     mutates_firm_data: ClassVar[bool] = False
+    external: ClassVar[bool] = False
 
     async def aclose(self) -> None:
         """Release resources (HTTP clients, pools) bound to the running event loop."""
@@ -131,6 +139,11 @@ def _check_action(action: Any, source: str) -> None:
         raise ActionLoadError(f"{source}: action {name!r}: scopes must be a frozenset of strings")
     if not isinstance(getattr(action, "mutates_firm_data", None), bool):
         raise ActionLoadError(f"{source}: action {name!r}: mutates_firm_data must be a bool")
+    if not isinstance(getattr(action, "external", False), bool):
+        raise ActionLoadError(f"{source}: action {name!r}: external must be a bool")
+    target = getattr(action, "target", None)
+    if target is not None and not callable(target):
+        raise ActionLoadError(f"{source}: action {name!r}: target must be a method target(inputs) -> str")
     if not inspect.iscoroutinefunction(getattr(action, "run", None)):
         raise ActionLoadError(f"{source}: action {name!r}: run must be an `async def` method")
 

@@ -5,7 +5,9 @@ For each batch handed over by the transactional loop:
 1. decode every record as a ``StepCommand``; an undecodable one (or one whose
    ``reply_partition`` does not exist) becomes a ``DeadLetter`` on the DLQ topic, with a reason;
 2. run every command's action concurrently on the processor's event loop (one loop for the
-   process's lifetime, so connection pools survive between batches), each under its deadline;
+   process's lifetime, so connection pools survive between batches), each under its deadline and
+   the processor's guardrails (permissions, circuit breakers and the per-tenant external-call
+   rate limit, shared by the whole batch and by later ones);
 3. produce one ``StepResult`` per command to the inbox partition the command names, keyed by
    run id, *in command order*, with the identity headers.
 
@@ -36,6 +38,7 @@ from services.bus.topics import Topics
 from services.bus.txloop import Outbox
 from services.contracts import serde
 from services.executor.execute import GrantsLookup, execute_command
+from services.executor.guardrails import Guardrails
 from services.executor.plugins import ActionRegistry
 from services.observability import logs, metrics
 
@@ -74,14 +77,19 @@ class ExecutorProcessor:
         executor_id: str,
         inbox_partitions: int | None = None,
         grants: GrantsLookup | None = None,
+        guardrails: Guardrails | None = None,
         max_attempt_s: float | None = DEFAULT_MAX_ATTEMPT_S,
         ready: threading.Event | None = None,
     ) -> None:
+        """``guardrails`` (breakers, rate limit, grants) live as long as the processor, so that
+        breaker states and token buckets span batches; by default: breakers and ``grants`` only."""
         self.registry = registry
         self.topics = topics
         self.executor_id = executor_id
         self.inbox_partitions = inbox_partitions
-        self.grants = grants
+        self.guardrails = guardrails if guardrails is not None else Guardrails.create(grants=grants)
+        if self.guardrails.grants is None and grants is not None:
+            self.guardrails.grants = grants
         self.max_attempt_s = max_attempt_s
         self._ready = ready
         self.loop = asyncio.new_event_loop()
@@ -131,7 +139,7 @@ class ExecutorProcessor:
                         self.registry,
                         command,
                         executor_id=self.executor_id,
-                        grants=self.grants,
+                        guardrails=self.guardrails,
                         max_attempt_s=self.max_attempt_s,
                     )
                     for command in commands

@@ -1,4 +1,10 @@
-"""``run_executor``: the executor process — topic check, registry, processor, transactional loop."""
+"""``run_executor``: the executor process — topic check, registry, guardrails, processor, transactional loop.
+
+By default the guardrails read the tenants registry (the compacted tenants topic, tailed in the
+background): a tenant's granted ``scopes`` for permission checks and its ``external_call_rate``
+for the external-call rate limit. A tenant missing from the registry holds no scopes and gets the
+default external-call rate.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +17,14 @@ from services.bus.topics import Topics, TopicsNotReady, admin_client, check_topi
 from services.bus.txloop import TransactionalLoop
 from services.config import Settings
 from services.executor.execute import GrantsLookup
+from services.executor.guardrails import Guardrails
 from services.executor.plugins import ActionRegistry
 from services.executor.processor import DEFAULT_MAX_ATTEMPT_S, SERVICE, ExecutorProcessor
+from services.registry.compacted import CompactedTable
+from services.registry.tenants import tenants_table
+from services.tenancy.config import TenantConfig
+
+DEFAULT_EXTERNAL_CALL_RATE: float = TenantConfig.model_fields["external_call_rate"].default
 
 log = logging.getLogger("services.executor")
 
@@ -29,9 +41,13 @@ def run_executor(
     registry: ActionRegistry | None = None,
     ready: threading.Event | None = None,
     grants: GrantsLookup | None = None,
+    guardrails: Guardrails | None = None,
     max_attempt_s: float | None = DEFAULT_MAX_ATTEMPT_S,
 ) -> None:
     """Consume step commands and produce step results until ``stop`` is set.
+
+    ``guardrails`` default to :func:`tenant_guardrails` over the tenants registry (``grants``, if
+    given, replaces the registry's scopes lookup).
 
     Fails fast (:class:`TopicsNotReady`) when the commands, inbox or DLQ topic is missing or has
     the wrong partition count. ``ready`` is set once the consumer has its first assignment. On
@@ -47,12 +63,19 @@ def run_executor(
     instance = instance_id or default_instance_id(settings)
     registry = registry if registry is not None else ActionRegistry.load()
     inbox = next(spec for spec in specs if spec.name == topics.inbox)
+    table: CompactedTable[TenantConfig] | None = None
+    if guardrails is None:
+        table = tenants_table(settings).start()
+        table.wait_caught_up(60)
+        guardrails = tenant_guardrails(table)
+    if grants is not None:
+        guardrails.grants = grants
     processor = ExecutorProcessor(
         registry,
         topics,
         executor_id=instance,
         inbox_partitions=inbox.partitions,
-        grants=grants,
+        guardrails=guardrails,
         max_attempt_s=max_attempt_s,
         ready=ready,
     )
@@ -72,4 +95,20 @@ def run_executor(
         loop.run(stop)
     finally:
         processor.close()
+        if table is not None:
+            table.stop()
         log.info("executor stopped", extra={"instance_id": instance})
+
+
+def tenant_guardrails(table: CompactedTable[TenantConfig]) -> Guardrails:
+    """Guardrails whose grants and external-call rates are read from the tenants registry."""
+
+    def grants(tenant: str) -> frozenset[str] | None:
+        config = table.get(tenant)
+        return None if config is None else frozenset(config.scopes)
+
+    def rate(tenant: str) -> float:
+        config = table.get(tenant)
+        return DEFAULT_EXTERNAL_CALL_RATE if config is None else config.external_call_rate
+
+    return Guardrails.create(grants=grants, external_call_rate=rate)

@@ -19,7 +19,7 @@ class AnotherEcho(BaseAction):
 
 
 class Custom(BaseAction):
-    name = "firm.update_record"
+    name = "firm.custom_record"
     Input = BaseModel
     scopes = frozenset({"firm_data:write"})
     mutates_firm_data = True
@@ -30,7 +30,13 @@ class Custom(BaseAction):
 
 def test_builtins_are_registered() -> None:
     registry = ActionRegistry.load(entry_points=False)
-    assert registry.names() >= {"noop", "echo", "sleep", "fail", "http.request"}
+    assert registry.names() >= {"noop", "echo", "sleep", "fail", "http.request", "firm.update_record"}
+
+
+def test_builtins_match_the_offline_action_list() -> None:
+    from services.workflow.actions import BUILTIN_ACTIONS
+
+    assert ActionRegistry.load(entry_points=False).names() == BUILTIN_ACTIONS
 
 
 def test_entry_points_load_without_error() -> None:
@@ -39,8 +45,8 @@ def test_entry_points_load_without_error() -> None:
 
 def test_extra_actions_are_added() -> None:
     registry = ActionRegistry.load(entry_points=False, extra=[Custom()])
-    assert "firm.update_record" in registry.names()
-    assert registry.get("firm.update_record") is not None
+    assert "firm.custom_record" in registry.names()
+    assert registry.get("firm.custom_record") is not None
 
 
 def test_duplicate_name_is_a_clear_error() -> None:

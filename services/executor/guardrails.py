@@ -1,0 +1,110 @@
+"""The executor's guardrails around one action call, and their metrics.
+
+:class:`Guardrails` bundles what :func:`~services.executor.execute.execute_command` checks around
+an action: tenant grants (:mod:`.permissions`), circuit breakers (:mod:`.breaker`) and the
+per-tenant external-call rate limit (:mod:`.ratelimit`). Which actions they apply to:
+
+- permissions — every action that needs a scope;
+- circuit breaker — actions that are ``external`` or define ``target(inputs)``, keyed by
+  (tenant, action, target); ``target`` defaults to ``""`` (one breaker per tenant and action).
+  A call counts as a failure when it fails *retryably* (timeouts, 5xx, transport errors): a
+  non-retryable failure (a 404, a validation error) means the target answered;
+- rate limit — actions with ``external = True``.
+
+Metrics (on the shared registry): ``switchyard_circuit_breaker_state`` (0 closed, 1 half-open,
+2 open), ``switchyard_circuit_breaker_rejections_total``,
+``switchyard_external_call_throttled_seconds_total`` and ``switchyard_permission_denied_total``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from services.executor.breaker import BreakerKey, BreakerPolicy, BreakerState, CircuitBreakers
+from services.executor.permissions import GrantsLookup
+from services.executor.ratelimit import ExternalCallLimiter, RateLookup
+from services.observability.metrics import REGISTRY
+
+BREAKER_STATE = Gauge(
+    "switchyard_circuit_breaker_state",
+    "Circuit breaker state per tenant, action and target (0 closed, 1 half-open, 2 open)",
+    ["tenant", "action", "target"],
+    registry=REGISTRY,
+)
+BREAKER_REJECTIONS = Counter(
+    "switchyard_circuit_breaker_rejections_total",
+    "Action calls failed fast by an open circuit breaker",
+    ["tenant", "action", "target"],
+    registry=REGISTRY,
+)
+THROTTLED_SECONDS = Counter(
+    "switchyard_external_call_throttled_seconds_total",
+    "Seconds external calls waited for the tenant's external-call rate limit",
+    ["tenant"],
+    registry=REGISTRY,
+)
+PERMISSION_DENIED = Counter(
+    "switchyard_permission_denied_total",
+    "Action attempts denied for missing scopes",
+    ["tenant", "action"],
+    registry=REGISTRY,
+)
+
+
+def _export_state(key: BreakerKey, state: BreakerState) -> None:
+    BREAKER_STATE.labels(*key).set(int(state))
+
+
+def _count_throttled(tenant: str, seconds: float) -> None:
+    THROTTLED_SECONDS.labels(tenant).inc(seconds)
+
+
+def is_external(action: Any) -> bool:
+    return getattr(action, "external", False) is True
+
+
+def has_breaker(action: Any) -> bool:
+    return is_external(action) or callable(getattr(action, "target", None))
+
+
+def target_of(action: Any, inputs: Any) -> str:
+    """The breaker target of a call: ``action.target(inputs)`` when defined, else ``""``."""
+    target = getattr(action, "target", None)
+    if not callable(target):
+        return ""
+    try:
+        value = target(inputs)
+    except Exception:
+        return ""
+    return str(value)[:200] if value else ""
+
+
+@dataclass
+class Guardrails:
+    """What an executor enforces around actions; every part is optional."""
+
+    grants: GrantsLookup | None = None
+    breakers: CircuitBreakers | None = None
+    limiter: ExternalCallLimiter | None = None
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        grants: GrantsLookup | None = None,
+        external_call_rate: RateLookup | None = None,
+        breaker_policy: BreakerPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Guardrails:
+        """Guardrails with metrics wired: breakers always, the rate limit when a rate lookup is given."""
+        limiter = (
+            ExternalCallLimiter(external_call_rate, clock=clock, on_throttled=_count_throttled)
+            if external_call_rate is not None
+            else None
+        )
+        return cls(grants, CircuitBreakers(breaker_policy, clock=clock, on_change=_export_state), limiter)
