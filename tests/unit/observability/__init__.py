@@ -1,0 +1,1 @@
+"""Unit tests of services.observability, the dashboards and the alert rules."""
