@@ -140,8 +140,9 @@ def run_services(
             settings.metrics_port,
             metrics_host,
         ).start()
-        collector = LagCollector(settings, groups_for(settings.topic_prefix, services), lag_interval_s)
-        collector.start()
+        groups = groups_for(settings.topic_prefix, services)
+        if groups:
+            collector = LagCollector(settings, groups, lag_interval_s).start()
         if on_serving is not None:
             on_serving(server)
 
