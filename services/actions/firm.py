@@ -157,11 +157,15 @@ async def _apply_once(
             result = await _create(conn, ctx, inputs)
         else:
             result = await _update(conn, ctx, inputs)
-        await conn.execute(
-            "INSERT INTO applied_effects (idempotency_key, tenant, action, result) VALUES (%s, %s, %s, %s)",
+        cur = await conn.execute(
+            "INSERT INTO applied_effects (idempotency_key, tenant, action, result) VALUES (%s, %s, %s, %s)"
+            " RETURNING result",
             [key, ctx.tenant, UpdateRecord.name, Jsonb(result)],
         )
-        return result
+        row = await cur.fetchone()
+        assert row is not None
+        stored_result: dict[str, Any] = row[0]  # as stored, so that a repeat returns identical output
+        return stored_result
 
 
 async def _create(

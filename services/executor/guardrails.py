@@ -11,8 +11,8 @@ per-tenant external-call rate limit (:mod:`.ratelimit`). Which actions they appl
   non-retryable failure (a 404, a validation error) means the target answered;
 - rate limit — actions with ``external = True``.
 
-Metrics (on the shared registry): ``switchyard_circuit_breaker_state`` (0 closed, 1 half-open,
-2 open), ``switchyard_circuit_breaker_rejections_total``,
+Metrics (declared in :mod:`services.observability.metrics`): ``switchyard_circuit_breaker_state``
+(0 closed, 1 half-open, 2 open), ``switchyard_circuit_breaker_rejections_total``,
 ``switchyard_external_call_throttled_seconds_total`` and ``switchyard_permission_denied_total``.
 """
 
@@ -23,37 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter, Gauge
-
 from services.executor.breaker import BreakerKey, BreakerPolicy, BreakerState, CircuitBreakers
 from services.executor.permissions import GrantsLookup
 from services.executor.ratelimit import ExternalCallLimiter, RateLookup
-from services.observability.metrics import REGISTRY
-
-BREAKER_STATE = Gauge(
-    "switchyard_circuit_breaker_state",
-    "Circuit breaker state per tenant, action and target (0 closed, 1 half-open, 2 open)",
-    ["tenant", "action", "target"],
-    registry=REGISTRY,
+from services.observability.metrics import (
+    BREAKER_REJECTIONS,
+    BREAKER_STATE,
+    PERMISSION_DENIED,
 )
-BREAKER_REJECTIONS = Counter(
-    "switchyard_circuit_breaker_rejections_total",
-    "Action calls failed fast by an open circuit breaker",
-    ["tenant", "action", "target"],
-    registry=REGISTRY,
-)
-THROTTLED_SECONDS = Counter(
-    "switchyard_external_call_throttled_seconds_total",
-    "Seconds external calls waited for the tenant's external-call rate limit",
-    ["tenant"],
-    registry=REGISTRY,
-)
-PERMISSION_DENIED = Counter(
-    "switchyard_permission_denied_total",
-    "Action attempts denied for missing scopes",
-    ["tenant", "action"],
-    registry=REGISTRY,
-)
+from services.observability.metrics import EXTERNAL_CALL_THROTTLED_SECONDS as THROTTLED_SECONDS
 
 
 def _export_state(key: BreakerKey, state: BreakerState) -> None:
@@ -108,3 +86,15 @@ class Guardrails:
             else None
         )
         return cls(grants, CircuitBreakers(breaker_policy, clock=clock, on_change=_export_state), limiter)
+
+
+__all__ = [
+    "BREAKER_REJECTIONS",
+    "BREAKER_STATE",
+    "PERMISSION_DENIED",
+    "THROTTLED_SECONDS",
+    "Guardrails",
+    "has_breaker",
+    "is_external",
+    "target_of",
+]

@@ -135,6 +135,33 @@ SERVICE_UP = Gauge(
 )
 
 
+# --- executor guardrails (services.executor.guardrails) ---
+BREAKER_STATE = Gauge(
+    "switchyard_circuit_breaker_state",
+    "Circuit breaker state per tenant, action and target (0 closed, 1 half-open, 2 open)",
+    ["tenant", "action", "target"],
+    registry=REGISTRY,
+)
+BREAKER_REJECTIONS = Counter(
+    "switchyard_circuit_breaker_rejections_total",
+    "Action calls failed fast by an open circuit breaker",
+    ["tenant", "action", "target"],
+    registry=REGISTRY,
+)
+EXTERNAL_CALL_THROTTLED_SECONDS = Counter(
+    "switchyard_external_call_throttled_seconds_total",
+    "Seconds external calls waited for the tenant's external-call rate limit",
+    ["tenant"],
+    registry=REGISTRY,
+)
+PERMISSION_DENIED = Counter(
+    "switchyard_permission_denied_total",
+    "Action attempts denied for missing scopes",
+    ["tenant", "action"],
+    registry=REGISTRY,
+)
+
+
 class RunsByStateCollector(Collector):
     """``switchyard_runs_by_state{tenant,state}``: the router's active runs by state, at scrape time.
 
