@@ -156,3 +156,40 @@ def test_metrics_move_as_runs_progress(served: Served) -> None:
     # projector
     assert after.value("switchyard_projector_assigned_partitions") >= 1
     assert after.matching("switchyard_projector_lag_seconds")
+
+
+def test_status_once_reads_kafka_and_metrics(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from services.commands import status
+    from services.config import get_settings
+
+    served.gate.set()
+    eng = served.engine
+    wait_for("/readyz 200", lambda: served.get("/readyz")[0] == 200, timeout_s=60)
+    eng.publish(FLAKY)
+    run_id = eng.run_id("obs-flaky", eng.trigger("obs.flaky", {}))
+    eng.wait_terminal([run_id], timeout_s=60)
+    wait_for("the DLQ counter", lambda: served.scrape().value("switchyard_dlq_records_total", tenant="acme"))
+
+    app = typer.Typer()
+    status.register(app)
+    app.callback()(lambda: None)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", str(served.settings.kafka_bootstrap_servers))
+    get_settings.cache_clear()
+    try:
+        prefix = served.settings.topic_prefix
+        args = ["status", "--once", "--interval", "0.2", "--prefix", prefix, "--metrics-url", served.base]
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert f"sources: kafka, {served.base}/metrics" in out
+    for group in ("router.core", "router.intake", "executor"):
+        assert f"{prefix}.{group}" in out
+    assert f"{prefix}.tenant.acme.triggers" in out
+    assert "Throughput" in out and "router.core: upstream_down" in out
+    assert f"{prefix}.dlq" in out
+    assert "Runs per tenant" in out and "acme" in out
