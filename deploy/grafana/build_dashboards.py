@@ -341,7 +341,7 @@ def tenant() -> dict[str, Any]:
         "label": "Tenant",
         "type": "query",
         "datasource": DS,
-        "query": {"query": "label_values(switchyard_triggers_total, tenant)", "refId": "tenant"},
+        "query": "label_values(switchyard_triggers_total, tenant)",
         "definition": "label_values(switchyard_triggers_total, tenant)",
         "refresh": 2,
         "multi": True,
