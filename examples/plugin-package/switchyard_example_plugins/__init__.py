@@ -1,0 +1,1 @@
+"""Example Switchyard plugins: the ``example.greet`` action and the ``example.heartbeat`` trigger."""
