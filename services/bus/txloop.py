@@ -46,6 +46,12 @@ class Outbox:
     def __init__(self, producer: Producer) -> None:
         self._producer = producer
         self.count = 0
+        self.positions: dict[tuple[str, int], int] = {}
+
+    def commit_position(self, topic: str, partition: int, offset: int) -> None:
+        """Commit ``offset`` (the next record to read) for a partition the processor seeked back,
+        e.g. to leave a throttled tenant's backlog in its topic."""
+        self.positions[(topic, partition)] = offset
 
     def send(
         self,
@@ -83,6 +89,9 @@ class Processor(Protocol):
     def on_abort(self) -> None:
         """Undo in-memory effects of the aborted batch (typically: restore from the changelog)."""
 
+    # Optional: ``bind(consumer)`` is called once with the loop's consumer, for processors that
+    # pause, resume or seek partitions (backpressure).
+
 
 class TransactionalLoop:
     def __init__(
@@ -102,6 +111,9 @@ class TransactionalLoop:
         self.transactional_id = transactional_id
         self.consumer = Consumer(consumer_config(settings, group_id, **(consumer_overrides or {})))
         self.producer = self._new_producer()
+        bind = getattr(processor, "bind", None)
+        if bind is not None:
+            bind(self.consumer)
         self.subscribe = subscribe
         self.assigned: set[tuple[str, int]] = set()
         self.ready = threading.Event()
@@ -162,8 +174,14 @@ class TransactionalLoop:
             if not records and out.count == 0:
                 self.producer.abort_transaction(30)  # nothing happened: no broker round trip needed
                 return
-            positions = self.consumer.position(self.consumer.assignment())
-            positions = [p for p in positions if p.offset >= 0]
+            current = {
+                (p.topic, p.partition): p
+                for p in self.consumer.position(self.consumer.assignment())
+                if p.offset >= 0
+            }
+            for (topic, partition), offset in out.positions.items():
+                current[(topic, partition)] = TopicPartition(topic, partition, offset)
+            positions = list(current.values())
             if positions:
                 self.producer.send_offsets_to_transaction(
                     positions, self.consumer.consumer_group_metadata(), 30

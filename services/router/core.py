@@ -36,6 +36,7 @@ from services.observability import metrics
 from services.registry.compacted import CompactedTable
 from services.registry.definitions import DefinitionCatalog
 from services.router import machine, records
+from services.router.load import TenantLoad
 from services.router.machine import Effects, Timer
 from services.router.state import RunState, RunStatus
 from services.tenancy.config import TenantConfig
@@ -72,7 +73,9 @@ class CoreProcessor:
         *,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        load: TenantLoad | None = None,
     ) -> None:
+        self.load = load or TenantLoad()
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.catalog = catalog
@@ -506,3 +509,4 @@ class CoreProcessor:
             metrics.RUNS_IN_FLIGHT.labels(tenant).set(count)
         for tenant, count in pending.items():
             metrics.RUNS_PENDING.labels(tenant).set(count)
+        self.load.set_pending(pending)

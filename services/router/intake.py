@@ -5,6 +5,14 @@ the size and shape of the record, that the tenant exists and is active, matches 
 verified workflows, derives a deterministic run id from the idempotency key and forwards one
 `RunRequested` per matching workflow to the inbox partition that owns the run. Anything it
 cannot accept goes to the dead-letter topic with a specific reason — nothing is dropped silently.
+
+Backpressure: each tenant has a token bucket (its trigger rate and burst, scaled by the share of
+its trigger partitions this instance owns, so several router instances add up to the limit).
+When a tenant is out of tokens, or its pending runs exceed its bound, intake seeks the tenant's
+partitions back to the first record it did not take, commits that position and *pauses* them:
+the backlog waits in the tenant's own topic, costs no memory here, and no other tenant's
+partitions are touched. ``tick`` resumes them once a token is back and the queue is under the
+bound. Control commands are never paused (nor are step results, which go to the core).
 """
 
 from __future__ import annotations
@@ -12,9 +20,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from services.bus.clients import headers_for
 from services.bus.placement import partition_for
@@ -26,8 +34,10 @@ from services.observability import metrics
 from services.registry.compacted import CompactedTable
 from services.registry.definitions import DefinitionCatalog
 from services.router import records
+from services.router.load import TenantLoad
 from services.router.triggers import TriggerError, parse_trigger
 from services.tenancy.config import TenantConfig
+from services.tenancy.limits import TokenBucket
 from services.workflow.expressions import ExpressionError
 
 log = logging.getLogger(__name__)
@@ -40,30 +50,129 @@ class IntakeProcessor:
         settings: Settings,
         catalog: DefinitionCatalog,
         tenants: CompactedTable[TenantConfig],
+        load: TenantLoad | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.catalog = catalog
         self.tenants = tenants
+        self.load = load or TenantLoad()
+        self.clock = clock
+        self.consumer: Consumer | None = None
+        self.owned: dict[str, set[int]] = {}  # tenant -> trigger partitions this instance owns
+        self.buckets: dict[str, TokenBucket] = {}
+        self.paused: dict[str, tuple[float, str]] = {}  # tenant -> (since, reason)
+
+    def bind(self, consumer: Consumer) -> None:
+        self.consumer = consumer
 
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
-        pass
+        for tp in partitions:
+            tenant = self.topics.tenant_of(tp.topic)
+            if tenant is not None:
+                self.owned.setdefault(tenant, set()).add(tp.partition)
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
-        pass
+        for tp in partitions:
+            tenant = self.topics.tenant_of(tp.topic)
+            if tenant is not None and tenant in self.owned:
+                self.owned[tenant].discard(tp.partition)
+                if not self.owned[tenant]:
+                    del self.owned[tenant]
+                    self._unpause(tenant, resume=False)
 
     def on_abort(self) -> None:
-        pass  # intake keeps no state that a batch changes
+        pass  # the loop rewinds to the committed offsets; pauses and buckets stay valid
 
     def tick(self, out: Outbox) -> None:
-        pass
+        now = self.clock()
+        for tenant, (_, reason) in list(self.paused.items()):
+            config = self.tenants.get(tenant)
+            if config is None or self._over_pending(tenant, config):
+                continue
+            bucket = self._bucket(tenant, config, now)
+            # Resume with a tenth of a second of tokens, not one: a resume costs a fetch round trip,
+            # and resuming per token would cap the tenant far below its rate.
+            if reason == "pending" or bucket.available(now, min(bucket.burst, max(1.0, bucket.rate / 2))):
+                self._unpause(tenant, resume=True)
 
     def process(self, messages: Sequence[Message], out: Outbox) -> None:
+        held: dict[tuple[str, int], int] = {}  # partition -> first offset left in the topic
+        held_tenants: set[str] = set()
+        now = self.clock()
         for msg in messages:
-            if msg.topic() == self.topics.control:
+            topic, partition = msg.topic() or "", msg.partition() or 0
+            if topic == self.topics.control:
                 self._control(msg, out)
-            else:
-                self._trigger(msg, out)
+                continue
+            tenant_id = self.topics.tenant_of(topic)
+            if tenant_id is not None and (tenant_id in held_tenants or tenant_id in self.paused):
+                held.setdefault((topic, partition), msg.offset() or 0)
+                continue
+            config = self.tenants.get(tenant_id) if tenant_id else None
+            if tenant_id is not None and config is not None and config.status == "active":
+                reason = self._throttle_reason(tenant_id, config, now)
+                if reason is not None:
+                    held_tenants.add(tenant_id)
+                    held.setdefault((topic, partition), msg.offset() or 0)
+                    self.paused[tenant_id] = (now, reason)
+                    continue
+            self._trigger(msg, out)
+        for (topic, partition), offset in held.items():
+            self._seek(topic, partition, offset)
+            out.commit_position(topic, partition, offset)
+        for tenant_id in held_tenants:
+            self._pause(tenant_id)
+
+    # --- backpressure ------------------------------------------------------------------------------
+    def _bucket(self, tenant: str, config: TenantConfig, now: float) -> TokenBucket:
+        share = len(self.owned.get(tenant, ())) / max(1, config.trigger_partitions) or 1.0
+        rate, burst = config.trigger_rate * share, max(1.0, config.trigger_burst * share)
+        bucket = self.buckets.get(tenant)
+        if bucket is None:
+            bucket = self.buckets[tenant] = TokenBucket.full(rate, burst, now)
+        elif (bucket.rate, bucket.burst) != (rate, burst):
+            bucket.reconfigure(rate, burst)
+        return bucket
+
+    def _over_pending(self, tenant: str, config: TenantConfig) -> bool:
+        return self.load.pending(tenant) >= config.max_pending_runs
+
+    def _throttle_reason(self, tenant: str, config: TenantConfig, now: float) -> str | None:
+        if self._over_pending(tenant, config):
+            return "pending"
+        if not self._bucket(tenant, config, now).try_take(now):
+            return "rate"
+        return None
+
+    def _tenant_partitions(self, tenant: str) -> list[TopicPartition]:
+        topic = self.topics.tenant_triggers(tenant)
+        return [TopicPartition(topic, p) for p in sorted(self.owned.get(tenant, ()))]
+
+    def _seek(self, topic: str, partition: int, offset: int) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:
+                log.warning("seek failed", extra={"topic": topic, "partition": partition, "error": str(exc)})
+
+    def _pause(self, tenant: str) -> None:
+        if self.consumer is not None and self.owned.get(tenant):
+            self.consumer.pause(self._tenant_partitions(tenant))
+        log.info(
+            "tenant throttled: trigger partitions paused",
+            extra={"tenant": tenant, "reason": self.paused.get(tenant, (0, ""))[1]},
+        )
+
+    def _unpause(self, tenant: str, resume: bool) -> None:
+        since, reason = self.paused.pop(tenant, (None, ""))
+        if since is None:
+            return
+        metrics.THROTTLED_SECONDS.labels(tenant, reason).inc(max(0.0, self.clock() - since))
+        if resume and self.consumer is not None and self.owned.get(tenant):
+            self.consumer.resume(self._tenant_partitions(tenant))
+            log.info("tenant resumed", extra={"tenant": tenant})
 
     # --- triggers ----------------------------------------------------------------------------------
     def _dead(self, msg: Message, out: Outbox, kind: str, message: str, tenant: str | None = None) -> None:

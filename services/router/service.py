@@ -14,6 +14,7 @@ from services.registry.definitions import DefinitionCatalog, definitions_table
 from services.registry.tenants import tenants_table
 from services.router.core import CoreProcessor
 from services.router.intake import IntakeProcessor
+from services.router.load import TenantLoad
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ def run_router(
     tenants.wait_caught_up(60)
     definitions.wait_caught_up(60)
     catalog = DefinitionCatalog(definitions, tenants)
+    load = TenantLoad()
     prefix = settings.topic_prefix
     core = TransactionalLoop(
         settings,
@@ -45,7 +47,7 @@ def run_router(
         group_id=f"{prefix}.router.core",
         transactional_id=f"{prefix}.router.core.{instance}",
         subscribe=[topics.inbox],
-        processor=CoreProcessor(settings, catalog, tenants),
+        processor=CoreProcessor(settings, catalog, tenants, load=load),
     )
     intake = TransactionalLoop(
         settings,
@@ -53,7 +55,14 @@ def run_router(
         group_id=f"{prefix}.router.intake",
         transactional_id=f"{prefix}.router.intake.{instance}",
         subscribe=[topics.trigger_pattern, topics.control],
-        processor=IntakeProcessor(settings, catalog, tenants),
+        processor=IntakeProcessor(settings, catalog, tenants, load),
+        # Paused tenants resume often; without these a resumed partition waits for the previous
+        # long poll and the fetch backoffs (~0.5 s) before its next record.
+        consumer_overrides={
+            "fetch.wait.max.ms": 100,
+            "fetch.error.backoff.ms": 10,
+            "fetch.queue.backoff.ms": 10,
+        },
     )
     errors: list[BaseException] = []
 

@@ -4,6 +4,7 @@ Plain JSON lets any tenant app (or kcat) produce triggers::
 
     {"event_type": "client.created", "data": {...}, "idempotency_key": "c-42", "correlation_id": "..."}
 
+A ``tenant`` field, if present, is ignored: the tenant is always the topic the record came from.
 Every refusal is a :class:`TriggerError` with a specific ``kind`` for the dead-letter record.
 """
 
@@ -82,7 +83,15 @@ def parse_trigger(value: bytes | None) -> Trigger:
         if not isinstance(loaded, dict):
             raise TriggerError("invalid_trigger", "a JSON trigger must be an object with event_type and data")
         record = loaded
-        unknown = set(record) - {"event_type", "data", "idempotency_key", "correlation_id", "occurred_at"}
+        # A "tenant" field is tolerated and ignored: the tenant is the topic, never the payload.
+        unknown = set(record) - {
+            "event_type",
+            "data",
+            "idempotency_key",
+            "correlation_id",
+            "occurred_at",
+            "tenant",
+        }
         if unknown:
             raise TriggerError("invalid_trigger", f"unknown trigger fields: {', '.join(sorted(unknown))}")
         data = record.get("data", {})
