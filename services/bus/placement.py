@@ -2,7 +2,9 @@
 
 A run's inbox, commands, events and router-state records all go to the same partition number,
 so one router instance owns everything about a run. A tenant's runs live on the tenant's own
-*slices*: ``slices`` consecutive partitions starting at a base derived from the tenant id. With
+*slices*: ``slices`` consecutive partitions starting at a base — derived from the tenant id (a
+shared pool: small tenants may hash to the same partition), or pinned in the tenant's config
+(``base_partition``: dedicated partitions, when the operator keeps pinned ranges apart). With
 one slice (the default) a single router instance sees all of a tenant's runs and enforces its
 concurrency limit exactly; with ``k`` slices each slice enforces ``limit / k`` (rounded so the
 slices add up to the limit), still without any cross-instance coordination.
@@ -15,14 +17,18 @@ from __future__ import annotations
 import zlib
 
 
-def tenant_base(tenant: str, partitions: int) -> int:
+def tenant_base(tenant: str, partitions: int, pinned: int | None = None) -> int:
+    if pinned is not None:
+        return pinned % partitions
     return zlib.crc32(tenant.encode()) % partitions
 
 
-def partition_for(tenant: str, run_id: str, partitions: int, slices: int = 1) -> int:
+def partition_for(
+    tenant: str, run_id: str, partitions: int, slices: int = 1, pinned: int | None = None
+) -> int:
     slices = max(1, min(slices, partitions))
     offset = zlib.crc32(run_id.encode()) % slices if slices > 1 else 0
-    return (tenant_base(tenant, partitions) + offset) % partitions
+    return (tenant_base(tenant, partitions, pinned) + offset) % partitions
 
 
 def slice_limit(limit: int, slices: int, slice_index: int) -> int:

@@ -10,7 +10,9 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from services.bus.topics import Topics, admin_client
 from services.commands.engine import _settings
+from services.tenancy.acl import ensure_tenant_acls
 from services.tenancy.admin import create_trigger_topic, read_tenants, save_tenant
 from services.tenancy.config import TenantConfig
 from services.workflow.signing import KeyEntry, Keyring
@@ -46,8 +48,17 @@ def create(
     operator: list[str] = typer.Option([], help="Who may replay/cancel the tenant's runs (repeat)."),
     public_key: Path | None = typer.Option(None, help="Public key file (from `workflow keygen`) to trust."),
     key_id: str | None = typer.Option(None, help="Key id of --public-key."),
+    slices: int = typer.Option(1, help="Internal partitions the tenant's runs spread over (limits split)."),
+    base_partition: int | None = typer.Option(None, help="Pin the tenant's slices (dedicated placement)."),
+    principal: str | None = typer.Option(
+        None,
+        help="Kafka principal allowed to write the trigger topic (default User:<tenant>); ACLs are "
+        "created only where the cluster has an authorizer.",
+    ),
 ) -> None:
-    """Register a tenant and create its trigger topic. Fails if the tenant exists (use `update`)."""
+    """Register a tenant and create its trigger topic (and ACLs on secured clusters).
+
+    Fails if the tenant exists (use `update`)."""
     settings = _settings()
     if tenant in read_tenants(settings):
         err.print(f"[red]error:[/] tenant {tenant!r} exists; use `switchyard tenant update`")
@@ -68,13 +79,58 @@ def create(
             scopes=scope,
             operators=operator,
             keyring=Keyring(tenant=tenant, keys=keys),
+            slices=slices,
+            base_partition=base_partition,
         )
     except ValidationError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
     created = create_trigger_topic(settings, config)
     err.print(("created" if created else "kept existing") + f" trigger topic for {tenant}")
+    acls = ensure_tenant_acls(
+        admin_client(settings), Topics(settings.topic_prefix), tenant, principal or f"User:{tenant}"
+    )
+    err.print("ACLs: " + ("; ".join(acls) if acls else "none (the cluster has no authorizer)"))
     _save(config)
+
+
+@app.command()
+def update(
+    tenant: str,
+    max_concurrent_runs: int | None = typer.Option(None, help="Runs running at once."),
+    trigger_rate: float | None = typer.Option(None, help="Triggers accepted per second."),
+    trigger_burst: int | None = typer.Option(None, help="Trigger burst (token bucket size)."),
+    external_call_rate: float | None = typer.Option(None, help="External calls per second."),
+    max_pending_runs: int | None = typer.Option(None, help="Pending runs before intake pauses the tenant."),
+    slices: int | None = typer.Option(None, help="Internal partitions the tenant's runs spread over."),
+    scope: list[str] = typer.Option([], help="Replace the granted scopes (repeat)."),
+    operator: list[str] = typer.Option([], help="Replace the operators (repeat)."),
+) -> None:
+    """Change a tenant's limits, scopes or operators (only the options given)."""
+    config = _get(tenant)
+    changes: dict[str, object] = {
+        name: value
+        for name, value in {
+            "max_concurrent_runs": max_concurrent_runs,
+            "trigger_rate": trigger_rate,
+            "trigger_burst": trigger_burst,
+            "external_call_rate": external_call_rate,
+            "max_pending_runs": max_pending_runs,
+            "slices": slices,
+            "scopes": scope or None,
+            "operators": operator or None,
+        }.items()
+        if value is not None
+    }
+    if not changes:
+        err.print("nothing to change: pass at least one option (see --help)")
+        raise typer.Exit(2)
+    try:
+        updated = TenantConfig.model_validate({**config.model_dump(), **changes})
+    except ValidationError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    _save(updated)
 
 
 @app.command()

@@ -418,7 +418,8 @@ class CoreProcessor:
         config = self.tenants.get(tenant)
         partitions = self.settings.internal_partitions
         slices = max(1, min(config.slices if config else 1, partitions))
-        index = (state.partition - tenant_base(tenant, partitions)) % partitions
+        pinned = config.base_partition if config else None
+        index = (state.partition - tenant_base(tenant, partitions, pinned)) % partitions
         tenant_limit = slice_limit(config.max_concurrent_runs, slices, index) if config else 0
         wf_limit = workflow.definition.concurrency
         return tenant_limit, slice_limit(wf_limit, slices, index) if wf_limit else None

@@ -273,7 +273,9 @@ class IntakeProcessor:
                 self.topics.inbox,
                 serde.encode_inbox("RunRequested", request),
                 key=run_id,
-                partition=partition_for(tenant_id, run_id, self.settings.internal_partitions, tenant.slices),
+                partition=partition_for(
+                    tenant_id, run_id, self.settings.internal_partitions, tenant.slices, tenant.base_partition
+                ),
                 headers=headers_for(tenant_id, run_id, correlation_id),
             )
             log.info(
@@ -319,7 +321,9 @@ class IntakeProcessor:
             self.topics.inbox,
             serde.encode_inbox("ControlCommand", command),
             key=run_id,
-            partition=partition_for(tenant_id, run_id, self.settings.internal_partitions, tenant.slices),
+            partition=partition_for(
+                tenant_id, run_id, self.settings.internal_partitions, tenant.slices, tenant.base_partition
+            ),
             headers=headers_for(tenant_id, run_id, command["correlation_id"]),
         )
 

@@ -20,6 +20,12 @@ class TenantConfig(BaseModel):
     slices: int = Field(
         1, ge=1, le=64, description="Partitions of the internal topics the tenant's runs use."
     )
+    base_partition: int | None = Field(
+        None,
+        ge=0,
+        description="Pin the tenant's slices to start at this internal partition (dedicated "
+        "placement); unset: derived from the tenant id (shared pool).",
+    )
     max_concurrent_runs: int = Field(100, ge=1, description="Runs running at once, across all its workflows.")
     trigger_rate: float = Field(100.0, gt=0, description="Triggers accepted per second (token refill rate).")
     trigger_burst: int = Field(200, ge=1, description="Token bucket size for triggers.")
