@@ -3,7 +3,8 @@
 ``runs``, ``steps`` and ``attempts`` hold the latest state; ``run_events`` is the full history
 (one row per ``RunEvent``, unique by ``event_id`` and by ``(run_id, seq)``); ``consumer_offsets``
 stores, in the same transaction as the rows, the next Kafka offset to read per partition;
-``projector_rejects`` keeps every record that could not be projected, with the reason.
+``projector_rejects`` keeps every record that could not be projected, with the reason; ``tenants``
+mirrors the tenants registry.
 Every change here needs an Alembic revision in ``migrations/versions`` (a test compares them).
 """
 
@@ -166,3 +167,14 @@ class ProjectorReject(Base):
     rejected_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
 
     __table_args__ = (Index(None, "rejected_at"),)
+
+
+class TenantRow(Base):
+    """Mirror of the compacted tenants registry (public keys only; the registry stays the source)."""
+
+    __tablename__ = "tenants"
+
+    tenant: Mapped[str] = mapped_column(String, primary_key=True)
+    status: Mapped[str] = mapped_column(String)
+    config: Mapped[dict[str, Any]] = mapped_column(Json)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())

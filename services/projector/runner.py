@@ -261,4 +261,14 @@ def run_projector(
     Migrates the database first (idempotent). ``ready`` is set once the consumer has its first
     assignment. Default group id: ``<prefix>.projector``.
     """
-    Projector(settings, group_id=group_id).run(stop, ready)
+    from services.projector.tenant_mirror import run_tenant_mirror
+
+    projector = Projector(settings, group_id=group_id)  # the mirror retries until the migration ran
+    mirror = threading.Thread(
+        target=run_tenant_mirror, args=(settings, stop), name="tenant-mirror", daemon=True
+    )
+    mirror.start()
+    try:
+        projector.run(stop, ready)
+    finally:
+        mirror.join(10)
