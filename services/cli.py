@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.commands import demo, dev, engine, runs, tenant, workflow, workflow_registry
+from services.commands import control, demo, dev, engine, runs, tenant, workflow, workflow_registry
 
 app = typer.Typer(
     name="switchyard",
@@ -24,6 +24,8 @@ app.command()(engine.executor)
 app.command()(engine.projector)
 app.command()(engine.run)
 app.command()(engine.trigger)
+app.command()(control.replay)
+app.command()(control.cancel)
 app.command()(demo.demo)
 
 

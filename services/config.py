@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     finished_run_retention_s: float = Field(
         default=6 * 3600, gt=0, description="How long finished runs stay in router state (dedupe window)."
     )
+    max_replays_per_run: int = Field(default=3, ge=0, description="Replays allowed per run (bound).")
+    global_operators: list[str] = Field(
+        default_factory=list, description="Requesters allowed to replay/cancel any tenant's runs (JSON list)."
+    )
     max_batch: int = Field(default=500, ge=1, description="Most input records per transaction.")
     metrics_port: int = Field(default=0, ge=0, description="Port of /metrics, /healthz, /readyz (0: off).")
     log_level: str = Field(default="INFO", description="Root log level.")

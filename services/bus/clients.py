@@ -56,7 +56,7 @@ def plain_producer_config(settings: Settings, **overrides: Any) -> dict[str, Any
 
 def headers_for(
     tenant: str | None, run_id: str | None, correlation_id: str | None
-) -> list[tuple[str, bytes]]:
+) -> list[tuple[str, str | bytes | None]]:
     """Identity headers carried by every record we produce."""
     return [
         (name, value.encode())

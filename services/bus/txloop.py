@@ -59,7 +59,7 @@ class Outbox:
         value: bytes | None,
         key: str | bytes | None = None,
         partition: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers}
         if partition is not None:

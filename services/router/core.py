@@ -302,28 +302,49 @@ class CoreProcessor:
         self._apply(state, run, effects, out)
 
     def _control(self, state: PartitionState, body: dict[str, Any], msg: Message, out: Outbox) -> None:
+        """Cancel or replay one run. Every command ends in the run's history (accepted or refused)
+        or, when there is no such run of that tenant, in the DLQ — never silently dropped."""
         run = state.runs.get(body.get("run_id") or "")
         if run is None or run.tenant != body["tenant"]:
+            hint = "" if run is None else " (it belongs to another tenant)"
             self._dead_message(
                 msg,
                 out,
-                "unknown_run",
-                f"{body['kind']}: no run {body.get('run_id')} for tenant {body['tenant']}",
+                "control_refused",
+                f"{body['kind']} by {body['requester']}: no run {body.get('run_id')} of tenant "
+                f"{body['tenant']}{hint}; finished runs are kept for "
+                f"{self.settings.finished_run_retention_s:.0f} s",
                 body["tenant"],
+                original=serde.encode("ControlCommand", body),
             )
             return
         if body["kind"] == "cancel":
+            if run.status.terminal:
+                refusal = f"run is already {run.status.value}"
+                self._apply(state, run, Effects(events=[machine.control_event(body, refusal)]), out)
+                return
             was_pending = run.status == RunStatus.PENDING
             effects = machine.cancel(run, body["requester"], body["reason"])
-            if was_pending and effects.finished:
+            effects.events.insert(0, machine.control_event(body))
+            if was_pending:
                 queue = state.pending.get(run.tenant, [])
                 if run.run_id in queue:
                     queue.remove(run.run_id)
             self._apply(state, run, effects, out, was_active=not was_pending)
-        else:
-            self._dead_message(
-                msg, out, "unsupported_control", f"{body['kind']} is not supported yet", run.tenant
-            )
+            return
+        workflow = self._workflow(run)
+        try:
+            if workflow is None:
+                raise ValueError("the run's definition is no longer verified")
+            if run.replays >= self.settings.max_replays_per_run:
+                raise ValueError(f"replay limit of {self.settings.max_replays_per_run} reached for this run")
+            steps = machine.steps_to_replay(run, workflow, body["kind"], body.get("step_id"))
+        except ValueError as exc:
+            self._apply(state, run, Effects(events=[machine.control_event(body, str(exc))]), out)
+            return
+        self._apply(state, run, machine.replay(run, steps, body), out)
+        state.pending.setdefault(run.tenant, []).append(run.run_id)
+        self._admit(state, run.tenant, out)
 
     # --- effects ------------------------------------------------------------------------------------------
     def _apply(
@@ -466,9 +487,10 @@ class CoreProcessor:
     # --- retention --------------------------------------------------------------------------------------
     def _expire(self, state: PartitionState, now: int, out: Outbox) -> None:
         while state.finished and state.finished[0][0] + self.retention_ms <= now:
-            _, run_id = state.finished.popleft()
-            run = state.runs.pop(run_id, None)
-            if run is not None:
+            finished_at, run_id = state.finished.popleft()
+            run = state.runs.get(run_id)
+            if run is not None and run.status.terminal and run.finished_ms == finished_at:
+                del state.runs[run_id]
                 self.dirty.pop(run_id, None)
                 out.send(self.topics.router_state, None, key=run_id, partition=state.partition)
 
@@ -477,8 +499,16 @@ class CoreProcessor:
         return self.catalog.get(run.tenant, run.workflow, run.version)
 
     def _dead_message(
-        self, msg: Message, out: Outbox, kind: str, message: str, tenant: str | None = None
+        self,
+        msg: Message,
+        out: Outbox,
+        kind: str,
+        message: str,
+        tenant: str | None = None,
+        original: bytes | None = None,
     ) -> None:
+        """Dead-letter an inbox record; ``original`` replaces its value (e.g. the bare ControlCommand,
+        so the audit trail holds what the operator sent rather than the inbox envelope)."""
         out.send(
             self.topics.dlq,
             records.dead_letter(
@@ -490,7 +520,7 @@ class CoreProcessor:
                 partition=msg.partition(),
                 offset=msg.offset(),
                 key=msg.key(),
-                value=msg.value(),
+                value=original if original is not None else msg.value(),
                 tenant=tenant,
             ),
             key=tenant,

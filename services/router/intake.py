@@ -195,9 +195,10 @@ class IntakeProcessor:
             headers=headers_for(tenant, None, None),
         )
         metrics.DLQ_RECORDS.labels(SERVICE, kind, tenant or "").inc()
-        metrics.TRIGGERS.labels(tenant or "", "rejected").inc()
+        if msg.topic() != self.topics.control:
+            metrics.TRIGGERS.labels(tenant or "", "rejected").inc()
         log.warning(
-            "trigger dead-lettered: %s",
+            "record dead-lettered: %s",
             message,
             extra={"tenant": tenant, "error_kind": kind, "offset": msg.offset()},
         )
@@ -308,15 +309,27 @@ class IntakeProcessor:
             return
         tenant_id = command["tenant"]
         tenant = self.tenants.get(tenant_id)
+        who = f"{command['kind']} by {command['requester']!r}"
+        refusal: str | None = None
         if tenant is None:
-            self._dead(
-                msg, out, "unknown_tenant", f"control command for unknown tenant {tenant_id!r}", tenant_id
+            refusal = f"{who}: tenant {tenant_id!r} is not registered"
+        elif (
+            command["requester"] not in tenant.operators
+            and command["requester"] not in self.settings.global_operators
+        ):
+            refusal = (
+                f"{who}: not an operator of tenant {tenant_id!r} (see `switchyard tenant update --operator`)"
             )
+        elif command["kind"] == "replay_bulk":
+            refusal = (
+                f"{who}: bulk replays are expanded into one command per run by `switchyard replay --tenant`"
+            )
+        elif not command.get("run_id"):
+            refusal = f"{who}: the command names no run"
+        if refusal is not None or tenant is None:
+            self._dead(msg, out, "control_refused", refusal or who, tenant_id)
             return
-        run_id = command.get("run_id")
-        if not run_id:
-            self._dead(msg, out, "unsupported_control", f"{command['kind']} needs a run_id", tenant_id)
-            return
+        run_id = command["run_id"]
         out.send(
             self.topics.inbox,
             serde.encode_inbox("ControlCommand", command),

@@ -197,6 +197,85 @@ def cancel(run: RunState, requester: str, reason: str) -> Effects:
     return effects
 
 
+def control_event(command: dict[str, Any], refusal: str | None = None) -> Event:
+    """The history entry for an operator's command: who asked, why, and whether it was accepted."""
+    detail: dict[str, Any] = {
+        "command_id": command["command_id"],
+        "kind": command["kind"],
+        "requester": command["requester"],
+        "reason": command["reason"],
+        "step_id": command.get("step_id"),
+        "command_correlation_id": command.get("correlation_id"),
+    }
+    if refusal is not None:
+        detail["refusal"] = refusal
+    return Event("control_refused" if refusal else "control_accepted", detail=detail)
+
+
+def steps_to_replay(run: RunState, workflow: CompiledWorkflow, kind: str, from_step: str | None) -> list[str]:
+    """Which steps a replay resets, or raise ``ValueError`` saying why the replay is refused.
+
+    * ``replay_run`` without a step: the failed and cancelled steps of a failed or cancelled run;
+    * ``replay_run`` from a step: that step and everything downstream of it;
+    * ``replay_step``: that one step (steps after it that never ran will run after it).
+    """
+    if not run.status.terminal:
+        raise ValueError(f"run is {run.status.value}; only a finished run can be replayed")
+    if from_step is not None and from_step not in run.steps:
+        raise ValueError(f"workflow {run.workflow} v{run.version} has no step {from_step!r}")
+    if kind == "replay_step":
+        if from_step is None:
+            raise ValueError("replay_step needs a step id")
+        return [from_step]
+    if from_step is not None:
+        downstream, frontier = {from_step}, [from_step]
+        while frontier:
+            for child in workflow.children(frontier.pop()):
+                if child not in downstream:
+                    downstream.add(child)
+                    frontier.append(child)
+        return [s for s in workflow.topological_order() if s in downstream]
+    if run.status == RunStatus.SUCCEEDED:
+        raise ValueError("run succeeded; name a step (--from-step) to replay part of it")
+    failed = [s for s, r in run.steps.items() if r.status in (StepStatus.FAILED, StepStatus.CANCELLED)]
+    if not failed:
+        raise ValueError("run has no failed or cancelled step to replay")
+    return failed
+
+
+def replay(run: RunState, steps: list[str], command: dict[str, Any]) -> Effects:
+    """Reset ``steps`` to pending and put the run back in the queue; attempts continue numbering."""
+    effects = Effects(events=[control_event(command)])
+    for step_id in steps:
+        rec = run.steps[step_id]
+        rec.status = StepStatus.PENDING
+        rec.output = rec.error_kind = rec.error_message = None
+        rec.deadline_ms = rec.retry_at_ms = None
+        rec.retry_base = rec.attempt
+        effects.events.append(
+            Event(
+                "step_reset", step_id, None, StepStatus.PENDING.value, {"command_id": command["command_id"]}
+            )
+        )
+    run.replays += 1
+    run.status = RunStatus.PENDING
+    run.finished_ms = None
+    effects.events.append(
+        Event(
+            "run_replayed",
+            state=RunStatus.PENDING.value,
+            detail={
+                "command_id": command["command_id"],
+                "requester": command["requester"],
+                "reason": command["reason"],
+                "replay": run.replays,
+                "steps": steps,
+            },
+        )
+    )
+    return effects
+
+
 # --- internals -------------------------------------------------------------------------------------------
 
 
@@ -240,8 +319,8 @@ def _failed_attempt(
     policy = workflow.definition.step(step_id).retry
     rec.error_kind, rec.error_message, rec.deadline_ms = kind, message, None
     detail = {"error_kind": kind, "error_message": message, **(extra or {})}
-    if retryable and policy.should_retry(rec.attempt, kind):
-        delay_ms = int(policy.backoff(rec.attempt, rand) * 1000)
+    if retryable and policy.should_retry(rec.attempt - rec.retry_base, kind):
+        delay_ms = int(policy.backoff(rec.attempt - rec.retry_base, rand) * 1000)
         rec.status = StepStatus.RETRYING
         rec.retry_at_ms = now_ms + delay_ms
         detail.update(retry_at=rec.retry_at_ms, next_attempt=rec.attempt + 1)

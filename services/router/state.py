@@ -37,6 +37,7 @@ class StepRecord:
     output: Any = None
     error_kind: str | None = None
     error_message: str | None = None
+    retry_base: int = 0  # attempts before the last replay; the retry budget counts from here
 
 
 @dataclass

@@ -1,0 +1,191 @@
+"""`switchyard replay` and `switchyard cancel`: operator commands through the control topic.
+
+The router authorises every command (the requester must be an operator of the run's tenant, or
+a global operator), bounds replays per run, and records the outcome; these commands wait for
+that outcome in PostgreSQL (``--wait``) and say plainly whether it was accepted or refused, and why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import socket
+import time
+import uuid
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from services.commands.engine import _settings
+from services.commands.runs import _session
+from services.control.commands import ControlSender, Kind, command
+
+out = Console()
+err = Console(stderr=True)
+DEFAULT_REQUESTER = f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _run_tenant(run_id: str) -> str:
+    from services.projector.models import Run
+
+    with _session() as session:
+        run = session.get(Run, run_id)
+    if run is None:
+        err.print(f"[red]error:[/] run {run_id} is not in the history database; pass --tenant to send anyway")
+        raise typer.Exit(1)
+    return run.tenant
+
+
+def _wait_outcomes(command_ids: list[str], timeout_s: float) -> dict[str, Any]:
+    from services.projector.queries import control_outcome
+
+    outcomes: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and len(outcomes) < len(command_ids):
+        with _session() as session:
+            for cid in command_ids:
+                if cid not in outcomes:
+                    row = control_outcome(session, cid)
+                    if row is not None:
+                        outcomes[cid] = row
+        if len(outcomes) < len(command_ids):
+            time.sleep(0.25)
+    return outcomes
+
+
+def _report_one(cmd: dict[str, Any], wait: float) -> None:
+    if wait <= 0:
+        err.print(f"sent {cmd['kind']} {cmd['command_id']} for run {cmd['run_id']}")
+        return
+    outcome = _wait_outcomes([cmd["command_id"]], wait).get(cmd["command_id"])
+    if outcome is None:
+        err.print(
+            f"[yellow]sent {cmd['kind']} {cmd['command_id']}; no outcome recorded within {wait:.0f} s[/] "
+            "(is the router running? `switchyard runs show` will show it later)"
+        )
+        raise typer.Exit(3)
+    if outcome.outcome == "accepted":
+        err.print(f"[green]accepted:[/] {cmd['kind']} of run {cmd['run_id']} (command {cmd['command_id']})")
+        return
+    err.print(f"[red]refused:[/] {outcome.refusal}")
+    raise typer.Exit(1)
+
+
+def _send_one(
+    kind: Kind, run_id: str, tenant: str | None, requester: str, reason: str, step: str | None, wait: float
+) -> None:
+    settings = _settings()
+    cmd = command(kind, tenant or _run_tenant(run_id), run_id, requester, reason, step_id=step)
+    sender = ControlSender(settings)
+    sender.send(cmd)
+    sender.flush()
+    _report_one(cmd, wait)
+
+
+def cancel(
+    run_id: str = typer.Argument(..., help="The run to cancel."),
+    reason: str = typer.Option(..., help="Why (recorded in the run's history)."),
+    tenant: str | None = typer.Option(None, help="The run's tenant (default: looked up in the history)."),
+    requester: str = typer.Option(DEFAULT_REQUESTER, help="Who asks (must be an operator of the tenant)."),
+    wait: float = typer.Option(30.0, help="Seconds to wait for the router's decision (0: don't wait)."),
+) -> None:
+    """Cancel a pending or running run: open steps are cancelled, late results ignored."""
+    _send_one("cancel", run_id, tenant, requester, reason, None, wait)
+
+
+def replay(
+    run_id: str | None = typer.Argument(
+        None, help="The run to replay (omit for a bulk replay with --tenant)."
+    ),
+    reason: str = typer.Option(..., help="Why (recorded in the run's history)."),
+    from_step: str | None = typer.Option(None, help="Replay this step and everything downstream of it."),
+    step_only: bool = typer.Option(False, help="With --from-step: replay only that one step."),
+    tenant: str | None = typer.Option(
+        None, help="Tenant (bulk: required; single: default from the history)."
+    ),
+    workflow: str | None = typer.Option(None, help="Bulk filter: workflow name."),
+    version: int | None = typer.Option(None, help="Bulk filter: workflow version."),
+    error_kind: str | None = typer.Option(None, help="Bulk filter: the error kind the run failed with."),
+    since: str | None = typer.Option(
+        None, help="Bulk filter: runs created at or after (ISO 8601, e.g. 2026-11-26T00:00)."
+    ),
+    dry_run: bool = typer.Option(
+        False, help="Bulk: report how many runs and steps would be replayed; send nothing."
+    ),
+    requester: str = typer.Option(DEFAULT_REQUESTER, help="Who asks (must be an operator of the tenant)."),
+    wait: float = typer.Option(30.0, help="Seconds to wait for the router's decision(s) (0: don't wait)."),
+) -> None:
+    """Replay a failed run from its failed steps (or from --from-step), or many failed runs by filter.
+
+    Replayed steps run as new attempts (attempt numbers continue, so idempotency keys
+    run:step:attempt stay recognisable to outside systems); each run may be replayed a bounded
+    number of times (SWITCHYARD_MAX_REPLAYS_PER_RUN)."""
+    if step_only and not from_step:
+        err.print("[red]error:[/] --step-only needs --from-step")
+        raise typer.Exit(2)
+    if run_id is not None:
+        kind: Kind = "replay_step" if step_only else "replay_run"
+        _send_one(kind, run_id, tenant, requester, reason, from_step, wait)
+        return
+    if tenant is None:
+        err.print("[red]error:[/] give a RUN id, or --tenant (with optional filters) for a bulk replay")
+        raise typer.Exit(2)
+    _bulk(tenant, workflow, version, error_kind, since, dry_run, requester, reason, wait)
+
+
+def _bulk(
+    tenant: str,
+    workflow: str | None,
+    version: int | None,
+    error_kind: str | None,
+    since: str | None,
+    dry_run: bool,
+    requester: str,
+    reason: str,
+    wait: float,
+) -> None:
+    from services.projector.queries import failed_runs
+
+    since_at = None
+    if since:
+        try:
+            since_at = dt.datetime.fromisoformat(since)
+        except ValueError as exc:
+            err.print(f"[red]error:[/] --since {since!r} is not an ISO 8601 date/time")
+            raise typer.Exit(2) from exc
+        if since_at.tzinfo is None:
+            since_at = since_at.replace(tzinfo=dt.UTC)
+    with _session() as session:
+        runs = failed_runs(
+            session, tenant, workflow=workflow, version=version, error_kind=error_kind, since=since_at
+        )
+    steps = sum(len(failed) for _, failed in runs)
+    err.print(f"{len(runs)} failed runs, {steps} failed steps match")
+    if dry_run or not runs:
+        return
+    settings = _settings()
+    bulk_id = str(uuid.uuid4())
+    sender = ControlSender(settings)
+    ids = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err) as progress:
+        task = progress.add_task("sending replays", total=len(runs))
+        for run_id, _ in runs:
+            cmd = command("replay_run", tenant, run_id, requester, reason, correlation_id=bulk_id)
+            sender.send(cmd)
+            ids.append(cmd["command_id"])
+            progress.advance(task)
+        sender.flush()
+    err.print(f"sent {len(ids)} replays (bulk correlation id {bulk_id})")
+    if wait <= 0:
+        return
+    outcomes = _wait_outcomes(ids, wait)
+    accepted = sum(1 for o in outcomes.values() if o.outcome == "accepted")
+    refused = [o for o in outcomes.values() if o.outcome != "accepted"]
+    err.print(f"accepted {accepted}, refused {len(refused)}, no decision yet {len(ids) - len(outcomes)}")
+    for outcome in refused[:10]:
+        err.print(f"  refused {outcome.run_id}: {outcome.refusal}")
+    if refused or len(outcomes) < len(ids):
+        raise typer.Exit(1)

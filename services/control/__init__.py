@@ -1,0 +1,1 @@
+"""Operator commands (replay, cancel) produced to the control topic."""

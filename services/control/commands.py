@@ -1,0 +1,76 @@
+"""Building and sending `ControlCommand`s. The router authorises and applies them; the outcome
+(accepted or refused, with the reason) lands in the run's history or the DLQ, and the projector
+stores it in ``control_commands`` for audit."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from confluent_kafka import Producer
+
+from services.bus.clients import headers_for, plain_producer_config
+from services.bus.topics import Topics
+from services.config import Settings
+from services.contracts import serde
+
+Kind = Literal["cancel", "replay_run", "replay_step"]
+
+
+def command(
+    kind: Kind,
+    tenant: str,
+    run_id: str,
+    requester: str,
+    reason: str,
+    step_id: str | None = None,
+    correlation_id: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "command_id": str(uuid.uuid4()),
+        "kind": kind,
+        "requester": requester,
+        "tenant": tenant,
+        "run_id": run_id,
+        "step_id": step_id,
+        "reason": reason,
+        "correlation_id": correlation_id or str(uuid.uuid4()),
+        "issued_at": int(time.time() * 1000),
+        "filter_json": None,
+        "dry_run": False,
+    }
+
+
+class ControlSender:
+    """One producer for many commands (bulk replays send thousands)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = Topics(settings.topic_prefix).control
+        self.producer = Producer(plain_producer_config(settings))
+        self.failures: list[str] = []
+
+    def send(self, cmd: dict[str, Any]) -> None:
+        def report(err: object, _msg: object) -> None:
+            if err is not None:
+                self.failures.append(str(err))
+
+        while True:
+            try:
+                self.producer.produce(
+                    self.topic,
+                    key=cmd["run_id"],
+                    value=serde.encode("ControlCommand", cmd),
+                    headers=headers_for(cmd["tenant"], cmd["run_id"], cmd["correlation_id"]),
+                    on_delivery=report,
+                )
+                break
+            except BufferError:
+                self.producer.poll(0.1)
+        self.producer.poll(0)
+
+    def flush(self, timeout_s: float = 30) -> None:
+        if self.producer.flush(timeout_s) != 0:
+            self.failures.append(f"{len(self.producer)} commands not delivered within {timeout_s} s")
+        if self.failures:
+            raise RuntimeError(f"control topic {self.topic}: {self.failures[0]}")
