@@ -1,4 +1,5 @@
-"""`switchyard runs`: list runs and show one run's steps, attempts and full event timeline.
+"""`switchyard runs`: list runs and show one run's steps, attempts, operator commands and full
+event timeline (replays included).
 
 Reads the projector's tables in PostgreSQL (``DATABASE_URL``); nothing here touches Kafka.
 """
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from services.config import Settings
 from services.projector.db import make_engine
-from services.projector.queries import RunTimeline, as_dict, list_runs, run_timeline
+from services.projector.queries import RunTimeline, as_dict, list_runs, parse_since, run_timeline
 
 app = typer.Typer(
     help="Run history, as projected into PostgreSQL by the projector.",
@@ -46,6 +47,8 @@ STATE_STYLES = {
     "timed_out": "red",
     "cancelled": "bright_black",
     "skipped": "bright_black",
+    "accepted": "green",
+    "refused": "red",
 }
 
 
@@ -117,12 +120,31 @@ def list_command(
     state: str | None = typer.Option(
         None, "--state", help="pending, running, retrying, succeeded, failed or cancelled."
     ),
+    error_kind: str | None = typer.Option(
+        None, "--error-kind", help="Only runs that failed with this error kind (e.g. timeout)."
+    ),
+    since: str | None = typer.Option(
+        None, "--since", help="Only runs created since: ISO 8601 (UTC if naive) or a duration ago (6h, 2d)."
+    ),
     limit: int = typer.Option(50, "--limit", min=1, max=10_000, help="At most this many (newest first)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """List runs, newest first."""
+    try:
+        since_at = parse_since(since) if since is not None else None
+    except ValueError as exc:
+        _err().print(f"[red]error:[/] --since {exc}")
+        raise typer.Exit(2) from exc
     with _session() as session:
-        found = list_runs(session, tenant=tenant, workflow=workflow, state=state, limit=limit)
+        found = list_runs(
+            session,
+            tenant=tenant,
+            workflow=workflow,
+            state=state,
+            limit=limit,
+            error_kind=error_kind,
+            since=since_at,
+        )
         if as_json:
             print(json.dumps([as_dict(r) for r in found], indent=2, default=str))
             return
@@ -166,6 +188,7 @@ def _render(timeline: RunTimeline) -> None:
     if run.error_kind or run.error_message:
         summary.add_row("error", Text(_error(run.error_kind, run.error_message), style="red"))
     summary.add_row("last seq", str(run.last_seq))
+    summary.add_row("replays", str(timeline.replays))
     out = _out()
     out.print(summary)
 
@@ -201,6 +224,26 @@ def _render(timeline: RunTimeline) -> None:
         )
     out.print(attempts)
 
+    if timeline.commands:
+        commands = Table(title="operator commands")
+        for column in ("decided", "command", "kind", "step", "requester", "reason", "outcome", "source"):
+            commands.add_column(column, overflow="fold")
+        for c in timeline.commands:
+            outcome = _state(c.outcome)
+            if c.refusal:
+                outcome.append(f": {c.refusal}")
+            commands.add_row(
+                _ts(c.decided_at),
+                c.command_id,
+                c.kind,
+                c.step_id or "",
+                c.requester,
+                c.reason or "",
+                outcome,
+                c.source,
+            )
+        out.print(commands)
+
     events = Table(title="events")
     for column in ("seq", "at", "type", "step", "attempt", "state", "detail"):
         events.add_column(column, overflow="fold")
@@ -222,7 +265,8 @@ def show(
     run_id: str = typer.Argument(..., metavar="RUN", help="The run id."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Show one run: steps, attempts, timings, errors, correlation id and the full event timeline."""
+    """Show one run: steps, attempts, timings, errors, operator commands (who, why, outcome) and
+    the full event timeline, replays included."""
     with _session() as session:
         timeline = run_timeline(session, run_id)
         if timeline is None:

@@ -9,7 +9,13 @@ Semantics (see DESIGN.md, "projector"):
 - ``run_*`` events with a ``state`` set ``runs.state``; ``run_pending`` also records the trigger;
   terminal states set ``finished_at``, ``run_failed`` the error; a run back to a non-terminal
   state (retry, replay) clears ``finished_at`` and the error.
+  ``run_replayed`` (state ``pending``) is such a return: the run waits for a slot again, then
+  ``run_started`` follows; ``started_at`` keeps the first start.
 - ``step_*`` events upsert the step and, when they name an attempt, the attempt.
+  ``step_reset`` (a replay) puts the step back to ``pending`` and clears its finish, output and
+  error (the attempts keep the history; ``attempts`` keeps the highest attempt number, and the next
+  ``step_scheduled`` names attempt n + 1).
+- ``control_accepted`` / ``control_refused`` also fill ``control_commands`` (see :mod:`.control`).
 - Every other type is history only (stored in ``run_events``): unknown types never fail.
 """
 
@@ -148,6 +154,15 @@ def step_change(ev: ProjectedEvent) -> RowChange | None:
             "error_message": _timeout_message(ev) if timed_out else _text(d.get("error_message")),
         }
         merge.update(started_at="coalesce", finished_at="set", error_kind="set", error_message="set")
+    elif kind == "step_reset":
+        values = {
+            **base,
+            "state": ev.state or "pending",
+            "output": None,
+            "error_kind": None,
+            "error_message": None,
+        }
+        merge.update(finished_at="set", output="set", error_kind="set", error_message="set")
     elif kind in ("step_skipped", "step_cancelled"):
         state = ev.state or kind.removeprefix("step_")
         values = {**base, "state": state, "finished_at": ev.at}

@@ -12,9 +12,15 @@ EVENTS = Counter(
     ["tenant", "outcome"],
     registry=REGISTRY,
 )
+DEAD_LETTERS = Counter(
+    "switchyard_projector_dead_letters_total",
+    "Records of the dead-letter topic stored in dead_letters, by error kind",
+    ["error_kind"],
+    registry=REGISTRY,
+)
 REJECTS = Counter(
     "switchyard_projector_rejects_total",
-    "Records of the events topic that could not be projected (stored in projector_rejects)",
+    "Records of the events or dlq topic that could not be projected (stored in projector_rejects)",
     ["reason"],
     registry=REGISTRY,
 )

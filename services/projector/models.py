@@ -4,7 +4,9 @@
 (one row per ``RunEvent``, unique by ``event_id`` and by ``(run_id, seq)``); ``consumer_offsets``
 stores, in the same transaction as the rows, the next Kafka offset to read per partition;
 ``projector_rejects`` keeps every record that could not be projected, with the reason; ``tenants``
-mirrors the tenants registry.
+mirrors the tenants registry; ``dead_letters`` materialises every record of ``<prefix>.dlq``;
+``control_commands`` holds every operator command's outcome (from ``control_accepted`` /
+``control_refused`` run events, and from control refusals dead-lettered before reaching a run).
 Every change here needs an Alembic revision in ``migrations/versions`` (a test compares them).
 """
 
@@ -74,6 +76,7 @@ class Run(Base):
         Index(None, "state", "created_at"),
         Index(None, "workflow", "created_at"),
         Index(None, "correlation_id"),
+        Index(None, "tenant", "error_kind", "created_at"),
     )
 
 
@@ -178,3 +181,70 @@ class TenantRow(Base):
     status: Mapped[str] = mapped_column(String)
     config: Mapped[dict[str, Any]] = mapped_column(Json)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class ControlCommandRow(Base):
+    """One operator command (replay/cancel) and what became of it.
+
+    ``source`` says where the decision was read: ``run_history`` (a ``control_accepted`` /
+    ``control_refused`` event of the run) or ``dlq`` (refused before reaching a run: unauthorised,
+    unknown run, ...). ``kafka_*`` and ``source_id`` (event id or dlq id) point at that record.
+    """
+
+    __tablename__ = "control_commands"
+
+    command_id: Mapped[str] = mapped_column(String, primary_key=True)
+    kind: Mapped[str] = mapped_column(String)
+    requester: Mapped[str] = mapped_column(String)
+    tenant: Mapped[str | None] = mapped_column(String)
+    run_id: Mapped[str | None] = mapped_column(String)
+    step_id: Mapped[str | None] = mapped_column(String)
+    reason: Mapped[str | None] = mapped_column(Text)
+    command_correlation_id: Mapped[str | None] = mapped_column(String)
+    outcome: Mapped[str] = mapped_column(String)
+    refusal: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime] = mapped_column(Timestamp)
+    source: Mapped[str] = mapped_column(String)
+    source_id: Mapped[str] = mapped_column(String)
+    kafka_topic: Mapped[str] = mapped_column(String)
+    kafka_partition: Mapped[int] = mapped_column(Integer)
+    kafka_offset: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index(None, "run_id", "decided_at"),
+        Index(None, "tenant", "decided_at"),
+        Index(None, "requester", "decided_at"),
+    )
+
+
+class DeadLetterRow(Base):
+    """One record of the dead-letter topic (``original_value`` capped at 64 KiB; its full size kept)."""
+
+    __tablename__ = "dead_letters"
+
+    dlq_id: Mapped[str] = mapped_column(String, primary_key=True)
+    service: Mapped[str] = mapped_column(String)
+    error_kind: Mapped[str] = mapped_column(String)
+    error_message: Mapped[str] = mapped_column(Text)
+    original_topic: Mapped[str | None] = mapped_column(String)
+    original_partition: Mapped[int | None] = mapped_column(Integer)
+    original_offset: Mapped[int | None] = mapped_column(BigInteger)
+    original_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    original_value: Mapped[bytes | None] = mapped_column(LargeBinary)
+    original_value_size: Mapped[int] = mapped_column(Integer)
+    tenant: Mapped[str | None] = mapped_column(String)
+    correlation_id: Mapped[str | None] = mapped_column(String)
+    run_id: Mapped[str | None] = mapped_column(String)
+    step_id: Mapped[str | None] = mapped_column(String)
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    failed_at: Mapped[datetime] = mapped_column(Timestamp)
+    kafka_topic: Mapped[str] = mapped_column(String)
+    kafka_partition: Mapped[int] = mapped_column(Integer)
+    kafka_offset: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index(None, "failed_at"),
+        Index(None, "tenant", "failed_at"),
+        Index(None, "error_kind", "failed_at"),
+        Index(None, "run_id"),
+    )

@@ -1,29 +1,38 @@
-"""The read side of the projection: run listings and one run's full timeline.
+"""The read side of the projection: run listings, one run's full timeline, control outcomes.
 
-Used by ``switchyard runs``; plain functions over a SQLAlchemy :class:`~sqlalchemy.orm.Session`
-so that other read paths (an API, tests) share them. ``as_dict`` helpers give JSON-ready rows.
+Used by ``switchyard runs`` and ``switchyard replay``/``cancel``; plain functions over a SQLAlchemy
+:class:`~sqlalchemy.orm.Session` so that other read paths (an API, tests) share them. ``as_dict``
+helpers give JSON-ready rows.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from services.projector.models import Attempt, Base, Run, RunEventRow, Step
+from services.projector.models import Attempt, Base, ControlCommandRow, Run, RunEventRow, Step
 
 
 @dataclass(frozen=True)
 class RunTimeline:
-    """A run with its steps (in start order), attempts (in schedule order) and events (by ``seq``)."""
+    """A run with its steps (in start order), attempts (in schedule order), events (by ``seq``) and
+    the operator commands about it (in decision order, from ``control_commands``)."""
 
     run: Run
     steps: list[Step]
     attempts: list[Attempt]
     events: list[RunEventRow]
+    commands: list[ControlCommandRow]
+
+    @property
+    def replays(self) -> int:
+        """How many times the run was replayed (its ``run_replayed`` events)."""
+        return sum(1 for e in self.events if e.type == "run_replayed")
 
     def attempts_of(self, step_id: str) -> list[Attempt]:
         return [a for a in self.attempts if a.step_id == step_id]
@@ -36,6 +45,8 @@ class RunTimeline:
                 for step in self.steps
             ],
             "events": [as_dict(e) for e in self.events],
+            "control_commands": [as_dict(c) for c in self.commands],
+            "replays": self.replays,
         }
 
 
@@ -48,14 +59,39 @@ def as_dict(row: Base) -> dict[str, Any]:
     return out
 
 
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """A point in time from ``--since``: ISO 8601 (naive means UTC) or a duration ago (``90m``, ``2d``).
+
+    Raises ``ValueError`` with a readable message otherwise.
+    """
+    match = _RELATIVE.match(text)
+    if match:
+        seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
+        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither an ISO 8601 date/time nor a duration like 30m, 6h, 2d"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def list_runs(
     session: Session,
     tenant: str | None = None,
     workflow: str | None = None,
     state: str | None = None,
     limit: int = 50,
+    *,
+    error_kind: str | None = None,
+    since: datetime | None = None,
 ) -> list[Run]:
-    """Newest runs first, filtered by tenant, workflow and state (each optional)."""
+    """Newest runs first, filtered by tenant, workflow, state, error kind and creation time."""
     stmt = sa.select(Run)
     if tenant is not None:
         stmt = stmt.where(Run.tenant == tenant)
@@ -63,6 +99,10 @@ def list_runs(
         stmt = stmt.where(Run.workflow == workflow)
     if state is not None:
         stmt = stmt.where(Run.state == state)
+    if error_kind is not None:
+        stmt = stmt.where(Run.error_kind == error_kind)
+    if since is not None:
+        stmt = stmt.where(Run.created_at >= since)
     stmt = stmt.order_by(Run.created_at.desc(), Run.run_id).limit(max(1, limit))
     return list(session.scalars(stmt))
 
@@ -85,4 +125,63 @@ def run_timeline(session: Session, run_id: str) -> RunTimeline | None:
     events = session.scalars(
         sa.select(RunEventRow).where(RunEventRow.run_id == run_id).order_by(RunEventRow.seq)
     )
-    return RunTimeline(run, list(steps), list(attempts), list(events))
+    commands = session.scalars(
+        sa.select(ControlCommandRow)
+        .where(ControlCommandRow.run_id == run_id)
+        .order_by(ControlCommandRow.decided_at, ControlCommandRow.command_id)
+    )
+    return RunTimeline(run, list(steps), list(attempts), list(events), list(commands))
+
+
+def failed_runs(
+    session: Session,
+    tenant: str,
+    workflow: str | None = None,
+    version: int | None = None,
+    error_kind: str | None = None,
+    since: datetime | None = None,
+) -> list[tuple[str, list[str]]]:
+    """(run id, its failed step ids) of the tenant's failed runs, oldest first — for bulk replay.
+
+    Filters: workflow, version, the run's ``error_kind``, created at or after ``since``. Step ids
+    are in start order; a run failed without a failed step (e.g. a definition error) has none.
+    """
+    stmt = sa.select(Run.run_id).where(Run.tenant == tenant, Run.state == "failed")
+    if workflow is not None:
+        stmt = stmt.where(Run.workflow == workflow)
+    if version is not None:
+        stmt = stmt.where(Run.version == version)
+    if error_kind is not None:
+        stmt = stmt.where(Run.error_kind == error_kind)
+    if since is not None:
+        stmt = stmt.where(Run.created_at >= since)
+    run_ids = list(session.scalars(stmt.order_by(Run.created_at, Run.run_id)))
+    failed: dict[str, list[str]] = {run_id: [] for run_id in run_ids}
+    if run_ids:
+        steps = session.execute(
+            sa.select(Step.run_id, Step.step_id)
+            .where(Step.run_id.in_(sa.select(stmt.subquery().c.run_id)), Step.state == "failed")
+            .order_by(Step.started_at.asc().nulls_last(), Step.step_id)
+        )
+        for run_id, step_id in steps:
+            if run_id in failed:
+                failed[run_id].append(step_id)
+    return list(failed.items())
+
+
+def control_outcome(session: Session, command_id: str) -> ControlCommandRow | None:
+    """The recorded decision on an operator command (``outcome`` accepted|refused, ``refusal``), if any."""
+    return session.get(ControlCommandRow, command_id, populate_existing=True)
+
+
+def control_commands(
+    session: Session, tenant: str | None = None, run_id: str | None = None, limit: int = 100
+) -> list[ControlCommandRow]:
+    """Newest operator commands first, optionally one tenant's or one run's."""
+    stmt = sa.select(ControlCommandRow)
+    if tenant is not None:
+        stmt = stmt.where(ControlCommandRow.tenant == tenant)
+    if run_id is not None:
+        stmt = stmt.where(ControlCommandRow.run_id == run_id)
+    stmt = stmt.order_by(ControlCommandRow.decided_at.desc(), ControlCommandRow.command_id)
+    return list(session.scalars(stmt.limit(max(1, limit))))

@@ -1,4 +1,8 @@
-"""The projector's Kafka loop: events topic → batches → one PostgreSQL transaction each.
+"""The projector's Kafka loop: events and dead-letter topics → batches → one PostgreSQL transaction each.
+
+One consumer subscribes to both ``<prefix>.events`` (run history) and ``<prefix>.dlq`` (dead
+letters, including control commands refused before they reached a run): a batch may mix records
+of both, and their rows and offsets commit in the same transaction.
 
 Exactly-once into PostgreSQL without Kafka transactions: the consumer is a plain
 ``read_committed`` consumer (cooperative-sticky, no auto commit) and the *database* is the
@@ -28,8 +32,9 @@ from services.bus.topics import Topics
 from services.config import Settings
 from services.projector import metrics
 from services.projector.db import make_engine, upgrade_database
-from services.projector.events import Coordinates, ProjectedEvent, Rejected, decode_event
-from services.projector.writer import BatchResult, PartitionKey, load_offsets, write_batch
+from services.projector.dead_letters import decode_dead_letter
+from services.projector.events import Coordinates, decode_event
+from services.projector.writer import BatchResult, Item, PartitionKey, load_offsets, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,7 @@ class Projector:
         batch_size: int | None = None,
         poll_timeout_s: float = 0.5,
         migrate: bool = True,
+        dead_letters: bool = True,
     ) -> None:
         if not settings.database_url:
             raise RuntimeError(
@@ -59,7 +65,11 @@ class Projector:
             )
         self.settings = settings
         self.database_url = settings.database_url
-        self.topic = Topics(settings.topic_prefix).events
+        topics = Topics(settings.topic_prefix)
+        self.topic = topics.events
+        self.dlq_topic = topics.dlq
+        self.control_topic = topics.control
+        self.topics = [self.topic, self.dlq_topic] if dead_letters else [self.topic]
         self.group_id = group_id or default_group_id(settings)
         self.batch_size = batch_size or settings.max_batch
         self.poll_timeout_s = poll_timeout_s
@@ -68,11 +78,16 @@ class Projector:
         self._consumer: Consumer | None = None
         self._stop = threading.Event()
         self._ready: threading.Event | None = None
-        self._assigned: set[int] = set()
+        self._assigned: set[PartitionKey] = set()
 
     @property
     def assigned_partitions(self) -> frozenset[int]:
         """Partitions of the events topic this instance owns now."""
+        return frozenset(p for t, p in self._assigned if t == self.topic)
+
+    @property
+    def assigned(self) -> frozenset[PartitionKey]:
+        """(topic, partition) of every partition (events and dead letters) this instance owns now."""
         return frozenset(self._assigned)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -85,14 +100,14 @@ class Projector:
         consumer = Consumer(consumer_config(self.settings, self.group_id))
         self._consumer = consumer
         consumer.subscribe(
-            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         log.info("projector started", extra={"topic": self.topic, "group_id": self.group_id})
         try:
             while not stop.is_set():
                 messages = consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout_s)
                 if not messages:
-                    for partition in self._assigned:
+                    for partition in self.assigned_partitions:
                         metrics.LAG_SECONDS.labels(str(partition)).set(0)
                     continue
                 self.process(consumer, messages)
@@ -107,13 +122,17 @@ class Projector:
 
     # -- rebalancing -------------------------------------------------------------------------
 
-    def _stored_offsets(self) -> dict[int, int] | None:
+    def _stored_offsets(self) -> dict[PartitionKey, int] | None:
         assert self.engine is not None
         backoff = 0.2
         while True:
             try:
                 with self.engine.connect() as conn:
-                    return load_offsets(conn, self.group_id, self.topic)
+                    return {
+                        (topic, partition): offset
+                        for topic in self.topics
+                        for partition, offset in load_offsets(conn, self.group_id, topic).items()
+                    }
             except sa.exc.SQLAlchemyError:
                 log.exception("cannot read stored offsets; retrying", extra={"topic": self.topic})
                 if self._stop.wait(backoff):
@@ -123,23 +142,24 @@ class Projector:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         stored = self._stored_offsets() if partitions else {}
         for tp in partitions:
-            tp.offset = (stored or {}).get(tp.partition, OFFSET_BEGINNING)
+            tp.offset = (stored or {}).get((tp.topic, tp.partition), OFFSET_BEGINNING)
         consumer.incremental_assign(partitions)
-        self._assigned.update(tp.partition for tp in partitions)
-        metrics.ASSIGNED_PARTITIONS.set(len(self._assigned))
+        self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+        metrics.ASSIGNED_PARTITIONS.set(len(self.assigned_partitions))
         if partitions:
             log.info(
                 "partitions assigned",
-                extra={"topic": self.topic, "positions": {tp.partition: tp.offset for tp in partitions}},
+                extra={"positions": {f"{tp.topic}[{tp.partition}]": tp.offset for tp in partitions}},
             )
         if self._ready is not None:
             self._ready.set()
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            self._assigned.discard(tp.partition)
-            metrics.LAG_SECONDS.labels(str(tp.partition)).set(0)
-        metrics.ASSIGNED_PARTITIONS.set(len(self._assigned))
+            self._assigned.discard((tp.topic, tp.partition))
+            if tp.topic == self.topic:
+                metrics.LAG_SECONDS.labels(str(tp.partition)).set(0)
+        metrics.ASSIGNED_PARTITIONS.set(len(self.assigned_partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Nothing is pending: every batch commits before the next poll.
@@ -158,7 +178,7 @@ class Projector:
 
     def process(self, consumer: Consumer, messages: Sequence[Message]) -> BatchResult | None:
         """Decode, write and account for one batch; returns None if ``stop`` interrupted retries."""
-        items: list[ProjectedEvent | Rejected] = []
+        items: list[Item] = []
         next_offsets: dict[PartitionKey, int] = {}
         for msg in messages:
             error = msg.error()
@@ -168,7 +188,11 @@ class Projector:
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             if topic is None or partition is None or offset is None:
                 continue
-            items.append(decode_event(msg.value(), msg.key(), Coordinates(topic, partition, offset)))
+            where = Coordinates(topic, partition, offset)
+            if topic == self.dlq_topic:
+                items.append(decode_dead_letter(msg.value(), msg.key(), where, self.control_topic))
+            else:
+                items.append(decode_event(msg.value(), msg.key(), where))
             next_offsets[(topic, partition)] = max(next_offsets.get((topic, partition), 0), offset + 1)
         if not items:
             return None
@@ -189,9 +213,7 @@ class Projector:
             raise KafkaException(error)
         log.warning("consumer error: %s", error, extra={"topic": self.topic})
 
-    def _write(
-        self, items: list[ProjectedEvent | Rejected], next_offsets: dict[PartitionKey, int]
-    ) -> BatchResult | None:
+    def _write(self, items: list[Item], next_offsets: dict[PartitionKey, int]) -> BatchResult | None:
         assert self.engine is not None
         backoff = 0.2
         while True:
@@ -220,6 +242,9 @@ class Projector:
             log.debug("event projected", extra=ev.log_ids(step_id=ev.step_id, state=ev.state))
         for ev in result.duplicates:
             metrics.EVENTS.labels(ev.tenant, "duplicate").inc()
+        for dl in result.dead_letters:
+            metrics.DEAD_LETTERS.labels(dl.error_kind).inc()
+            log.debug("dead letter projected", extra=dl.log_ids())
         for partition, at in newest.items():
             metrics.LAG_SECONDS.labels(str(partition)).set(max(0.0, now - at))
         for reject in result.rejected:
@@ -245,6 +270,7 @@ class Projector:
                 "applied": len(result.applied),
                 "duplicates": len(result.duplicates),
                 "rejected": len(result.rejected),
+                "dead_letters": len(result.dead_letters),
             },
         )
 
@@ -256,7 +282,7 @@ def run_projector(
     group_id: str | None = None,
     ready: threading.Event | None = None,
 ) -> None:
-    """Project ``<prefix>.events`` into ``settings.database_url`` until ``stop`` is set.
+    """Project ``<prefix>.events`` and ``<prefix>.dlq`` into ``settings.database_url`` until ``stop``.
 
     Migrates the database first (idempotent). ``ready`` is set once the consumer has its first
     assignment. Default group id: ``<prefix>.projector``.

@@ -2,9 +2,10 @@
 
 Fast path, in one transaction: insert the runs that are new (skeletons), insert every event into
 ``run_events`` with ``ON CONFLICT DO NOTHING RETURNING event_id``, apply only the events that were
-really inserted (so a replayed batch changes nothing), raise ``runs.last_seq``, store the rejects,
-and upsert ``consumer_offsets`` — forward only, so a zombie instance that lost its partition can
-never move an offset back.
+really inserted (so a replayed batch changes nothing), raise ``runs.last_seq``, insert the dead
+letters (same way, by ``dlq_id``), record the control decisions of the new events and dead letters
+in ``control_commands`` (see :mod:`.control`), store the rejects, and upsert ``consumer_offsets``
+— forward only, so a zombie instance that lost its partition can never move an offset back.
 
 If the fast path fails on *data* (a PostgreSQL data or integrity error, SQLSTATE classes 22/23,
 or a bug on one odd event), the transaction is rolled back and the batch is replayed event by
@@ -24,13 +25,26 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from services.projector.changes import RowChange, attempt_change, run_skeleton, run_update, step_change
+from services.projector.control import control_from_dead_letter, control_from_event, first_decisions
+from services.projector.dead_letters import DeadLetter
 from services.projector.events import ProjectedEvent, Rejected
-from services.projector.models import Attempt, Base, ConsumerOffset, ProjectorReject, Run, RunEventRow, Step
+from services.projector.models import (
+    Attempt,
+    Base,
+    ConsumerOffset,
+    ControlCommandRow,
+    DeadLetterRow,
+    ProjectorReject,
+    Run,
+    RunEventRow,
+    Step,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_REJECT_PAYLOAD = 64 * 1024
 PartitionKey = tuple[str, int]
+Item = ProjectedEvent | DeadLetter | Rejected
 
 
 @dataclass
@@ -40,6 +54,8 @@ class BatchResult:
     applied: list[ProjectedEvent] = field(default_factory=list)
     duplicates: list[ProjectedEvent] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    dead_letter_duplicates: list[DeadLetter] = field(default_factory=list)
 
 
 def _table(model: type[Base]) -> sa.Table:
@@ -47,6 +63,7 @@ def _table(model: type[Base]) -> sa.Table:
 
 
 RUNS, STEPS, ATTEMPTS, OFFSETS = _table(Run), _table(Step), _table(Attempt), _table(ConsumerOffset)
+CONTROL = _table(ControlCommandRow)
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -152,6 +169,28 @@ def _bump_runs(conn: sa.Connection, events: Iterable[ProjectedEvent]) -> None:
     conn.execute(stmt, [{"b_run": e.run_id, "b_seq": e.seq, "b_at": e.at} for e in newest.values()])
 
 
+def _insert_dead_letters(conn: sa.Connection, letters: Sequence[DeadLetter]) -> set[str]:
+    if not letters:
+        return set()
+    stmt = pg_insert(DeadLetterRow).on_conflict_do_nothing().returning(DeadLetterRow.dlq_id)
+    return {row[0] for row in conn.execute(stmt, [dl.row() for dl in letters])}
+
+
+def _store_controls(conn: sa.Connection, rows: Iterable[dict[str, Any] | None]) -> None:
+    """Upsert control decisions: a run-history row replaces a dlq row; otherwise the first stays."""
+    chosen = first_decisions(r for r in rows if r is not None)
+    if not chosen:
+        return
+    table = CONTROL
+    stmt = pg_insert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["command_id"],
+        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name != "command_id"},
+        where=sa.and_(table.c.source == "dlq", stmt.excluded.source == "run_history"),
+    )
+    conn.execute(stmt, chosen)
+
+
 def _store_rejects(conn: sa.Connection, consumer: str, rejects: Sequence[Rejected]) -> None:
     if not rejects:
         return
@@ -200,37 +239,76 @@ def load_offsets(conn: sa.Connection, consumer: str, topic: str) -> dict[int, in
     return {int(p): int(o) for p, o in rows}
 
 
-def _fast(conn: sa.Connection, events: Sequence[ProjectedEvent], result: BatchResult) -> None:
+def _fast(
+    conn: sa.Connection, events: Sequence[ProjectedEvent], letters: Sequence[DeadLetter], result: BatchResult
+) -> None:
     _insert_skeletons(conn, events)
     inserted = _insert_events(conn, events)
+    controls: list[dict[str, Any] | None] = []
     seen: set[str] = set()
     for ev in events:
         if ev.event_id in inserted and ev.event_id not in seen:
             _apply_event(conn, ev)
+            controls.append(control_from_event(ev))
             result.applied.append(ev)
         else:
             result.duplicates.append(ev)
         seen.add(ev.event_id)
     _bump_runs(conn, result.applied)
+    stored = _insert_dead_letters(conn, letters)
+    seen_letters: set[str] = set()
+    for dl in letters:
+        if dl.dlq_id in stored and dl.dlq_id not in seen_letters:
+            controls.append(control_from_dead_letter(dl))
+            result.dead_letters.append(dl)
+        else:
+            result.dead_letter_duplicates.append(dl)
+        seen_letters.add(dl.dlq_id)
+    _store_controls(conn, controls)
 
 
-def _slow(conn: sa.Connection, events: Sequence[ProjectedEvent], result: BatchResult) -> None:
+def _apply_error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}".splitlines()[0]
+
+
+def _slow(
+    conn: sa.Connection, events: Sequence[ProjectedEvent], letters: Sequence[DeadLetter], result: BatchResult
+) -> None:
     for ev in events:
         try:
             with conn.begin_nested():
                 if _insert_events_one(conn, ev):
                     _apply_event(conn, ev)
                     _bump_runs(conn, [ev])
+                    _store_controls(conn, [control_from_event(ev)])
                     result.applied.append(ev)
                 else:
                     result.duplicates.append(ev)
         except Exception as exc:
             if not is_data_error(exc):
                 raise
-            message = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}".splitlines()[0]
+            message = _apply_error(exc)
             log.warning("event cannot be projected: %s", message, extra=ev.log_ids(reason="apply_error"))
             result.rejected.append(
                 Rejected(ev.where, "apply_error", message, ev.key, ev.payload, ev.log_ids())
+            )
+    for dl in letters:
+        try:
+            with conn.begin_nested():
+                if _insert_dead_letters(conn, [dl]):
+                    _store_controls(conn, [control_from_dead_letter(dl)])
+                    result.dead_letters.append(dl)
+                else:
+                    result.dead_letter_duplicates.append(dl)
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            message = _apply_error(exc)
+            log.warning(
+                "dead letter cannot be projected: %s", message, extra=dl.log_ids(reason="apply_error")
+            )
+            result.rejected.append(
+                Rejected(dl.where, "apply_error", message, dl.key, dl.payload, dl.log_ids())
             )
 
 
@@ -242,16 +320,17 @@ def _insert_events_one(conn: sa.Connection, ev: ProjectedEvent) -> bool:
 def write_batch(
     engine: sa.Engine,
     consumer: str,
-    items: Sequence[ProjectedEvent | Rejected],
+    items: Sequence[Item],
     next_offsets: dict[PartitionKey, int],
 ) -> BatchResult:
     """Apply ``items`` and store ``next_offsets`` atomically. Raises only for non-data errors."""
     events = [i for i in items if isinstance(i, ProjectedEvent)]
+    letters = [i for i in items if isinstance(i, DeadLetter)]
     decoded_rejects = [i for i in items if isinstance(i, Rejected)]
     result = BatchResult(rejected=list(decoded_rejects))
     try:
         with engine.begin() as conn:
-            _fast(conn, events, result)
+            _fast(conn, events, letters, result)
             _store_rejects(conn, consumer, result.rejected)
             _store_offsets(conn, consumer, next_offsets)
         return result
@@ -261,7 +340,7 @@ def write_batch(
         log.warning("batch failed on its data, replaying it event by event: %s", str(exc).splitlines()[0])
     result = BatchResult(rejected=list(decoded_rejects))
     with engine.begin() as conn:
-        _slow(conn, events, result)
+        _slow(conn, events, letters, result)
         _store_rejects(conn, consumer, result.rejected)
         _store_offsets(conn, consumer, next_offsets)
     return result

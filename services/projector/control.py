@@ -1,0 +1,92 @@
+"""What an operator command's outcome adds to ``control_commands`` — as plain data, no I/O.
+
+Two sources: the run history (``control_accepted`` / ``control_refused`` events, detail
+``{command_id, kind, requester, reason, step_id, command_correlation_id[, refusal]}``) and the
+dead-letter topic (commands refused before they reached a run: the ``ControlCommand`` is decoded
+from the dead letter's ``original_value``; a command that does not decode has no id and is only
+a ``dead_letters`` row).
+
+One row per ``command_id``, decided deterministically whatever the interleaving of the two
+topics (so that ``switchyard audit rebuild`` reproduces it): the first decision read from the run
+history wins (a later ``control_refused`` of the same command, e.g. a resubmission, stays in
+``run_events`` only); a run-history decision replaces a dlq one; among dlq records the first wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from services.projector.dead_letters import DeadLetter
+from services.projector.events import ProjectedEvent
+
+CONTROL_EVENTS = {"control_accepted": "accepted", "control_refused": "refused"}
+SOURCE_HISTORY, SOURCE_DLQ = "run_history", "dlq"
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def control_from_event(ev: ProjectedEvent) -> dict[str, Any] | None:
+    """The ``control_commands`` row of a ``control_accepted``/``control_refused`` event, if any."""
+    outcome = CONTROL_EVENTS.get(ev.type)
+    command_id = _text(ev.detail.get("command_id"))
+    if outcome is None or not command_id:
+        return None
+    d = ev.detail
+    return {
+        "command_id": command_id,
+        "kind": _text(d.get("kind")) or "unknown",
+        "requester": _text(d.get("requester")) or "unknown",
+        "tenant": ev.tenant,
+        "run_id": ev.run_id,
+        "step_id": _text(d.get("step_id")) or ev.step_id,
+        "reason": _text(d.get("reason")),
+        "command_correlation_id": _text(d.get("command_correlation_id")),
+        "outcome": outcome,
+        "refusal": _text(d.get("refusal")) if outcome == "refused" else None,
+        "decided_at": ev.at,
+        "source": SOURCE_HISTORY,
+        "source_id": ev.event_id,
+        "kafka_topic": ev.where.topic,
+        "kafka_partition": ev.where.partition,
+        "kafka_offset": ev.where.offset,
+    }
+
+
+def control_from_dead_letter(dl: DeadLetter) -> dict[str, Any] | None:
+    """The ``control_commands`` row of a dead-lettered (refused) control command, if it decoded."""
+    command = dl.command
+    if command is None:
+        return None
+    return {
+        "command_id": str(command["command_id"]),
+        "kind": _text(command.get("kind")) or "unknown",
+        "requester": _text(command.get("requester")) or "unknown",
+        "tenant": _text(command.get("tenant")) or dl.tenant,
+        "run_id": _text(command.get("run_id")),
+        "step_id": _text(command.get("step_id")),
+        "reason": _text(command.get("reason")),
+        "command_correlation_id": _text(command.get("correlation_id")),
+        "outcome": "refused",
+        "refusal": dl.error_message,
+        "decided_at": dl.failed_at,
+        "source": SOURCE_DLQ,
+        "source_id": dl.dlq_id,
+        "kafka_topic": dl.where.topic,
+        "kafka_partition": dl.where.partition,
+        "kafka_offset": dl.where.offset,
+    }
+
+
+def first_decisions(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per command id, in read order: the first run-history row, else the first dlq row."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        current = chosen.get(row["command_id"])
+        if current is None or (current["source"] == SOURCE_DLQ and row["source"] == SOURCE_HISTORY):
+            chosen[row["command_id"]] = row
+    return list(chosen.values())
