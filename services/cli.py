@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.commands import control, demo, dev, engine, runs, tenant, workflow, workflow_registry
+from services.commands import control, demo, dev, engine, runs, status, tenant, workflow, workflow_registry
 
 app = typer.Typer(
     name="switchyard",
@@ -27,6 +27,7 @@ app.command()(engine.trigger)
 app.command()(control.replay)
 app.command()(control.cancel)
 app.command()(demo.demo)
+status.register(app)
 
 
 def main() -> None:
