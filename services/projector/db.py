@@ -3,16 +3,22 @@
 Migrations live in ``services/projector/migrations`` and are driven programmatically (no
 ``alembic.ini`` needed): :func:`upgrade_database` takes a PostgreSQL advisory lock first, so
 several projectors starting at once against an empty database migrate it exactly once.
+
+``schema=`` (on :func:`make_engine` and :func:`upgrade_database`) pins every connection's
+``search_path`` to one schema, so the same models and migrations can build a second copy of the
+projection next to the live one (``switchyard audit rebuild``).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -68,12 +74,43 @@ def sqlalchemy_url(url: str) -> sa.URL:
     )
 
 
-def make_engine(url: str, **kwargs: Any) -> sa.Engine:
-    """An engine on ``url`` (any form :func:`sqlalchemy_url` accepts) that survives restarts."""
+SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def check_schema_name(schema: str) -> str:
+    """``schema`` if it is a plain lower-case PostgreSQL identifier, else ``ValueError``."""
+    if not SCHEMA_NAME.match(schema):
+        raise ValueError(f"not a plain schema name: {schema!r}")
+    return schema
+
+
+def pin_search_path(engine: sa.Engine, schema: str) -> None:
+    """Make every new connection of ``engine`` use only ``schema`` (before SQLAlchemy's own setup)."""
+    statement = sql.SQL("SET search_path TO {}").format(sql.Identifier(check_schema_name(schema)))
+
+    @sa.event.listens_for(engine, "connect", insert=True)
+    def _set_search_path(dbapi_connection: Any, _record: Any) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        try:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(statement)
+        finally:
+            dbapi_connection.autocommit = autocommit
+
+
+def make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> sa.Engine:
+    """An engine on ``url`` (any form :func:`sqlalchemy_url` accepts) that survives restarts.
+
+    With ``schema``, every connection's ``search_path`` is that schema only.
+    """
     kwargs.setdefault("pool_pre_ping", True)
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", 2)
-    return sa.create_engine(sqlalchemy_url(url), **kwargs)
+    engine = sa.create_engine(sqlalchemy_url(url), **kwargs)
+    if schema is not None:
+        pin_search_path(engine, schema)
+    return engine
 
 
 def alembic_config(connection: sa.Connection | None = None) -> Config:
@@ -86,9 +123,12 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
     return config
 
 
-def upgrade_database(url: str, revision: str = "head") -> None:
-    """Migrate the database at ``url`` to ``revision`` (``switchyard db upgrade``). Idempotent."""
-    engine = make_engine(url, poolclass=sa.pool.NullPool)
+def upgrade_database(url: str, revision: str = "head", *, schema: str | None = None) -> None:
+    """Migrate the database at ``url`` to ``revision`` (``switchyard db upgrade``). Idempotent.
+
+    With ``schema`` (which must exist), the tables and ``alembic_version`` are made in that schema.
+    """
+    engine = make_engine(url, schema=schema, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
