@@ -19,13 +19,16 @@ from services.projector.db import alembic_config, current_revision, make_engine,
 from services.projector.models import Base
 from tests.integration.test_projector_support import (
     RunHistory,
+    cancelled,
     create_events_topic,
     encoded,
+    failed_on_timeout,
     produce,
     rows,
     running_projector,
     scalar,
     settings_for,
+    succeeded_with_retry,
     wait_for,
 )
 
@@ -41,49 +44,6 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
 
 def ms(value: int) -> datetime:
     return datetime.fromtimestamp(value / 1000, tz=UTC)
-
-
-def succeeded_with_retry() -> RunHistory:
-    h = RunHistory(tenant="acme", workflow="orders").pending(key="order-7", data={"order": 7}).started()
-    h.scheduled("fetch")  # 3
-    h.add(  # 4
-        "step_retrying",
-        state="retrying",
-        step_id="fetch",
-        attempt=1,
-        detail={"error_kind": "http_503", "error_message": "upstream busy", "retry_at": 0, "next_attempt": 2},
-    )
-    h.add("run_retrying", state="retrying")  # 5
-    h.scheduled("fetch", attempt=2)  # 6
-    h.add("run_running", state="running")  # 7
-    h.succeeded("fetch", attempt=2, output={"rows": 3})  # 8
-    h.scheduled("notify")  # 9
-    h.add("result_ignored", step_id="fetch", attempt=1, detail={"reason": "stale attempt"})  # 10
-    h.succeeded("notify")  # 11
-    h.add("step_skipped", state="skipped", step_id="cleanup", detail={"reason": "when: false"})  # 12
-    h.add("run_succeeded", state="succeeded")  # 13
-    return h
-
-
-def failed_on_timeout() -> RunHistory:
-    h = RunHistory(tenant="globex", workflow="billing").pending(key="inv-1").started()
-    h.scheduled("charge")  # 3
-    h.add("control_refused", detail={"command": "pause", "reason": "unsupported"})  # 4
-    h.add("step_timed_out", state="failed", step_id="charge", attempt=1, detail={"deadline": 123})  # 5
-    h.add(  # 6
-        "run_failed",
-        state="failed",
-        detail={"step_id": "charge", "error_kind": "timeout", "error_message": "charge timed out"},
-    )
-    return h
-
-
-def cancelled() -> RunHistory:
-    h = RunHistory(tenant="acme", workflow="billing").pending(key="inv-2").started()
-    h.scheduled("charge")  # 3
-    h.add("step_cancelled", state="cancelled", step_id="charge", attempt=1)  # 4
-    h.add("run_cancelled", state="cancelled", detail={"requester": "ops", "reason": "customer asked"})  # 5
-    return h
 
 
 def test_projects_runs_steps_attempts_and_events(
