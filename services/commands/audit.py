@@ -54,6 +54,11 @@ from services.projector.runner import default_group_id
 app = typer.Typer(help="Audit the run-history projection against the Kafka log.", no_args_is_help=True)
 
 
+@app.callback()
+def main() -> None:
+    """Audit the run-history projection against the Kafka log."""
+
+
 def _err() -> Console:
     return Console(stderr=True)
 

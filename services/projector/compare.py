@@ -193,9 +193,10 @@ def compare_table(
     keys = [sa.func.coalesce(live.c[k], rebuilt.c[k]).label(k) for k in spec.key]
     differing = sa.select(kind, *keys).select_from(joined).where(live.c.h.is_distinct_from(rebuilt.c.h))
     found = differing.subquery()
-    counts: dict[str, int] = dict(
-        conn.execute(sa.select(found.c.kind, sa.func.count()).group_by(found.c.kind)).tuples().all()
-    )
+    counts: dict[str, int] = {
+        str(kind): int(n)
+        for kind, n in conn.execute(sa.select(found.c.kind, sa.func.count()).group_by(found.c.kind))
+    }
     diff.only_live = int(counts.get("only_live", 0))
     diff.only_rebuilt = int(counts.get("only_rebuilt", 0))
     diff.different = int(counts.get("different", 0))
