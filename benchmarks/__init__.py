@@ -1,0 +1,1 @@
+"""Reproducible benchmarks of Switchyard (see README.md in this folder)."""

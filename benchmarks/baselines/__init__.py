@@ -1,0 +1,1 @@
+"""Applications of the baselines that run in their own worker processes (Celery, procrastinate)."""
