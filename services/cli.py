@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from services.commands import control, demo, dev, engine, runs, status, tenant, workflow, workflow_registry
+from services.commands import (
+    audit,
+    control,
+    demo,
+    dev,
+    engine,
+    runs,
+    status,
+    tenant,
+    workflow,
+    workflow_registry,
+)
 
 app = typer.Typer(
     name="switchyard",
@@ -19,6 +30,7 @@ app.add_typer(tenant.app, name="tenant")
 app.add_typer(engine.topics_app, name="topics")
 app.add_typer(engine.db_app, name="db")
 app.add_typer(runs.app, name="runs", help="Run history from PostgreSQL.")
+app.add_typer(audit.app, name="audit", help="Audit the projection against the Kafka log.")
 app.command()(engine.router)
 app.command()(engine.executor)
 app.command()(engine.projector)
