@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from benchmarks.harness import FANOUT, Observation, System, Workload
-from benchmarks.infra import PROCESSES, Child, Processes, unique
+from benchmarks.infra import PROCESSES, Child, Processes, pids_of, unique
 from benchmarks.monitor import RootsFn
 from services.bus.clients import consumer_config, plain_producer_config, transactional_producer_config
 from services.config import Settings
@@ -99,11 +99,11 @@ def _run_router(settings: Settings, shape: str, width: int, steps: int, stop: th
     remaining: dict[str, int] = {}
 
     def intake(msg: Message, emit: Emit) -> None:
-        key = msg.key().decode()
+        key = (msg.key() or b"").decode()
         emit(names["inbox"], key, json.dumps({"k": key, "new": True}).encode())
 
     def core(msg: Message, emit: Emit) -> None:
-        record = json.loads(msg.value())
+        record = json.loads(msg.value() or b"{}")
         key = record["k"]
 
         def command(step: int) -> None:
@@ -133,7 +133,9 @@ def _run_router(settings: Settings, shape: str, width: int, steps: int, stop: th
         emit(names["events"], key, json.dumps({"k": key, "e": "done", "t": time.time()}).encode())
 
     threads = [
-        threading.Thread(target=transactional_loop, args=(settings, "intake", names["triggers"], intake, stop)),
+        threading.Thread(
+            target=transactional_loop, args=(settings, "intake", names["triggers"], intake, stop)
+        ),
         threading.Thread(target=transactional_loop, args=(settings, "core", names["inbox"], core, stop)),
     ]
     for thread in threads:
@@ -146,7 +148,7 @@ def _run_executor(settings: Settings, stop: threading.Event) -> None:
     names = topic_names(settings.topic_prefix)
 
     def execute(msg: Message, emit: Emit) -> None:
-        record = json.loads(msg.value())
+        record = json.loads(msg.value() or b"{}")
         record["t"] = time.time()  # the no-op "runs" here
         emit(names["inbox"], record["k"], json.dumps(record).encode())
 
@@ -251,7 +253,7 @@ class KafkaFloorSystem(System):
         for msg in self._consumer.consume(2000, timeout_s):
             if msg.error():
                 continue
-            record: dict[str, Any] = json.loads(msg.value())
+            record: dict[str, Any] = json.loads(msg.value() or b"{}")
             if record["e"] == "first":
                 observations.append(Observation("first", record["k"], float(record["t"])))
             else:
@@ -259,7 +261,7 @@ class KafkaFloorSystem(System):
         return observations
 
     def services(self) -> dict[str, RootsFn]:
-        return {role: (lambda c=child: [c.pid]) for role, child in self.children.items()}
+        return {role: pids_of(child) for role, child in self.children.items()}
 
     def stop(self) -> None:
         for child in self.children.values():

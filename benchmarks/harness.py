@@ -103,7 +103,7 @@ class System(abc.ABC):
         """Start one run for tenant ``tenant`` (index into the workload's tenants). Thread-safe
         with respect to :meth:`poll` (called from the generator thread)."""
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027 - optional hook
         """Make sure every sent run has left the harness (called from the generator thread)."""
 
     @abc.abstractmethod
@@ -118,7 +118,7 @@ class System(abc.ABC):
     def stop(self) -> None:
         """Stop everything :meth:`start` started."""
 
-    def window_start(self) -> None:
+    def window_start(self) -> None:  # noqa: B027 - optional hook
         """A saturation window begins (hook for system-specific sampling)."""
 
     def window_stop(self, done_times: list[float]) -> dict[str, Any]:
@@ -235,7 +235,8 @@ def drive(
             break
         if time.monotonic() > deadline:
             raise RunTimeout(
-                f"{system.name}/{workload.name}/{phase}: {len(tracker.done)}/{runs} runs done in {timeout_s:.0f}s"
+                f"{system.name}/{workload.name}/{phase}: "
+                f"{len(tracker.done)}/{runs} runs done in {timeout_s:.0f}s"
             )
     generator.join(30)
     if errors:
@@ -315,20 +316,44 @@ class Sizes:
 
 
 FULL = Sizes(warm_runs=20, saturation_runs=1500, load_seconds=20.0, timeout_s=600)
-QUICK = Sizes(warm_runs=3, saturation_runs=60, load_seconds=3.0, timeout_s=120)
+QUICK = Sizes(warm_runs=3, saturation_runs=40, load_seconds=2.0, timeout_s=120)
 
 
-def measure(system: System, workload: Workload, sizes: Sizes) -> dict[str, Any]:
-    """Start ``system`` for ``workload``, measure saturation then 50% load, stop it."""
+def measure(
+    system: System,
+    workload: Workload,
+    sizes: Sizes,
+    log: Callable[[str], None] | None = None,
+    after: Callable[[System], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Start ``system`` for ``workload``, measure saturation then 50% load, stop it.
+
+    ``after`` runs on the still running system once the measurements are done (the profiled
+    saturation run); its result is returned under ``"after"``."""
     started = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def mark(phase: str) -> None:
+        phases[phase] = round(time.monotonic() - started - sum(phases.values()), 1)
+        if log is not None:
+            log(f"  {phase}: {phases[phase]} s")
+
     try:
         system.start(workload)
+        mark("start")
         warm_up(system, workload, sizes.warm_runs)
+        mark("warm_up")
         sat = saturation(system, workload, sizes.saturation_runs, sizes.timeout_s)
+        mark("saturation")
         rate = max(0.5, sat["runs_per_s"] * 0.5)
         load = open_loop(system, workload, rate, sizes.load_seconds, sizes.timeout_s)
+        mark("half_load")
+        extra = after(system) if after is not None else None
+        if after is not None:
+            mark("after")
     finally:
         system.stop()
+    mark("stop")
     return {
         "system": system.name,
         "workload": workload.name,
@@ -337,4 +362,6 @@ def measure(system: System, workload: Workload, sizes: Sizes) -> dict[str, Any]:
         "saturation": sat,
         "half_load": load,
         "elapsed_s": round(time.monotonic() - started, 1),
+        "phase_s": phases,
+        **({"after": extra} if after is not None else {}),
     }

@@ -13,6 +13,7 @@ also runs at interpreter exit and on SIGINT / SIGTERM.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -34,6 +35,11 @@ from services.devinfra import launcher
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = REPO_ROOT / "benchmarks" / "results" / "logs"
+
+
+def pids_of(child: Child) -> Callable[[], list[int]]:
+    """A roots function (see :mod:`benchmarks.monitor`) for one child process."""
+    return lambda: [child.pid]
 
 
 def free_port() -> int:
@@ -114,10 +120,8 @@ class Processes:
 
 
 def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(popen.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 PROCESSES = Processes()
@@ -165,7 +169,7 @@ def postgres_admin_url(progress: Callable[[str], object] = print) -> str:
 def with_dbname(url: str, dbname: str) -> str:
     params = conninfo_to_dict(url)
     params["dbname"] = dbname
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 def fresh_database(admin_url: str, name: str) -> str:

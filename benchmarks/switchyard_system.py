@@ -24,13 +24,14 @@ import json
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
 from confluent_kafka import Consumer, Producer
 
 from benchmarks.harness import Observation, Shape, System, Workload, percentile
-from benchmarks.infra import PROCESSES, Child, Processes, unique
+from benchmarks.infra import PROCESSES, Child, Processes, pids_of, unique
 from benchmarks.monitor import RootsFn
 from services.bus.clients import plain_producer_config
 from services.bus.topics import Topics, admin_client, ensure_topics, internal_specs
@@ -41,7 +42,13 @@ from services.router.records import run_id_for
 from services.tenancy.admin import create_trigger_topic, save_tenant
 from services.tenancy.config import TenantConfig
 from services.workflow.loader import load_definition_text
-from services.workflow.signing import KeyEntry, Keyring, generate_keypair, private_key_from_b64, sign_definition
+from services.workflow.signing import (
+    KeyEntry,
+    Keyring,
+    generate_keypair,
+    private_key_from_b64,
+    sign_definition,
+)
 
 WORKFLOW = "bench"
 EVENT = "bench.go"
@@ -119,7 +126,8 @@ class SwitchyardSystem(System):
             [stem] if workload.tenants == 1 else [f"{stem}-{i:02d}" for i in range(workload.tenants)]
         )
         definition = load_definition_text(definition_yaml(workload.shape), filename="bench.yaml")
-        for tenant in self.tenants:
+
+        def register(tenant: str) -> None:
             config = TenantConfig(
                 tenant=tenant,
                 max_concurrent_runs=1_000_000,
@@ -129,11 +137,14 @@ class SwitchyardSystem(System):
                 keyring=Keyring(tenant=tenant, keys=[KeyEntry(key_id="k1", public_key=public)]),
             )
             create_trigger_topic(settings, config)
-            save_tenant(settings, config, wait_visible_s=20)
+            save_tenant(settings, config, wait_visible_s=30)
             signed = sign_definition(
                 definition, tenant=tenant, key_id="k1", private_key=private_key_from_b64(private)
             )
             publish_signed(settings, signed, "benchmarks")
+
+        with ThreadPoolExecutor(max_workers=10) as pool:  # 20 tenants one by one take a minute
+            list(pool.map(register, self.tenants))
         self._consumer = Consumer(
             {
                 "bootstrap.servers": self.bootstrap,
@@ -157,7 +168,10 @@ class SwitchyardSystem(System):
         }
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
-        roles = [("router", ["router", "--instance-id", "r1"]), ("executor", ["executor", "--instance-id", "e1"])]
+        roles = [
+            ("router", ["router", "--instance-id", "r1"]),
+            ("executor", ["executor", "--instance-id", "e1"]),
+        ]
         if self.database_url:
             roles.append(("projector", ["projector"]))
         for role, args in roles:
@@ -174,7 +188,7 @@ class SwitchyardSystem(System):
         self._producer = None
 
     def services(self) -> dict[str, RootsFn]:
-        return {role: (lambda c=child: [c.pid]) for role, child in self.children.items()}
+        return {role: pids_of(child) for role, child in self.children.items()}
 
     # --- driving --------------------------------------------------------------------------------
 
@@ -235,7 +249,9 @@ class SwitchyardSystem(System):
     def _check_alive(self) -> None:
         for role, child in self.children.items():
             if not child.alive():
-                raise RuntimeError(f"switchyard {role} exited ({child.popen.returncode}):\n{child.log_tail()}")
+                raise RuntimeError(
+                    f"switchyard {role} exited ({child.popen.returncode}):\n{child.log_tail()}"
+                )
 
     # --- projector lag --------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ def _redis() -> redis.Redis:
     return _marks
 
 
-@app.task(name="bench.noop")
+@app.task(name="bench.noop")  # type: ignore[untyped-decorator]
 def noop(key: str, mark: str | None = None) -> None:
     """A no-op step; the first and last step of a run leave a timestamp for the harness."""
     if mark == "first":

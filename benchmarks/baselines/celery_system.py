@@ -18,7 +18,7 @@ from celery import Celery, chain, chord
 
 from benchmarks.baselines.celery_app import DONE_LIST, FIRST_LIST
 from benchmarks.harness import Observation, Shape, System, Workload
-from benchmarks.infra import PROCESSES, Child, Processes, start_redis
+from benchmarks.infra import PROCESSES, Child, Processes, pids_of, start_redis
 from benchmarks.monitor import RootsFn
 
 
@@ -48,7 +48,10 @@ class CelerySystem(System):
         self._app = Celery("bench-harness", broker=url, backend=url)
         # Fire and forget: without this, every apply_async subscribes the harness to the run's
         # result channel (Redis pub/sub), a cost of the harness, not of Celery's work.
-        self._app.backend.on_task_call = lambda producer, task_id: None
+        # (and forgetting a result would then unsubscribe, possibly after Redis is gone).
+        backend = self._app.backend
+        backend.on_task_call = lambda producer, task_id: None
+        backend.remove_pending_result = lambda result: result
         self._redis = redis.Redis.from_url(url)
 
     def _signature(self, key: str) -> Any:
@@ -89,7 +92,7 @@ class CelerySystem(System):
             time.sleep(0.005)
 
     def services(self) -> dict[str, RootsFn]:
-        return {name: (lambda c=child: [c.pid]) for name, child in self.children.items()}
+        return {name: pids_of(child) for name, child in self.children.items()}
 
     def stop(self) -> None:
         for name in ("celery-worker", "redis"):

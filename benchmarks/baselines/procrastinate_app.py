@@ -5,7 +5,8 @@ procrastinate has no chain primitive; the idiomatic chain is a task that defers 
 ``started`` event of step 0 and the ``succeeded`` event of step ``n - 1`` from procrastinate's
 own ``procrastinate_events`` table.
 
-    BENCH_PROCRASTINATE_DSN=postgresql://... procrastinate --app benchmarks.baselines.procrastinate_app.app worker
+    BENCH_PROCRASTINATE_DSN=postgresql://... \\
+        procrastinate --app benchmarks.baselines.procrastinate_app.app worker
 """
 
 from __future__ import annotations
