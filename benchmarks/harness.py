@@ -250,12 +250,17 @@ def warm_up(system: System, workload: Workload, runs: int, timeout_s: float = 18
     drive(system, workload, "warm", runs, None, timeout_s)
 
 
-def saturation(system: System, workload: Workload, runs: int, timeout_s: float) -> dict[str, Any]:
-    """A burst of ``runs`` runs: throughput, and resource use per service during the window."""
+def saturation(
+    system: System, workload: Workload, runs: int, timeout_s: float, phase: str = "sat"
+) -> dict[str, Any]:
+    """A burst of ``runs`` runs: throughput, and resource use per service during the window.
+
+    ``phase`` names the runs' keys: a second burst on the same system needs another name, or
+    an engine that deduplicates by idempotency key would (rightly) start none of them."""
     services = {**system.services(), **infra_services(system.infra), "harness": this_process}
     monitor = ResourceMonitor(services, roots_only=frozenset({"harness"})).start()
     system.window_start()
-    tracker, first_sent, last_done = drive(system, workload, "sat", runs, None, timeout_s)
+    tracker, first_sent, last_done = drive(system, workload, phase, runs, None, timeout_s)
     resources = monitor.stop()
     extras = system.window_stop(sorted(tracker.done.values()))
     wall = max(last_done - first_sent, 1e-6)

@@ -120,7 +120,7 @@ def profile_running(system: SwitchyardSystem, sizes: Sizes, out_dir: Path) -> di
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
             )  # fmt: skip
         time.sleep(1.0)  # let py-spy attach
-        sat = saturation(system, CHAIN10, sizes.saturation_runs, sizes.timeout_s)
+        sat = saturation(system, CHAIN10, sizes.saturation_runs, sizes.timeout_s, phase="profiled")
         for role, spy in spies.items():
             spy.send_signal(signal.SIGINT)
             try:

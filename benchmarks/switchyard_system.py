@@ -179,6 +179,10 @@ class SwitchyardSystem(System):
             self.children[role] = self.processes.start(f"{prefix}-{role}", argv, env=env)
 
     def stop(self) -> None:
+        self._lag_stop.set()
+        if self._lag_thread is not None:
+            self._lag_thread.join(5)
+            self._lag_thread = None
         for child in self.children.values():
             self.processes.stop(child)
         self.children.clear()
@@ -274,9 +278,12 @@ class SwitchyardSystem(System):
 
     def _sample_lag(self) -> None:
         assert self.database_url is not None
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            while not self._lag_stop.wait(0.1):
-                self._lag_samples.append((time.time(), self._count_finished(conn)))
+        try:
+            with psycopg.connect(self.database_url, autocommit=True) as conn:
+                while not self._lag_stop.wait(0.1):
+                    self._lag_samples.append((time.time(), self._count_finished(conn)))
+        except psycopg.Error:
+            return  # the database went away (teardown): no more samples
 
     def window_stop(self, done_times: list[float]) -> dict[str, Any]:
         if self._lag_thread is None or self.database_url is None:

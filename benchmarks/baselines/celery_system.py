@@ -46,12 +46,6 @@ class CelerySystem(System):
         ]  # fmt: skip
         self.children["celery-worker"] = self.processes.start("celery-worker", argv, env=env)
         self._app = Celery("bench-harness", broker=url, backend=url)
-        # Fire and forget: without this, every apply_async subscribes the harness to the run's
-        # result channel (Redis pub/sub), a cost of the harness, not of Celery's work.
-        # (and forgetting a result would then unsubscribe, possibly after Redis is gone).
-        backend = self._app.backend
-        backend.on_task_call = lambda producer, task_id: None
-        backend.remove_pending_result = lambda result: result
         self._redis = redis.Redis.from_url(url)
 
     def _signature(self, key: str) -> Any:
@@ -67,6 +61,16 @@ class CelerySystem(System):
         return chain(task("first"), chord([task() for _ in range(self.shape.width)], task("done")))
 
     def send(self, key: str, tenant: int) -> None:
+        assert self._app is not None
+        # Fire and forget. Without this, every apply_async subscribes the harness to the run's
+        # result channel (Redis pub/sub: a cost of the harness, not of Celery's work), and the
+        # result's finaliser unsubscribes, possibly after Redis is gone. ``app.backend`` is per
+        # thread, hence here, in the generator thread.
+        backend = self._app.backend
+        if not getattr(backend, "_bench_fire_and_forget", False):
+            backend.on_task_call = lambda producer, task_id: None
+            backend.remove_pending_result = lambda result: result
+            backend._bench_fire_and_forget = True
         self._signature(key).apply_async()
 
     def poll(self, timeout_s: float) -> list[Observation]:
