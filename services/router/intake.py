@@ -217,13 +217,14 @@ class IntakeProcessor:
             self._dead(msg, out, "tenant_suspended", f"tenant {tenant_id!r} is suspended", tenant_id)
             return
         value = msg.value()
-        size = len(value or b"")
+        size = _record_size(msg)
         if size > self.settings.max_trigger_bytes:
             self._dead(
                 msg,
                 out,
                 "oversized",
-                f"trigger is {size} bytes; the limit is {self.settings.max_trigger_bytes}",
+                f"trigger is {size} bytes (value, key and headers); the limit is "
+                f"{self.settings.max_trigger_bytes}",
                 tenant_id,
             )
             return
@@ -339,6 +340,18 @@ class IntakeProcessor:
             ),
             headers=headers_for(tenant_id, run_id, command["correlation_id"]),
         )
+
+
+def _record_size(msg: Message) -> int:
+    """Bytes of a record as the size limit counts them: value, key and every header (name and value).
+
+    Headers and key count too: otherwise a record far over the limit passes as long as its bulk
+    rides in its headers (or in a Kafka key that becomes the idempotency key)."""
+    size = len(msg.value() or b"") + len(msg.key() or b"")
+    raw = msg.headers() or []
+    for name, header in list(raw.items()) if isinstance(raw, dict) else raw:
+        size += len(name.encode()) + len(header if isinstance(header, bytes | str) else b"")
+    return size
 
 
 def serde_json(value: object) -> str:
