@@ -18,13 +18,21 @@ from __future__ import annotations
 
 import abc
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from benchmarks.monitor import ResourceMonitor, RootsFn, kafka_broker_pids, postgres_server_pids, this_process
+from benchmarks.monitor import (
+    ResourceMonitor,
+    RootsFn,
+    kafka_broker_pids,
+    machine_busy_cpu_s,
+    postgres_server_pids,
+    this_process,
+)
 
 Kind = Literal["first", "done"]
 
@@ -259,8 +267,10 @@ def saturation(
     an engine that deduplicates by idempotency key would (rightly) start none of them."""
     services = {**system.services(), **infra_services(system.infra), "harness": this_process}
     monitor = ResourceMonitor(services, roots_only=frozenset({"harness"})).start()
+    busy_before, load_before = machine_busy_cpu_s(), os.getloadavg()[0]
     system.window_start()
     tracker, first_sent, last_done = drive(system, workload, phase, runs, None, timeout_s)
+    busy = machine_busy_cpu_s() - busy_before
     resources = monitor.stop()
     extras = system.window_stop(sorted(tracker.done.values()))
     wall = max(last_done - first_sent, 1e-6)
@@ -275,6 +285,11 @@ def saturation(
         "steps_per_s": round(steps / wall, 1),
         "runs_per_s": round(runs / wall, 2),
         "resources": resources,
+        # The machine as a whole in the window: what the services above do not account for was
+        # spent by other processes (a shared machine makes every figure here pessimistic).
+        "machine_busy_cpu_s": round(busy, 2),
+        "unattributed_cpu_s": round(busy - sum(f["cpu_s"] for f in resources.values()), 2),
+        "loadavg_1m_before": round(load_before, 2),
         **extras,
     }
 

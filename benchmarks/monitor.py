@@ -92,6 +92,13 @@ class ResourceMonitor:
         return report
 
 
+def machine_busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, all processes) since boot."""
+    times = psutil.cpu_times()
+    idle = float(times.idle) + float(getattr(times, "iowait", 0.0))
+    return float(sum(times)) - idle
+
+
 def kafka_broker_pids() -> list[int]:
     """The local Kafka broker's JVM(s) (``kafka.Kafka`` main class), if it runs on this machine."""
     found = []

@@ -203,7 +203,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "### Resources during saturation",
         "",
         "CPU seconds per 1,000 steps and peak RSS, per service (psutil, children included; `kafka`, "
-        "`postgres` are the shared servers, `harness` the load generator and observer).",
+        "`postgres` are the shared servers, `harness` the load generator and observer; "
+        "`(not ours)` is the machine's busy CPU in the window minus all of these: other processes "
+        "on a shared machine).",
         "",
         "| workload | system | service | CPU s / 1k steps | peak RSS MiB |",
         "| --- | --- | --- | ---: | ---: |",
@@ -216,6 +218,10 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"| {r['workload']} | {r['system']} | {service} | {_fmt(figures['cpu_s_per_1k_steps'], 3)} | "
                 f"{_fmt(figures['peak_rss_mib'])} |"
             )
+        if "unattributed_cpu_s" in r["saturation"]:
+            sat = r["saturation"]
+            per_k = sat["unattributed_cpu_s"] / sat["steps"] * 1000
+            out.append(f"| {r['workload']} | {r['system']} | (not ours) | {_fmt(per_k, 3)} | - |")
     profile = doc.get("profile")
     if profile and "services" in profile:
         out += [
