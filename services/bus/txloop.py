@@ -90,7 +90,8 @@ class Processor(Protocol):
         """Undo in-memory effects of the aborted batch (typically: restore from the changelog)."""
 
     # Optional: ``bind(consumer)`` is called once with the loop's consumer, for processors that
-    # pause, resume or seek partitions (backpressure).
+    # pause, resume or seek partitions (backpressure); ``poll_timeout() -> float | None`` shortens
+    # the wait for input while the processor has work completing in the background.
 
 
 class TransactionalLoop:
@@ -155,9 +156,13 @@ class TransactionalLoop:
             self.subscribe, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         timeout = self.settings.commit_interval_ms / 1000
+        hint = getattr(self.processor, "poll_timeout", None)
         try:
             while not stop.is_set():
-                messages = self.consumer.consume(self.settings.max_batch, timeout)
+                wanted = hint() if hint is not None else None
+                messages = self.consumer.consume(
+                    self.settings.max_batch, timeout if wanted is None else wanted
+                )
                 self._transaction(messages)
         finally:
             self.close()

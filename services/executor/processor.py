@@ -1,37 +1,39 @@
-"""The executor's :class:`~services.bus.txloop.Processor`: a batch of StepCommands → StepResults.
+"""The executor's :class:`~services.bus.txloop.Processor`: StepCommands → StepResults, pipelined.
 
-For each batch handed over by the transactional loop:
+Actions run as tasks on one asyncio event loop in a background thread (one loop for the
+process's lifetime, so connection pools survive), each under its deadline and the guardrails
+(permissions, circuit breakers, the per-tenant external-call rate limit). The processor never
+waits for a batch to finish: every transaction produces the results of the attempts that have
+completed since the last one, in whatever order they complete, and commits, per partition, the
+offset of the oldest command still running. So a slow step — say a two-minute call — delays no
+other step, not even one of the same tenant on the same partition.
 
-1. decode every record as a ``StepCommand``; an undecodable one (or one whose
-   ``reply_partition`` does not exist) becomes a ``DeadLetter`` on the DLQ topic, with a reason;
-2. run every command's action concurrently on the processor's event loop (one loop for the
-   process's lifetime, so connection pools survive between batches), each under its deadline and
-   the processor's guardrails (permissions, circuit breakers and the per-tenant external-call
-   rate limit, shared by the whole batch and by later ones);
-3. produce one ``StepResult`` per command to the inbox partition the command names, keyed by
-   run id, *in command order*, with the identity headers.
+Delivery: a command whose result was not yet committed when the process dies (or the partition
+moves) is consumed and run again: side effects are at-least-once (hence the idempotency key
+``run_id:step_id:attempt``), and a result produced out of order ahead of the committed offset can
+be produced twice. The router applies a result only to the running attempt it names, so a
+duplicate is ignored (and counted) and run state stays exactly-once.
 
-The loop then commits the results together with the consumed offsets, so a command's result is
-published exactly once; the action itself may run again if the transaction aborts or the process
-dies before the commit (at-least-once side effects, hence the idempotency key).
+Backpressure: above ``max_in_flight`` running attempts the processor pauses its partitions and
+resumes them below half of that.
 
-Results are produced only after the whole batch has run: the Kafka transaction (and its timeout)
-starts with the first produced record, so slow actions never hold a transaction open. A batch is
-bounded by its slowest attempt, which ``max_attempt_s`` caps below the consumer's
-``max.poll.interval.ms``.
+An undecodable command (or one whose ``reply_partition`` does not exist) becomes a
+``DeadLetter`` on the DLQ topic, with a reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from services.bus import clients
 from services.bus.topics import Topics
@@ -46,7 +48,26 @@ log = logging.getLogger("services.executor")
 
 SERVICE = "executor"
 MAX_DLQ_VALUE = 512 * 1024
-DEFAULT_MAX_ATTEMPT_S = 240.0  # below the consumer's max.poll.interval.ms (300 s)
+DEFAULT_MAX_ATTEMPT_S = 240.0  # a ceiling on any single attempt, whatever its step timeout says
+DEFAULT_MAX_IN_FLIGHT = 2_000
+#: How long a batch waits for its quick actions, so no-op steps leave in the same transaction.
+QUICK_WAIT_S = 0.003
+#: Poll timeout while attempts are running, so results leave soon after they complete.
+BUSY_POLL_S = 0.005
+
+
+@dataclass
+class _InFlight:
+    offset: int
+    command: dict[str, Any] | None  # None: dead-lettered in the transaction that consumed it
+    future: concurrent.futures.Future[dict[str, Any]] | None
+    started: float
+    sent: bool = False
+
+
+@dataclass
+class _PartitionWork:
+    entries: deque[_InFlight] = field(default_factory=deque)
 
 
 @dataclass(frozen=True)
@@ -80,6 +101,7 @@ class ExecutorProcessor:
         guardrails: Guardrails | None = None,
         max_attempt_s: float | None = DEFAULT_MAX_ATTEMPT_S,
         ready: threading.Event | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         """``guardrails`` (breakers, rate limit, grants) live as long as the processor, so that
         breaker states and token buckets span batches; by default: breakers and ``grants`` only."""
@@ -91,8 +113,26 @@ class ExecutorProcessor:
         if self.guardrails.grants is None and grants is not None:
             self.guardrails.grants = grants
         self.max_attempt_s = max_attempt_s
+        self.max_in_flight = max_in_flight
         self._ready = ready
+        self._work: dict[tuple[str, int], _PartitionWork] = {}
+        self._consumer: Consumer | None = None
+        self._paused: list[TopicPartition] = []
         self.loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(
+            target=self.loop.run_forever, name="executor-actions", daemon=True
+        )
+        self._loop_thread.start()
+
+    def bind(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+
+    def poll_timeout(self) -> float | None:
+        """Poll briefly while attempts run, so their results are published as soon as they finish."""
+        return BUSY_POLL_S if self.in_flight() else None
+
+    def in_flight(self) -> int:
+        return sum(1 for work in self._work.values() for e in work.entries if not e.sent)
 
     # --- Processor protocol ------------------------------------------------------------------
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
@@ -100,52 +140,85 @@ class ExecutorProcessor:
             self._ready.set()
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
-        """Nothing to forget: the executor keeps no per-partition state."""
+        """Forget the partitions' running attempts: the new owner runs them again from the committed
+        offset (their tasks finish here, unpublished)."""
+        for tp in partitions:
+            self._work.pop((tp.topic, tp.partition), None)
+        self._paused = [
+            p
+            for p in self._paused
+            if (p.topic, p.partition) not in {(tp.topic, tp.partition) for tp in partitions}
+        ]
 
     def tick(self, out: Outbox) -> None:
-        """No timers: deadlines are enforced while the batch runs."""
+        """Publish the results that completed since the last transaction; resume when drained."""
+        self._publish(out)
+        if self._paused and self.in_flight() < self.max_in_flight // 2 and self._consumer is not None:
+            self._consumer.resume(self._paused)
+            self._paused = []
 
     def on_abort(self) -> None:
-        """Nothing to undo; the rewound commands run again (at-least-once side effects)."""
+        """The consumer rewinds to the committed offsets and the commands come again: forget every
+        running attempt (they finish unpublished) and let the redelivered commands run anew."""
+        self._work.clear()
 
     def process(self, messages: Sequence[Message], out: Outbox) -> None:
-        batch_started = time.monotonic()
-        commands: list[dict[str, Any]] = []
+        submitted: list[concurrent.futures.Future[dict[str, Any]]] = []
         for msg in messages:
+            key = (msg.topic() or "", msg.partition() or 0)
             command = self._decode(msg, out)
+            future = None
             if command is not None:
-                commands.append(command)
-        if not commands:
-            return
-        results = self.loop.run_until_complete(self._run_all(commands))
-        for command, result in zip(commands, results, strict=True):
-            out.send(
-                self.topics.inbox,
-                serde.encode_inbox("StepResult", result),
-                key=command["run_id"],
-                partition=command["reply_partition"],
-                headers=clients.headers_for(command["tenant"], command["run_id"], command["correlation_id"]),
-            )
-            metrics.HANDLER_SECONDS.labels(SERVICE, "StepCommand", command["tenant"]).observe(
-                time.monotonic() - batch_started
-            )
+                future = asyncio.run_coroutine_threadsafe(self._run(command), self.loop)
+                submitted.append(future)
+            entry = _InFlight(msg.offset() or 0, command, future, time.monotonic(), sent=command is None)
+            self._work.setdefault(key, _PartitionWork()).entries.append(entry)
+        if submitted:
+            concurrent.futures.wait(submitted, timeout=QUICK_WAIT_S)
+        self._publish(out)
+        if self.in_flight() >= self.max_in_flight and self._consumer is not None and not self._paused:
+            self._paused = [TopicPartition(t, p) for (t, p) in self._work]
+            self._consumer.pause(self._paused)
+            log.info("executor saturated: partitions paused", extra={"in_flight": self.in_flight()})
 
     # --- internals ---------------------------------------------------------------------------
-    async def _run_all(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return list(
-            await asyncio.gather(
-                *(
-                    execute_command(
-                        self.registry,
-                        command,
-                        executor_id=self.executor_id,
-                        guardrails=self.guardrails,
-                        max_attempt_s=self.max_attempt_s,
-                    )
-                    for command in commands
-                )
-            )
+    async def _run(self, command: dict[str, Any]) -> dict[str, Any]:
+        return await execute_command(
+            self.registry,
+            command,
+            executor_id=self.executor_id,
+            guardrails=self.guardrails,
+            max_attempt_s=self.max_attempt_s,
         )
+
+    def _publish(self, out: Outbox) -> None:
+        """Produce completed results; commit each partition up to its oldest running command."""
+        now = time.monotonic()
+        for (topic, partition), work in self._work.items():
+            for entry in work.entries:
+                if entry.sent or entry.future is None or not entry.future.done():
+                    continue
+                command = entry.command
+                assert command is not None
+                out.send(
+                    self.topics.inbox,
+                    serde.encode_inbox("StepResult", entry.future.result()),
+                    key=command["run_id"],
+                    partition=command["reply_partition"],
+                    headers=clients.headers_for(
+                        command["tenant"], command["run_id"], command["correlation_id"]
+                    ),
+                )
+                entry.sent = True
+                metrics.HANDLER_SECONDS.labels(SERVICE, "StepCommand", command["tenant"]).observe(
+                    now - entry.started
+                )
+            while work.entries and work.entries[0].sent:
+                last = work.entries.popleft()
+                if not work.entries:
+                    out.commit_position(topic, partition, last.offset + 1)
+            if work.entries:
+                out.commit_position(topic, partition, work.entries[0].offset)
 
     def _decode(self, msg: Message, out: Outbox) -> dict[str, Any] | None:
         try:
@@ -218,11 +291,13 @@ class ExecutorProcessor:
         )
 
     def close(self) -> None:
-        """Release what actions hold on the event loop, then close it."""
+        """Release what actions hold on the event loop, then stop and close it."""
         if self.loop.is_closed():
             return
         try:
-            self.loop.run_until_complete(self.registry.aclose())
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            asyncio.run_coroutine_threadsafe(self.registry.aclose(), self.loop).result(30)
+            asyncio.run_coroutine_threadsafe(self.loop.shutdown_asyncgens(), self.loop).result(30)
         finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._loop_thread.join(30)
             self.loop.close()

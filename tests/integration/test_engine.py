@@ -245,3 +245,22 @@ def test_two_routers_and_two_executors_survive_a_rebalance(
         assert types(events).count("run_pending") == 1, run_id
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), run_id
         assert [e["step_id"] for e in events if e["type"] == "step_succeeded"] == ["a", "b", "c"], run_id
+
+
+def test_a_slow_step_does_not_hold_up_other_steps_on_its_partition(engine: Engine) -> None:
+    engine.publish("""
+name: slowpoke
+version: 1
+trigger: {event: slowpoke}
+steps:
+  - {id: wait, action: sleep, timeout: 60, inputs: {seconds: 30}}
+""")
+    engine.publish(LINEAR)
+    slow = engine.run_id("slowpoke", engine.trigger("slowpoke", {}))
+    engine.wait_events(slow, lambda evs: "step_scheduled" in types(evs))
+    started = time.monotonic()
+    quick = engine.run_id("chain", engine.trigger("go", {"msg": "overtake"}))
+    assert types(engine.wait_terminal([quick], timeout_s=20)[quick])[-1] == "run_succeeded"
+    assert time.monotonic() - started < 20
+    engine.log.pump()
+    assert not any(e["type"] in ("run_succeeded", "run_failed") for e in engine.log.by_run[slow])
