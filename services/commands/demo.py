@@ -9,8 +9,11 @@ triggers and prints the resulting runs from PostgreSQL.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
+import uuid
+from typing import Any
 
 import typer
 from confluent_kafka import Producer
@@ -67,10 +70,11 @@ def _setup_tenant(settings: Settings, public: str) -> None:
         save_tenant(settings, config, wait_visible_s=10)
 
 
-def _publish_examples(settings: Settings, private: str, known_actions: set[str]) -> list[str]:
+def _publish_examples(settings: Settings, private: str, known_actions: set[str]) -> dict[str, str]:
+    """Sign and publish every example whose actions are installed; returns name -> trigger event."""
     from services.registry.publishing import publish_signed
 
-    names = []
+    names: dict[str, str] = {}
     for path in sorted(EXAMPLES.glob("*.yaml")):
         definition = load_definition_file(path)
         missing = {s.action for s in definition.steps} - known_actions
@@ -81,15 +85,15 @@ def _publish_examples(settings: Settings, private: str, known_actions: set[str])
             definition, tenant=TENANT, key_id=KEY_ID, private_key=private_key_from_b64(private)
         )
         publish_signed(settings, signed, "switchyard-demo")
-        names.append(definition.name)
+        names[definition.name] = definition.trigger.event
     return names
 
 
-def _fire(settings: Settings, workflows: list[str]) -> int:
+def _fire(settings: Settings, triggers: list[dict[str, Any]]) -> list[str]:
+    """Send the example triggers; returns their idempotency keys."""
     producer = Producer(plain_producer_config(settings))
     topic = Topics(settings.topic_prefix).tenant_triggers(TENANT)
-    sent = 0
-    for trigger in json.loads((EXAMPLES / "triggers.json").read_text()):
+    for trigger in triggers:
         record = {
             "event_type": trigger["event_type"],
             "data_json": json.dumps(trigger["data"]),
@@ -98,12 +102,13 @@ def _fire(settings: Settings, workflows: list[str]) -> int:
             "occurred_at": int(time.time() * 1000),
         }
         producer.produce(topic, key=trigger["idempotency_key"], value=serde.encode("TriggerEvent", record))
-        sent += 1
     producer.flush(30)
-    return sent
+    return [t["idempotency_key"] for t in triggers]
 
 
-def _wait_for_runs(settings: Settings, keys: list[str], timeout_s: float) -> list[dict[str, object]]:
+def _wait_for_runs(
+    settings: Settings, keys: list[str], expected: int, timeout_s: float
+) -> list[dict[str, object]]:
     import psycopg
 
     assert settings.database_url
@@ -120,7 +125,7 @@ def _wait_for_runs(settings: Settings, keys: list[str], timeout_s: float) -> lis
             )
             names = [c.name for c in cur.description or []]
             rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-        if rows and all(r["state"] in ("succeeded", "failed", "cancelled") for r in rows) and len(rows) >= 1:
+        if len(rows) >= expected and all(r["state"] in ("succeeded", "failed", "cancelled") for r in rows):
             return rows
         time.sleep(0.3)
     return rows
@@ -144,6 +149,9 @@ def demo(
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     assert state.kafka and state.postgres
+    # Actions read their own connections from the environment (e.g. firm.update_record's database).
+    os.environ.setdefault("KAFKA_BOOTSTRAP_SERVERS", state.kafka.address)
+    os.environ.setdefault("DATABASE_URL", state.postgres.address)
     settings = base.model_copy(
         update={
             "kafka_bootstrap_servers": state.kafka.address,
@@ -162,7 +170,7 @@ def demo(
     _setup_tenant(settings, public)
     known = set(ActionRegistry.load().names())
     published = _publish_examples(settings, private, known)
-    _step(f"published signed workflows: {', '.join(published)}")
+    _step(f"published signed workflows: {', '.join(sorted(published))}")
 
     stop = threading.Event()
     install_signal_handlers(stop)
@@ -173,13 +181,20 @@ def demo(
     }
     engine = threading.Thread(target=run_services, args=(settings, services, stop), name="engine")
     engine.start()
-    triggers = json.loads((EXAMPLES / "triggers.json").read_text())
-    sent = _fire(settings, published)
+    # Fresh idempotency keys per demo: the same key would (rightly) not start a second run.
+    demo_id = uuid.uuid4().hex[:6]
+    triggers = [
+        {**t, "idempotency_key": f"{t['idempotency_key']}-{demo_id}"}
+        for t in json.loads((EXAMPLES / "triggers.json").read_text())
+    ]
+    expected = sum(1 for t in triggers if t["event_type"] in published.values())
+    keys = _fire(settings, triggers)
     _step(
-        f"sent {sent} triggers to {Topics(settings.topic_prefix).tenant_triggers(TENANT)}; waiting for runs"
+        f"sent {len(keys)} triggers to {Topics(settings.topic_prefix).tenant_triggers(TENANT)}; "
+        f"waiting for {expected} runs"
     )
     started = time.monotonic()
-    rows = _wait_for_runs(settings, [t["idempotency_key"] for t in triggers], timeout)
+    rows = _wait_for_runs(settings, keys, expected, timeout)
     table = Table(
         "run",
         "workflow",
@@ -212,5 +227,5 @@ def demo(
             engine.join(0.5)
     stop.set()
     engine.join()
-    if not rows or len(finished) < len(rows):
+    if len(finished) < expected:
         raise typer.Exit(1)

@@ -260,14 +260,28 @@ def _render(timeline: RunTimeline) -> None:
     out.print(events)
 
 
+def _resolve_prefix(session: Session, run_id: str) -> str:
+    """Expand a short id (as `switchyard demo` prints) when exactly one run starts with it."""
+    if len(run_id) >= 36:
+        return run_id
+    from services.projector.models import Run
+
+    matches = list(session.scalars(sa.select(Run.run_id).where(Run.run_id.startswith(run_id)).limit(2)))
+    if len(matches) > 1:
+        _err().print(f"[red]error:[/] {run_id!r} matches several runs; give more of the id")
+        raise typer.Exit(1)
+    return matches[0] if matches else run_id
+
+
 @app.command()
 def show(
-    run_id: str = typer.Argument(..., metavar="RUN", help="The run id."),
+    run_id: str = typer.Argument(..., metavar="RUN", help="The run id, or a unique prefix of it."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Show one run: steps, attempts, timings, errors, operator commands (who, why, outcome) and
     the full event timeline, replays included."""
     with _session() as session:
+        run_id = _resolve_prefix(session, run_id)
         timeline = run_timeline(session, run_id)
         if timeline is None:
             _err().print(f"[red]error:[/] no run {run_id!r} (the projector may not have seen it yet)")
