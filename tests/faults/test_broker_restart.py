@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ import psycopg
 import pytest
 
 from services.config import Settings
-from tests.faults.harness import router_progress, scale, wait_for
+from tests.faults.harness import LONG, router_progress, scale, wait_for
 from tests.faults.infra import PrivateKafka
 from tests.faults.scenario import Context, run_scenario
 from tests.fixtures.engine import make_settings
@@ -36,6 +37,15 @@ def private_kafka(tmp_path: Path) -> Iterator[PrivateKafka]:
     kafka.stop()
 
 
+# While the stall is open the scenario costs ~3.5 minutes of waiting for progress that never comes,
+# which would push the CI subset past its 8-minute budget: it runs in the long mode, or on request.
+OPT_IN = pytest.mark.skipif(
+    not (LONG or os.environ.get("SWITCHYARD_FAULTS_BROKER")),
+    reason="known engine stall after a broker restart; run with SWITCHYARD_FAULTS_BROKER=1 or the long mode",
+)
+
+
+@OPT_IN
 @STALL
 def test_broker_restart_during_load(
     private_kafka: PrivateKafka, database_url: str, log_dir: Path, unique: str
