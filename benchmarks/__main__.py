@@ -139,8 +139,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if profiler == "py-spy" and (name, workload.name) == ("switchyard", "chain10")
                 else None
             )
+            reference = next(
+                (r for r in results if r["system"] == "switchyard" and r["workload"] == workload.name), None
+            )
+            same_rate = None
+            if name != "switchyard" and reference is not None and "error" not in reference:
+                same_rate = float(reference["half_load"]["offered_runs_per_s"])
             try:
-                result = measure(factories[name](), workload, sizes, log, after=hook)
+                result = measure(
+                    factories[name](), workload, sizes, log, after=hook, same_load_rate=same_rate
+                )
                 if hook is not None:
                     profile = result.pop("after")
             except KeyboardInterrupt:

@@ -259,10 +259,18 @@ def warm_up(system: System, workload: Workload, runs: int, timeout_s: float = 18
 
 
 def saturation(
-    system: System, workload: Workload, runs: int, timeout_s: float, phase: str = "sat"
+    system: System,
+    workload: Workload,
+    runs: int,
+    timeout_s: float,
+    phase: str = "sat",
+    on_done: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """A burst of ``runs`` runs: throughput, and resource use per service during the window.
 
+    CPU is reported twice: until the last run is done (``cpu_s_per_1k_steps``) and until the
+    system's post-window work is done too (``..._incl_catch_up``: Switchyard's projector
+    writing the history to PostgreSQL). ``on_done`` is called as soon as the last run is done.
     ``phase`` names the runs' keys: a second burst on the same system needs another name, or
     an engine that deduplicates by idempotency key would (rightly) start none of them."""
     services = {**system.services(), **infra_services(system.infra), "harness": this_process}
@@ -270,13 +278,18 @@ def saturation(
     busy_before, load_before = machine_busy_cpu_s(), os.getloadavg()[0]
     system.window_start()
     tracker, first_sent, last_done = drive(system, workload, phase, runs, None, timeout_s)
+    if on_done is not None:
+        on_done()
     busy = machine_busy_cpu_s() - busy_before
-    resources = monitor.stop()
+    resources = monitor.checkpoint()
     extras = system.window_stop(sorted(tracker.done.values()))
+    total = monitor.stop()
     wall = max(last_done - first_sent, 1e-6)
     steps = runs * workload.shape.steps
-    for figures in resources.values():
+    for name, figures in resources.items():
         figures["cpu_s_per_1k_steps"] = round(figures["cpu_s"] / steps * 1000, 3)
+        figures["cpu_s_per_1k_steps_incl_catch_up"] = round(total[name]["cpu_s"] / steps * 1000, 3)
+        figures["peak_rss_mib"] = total[name]["peak_rss_mib"]
     return {
         "runs": runs,
         "steps": steps,
@@ -345,9 +358,13 @@ def measure(
     sizes: Sizes,
     log: Callable[[str], None] | None = None,
     after: Callable[[System], dict[str, Any]] | None = None,
+    same_load_rate: float | None = None,
 ) -> dict[str, Any]:
     """Start ``system`` for ``workload``, measure saturation then 50% load, stop it.
 
+    ``same_load_rate`` (runs/s; a baseline gets Switchyard's 50% rate) adds an open-loop phase
+    at that rate, so latencies compare at the same offered load; skipped when the rate is over
+    90% of the system's own saturation (it would only measure a growing queue).
     ``after`` runs on the still running system once the measurements are done (the profiled
     saturation run); its result is returned under ``"after"``."""
     started = time.monotonic()
@@ -368,6 +385,16 @@ def measure(
         rate = max(0.5, sat["runs_per_s"] * 0.5)
         load = open_loop(system, workload, rate, sizes.load_seconds, sizes.timeout_s)
         mark("half_load")
+        same: dict[str, Any] | None = None
+        if same_load_rate is not None:
+            if same_load_rate <= 0.9 * sat["runs_per_s"]:
+                same = open_loop(system, workload, same_load_rate, sizes.load_seconds, sizes.timeout_s)
+                mark("same_load")
+            else:
+                same = {
+                    "offered_runs_per_s": round(same_load_rate, 2),
+                    "skipped": "over 90% of this system's saturation",
+                }
         extra = after(system) if after is not None else None
         if after is not None:
             mark("after")
@@ -381,6 +408,7 @@ def measure(
         "tenants": workload.tenants,
         "saturation": sat,
         "half_load": load,
+        **({"same_load": same} if same_load_rate is not None else {}),
         "elapsed_s": round(time.monotonic() - started, 1),
         "phase_s": phases,
         **({"after": extra} if after is not None else {}),

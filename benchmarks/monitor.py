@@ -79,12 +79,20 @@ class ResourceMonitor:
         while not self._stop.wait(self._interval):
             self._sample()
 
+    def checkpoint(self) -> dict[str, dict[str, float]]:
+        """Figures so far (sampling goes on): per service ``cpu_s`` and ``peak_rss_mib``."""
+        self._sample()
+        return self._report()
+
     def stop(self) -> dict[str, dict[str, float]]:
         """Stop sampling; per service: ``cpu_s`` used in the window and ``peak_rss_mib``."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
         self._sample()
+        return self._report()
+
+    def _report(self) -> dict[str, dict[str, float]]:
         report: dict[str, dict[str, float]] = {}
         for name, svc in self._services.items():
             cpu = sum(svc.last_cpu[pid] - svc.first_cpu.get(pid, 0.0) for pid in svc.last_cpu)

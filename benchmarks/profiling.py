@@ -120,17 +120,26 @@ def profile_running(system: SwitchyardSystem, sizes: Sizes, out_dir: Path) -> di
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
             )  # fmt: skip
         time.sleep(1.0)  # let py-spy attach
-        sat = saturation(system, CHAIN10, sizes.saturation_runs, sizes.timeout_s, phase="profiled")
-        for role, spy in spies.items():
-            spy.send_signal(signal.SIGINT)
-            try:
-                _, err = spy.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                err = b"timed out"
+        errors: dict[str, bytes] = {}
+
+        def stop_spies() -> None:  # as soon as the last run is done: the projector's catch-up is left out
+            for role, spy in spies.items():
+                spy.send_signal(signal.SIGINT)
+                try:
+                    errors[role] = spy.communicate(timeout=30)[1]
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    errors[role] = b"timed out"
+
+        sat = saturation(
+            system, CHAIN10, sizes.saturation_runs, sizes.timeout_s, phase="profiled", on_done=stop_spies
+        )
+        for role in spies:
             raw = out_dir / f"{role}.txt"
             summaries[role] = (
-                summarise_pyspy(raw) if raw.exists() else {"error": err.decode(errors="replace")[-500:]}
+                summarise_pyspy(raw)
+                if raw.exists()
+                else {"error": errors.get(role, b"").decode(errors="replace")[-500:]}
             )
     finally:
         for spy in spies.values():

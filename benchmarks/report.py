@@ -42,15 +42,26 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
+def baseline_latency(result: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A baseline's latency figures to compare with Switchyard's: at Switchyard's 50% rate when
+    measured (same offered load), else at the baseline's own 50%."""
+    same = result.get("same_load")
+    if same and "skipped" not in same:
+        return same, "same offered load"
+    return result["half_load"], "own 50% load"
+
+
 def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Switchyard ÷ baseline, per workload both ran: throughput (higher is better for Switchyard)
-    and p99 latencies at 50% load (lower is better for Switchyard)."""
+    """Switchyard / baseline, per workload both ran: throughput (higher is better for Switchyard)
+    and p99 latencies (lower is better for Switchyard; see :func:`baseline_latency`)."""
     rows = []
     for sy in (r for r in results if r["system"] == SWITCHYARD and "error" not in r):
         for baseline in BASELINES:
             other = _find(results, baseline, sy["workload"])
             if other is None:
                 continue
+            latency, basis = baseline_latency(other)
+            mine = sy["half_load"]
             rows.append(
                 {
                     "workload": sy["workload"],
@@ -58,12 +69,9 @@ def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "steps_per_s": _ratio(
                         sy["saturation"]["steps_per_s"], other["saturation"]["steps_per_s"]
                     ),
-                    "first_step_p99": _ratio(
-                        sy["half_load"]["first_step_ms_p99"], other["half_load"]["first_step_ms_p99"]
-                    ),
-                    "completion_p99": _ratio(
-                        sy["half_load"]["completion_ms_p99"], other["half_load"]["completion_ms_p99"]
-                    ),
+                    "first_step_p99": _ratio(mine["first_step_ms_p99"], latency["first_step_ms_p99"]),
+                    "completion_p99": _ratio(mine["completion_ms_p99"], latency["completion_ms_p99"]),
+                    "latency_basis": basis,
                 }
             )
     return rows
@@ -149,14 +157,36 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         "Throughput: > 1 means Switchyard is faster. Latency: < 1 means Switchyard is quicker.",
         "",
-        "| workload | baseline | steps/s | first-step p99 | completion p99 |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| workload | baseline | steps/s | first-step p99 | completion p99 | latency compared at |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     for row in doc["ratios"]:
         out.append(
             f"| {row['workload']} | {row['baseline']} | {_fmt(row['steps_per_s'], 2)}x | "
-            f"{_fmt(row['first_step_p99'], 2)}x | {_fmt(row['completion_p99'], 2)}x |"
+            f"{_fmt(row['first_step_p99'], 2)}x | {_fmt(row['completion_p99'], 2)}x | {row['latency_basis']} |"
         )
+    same_rows = [r for r in results if "same_load" in r]
+    if same_rows:
+        out += [
+            "",
+            "### Baselines at Switchyard's 50% rate (same offered load)",
+            "",
+            "| workload | system | offered runs/s | first-step p50 / p99 ms | completion p50 / p99 ms |",
+            "| --- | --- | ---: | ---: | ---: |",
+        ]
+        for r in same_rows:
+            same = r["same_load"]
+            if "skipped" in same:
+                out.append(
+                    f"| {r['workload']} | {r['system']} | {_fmt(same['offered_runs_per_s'])} | "
+                    f"skipped: {same['skipped']} | |"
+                )
+                continue
+            out.append(
+                f"| {r['workload']} | {r['system']} | {_fmt(same['offered_runs_per_s'])} | "
+                f"{_pair(same['first_step_ms_p50'], same['first_step_ms_p99'])} | "
+                f"{_pair(same['completion_ms_p50'], same['completion_ms_p99'])} |"
+            )
     out += [
         "",
         "### Targets",
@@ -207,8 +237,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "`(not ours)` is the machine's busy CPU in the window minus all of these: other processes "
         "on a shared machine).",
         "",
-        "| workload | system | service | CPU s / 1k steps | peak RSS MiB |",
-        "| --- | --- | --- | ---: | ---: |",
+        "| workload | system | service | CPU s / 1k steps | same, incl. projector catch-up | peak RSS MiB |",
+        "| --- | --- | --- | ---: | ---: | ---: |",
     ]
     for r in results:
         if "error" in r:
@@ -216,12 +246,13 @@ def markdown(doc: dict[str, Any]) -> str:
         for service, figures in r["saturation"]["resources"].items():
             out.append(
                 f"| {r['workload']} | {r['system']} | {service} | {_fmt(figures['cpu_s_per_1k_steps'], 3)} | "
+                f"{_fmt(figures.get('cpu_s_per_1k_steps_incl_catch_up'), 3)} | "
                 f"{_fmt(figures['peak_rss_mib'])} |"
             )
         if "unattributed_cpu_s" in r["saturation"]:
             sat = r["saturation"]
             per_k = sat["unattributed_cpu_s"] / sat["steps"] * 1000
-            out.append(f"| {r['workload']} | {r['system']} | (not ours) | {_fmt(per_k, 3)} | - |")
+            out.append(f"| {r['workload']} | {r['system']} | (not ours) | {_fmt(per_k, 3)} | | - |")
     profile = doc.get("profile")
     if profile and "services" in profile:
         out += [
