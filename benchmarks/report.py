@@ -163,7 +163,8 @@ def markdown(doc: dict[str, Any]) -> str:
     for row in doc["ratios"]:
         out.append(
             f"| {row['workload']} | {row['baseline']} | {_fmt(row['steps_per_s'], 2)}x | "
-            f"{_fmt(row['first_step_p99'], 2)}x | {_fmt(row['completion_p99'], 2)}x | {row['latency_basis']} |"
+            f"{_fmt(row['first_step_p99'], 2)}x | {_fmt(row['completion_p99'], 2)}x | "
+            f"{row['latency_basis']} |"
         )
     same_rows = [r for r in results if "same_load" in r]
     if same_rows:
