@@ -85,7 +85,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from benchmarks.switchyard_system import SwitchyardSystem
 
         factories["switchyard"] = lambda: SwitchyardSystem(
-            bootstrap, projector_db, partitions=args.partitions, commit_interval_ms=args.commit_interval_ms
+            bootstrap,
+            projector_db,
+            partitions=args.partitions,
+            commit_interval_ms=args.commit_interval_ms,
+            catch_up_timeout_s=sizes.timeout_s,
         )
     if "kafka-floor" in systems:
         from benchmarks.floor import KafkaFloorSystem

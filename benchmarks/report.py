@@ -220,14 +220,15 @@ def markdown(doc: dict[str, Any]) -> str:
             "",
             "### Projector lag during saturation (history → PostgreSQL)",
             "",
-            "| workload | lag p50 s | lag max s | catch-up after last run s |",
-            "| --- | ---: | ---: | ---: |",
+            "| workload | lag p50 s | lag max s | catch-up after last run s | steps/s with history in PG |",
+            "| --- | ---: | ---: | ---: | ---: |",
         ]
         for r in lag_rows:
             sat = r["saturation"]
             out.append(
                 f"| {r['workload']} | {_fmt(sat['projector_lag_s_p50'], 2)} | "
-                f"{_fmt(sat['projector_lag_s_max'], 2)} | {_fmt(sat['projector_catch_up_s'], 2)} |"
+                f"{_fmt(sat['projector_lag_s_max'], 2)} | {_fmt(sat['projector_catch_up_s'], 2)} | "
+                f"{_fmt(sat.get('steps_per_s_with_history'))} |"
             )
     out += [
         "",

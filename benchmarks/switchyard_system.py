@@ -87,7 +87,10 @@ class SwitchyardSystem(System):
         processes: Processes = PROCESSES,
         wrapper: list[str] | None = None,
         extra_env: dict[str, str] | None = None,
+        catch_up_timeout_s: float = 600.0,
     ) -> None:
+        """``catch_up_timeout_s``: how long a saturation window waits, after the last run is
+        done, for the projector to have written every run to PostgreSQL."""
         self.bootstrap = bootstrap
         self.database_url = database_url
         self.partitions = partitions
@@ -95,6 +98,7 @@ class SwitchyardSystem(System):
         self.processes = processes
         self.wrapper = wrapper
         self.extra_env = extra_env or {}
+        self.catch_up_timeout_s = catch_up_timeout_s
         self.children: dict[str, Child] = {}
         self.tenants: list[str] = []
         self.topics = Topics("wf")
@@ -294,7 +298,7 @@ class SwitchyardSystem(System):
         # After the harness saw the last run done: wait until the database shows all of them.
         caught_up = None
         with psycopg.connect(self.database_url, autocommit=True) as conn:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + self.catch_up_timeout_s
             while time.monotonic() < deadline:
                 count = self._count_finished(conn)
                 self._lag_samples.append((time.time(), count))
@@ -313,6 +317,7 @@ class SwitchyardSystem(System):
             "projector_lag_s_p50": round(percentile(lags, 50), 3),
             "projector_lag_s_max": round(max(lags, default=0.0), 3),
             "projector_catch_up_s": round(caught_up - done_times[-1], 3) if caught_up else None,
+            "projector_caught_up_at": caught_up,
         }
 
 
