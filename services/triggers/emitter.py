@@ -68,13 +68,18 @@ class KafkaEmitter:
             raise EmitError(f"{self.topic}: {outcome[0]}")
 
     def recent_keys(self, prefix: str, since: datetime) -> set[str]:
-        """Keys starting with ``prefix`` of the records written to the topic since ``since``."""
+        """Keys starting with ``prefix`` of the records written to the topic since ``since``.
+
+        Raises :class:`EmitError` when the topic cannot be read (missing, no leader yet, …).
+        """
         # assign() only, never commits: the group id is required by librdkafka but unused.
         consumer = Consumer(
             clients.consumer_config(self.settings, f"{self.settings.topic_prefix}.trigger-scan")
         )
         try:
             return self._scan(consumer, prefix, int(since.timestamp() * 1000) - SCAN_MARGIN_MS)
+        except KafkaException as exc:  # e.g. no partition leader yet: the caller retries
+            raise EmitError(f"cannot read {self.topic} back: {exc}") from exc
         finally:
             consumer.close()
 

@@ -39,6 +39,7 @@ from typing import Any
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.observability import logs
 from services.triggers.plugins import Emission, EmitError, Emitter
 
 log = logging.getLogger("services.triggers.schedule")
@@ -101,10 +102,12 @@ class ScheduleTrigger:
         prefix = f"schedule:{emit.instance}:"
         now = self.clock()
         window = timedelta(seconds=config.catch_up_s)
-        emitted = emit.recent_keys(prefix, now - window)
+        emitted = self._recent_keys(emit, prefix, now - window, stop)
+        if emitted is None:
+            return
         found = [t for t in (parse_tick(k, prefix) for k in emitted) if t is not None]
         base = max(found) if found else now
-        bound = logging.LoggerAdapter(log, {"tenant": emit.tenant, "trigger": emit.instance})
+        bound = logs.bind(log, tenant=emit.tenant, trigger=emit.instance)
         bound.info(
             "schedule starting",
             extra={"cron": config.cron, "resume_after": base.isoformat(), "caught_up": bool(found)},
@@ -122,6 +125,23 @@ class ScheduleTrigger:
             if not self._emit(emit, config, tick, key, stop, bound):
                 return
 
+    def _recent_keys(
+        self, emit: Emitter, prefix: str, since: datetime, stop: threading.Event
+    ) -> set[str] | None:
+        """What the topic holds, retried (keeping the start time, so no tick is lost); None if stopped."""
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                return emit.recent_keys(prefix, since)
+            except EmitError as exc:
+                log.warning(
+                    "cannot read emitted ticks back; retrying",
+                    extra={"tenant": emit.tenant, "trigger": emit.instance, "error": str(exc)},
+                )
+                stop.wait(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+        return None
+
     def _wait_until(self, tick: datetime, stop: threading.Event) -> bool:
         """Wait until the clock reaches ``tick``; False if stopped first."""
         while not stop.is_set():
@@ -138,7 +158,7 @@ class ScheduleTrigger:
         tick: datetime,
         key: str,
         stop: threading.Event,
-        bound: logging.LoggerAdapter[logging.Logger],
+        bound: logs.BoundLogger,
     ) -> bool:
         """Emit one tick, retrying with backoff until it is acknowledged; False if stopped first."""
         backoff = 0.5

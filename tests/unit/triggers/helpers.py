@@ -31,6 +31,7 @@ class MemoryEmitter:
         self.emitted: list[Emission] = []
         self.fail_next = 0
         self.changed = threading.Condition()
+        self.scanned = threading.Event()
 
     def __call__(self, emission: Emission) -> None:
         with self.changed:
@@ -41,6 +42,7 @@ class MemoryEmitter:
             self.changed.notify_all()
 
     def recent_keys(self, prefix: str, since: datetime) -> set[str]:
+        self.scanned.set()
         return {
             e.idempotency_key
             for e in self.emitted

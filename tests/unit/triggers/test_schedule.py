@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from services.triggers.plugins import EmitError
 from services.triggers.schedule import ScheduleConfig, ScheduleTrigger, parse_tick, tick_key
 from tests.unit.triggers.helpers import FakeClock, MemoryEmitter, at, key
 
@@ -23,7 +24,9 @@ def running(clock: FakeClock, emitter: MemoryEmitter, **config: Any) -> Iterator
     thread = threading.Thread(
         target=trigger.run, args=(ScheduleConfig(**{**EVERY_MINUTE, **config}), emitter, stop), daemon=True
     )
+    emitter.scanned.clear()
     thread.start()
+    assert emitter.scanned.wait(5), "the schedule did not look up its emitted ticks"
     try:
         yield
     finally:
@@ -104,3 +107,30 @@ def test_keys_round_trip() -> None:
 def test_bad_cron_is_rejected(cron: str) -> None:
     with pytest.raises(ValidationError):
         ScheduleConfig(event_type="x", cron=cron)
+
+
+class FlakyScan(MemoryEmitter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scan_failures = 2
+
+    def recent_keys(self, prefix: str, since: Any) -> set[str]:
+        if self.scan_failures > 0:
+            self.scan_failures -= 1
+            raise EmitError("no leader for the partition yet")
+        return super().recent_keys(prefix, since)
+
+
+def test_a_failed_read_back_is_retried_without_losing_the_start_time() -> None:
+    clock, emitter = FakeClock(at(0, 30)), FlakyScan()
+    trigger = ScheduleTrigger(clock=clock, poll_s=0.005)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=trigger.run, args=(ScheduleConfig(**EVERY_MINUTE), emitter, stop), daemon=True
+    )
+    thread.start()
+    clock.advance(30)  # 12:01 passes while the schedule still retries its read-back
+    emitter.wait_for(1, timeout_s=15)
+    stop.set()
+    thread.join(5)
+    assert emitter.keys() == [key(1)]
