@@ -113,8 +113,10 @@ class FlakyScan(MemoryEmitter):
     def __init__(self) -> None:
         super().__init__()
         self.scan_failures = 2
+        self.tried = threading.Event()
 
     def recent_keys(self, prefix: str, since: Any) -> set[str]:
+        self.tried.set()
         if self.scan_failures > 0:
             self.scan_failures -= 1
             raise EmitError("no leader for the partition yet")
@@ -129,6 +131,7 @@ def test_a_failed_read_back_is_retried_without_losing_the_start_time() -> None:
         target=trigger.run, args=(ScheduleConfig(**EVERY_MINUTE), emitter, stop), daemon=True
     )
     thread.start()
+    assert emitter.tried.wait(5)  # the start time is taken
     clock.advance(30)  # 12:01 passes while the schedule still retries its read-back
     emitter.wait_for(1, timeout_s=15)
     stop.set()
