@@ -13,6 +13,7 @@ from services.commands import (
     runs,
     status,
     tenant,
+    triggers,
     workflow,
     workflow_registry,
 )
@@ -30,6 +31,7 @@ app.add_typer(tenant.app, name="tenant")
 app.add_typer(engine.topics_app, name="topics")
 app.add_typer(engine.db_app, name="db")
 app.add_typer(runs.app, name="runs", help="Run history from PostgreSQL.")
+app.add_typer(triggers.app, name="triggers")
 app.add_typer(audit.app, name="audit", help="Audit the projection against the Kafka log.")
 app.command()(engine.router)
 app.command()(engine.executor)
