@@ -1,7 +1,8 @@
 """The transactional consume → process → produce loop shared by every Kafka→Kafka hop.
 
-One iteration: ``consume`` up to ``max_batch`` records (waiting at most ``commit_interval``),
-hand them to the processor, which writes its output to an :class:`Outbox`; then
+One iteration: wait at most ``commit_interval`` for a record, take up to ``max_batch`` records
+that are already fetched, hand them to the processor, which writes its output to an
+:class:`Outbox`; then
 ``send_offsets_to_transaction`` with the consumer group metadata and commit. Under load a
 transaction therefore carries a whole batch; when the input is idle it commits as soon as the
 first record arrives, so latency stays low.
@@ -160,12 +161,19 @@ class TransactionalLoop:
         try:
             while not stop.is_set():
                 wanted = hint() if hint is not None else None
-                messages = self.consumer.consume(
-                    self.settings.max_batch, timeout if wanted is None else wanted
-                )
+                messages = self._next_batch(timeout if wanted is None else wanted)
                 self._transaction(messages)
         finally:
             self.close()
+
+    def _next_batch(self, timeout: float) -> list[Message]:
+        """Wait up to ``timeout`` for the first record only, then take whatever else is already
+        fetched (up to ``max_batch``). ``consume(max_batch, timeout)`` would wait the whole timeout
+        unless a full batch arrived, adding the commit interval to every hop under light load."""
+        first = self.consumer.consume(1, timeout)
+        if not first:
+            return first
+        return first + self.consumer.consume(self.settings.max_batch - 1, 0)
 
     def _transaction(self, messages: list[Message]) -> None:
         records = [m for m in messages if not _is_benign_error(m)]
