@@ -98,8 +98,12 @@ def test_metrics_move_as_runs_progress(served: Served) -> None:
         projected_before = before.value("switchyard_projector_events_total", tenant=tenant, outcome="applied")
         lag = now.matching("switchyard_consumer_lag", tenant=tenant)
         caught_up = lag and all(value == 0 for _, value in lag)
+        # The lag collector samples every few seconds: wait until it has seen all 6 triggers, or
+        # "lag 0" may be a sample taken before they were written.
+        trigger_topic = f"{served.settings.topic_prefix}.tenant.{tenant}.triggers"
+        seen_all = now.value("switchyard_topic_end_offset", topic=trigger_topic) == 6
         total = sum(len(e) for e in events.values())
-        if finished_ok >= 5 and projected - projected_before >= total and caught_up:
+        if finished_ok >= 5 and projected - projected_before >= total and caught_up and seen_all:
             return now
         return None
 
