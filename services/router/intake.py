@@ -17,6 +17,7 @@ bound. Control commands are never paused (nor are step results, which go to the 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -265,7 +266,7 @@ class IntakeProcessor:
                 "workflow": workflow.name,
                 "version": workflow.version,
                 "event_type": trigger.event_type,
-                "data_json": serde_json(trigger.data),
+                "data_json": json.dumps(trigger.data, separators=(",", ":")),
                 "idempotency_key": key,
                 "correlation_id": correlation_id,
                 "requested_at": int(time.time() * 1000),
@@ -352,9 +353,3 @@ def _record_size(msg: Message) -> int:
     for name, header in list(raw.items()) if isinstance(raw, dict) else raw:
         size += len(name.encode()) + len(header if isinstance(header, bytes | str) else b"")
     return size
-
-
-def serde_json(value: object) -> str:
-    import json
-
-    return json.dumps(value, separators=(",", ":"))
