@@ -2,26 +2,28 @@
 
 One iteration: wait at most ``commit_interval`` for a record, take up to ``max_batch`` records
 that are already fetched, hand them to the processor, which writes its output to an
-:class:`Outbox`; then
-``send_offsets_to_transaction`` with the consumer group metadata and commit. Under load a
-transaction therefore carries a whole batch; when the input is idle it commits as soon as the
-first record arrives, so latency stays low.
+:class:`Outbox`; then ``send_offsets_to_transaction`` with the consumer group metadata and
+commit. Under load a transaction therefore carries a whole batch; when the input is idle it
+commits as soon as the first record arrives, so latency stays low.
 
 No transaction is ever open while the consumer is polled, so a rebalance never meets an open
 transaction: the offsets of revoked partitions were committed with the last batch ("commit on
-revoke"), and a lost partition has nothing of ours pending. On an abortable error the
-transaction is aborted, the consumer rewinds to its committed offsets and the processor
-discards what it did in memory (``on_abort``); on a fatal error the producer is recreated too.
+revoke"), and a lost partition has nothing of ours pending. Errors of the transaction API are
+handled by class (:mod:`services.bus.txn_guard`): a retriable one repeats the call, an abortable
+one aborts the transaction, rewinds the consumer to its committed offsets and lets the processor
+discard what it did in memory (``on_abort``); a fatal one replaces the producer too. Blocking
+calls are watched for the client hangs that a broker restart can cause.
 
 The loop knows nothing of workflows: processors own the semantics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from confluent_kafka import (
@@ -35,10 +37,15 @@ from confluent_kafka import (
 )
 
 from services.bus.clients import consumer_config, transactional_producer_config
+from services.bus.txn_guard import Action, HangGuard, classify, kafka_error, retrying
 from services.config import Settings
 from services.observability import metrics
 
 log = logging.getLogger(__name__)
+
+CALL_BUDGET_S = 30.0  # one transactional call, retries included
+REWIND_BUDGET_S = 120.0  # reading committed offsets back after an abort
+INIT_BUDGET_S = 120.0  # init_transactions of a new producer (the broker may be restarting)
 
 
 class Outbox:
@@ -113,6 +120,7 @@ class TransactionalLoop:
         self.transactional_id = transactional_id
         self.consumer = Consumer(consumer_config(settings, group_id, **(consumer_overrides or {})))
         self.producer = self._new_producer()
+        self.guard = HangGuard(service, overdue_after_s=CALL_BUDGET_S + 5)
         bind = getattr(processor, "bind", None)
         if bind is not None:
             bind(self.consumer)
@@ -123,7 +131,9 @@ class TransactionalLoop:
 
     def _new_producer(self) -> Producer:
         producer = Producer(transactional_producer_config(self.settings, self.transactional_id))
-        producer.init_transactions(60)
+        retrying(
+            producer.init_transactions, budget_s=INIT_BUDGET_S, what="init_transactions", service=self.service
+        )
         return producer
 
     # --- rebalance callbacks (run inside consume()) -------------------------------------------
@@ -185,7 +195,7 @@ class TransactionalLoop:
                 self.processor.process(records, out)
             self.processor.tick(out)
             if not records and out.count == 0:
-                self.producer.abort_transaction(30)  # nothing happened: no broker round trip needed
+                self.producer.abort_transaction(CALL_BUDGET_S)  # nothing happened: no round trip
                 return
             current = {
                 (p.topic, p.partition): p
@@ -196,45 +206,65 @@ class TransactionalLoop:
                 current[(topic, partition)] = TopicPartition(topic, partition, offset)
             positions = list(current.values())
             if positions:
-                self.producer.send_offsets_to_transaction(
-                    positions, self.consumer.consumer_group_metadata(), 30
+                group = self.consumer.consumer_group_metadata()
+                self._call(
+                    "send_offsets_to_transaction",
+                    lambda t: self.producer.send_offsets_to_transaction(positions, group, t),
                 )
-            self.producer.commit_transaction(30)
+            self._call("commit_transaction", lambda t: self.producer.commit_transaction(t))
             self._failures = 0
             metrics.TXN_COMMIT_SECONDS.labels(self.service).observe(time.monotonic() - started)
             metrics.TXN_RECORDS.labels(self.service, "in").inc(len(records))
             metrics.TXN_RECORDS.labels(self.service, "out").inc(out.count)
         except KafkaException as exc:
-            self._recover(exc.args[0] if exc.args else None)
+            self._recover(kafka_error(exc))
+
+    def _call(self, what: str, call: Callable[[float], None], budget_s: float = CALL_BUDGET_S) -> None:
+        """A blocking transaction call: repeated on retriable errors, watched for hangs."""
+        with self.guard.watching(what):
+            retrying(call, budget_s=budget_s, what=what, service=self.service)
 
     def _recover(self, error: KafkaError | None) -> None:
         self._failures += 1
         metrics.TXN_ABORTS.labels(self.service).inc()
-        fatal = error is not None and error.fatal()
+        action = classify(error)
         log.warning(
             "transaction failed; aborting and rewinding",
-            extra={"service": self.service, "error": str(error), "fatal": fatal},
+            extra={"service": self.service, "error": str(error), "action": action.value},
         )
-        if fatal:
+        if action is Action.NEW_PRODUCER:
+            self._replace_producer()
+        else:  # abortable, or retriable with its budget spent
             try:
-                self.producer.flush(5)
-            finally:
-                self.producer = self._new_producer()
-        else:
-            try:
-                self.producer.abort_transaction(30)
+                self._call("abort_transaction", lambda t: self.producer.abort_transaction(t))
             except KafkaException as abort_exc:
-                log.error("abort failed; recreating producer", extra={"error": str(abort_exc)})
-                self.producer = self._new_producer()
+                log.error(
+                    "abort failed; recreating producer",
+                    extra={"service": self.service, "error": str(abort_exc)},
+                )
+                self._replace_producer()
         self._rewind()
         self.processor.on_abort()
         time.sleep(min(5.0, 0.1 * 2 ** min(self._failures, 6)))  # back off a failing broker
 
+    def _replace_producer(self) -> None:
+        """A new producer with the same transactional id: its init fences (and aborts) whatever
+        the old one left open."""
+        with contextlib.suppress(KafkaException):
+            self.producer.flush(1)
+        self.producer = self._new_producer()
+
     def _rewind(self) -> None:
+        """Seek back to the committed offsets: the aborted batch is read again. Until that worked
+        the loop must not read on (it would skip the aborted records), so it is retried."""
         assignment = self.consumer.assignment()
         if not assignment:
             return
-        for tp in self.consumer.committed(assignment, timeout=30):
+
+        def committed(timeout: float) -> list[TopicPartition]:
+            return list(self.consumer.committed(assignment, timeout=timeout))
+
+        for tp in retrying(committed, budget_s=REWIND_BUDGET_S, what="committed", service=self.service):
             target = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             try:
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition, target))
@@ -244,6 +274,7 @@ class TransactionalLoop:
                 )
 
     def close(self) -> None:
+        self.guard.close()
         try:
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:

@@ -26,6 +26,18 @@ TXN_COMMIT_SECONDS = Histogram(
 TXN_ABORTS = Counter(
     "switchyard_transaction_aborts_total", "Transactions aborted and rewound", ["service"], registry=REGISTRY
 )
+TXN_OVERDUE_CALLS = Counter(
+    "switchyard_transaction_calls_overdue_total",
+    "Transactional client calls still blocked past their timeout (see services/bus/txn_guard.py)",
+    ["service", "call"],
+    registry=REGISTRY,
+)
+TXN_RETRIES = Counter(
+    "switchyard_transaction_call_retries_total",
+    "Transactional calls repeated after a retriable error",
+    ["service", "call"],
+    registry=REGISTRY,
+)
 TXN_RECORDS = Counter(
     "switchyard_transaction_records_total",
     "Records consumed (in) and produced (out) in committed transactions",
