@@ -41,11 +41,11 @@ def transactional_producer_config(
             # A crashed instance that never comes back blocks read_committed readers of its partitions
             # until its open transaction times out; keep that window short.
             "transaction.timeout.ms": settings.transaction_timeout_ms,
-            # librdkafka's send_offsets_to_transaction can wait forever on a group coordinator
-            # whose connection died in a broker restart (librdkafka #5456/#5511): it only looks
-            # again on a broker state change. Closing idle connections provides one; without it
-            # the router stalled for good after a restart (tests/faults/test_broker_restart.py).
-            "connections.max.idle.ms": 10_000,
+            # librdkafka's send_offsets_to_transaction can wait on a group coordinator whose
+            # connection died in a broker restart (librdkafka #5456/#5511) until some broker
+            # changes state. Idle connections closing provide such changes; the loop also replaces
+            # a producer that lost the cluster (services/bus/txloop.py).
+            "connections.max.idle.ms": 5_000,
         }
     )
     conf.update(overrides)

@@ -130,11 +130,28 @@ class TransactionalLoop:
         self._failures = 0
 
     def _new_producer(self) -> Producer:
-        producer = Producer(transactional_producer_config(self.settings, self.transactional_id))
+        self._cluster_lost = False
+        producer = Producer(
+            transactional_producer_config(
+                self.settings, self.transactional_id, error_cb=self._on_producer_error
+            )
+        )
         retrying(
             producer.init_transactions, budget_s=INIT_BUDGET_S, what="init_transactions", service=self.service
         )
         return producer
+
+    def _on_producer_error(self, error: KafkaError) -> None:
+        """Served by the producer's polls. A lost broker connection marks the producer stale: after
+        a broker restart librdkafka may keep a dead group-coordinator handle cached and block
+        ``send_offsets_to_transaction`` (librdkafka #5511), so the loop replaces the producer at
+        the next transaction boundary instead of calling it."""
+        lost = error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
+        if lost and self._cluster_lost:
+            log.debug("producer error", extra={"service": self.service, "error": str(error)})
+            return  # already marked stale: one warning per outage is enough
+        self._cluster_lost = self._cluster_lost or lost
+        log.warning("producer error", extra={"service": self.service, "error": str(error)})
 
     # --- rebalance callbacks (run inside consume()) -------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -189,6 +206,9 @@ class TransactionalLoop:
         records = [m for m in messages if not _is_benign_error(m)]
         started = time.monotonic()
         out = Outbox(self.producer)
+        self.producer.poll(0)  # serve error callbacks: did the producer lose the cluster?
+        if self._cluster_lost:
+            self._replace_producer("the producer lost its broker connections")
         try:
             self.producer.begin_transaction()
             if records:
@@ -205,6 +225,10 @@ class TransactionalLoop:
             for (topic, partition), offset in out.positions.items():
                 current[(topic, partition)] = TopicPartition(topic, partition, offset)
             positions = list(current.values())
+            self.producer.poll(0)
+            if self._cluster_lost:  # lost during this batch: do not commit through a stale client
+                self._recover(None, replace=True)
+                return
             if positions:
                 group = self.consumer.consumer_group_metadata()
                 self._call(
@@ -224,16 +248,16 @@ class TransactionalLoop:
         with self.guard.watching(what):
             retrying(call, budget_s=budget_s, what=what, service=self.service)
 
-    def _recover(self, error: KafkaError | None) -> None:
+    def _recover(self, error: KafkaError | None, *, replace: bool = False) -> None:
         self._failures += 1
         metrics.TXN_ABORTS.labels(self.service).inc()
-        action = classify(error)
+        action = Action.NEW_PRODUCER if replace else classify(error)
         log.warning(
             "transaction failed; aborting and rewinding",
             extra={"service": self.service, "error": str(error), "action": action.value},
         )
         if action is Action.NEW_PRODUCER:
-            self._replace_producer()
+            self._replace_producer("fatal error" if error is not None else "the producer lost the cluster")
         else:  # abortable, or retriable with its budget spent
             try:
                 self._call("abort_transaction", lambda t: self.producer.abort_transaction(t))
@@ -242,16 +266,18 @@ class TransactionalLoop:
                     "abort failed; recreating producer",
                     extra={"service": self.service, "error": str(abort_exc)},
                 )
-                self._replace_producer()
+                self._replace_producer("abort failed")
         self._rewind()
         self.processor.on_abort()
         time.sleep(min(5.0, 0.1 * 2 ** min(self._failures, 6)))  # back off a failing broker
 
-    def _replace_producer(self) -> None:
+    def _replace_producer(self, why: str) -> None:
         """A new producer with the same transactional id: its init fences (and aborts) whatever
-        the old one left open."""
-        with contextlib.suppress(KafkaException):
-            self.producer.flush(1)
+        the old one left open, so the old one's queue is purged, not flushed."""
+        log.warning("replacing the transactional producer", extra={"service": self.service, "why": why})
+        metrics.TXN_PRODUCER_REPLACED.labels(self.service).inc()
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self.producer.purge()
         self.producer = self._new_producer()
 
     def _rewind(self) -> None:
@@ -288,5 +314,7 @@ def _is_benign_error(msg: Message) -> bool:
         return False
     if err.code() == KafkaError._PARTITION_EOF:
         return True
+    if err.fatal() or err.code() == KafkaError._FATAL:  # the consumer is unusable: stop, loudly
+        raise KafkaException(err)
     log.warning("consumer error", extra={"error": str(err)})
     return True

@@ -39,7 +39,14 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ids = " ".join(f"{n}={getattr(record, n, None) or '-'}" for n in IDENTITY_FIELDS)
+        fields = " ".join(
+            f"{key}={value}"
+            for key, value in record.__dict__.items()
+            if key not in _RESERVED and key not in IDENTITY_FIELDS
+        )
         base = f"{record.levelname[0]} {record.name}: {record.getMessage()} [{ids}]"
+        if fields:
+            base += f" {fields}"
         if record.exc_info:
             base += "\n" + self.formatException(record.exc_info)
         return base

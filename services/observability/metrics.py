@@ -32,6 +32,12 @@ TXN_OVERDUE_CALLS = Counter(
     ["service", "call"],
     registry=REGISTRY,
 )
+TXN_PRODUCER_REPLACED = Counter(
+    "switchyard_transaction_producer_replaced_total",
+    "Transactional producers replaced (fatal error, failed abort, lost cluster connection)",
+    ["service"],
+    registry=REGISTRY,
+)
 TXN_RETRIES = Counter(
     "switchyard_transaction_call_retries_total",
     "Transactional calls repeated after a retriable error",
