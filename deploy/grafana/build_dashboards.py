@@ -153,8 +153,18 @@ def overview() -> dict[str, Any]:
         unit="s",
     )
     b.panel(
-        "Transaction aborts per second",
-        [q("sum by (service) (rate(switchyard_transaction_aborts_total[5m]))", "{{service}}")],
+        "Transaction aborts, producer replacements, overdue calls per second",
+        [
+            q("sum by (service) (rate(switchyard_transaction_aborts_total[5m]))", "aborted {{service}}"),
+            q(
+                "sum by (service) (rate(switchyard_transaction_producer_replaced_total[5m]))",
+                "producer replaced {{service}}",
+            ),
+            q(
+                "sum by (service, call) (rate(switchyard_transaction_calls_overdue_total[5m]))",
+                "overdue {{call}} {{service}}",
+            ),
+        ],
         unit="ops",
     )
     b.row("Runs")
