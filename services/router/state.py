@@ -7,7 +7,7 @@ readable by any tool and survives refactors of these classes.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -63,8 +63,11 @@ class RunState:
         return self.seq
 
     def to_json(self) -> str:
-        data = asdict(self)
+        # Shallow views, not dataclasses.asdict: asdict deep-copies trigger data and step outputs
+        # before encoding, which cost a fifth of the router's CPU under load (benchmarks profile).
+        data = dict(vars(self))
         data["status"] = self.status.value
+        data["steps"] = {step_id: vars(step) for step_id, step in self.steps.items()}
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
