@@ -39,6 +39,7 @@ from services.bus import clients
 from services.bus.topics import Topics
 from services.bus.txloop import Outbox
 from services.contracts import serde
+from services.contracts.dead_letters import encode_dead_letter
 from services.executor.execute import GrantsLookup, execute_command
 from services.executor.guardrails import Guardrails
 from services.executor.plugins import ActionRegistry
@@ -47,7 +48,6 @@ from services.observability import logs, metrics
 log = logging.getLogger("services.executor")
 
 SERVICE = "executor"
-MAX_DLQ_VALUE = 512 * 1024
 DEFAULT_MAX_ATTEMPT_S = 240.0  # a ceiling on any single attempt, whatever its step timeout says
 DEFAULT_MAX_IN_FLIGHT = 2_000
 #: How long a batch waits for its quick actions, so no-op steps leave in the same transaction.
@@ -249,31 +249,25 @@ class ExecutorProcessor:
         identity: _Identity,
         command: dict[str, Any] | None = None,
     ) -> None:
-        value: bytes | None = msg.value()
-        if value is not None and len(value) > MAX_DLQ_VALUE:
-            message += f" (original value truncated from {len(value)} bytes)"
-            value = value[:MAX_DLQ_VALUE]
-        key = msg.key()
-        record = {
-            "dlq_id": f"{SERVICE}:{msg.topic()}:{msg.partition()}:{msg.offset()}",
-            "service": SERVICE,
-            "error_kind": kind,
-            "error_message": message,
-            "original_topic": msg.topic(),
-            "original_partition": msg.partition(),
-            "original_offset": msg.offset(),
-            "original_key": key.encode() if isinstance(key, str) else key,
-            "original_value": value,
-            "attempt": command["attempt"] if command else None,
-            "tenant": identity.tenant,
-            "correlation_id": identity.correlation_id,
-            "run_id": identity.run_id,
-            "step_id": command["step_id"] if command else None,
-            "failed_at": int(time.time() * 1000),
-        }
+        record = encode_dead_letter(
+            SERVICE,
+            kind,
+            message,
+            int(time.time() * 1000),
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            key=msg.key(),
+            value=msg.value(),
+            tenant=identity.tenant,
+            correlation_id=identity.correlation_id,
+            run_id=identity.run_id,
+            step_id=command["step_id"] if command else None,
+            attempt=command["attempt"] if command else None,
+        )
         out.send(
             self.topics.dlq,
-            serde.encode("DeadLetter", record),
+            record,
             key=msg.key(),
             headers=clients.headers_for(identity.tenant, identity.run_id, identity.correlation_id),
         )

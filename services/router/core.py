@@ -32,6 +32,7 @@ from services.bus.topics import Topics
 from services.bus.txloop import Outbox
 from services.config import Settings
 from services.contracts import serde
+from services.contracts.dead_letters import encode_dead_letter
 from services.observability import metrics
 from services.registry.compacted import CompactedTable
 from services.registry.definitions import DefinitionCatalog
@@ -385,7 +386,7 @@ class CoreProcessor:
         for dead in effects.dead_letters:
             out.send(
                 self.topics.dlq,
-                records.dead_letter(
+                encode_dead_letter(
                     SERVICE,
                     dead["error_kind"],
                     dead["error_message"],
@@ -511,7 +512,7 @@ class CoreProcessor:
         so the audit trail holds what the operator sent rather than the inbox envelope)."""
         out.send(
             self.topics.dlq,
-            records.dead_letter(
+            encode_dead_letter(
                 SERVICE,
                 kind,
                 message,

@@ -31,6 +31,7 @@ from services.bus.topics import Topics
 from services.bus.txloop import Outbox
 from services.config import Settings
 from services.contracts import serde
+from services.contracts.dead_letters import encode_dead_letter
 from services.observability import metrics
 from services.registry.compacted import CompactedTable
 from services.registry.definitions import DefinitionCatalog
@@ -180,7 +181,7 @@ class IntakeProcessor:
         now = int(time.time() * 1000)
         out.send(
             self.topics.dlq,
-            records.dead_letter(
+            encode_dead_letter(
                 SERVICE,
                 kind,
                 message,

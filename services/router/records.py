@@ -1,10 +1,12 @@
-"""Builders for the records the router produces (history events, commands, dead letters, changelog)."""
+"""Builders for the records the router produces (history events, commands, changelog).
+
+Dead letters are built by :mod:`services.contracts.dead_letters`, shared with the executor.
+"""
 
 from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
 
 from services.contracts import serde
 from services.router.machine import Command, Event
@@ -61,43 +63,6 @@ def step_command(run: RunState, command: Command, scopes: list[str], now_ms: int
             "reply_partition": run.partition,
         },
     )
-
-
-def dead_letter(
-    service: str,
-    error_kind: str,
-    message: str,
-    now_ms: int,
-    *,
-    topic: str | None = None,
-    partition: int | None = None,
-    offset: int | None = None,
-    key: bytes | None = None,
-    value: bytes | None = None,
-    tenant: str | None = None,
-    correlation_id: str | None = None,
-    run_id: str | None = None,
-    step_id: str | None = None,
-    attempt: int | None = None,
-) -> bytes:
-    record: dict[str, Any] = {
-        "dlq_id": str(uuid.uuid4()),
-        "service": service,
-        "error_kind": error_kind,
-        "error_message": message[:4000],
-        "original_topic": topic,
-        "original_partition": partition,
-        "original_offset": offset,
-        "original_key": key,
-        "original_value": value,
-        "attempt": attempt,
-        "tenant": tenant,
-        "correlation_id": correlation_id,
-        "run_id": run_id,
-        "step_id": step_id,
-        "failed_at": now_ms,
-    }
-    return serde.encode("DeadLetter", record)
 
 
 def changelog(run: RunState, now_ms: int) -> bytes:

@@ -24,6 +24,7 @@ from services.bus.clients import plain_producer_config
 from services.bus.placement import partition_for
 from services.contracts import serde
 from services.contracts.catalog import catalog
+from services.contracts.dead_letters import MAX_ORIGINAL_VALUE
 from services.registry.definitions import DefinitionCatalog, definitions_table, publish
 from services.registry.tenants import tenants_table
 from services.router.records import run_id_for
@@ -271,6 +272,10 @@ def test_bad_input_corpus_is_dead_lettered_with_specific_reasons(
     corpus.send(acme, None, "empty_record")  # tombstone
     corpus.send(acme, b'{"event_type": "go\xff\xfe"}', "invalid_utf8")
     corpus.send(acme, b"x" * (limit + 1), "oversized")
+    # As large as a producer with default settings sends (value + key under 1,000,000 bytes): its
+    # dead letter must still be producible, or the record would fail its transaction forever.
+    huge_key = "huge-" + "k" * 945
+    corpus.send(acme, b"x" * 999_000, "oversized", key=huge_key)
     corpus.send(acme, ("[" * 65 + "]" * 65).encode(), "too_deep")
     corpus.send(acme, b"[" * 100_000 + b"]" * 100_000, "invalid_json")  # recursion limit
     corpus.send(acme, good, "oversized", headers=[("padding", b"h" * limit)])  # oversized headers
@@ -372,6 +377,9 @@ def test_bad_input_corpus_is_dead_lettered_with_specific_reasons(
     got = {key: [letter["error_kind"] for letter in letters[key]] for key in corpus.expected}
     want = {key: [kind] for key, kind in corpus.expected.items()}
     assert got == want
+    (huge,) = letters[huge_key.encode()]
+    assert len(huge["original_value"]) == MAX_ORIGINAL_VALUE
+    assert "original value truncated from 999000" in huge["error_message"]
 
     # --- what is not a dead letter ----------------------------------------------------------------
     slow_events = eng.wait_events(slow_run, lambda evs: types(evs).count("result_ignored") >= 2, timeout_s=30)
