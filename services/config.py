@@ -11,8 +11,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KAFKA_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
+STATE_RECORD_OVERHEAD = 96 * 1024  # run state besides trigger and outputs: 200 steps' records at most
 
 
 class Settings(BaseSettings):
@@ -41,6 +44,14 @@ class Settings(BaseSettings):
     internal_partitions: int = Field(default=12, ge=1, description="Partitions of the internal topics.")
     replication_factor: int = Field(default=1, ge=1, description="Replication factor of created topics.")
     max_trigger_bytes: int = Field(default=256 * 1024, ge=1024, description="Largest accepted trigger.")
+    max_run_output_bytes: int = Field(
+        default=576 * 1024,
+        ge=1024,
+        description=(
+            "Largest total of step outputs one run keeps (they live in the router's state record);"
+            " a step whose output would pass it fails with run_output_too_large."
+        ),
+    )
     commit_interval_ms: int = Field(
         default=100, ge=1, description="Longest a transaction stays open while input keeps arriving."
     )
@@ -63,6 +74,22 @@ class Settings(BaseSettings):
     log_format: str = Field(default="json", description="'json' (structured) or 'text'.")
     dev_kafka_port: int = Field(default=29092, description="Port of the locally launched broker.")
     dev_kafka_controller_port: int = Field(default=29093, description="Controller port of that broker.")
+
+    @model_validator(mode="after")
+    def _state_fits_in_a_record(self) -> Settings:
+        """A run's state record holds its trigger and its step outputs: it must stay producible, or
+        the router would fail the same transaction forever."""
+        limit = int(self.kafka_options.get("message.max.bytes", KAFKA_MESSAGE_MAX_BYTES))
+        needed = self.max_trigger_bytes + self.max_run_output_bytes + STATE_RECORD_OVERHEAD
+        if needed > limit:
+            raise ValueError(
+                f"SWITCHYARD_MAX_TRIGGER_BYTES ({self.max_trigger_bytes}) + SWITCHYARD_MAX_RUN_OUTPUT_BYTES"
+                f" ({self.max_run_output_bytes}) + {STATE_RECORD_OVERHEAD} bytes of run state exceed the"
+                f" largest record the producers may write ({limit}, librdkafka message.max.bytes): lower"
+                " them, or raise message.max.bytes in SWITCHYARD_KAFKA_OPTIONS together with the"
+                " topics' max.message.bytes"
+            )
+        return self
 
     def kafka_config(self) -> dict[str, Any]:
         """Base librdkafka configuration shared by every client."""

@@ -296,7 +296,14 @@ class CoreProcessor:
                 msg, out, "unknown_definition", "the run's definition is no longer verified", run.tenant
             )
             return
-        effects = machine.on_result(run, workflow, body, self.now_ms(), self.rand())
+        effects = machine.on_result(
+            run,
+            workflow,
+            body,
+            self.now_ms(),
+            self.rand(),
+            max_run_output_bytes=self.settings.max_run_output_bytes,
+        )
         for event in effects.events:
             if event.type == "result_ignored":
                 metrics.STALE_RESULTS.labels(run.tenant, (event.detail or {}).get("reason", "")).inc()

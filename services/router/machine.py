@@ -103,9 +103,19 @@ def start(run: RunState, workflow: CompiledWorkflow, now_ms: int) -> Effects:
 
 
 def on_result(
-    run: RunState, workflow: CompiledWorkflow, result: dict[str, Any], now_ms: int, rand: float
+    run: RunState,
+    workflow: CompiledWorkflow,
+    result: dict[str, Any],
+    now_ms: int,
+    rand: float,
+    *,
+    max_run_output_bytes: int | None = None,
 ) -> Effects:
-    """Apply one StepResult. Stale or duplicate results are reported, never applied."""
+    """Apply one StepResult. Stale or duplicate results are reported, never applied.
+
+    A run keeps its steps' outputs (later steps read them); ``max_run_output_bytes`` bounds their
+    total, because the run's state must fit in one Kafka record. An output that would pass the
+    bound fails its step, not retryable (the same action would return the same output)."""
     effects = Effects()
     step_id, attempt = result["step_id"], result["attempt"]
     rec = run.steps.get(step_id)
@@ -119,9 +129,37 @@ def on_result(
         "finished_at": result.get("finished_at"),
         "executor_id": result.get("executor_id"),
     }
+    text = result.get("output_json")
+    size = len(text.encode()) if text else 0
+    kept = sum(r.output_bytes for sid, r in run.steps.items() if sid != step_id)
+    if (
+        result["status"] == "succeeded"
+        and max_run_output_bytes is not None
+        and kept + size > max_run_output_bytes
+    ):
+        message = (
+            f"output of {size} bytes would bring the run's kept step outputs to {kept + size} bytes,"
+            f" above SWITCHYARD_MAX_RUN_OUTPUT_BYTES ({max_run_output_bytes}); return less (e.g. a"
+            " reference to the data) from this step"
+        )
+        _failed_attempt(
+            run,
+            workflow,
+            step_id,
+            "run_output_too_large",
+            message,
+            False,
+            now_ms,
+            rand,
+            effects,
+            None,
+            timing,
+        )
+        return effects
     if result["status"] == "succeeded":
         rec.status = StepStatus.SUCCEEDED
-        rec.output = _loads(result.get("output_json"))
+        rec.output = _loads(text)
+        rec.output_bytes = size
         rec.deadline_ms = None
         effects.events.append(
             Event(
@@ -250,6 +288,7 @@ def replay(run: RunState, steps: list[str], command: dict[str, Any]) -> Effects:
         rec = run.steps[step_id]
         rec.status = StepStatus.PENDING
         rec.output = rec.error_kind = rec.error_message = None
+        rec.output_bytes = 0
         rec.deadline_ms = rec.retry_at_ms = None
         rec.retry_base = rec.attempt
         effects.events.append(
@@ -302,6 +341,9 @@ def _loads(text: str | None) -> Any:
         return text
 
 
+STATE_ERROR_CHARS = 300
+
+
 def _failed_attempt(
     run: RunState,
     workflow: CompiledWorkflow,
@@ -317,7 +359,8 @@ def _failed_attempt(
 ) -> None:
     rec = run.steps[step_id]
     policy = workflow.definition.step(step_id).retry
-    rec.error_kind, rec.error_message, rec.deadline_ms = kind, message, None
+    # The state keeps a bounded message (it counts toward the run's record); events keep it all.
+    rec.error_kind, rec.error_message, rec.deadline_ms = kind, message[:STATE_ERROR_CHARS], None
     detail = {"error_kind": kind, "error_message": message, **(extra or {})}
     if retryable and policy.should_retry(rec.attempt - rec.retry_base, kind):
         delay_ms = int(policy.backoff(rec.attempt - rec.retry_base, rand) * 1000)

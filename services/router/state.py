@@ -38,6 +38,7 @@ class StepRecord:
     error_kind: str | None = None
     error_message: str | None = None
     retry_base: int = 0  # attempts before the last replay; the retry budget counts from here
+    output_bytes: int = 0  # size of ``output`` as JSON: counts toward the run's output budget
 
 
 @dataclass
@@ -68,7 +69,9 @@ class RunState:
         data = dict(vars(self))
         data["status"] = self.status.value
         data["steps"] = {step_id: vars(step) for step_id, step in self.steps.items()}
-        return json.dumps(data, separators=(",", ":"))
+        # ensure_ascii=False: \\uXXXX escapes would double (or triple) non-ASCII text and break
+        # the size budget that keeps this record producible.
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> RunState:

@@ -223,6 +223,34 @@ def test_bad_triggers_go_to_the_dead_letter_topic(engine: Engine) -> None:
     assert kinds == {b"k1": "unknown_schema", b"k2": "invalid_json", b"k3": "oversized"}
 
 
+BIG_OUTPUTS = """
+name: big
+version: 1
+trigger: {event: big}
+steps:
+  - {id: a, action: echo, inputs: {blob: "${{ trigger.data.blob }}"}}
+  - {id: b, action: echo, needs: [a], inputs: {blob: "${{ trigger.data.blob }}"}}
+  - {id: c, action: echo, needs: [b], inputs: {blob: "${{ trigger.data.blob }}"}}
+  - {id: d, action: echo, needs: [c], inputs: {blob: "${{ trigger.data.blob }}"}}
+"""
+
+
+def test_outputs_beyond_the_run_budget_fail_the_run_and_stall_nothing(engine: Engine) -> None:
+    """Four 200 KB outputs would make the run's state record larger than Kafka accepts; the third
+    output passes SWITCHYARD_MAX_RUN_OUTPUT_BYTES and fails its step instead, and the partition
+    goes on (before the budget, the router failed that transaction forever)."""
+    engine.publish(LINEAR)
+    engine.publish(BIG_OUTPUTS)
+    big = engine.run_id("big", engine.trigger("big", {"blob": "x" * 200_000}))
+    events = engine.wait_terminal([big])[big]
+    assert [e["step_id"] for e in events if e["type"] == "step_succeeded"] == ["a", "b"]
+    (failed,) = [e for e in events if e["type"] == "step_failed"]
+    assert failed["step_id"] == "c" and failed["detail"]["error_kind"] == "run_output_too_large"
+    assert types(events)[-1] == "run_failed"
+    after = [engine.run_id("chain", engine.trigger("go", {"msg": f"after {i}"})) for i in range(8)]
+    assert all(types(evs)[-1] == "run_succeeded" for evs in engine.wait_terminal(after).values())
+
+
 def test_two_routers_and_two_executors_survive_a_rebalance(
     engine_factory: Callable[..., Engine],
 ) -> None:

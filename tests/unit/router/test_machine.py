@@ -122,3 +122,48 @@ def test_snapshot_round_trip() -> None:
     machine.start(run, WF, 0)
     machine.on_result(run, WF, result("a", 1), 10, 0.0)
     assert RunState.from_json(run.to_json()) == run
+
+
+def test_an_output_over_the_run_budget_fails_its_step_without_retry() -> None:
+    run = new_run()
+    machine.start(run, WF, 0)
+    big = '{"blob": "' + "x" * 100 + '"}'
+    fx = machine.on_result(run, WF, result("a", 1, output_json=big), 10, 0.0, max_run_output_bytes=100)
+    assert [e.type for e in fx.events] == ["step_failed", "run_failed"]
+    failed = fx.events[0].detail or {}
+    assert failed["error_kind"] == "run_output_too_large"
+    assert failed["retries_exhausted"] is False  # the same action would return the same output
+    assert f"output of {len(big)} bytes" in failed["error_message"]
+    assert run.steps["a"].output is None and run.steps["a"].output_bytes == 0
+    assert [d["error_kind"] for d in fx.dead_letters] == ["run_output_too_large"]
+    assert run.status == RunStatus.FAILED
+
+
+def test_the_budget_counts_every_kept_output_of_the_run() -> None:
+    run = new_run()
+    machine.start(run, WF, 0)
+    first = '{"y": "' + "x" * 50 + '"}'
+    machine.on_result(run, WF, result("a", 1, output_json=first), 10, 0.0, max_run_output_bytes=100)
+    assert run.steps["a"].output_bytes == len(first)
+    second = '{"z": "' + "x" * 50 + '"}'  # fits alone, not on top of a's output
+    fx = machine.on_result(run, WF, result("b", 1, output_json=second), 20, 0.0, max_run_output_bytes=100)
+    assert (fx.events[0].detail or {})["error_kind"] == "run_output_too_large"
+    assert machine.on_result(new_started_run(), WF, result("a", 1, output_json=first), 10, 0.0).events[
+        0
+    ].type == (
+        "step_succeeded"  # no budget given: no limit
+    )
+
+
+def new_started_run() -> RunState:
+    run = new_run()
+    machine.start(run, WF, 0)
+    return run
+
+
+def test_state_snapshots_keep_non_ascii_text_unescaped_and_round_trip() -> None:
+    run = new_started_run()
+    machine.on_result(run, WF, result("a", 1, output_json='{"name": "Zoë 東京 🚀"}'), 10, 0.0)
+    text = run.to_json()
+    assert "Zoë 東京 🚀" in text  # \uXXXX escapes would multiply the record's size
+    assert RunState.from_json(text) == run
