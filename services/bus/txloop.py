@@ -205,10 +205,10 @@ class TransactionalLoop:
     def _transaction(self, messages: list[Message]) -> None:
         records = [m for m in messages if not _is_benign_error(m)]
         started = time.monotonic()
-        out = Outbox(self.producer)
         self.producer.poll(0)  # serve error callbacks: did the producer lose the cluster?
         if self._cluster_lost:
             self._replace_producer("the producer lost its broker connections")
+        out = Outbox(self.producer)  # after a replacement: the outbox must hold the new producer
         try:
             self.producer.begin_transaction()
             if records:
