@@ -12,15 +12,16 @@ Two things live here, both about the broker or the client misbehaving, not about
 
 * :class:`HangGuard` watches blocking transaction calls. librdkafka's
   ``send_offsets_to_transaction`` can block past its timeout when the group coordinator's
-  connection went down (librdkafka issues #5456 and #5511: the coordinator request waits for a
-  broker state change that never comes). After a broker restart this stalled the router's intake
-  for good. The cure is in the client configuration (``connections.max.idle.ms`` on transactional
-  producers, see :mod:`services.bus.clients`: an idle connection closing is the state change that
-  wakes the request up; a metadata refresh from another thread, tried first, does not). The guard
-  is the last resort: a call that is overdue is logged and counted, and one that has not returned
-  after ``exit_after_s`` means the process cannot make progress, so it exits (code 70) for its
-  supervisor to restart it: a restart is safe (a new producer fences the old epoch), a silently
-  wedged engine is not.
+  broker handle died in a broker restart (librdkafka issues #5456 and #5511: the coordinator
+  request waits for a broker state change, then re-queries at most once a second). After a
+  broker restart this stalled the router's intake for good. The cure is in the loop
+  (:mod:`services.bus.txloop` replaces a producer that lost its brokers instead of calling it
+  again) and in the client configuration (``connections.max.idle.ms``, see
+  :mod:`services.bus.clients`, so that a stuck request sees state changes; a metadata refresh
+  from another thread, tried first, does not help). The guard is the last resort: a call that is
+  overdue is logged and counted, and one that has not returned after ``exit_after_s`` means the
+  process cannot make progress, so it exits (code 70) for its supervisor to restart it: a
+  restart is safe (a new producer fences the old epoch), a silently wedged engine is not.
 """
 
 from __future__ import annotations
