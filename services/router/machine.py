@@ -398,7 +398,7 @@ def _schedule(run: RunState, workflow: CompiledWorkflow, step_id: str, now_ms: i
         inputs = workflow.render_inputs(step_id, context(run))
     except ExpressionError as exc:
         rec.status = StepStatus.FAILED
-        rec.error_kind, rec.error_message = "expression_error", str(exc)
+        rec.error_kind, rec.error_message = "expression_error", str(exc)[:STATE_ERROR_CHARS]
         effects.events.append(
             Event(
                 "step_failed",
@@ -456,7 +456,7 @@ def _advance(run: RunState, workflow: CompiledWorkflow, now_ms: int, effects: Ef
         for failure in advance.fail:
             rec = run.steps[failure.step_id]
             rec.status = StepStatus.FAILED
-            rec.error_kind, rec.error_message = failure.error_kind, failure.message
+            rec.error_kind, rec.error_message = failure.error_kind, failure.message[:STATE_ERROR_CHARS]
             effects.events.append(
                 Event(
                     "step_failed",
