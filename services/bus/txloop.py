@@ -44,6 +44,7 @@ from services.observability import metrics
 log = logging.getLogger(__name__)
 
 CALL_BUDGET_S = 30.0  # one transactional call, retries included
+ABORT_BUDGET_S = 10.0  # abort_transaction, before falling back to a new producer
 REWIND_BUDGET_S = 120.0  # reading committed offsets back after an abort
 INIT_BUDGET_S = 120.0  # init_transactions of a new producer (the broker may be restarting)
 
@@ -251,16 +252,20 @@ class TransactionalLoop:
     def _recover(self, error: KafkaError | None, *, replace: bool = False) -> None:
         self._failures += 1
         metrics.TXN_ABORTS.labels(self.service).inc()
-        action = Action.NEW_PRODUCER if replace else classify(error)
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self.producer.poll(0)  # serve error callbacks: an abort through a stale client can hang
+        stale = replace or self._cluster_lost
+        action = Action.NEW_PRODUCER if stale else classify(error)
         log.warning(
             "transaction failed; aborting and rewinding",
             extra={"service": self.service, "error": str(error), "action": action.value},
         )
         if action is Action.NEW_PRODUCER:
-            self._replace_producer("fatal error" if error is not None else "the producer lost the cluster")
+            self._replace_producer("the producer lost its broker connections" if stale else "fatal error")
         else:  # abortable, or retriable with its budget spent
             try:
-                self._call("abort_transaction", lambda t: self.producer.abort_transaction(t))
+                # Short budget: a new producer (whose init aborts what is open) is always a way out.
+                self._call("abort_transaction", lambda t: self.producer.abort_transaction(t), ABORT_BUDGET_S)
             except KafkaException as abort_exc:
                 log.error(
                     "abort failed; recreating producer",
