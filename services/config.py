@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     def _state_fits_in_a_record(self) -> Settings:
         """A run's state record holds its trigger and its step outputs: it must stay producible, or
         the router would fail the same transaction forever."""
-        limit = int(self.kafka_options.get("message.max.bytes", KAFKA_MESSAGE_MAX_BYTES))
+        limit = self.message_max_bytes
         needed = self.max_trigger_bytes + self.max_run_output_bytes + STATE_RECORD_OVERHEAD
         if needed > limit:
             raise ValueError(
@@ -90,6 +90,11 @@ class Settings(BaseSettings):
                 " topics' max.message.bytes"
             )
         return self
+
+    @property
+    def message_max_bytes(self) -> int:
+        """librdkafka's ``message.max.bytes`` as configured (the producers' own record limit)."""
+        return int(self.kafka_options.get("message.max.bytes", KAFKA_MESSAGE_MAX_BYTES))
 
     def kafka_config(self) -> dict[str, Any]:
         """Base librdkafka configuration shared by every client."""

@@ -37,8 +37,9 @@ from confluent_kafka import (
 )
 
 from services.bus.clients import consumer_config, transactional_producer_config
+from services.bus.record_budget import RecordTooLarge, producible_limit, record_size
 from services.bus.txn_guard import Action, HangGuard, classify, kafka_error, retrying
-from services.config import Settings
+from services.config import KAFKA_MESSAGE_MAX_BYTES, Settings
 from services.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,17 @@ INIT_BUDGET_S = 120.0  # init_transactions of a new producer (the broker may be 
 
 
 class Outbox:
-    """What one transaction produces. Processors call :meth:`send`; the loop owns the producer."""
+    """What one transaction produces. Processors call :meth:`send`; the loop owns the producer.
 
-    def __init__(self, producer: Producer) -> None:
+    Every record is checked against ``max_record_bytes`` (encoded key + value + headers) before it
+    is produced: :meth:`send` raises :class:`RecordTooLarge` and produces nothing, so the caller
+    can fail the run or dead-letter the input instead of failing the transaction forever."""
+
+    def __init__(
+        self, producer: Producer, max_record_bytes: int = producible_limit(KAFKA_MESSAGE_MAX_BYTES)
+    ) -> None:
         self._producer = producer
+        self.max_record_bytes = max_record_bytes
         self.count = 0
         self.positions: dict[tuple[str, int], int] = {}
 
@@ -70,6 +78,9 @@ class Outbox:
         partition: int | None = None,
         headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
+        size = record_size(key, value, headers)
+        if size > self.max_record_bytes:
+            raise RecordTooLarge(topic, size, self.max_record_bytes)
         kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers}
         if partition is not None:
             kwargs["partition"] = partition
@@ -209,7 +220,8 @@ class TransactionalLoop:
         self.producer.poll(0)  # serve error callbacks: did the producer lose the cluster?
         if self._cluster_lost:
             self._replace_producer("the producer lost its broker connections")
-        out = Outbox(self.producer)  # after a replacement: the outbox must hold the new producer
+        # After a replacement: the outbox must hold the new producer.
+        out = Outbox(self.producer, producible_limit(self.settings.message_max_bytes))
         try:
             self.producer.begin_transaction()
             if records:
