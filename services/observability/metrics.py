@@ -14,6 +14,18 @@ from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+#: The one ``tenant`` label value of every tenant name that is not registered (dead letters of
+#: unknown tenants, forged records): made-up names must not create a series each.
+UNREGISTERED_TENANT = "_unregistered"
+
+
+def tenant_label(tenant: str | None, registered: bool) -> str:
+    """The ``tenant`` label for a record naming ``tenant``: itself only when it is registered."""
+    if not tenant:
+        return ""
+    return tenant if registered else UNREGISTERED_TENANT
+
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 TXN_COMMIT_SECONDS = Histogram(
