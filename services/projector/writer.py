@@ -21,24 +21,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import psycopg
 import sqlalchemy as sa
+from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from services.projector.changes import RowChange, attempt_change, run_skeleton, run_update, step_change
+from services.projector.changes import RowChange, attempt_change, run_skeleton, step_change
 from services.projector.control import control_from_dead_letter, control_from_event, first_decisions
 from services.projector.dead_letters import DeadLetter
 from services.projector.events import ProjectedEvent, Rejected
-from services.projector.models import (
-    Attempt,
-    Base,
-    ConsumerOffset,
-    ControlCommandRow,
-    DeadLetterRow,
-    ProjectorReject,
-    Run,
-    RunEventRow,
-    Step,
-)
+from services.projector.models import Base, ConsumerOffset, ControlCommandRow, DeadLetterRow, ProjectorReject
+from services.projector.rowplan import OP_CODES, RowPlan, RunPlan, plan_rows, run_composite, run_sequence
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +55,16 @@ def _table(model: type[Base]) -> sa.Table:
     return cast(sa.Table, model.__table__)
 
 
-RUNS, STEPS, ATTEMPTS, OFFSETS = _table(Run), _table(Step), _table(Attempt), _table(ConsumerOffset)
+OFFSETS = _table(ConsumerOffset)
 CONTROL = _table(ControlCommandRow)
 
 
 def is_data_error(exc: BaseException) -> bool:
     """Whether ``exc`` is about the data of one event (reject it) rather than the database (retry)."""
+    if isinstance(exc, psycopg.Error):  # the hot path speaks psycopg directly
+        if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+            return True  # includes client-side ones without SQLSTATE (e.g. a NUL byte in text)
+        return (exc.sqlstate or "")[:2] in ("22", "23")
     if isinstance(exc, sa.exc.DBAPIError):
         if exc.connection_invalidated:
             return False
@@ -82,21 +79,123 @@ def _clean(text: str, limit: int = 4000) -> str:
     return text.replace("\x00", "\\0")[:limit]
 
 
-def _upsert(conn: sa.Connection, table: sa.Table, change: RowChange) -> None:
-    stmt = pg_insert(table).values({**change.key, **change.values})
-    sets: dict[str, Any] = {}
-    for column, how in change.merge.items():
-        new, old = stmt.excluded[column], table.c[column]
-        if how == "set":
-            sets[column] = new
-        elif how == "coalesce":
-            sets[column] = sa.func.coalesce(old, new)
-        else:
-            sets[column] = sa.func.greatest(old, new)
-    if sets:
-        conn.execute(stmt.on_conflict_do_update(index_elements=list(change.key), set_=sets))
-    else:
-        conn.execute(stmt.on_conflict_do_nothing(index_elements=list(change.key)))
+def _raw(conn: sa.Connection) -> psycopg.Connection[Any]:
+    """The psycopg connection under ``conn`` (same transaction): the hot path skips SQLAlchemy."""
+    return cast("psycopg.Connection[Any]", conn.connection.driver_connection)
+
+
+def _json(value: Any) -> Jsonb | None:
+    # Python None is SQL NULL (as the models' JSONB(none_as_null=True)), not the JSON null.
+    return None if value is None else Jsonb(value)
+
+
+_STEP_TYPES = {
+    "state": "text",
+    "attempts": "integer",
+    "started_at": "timestamptz",
+    "finished_at": "timestamptz",
+    "output": "jsonb",
+    "error_kind": "text",
+    "error_message": "text",
+}
+_ATTEMPT_TYPES = {
+    "state": "text",
+    "idempotency_key": "text",
+    "inputs": "jsonb",
+    "scheduled_at": "timestamptz",
+    "started_at": "timestamptz",
+    "finished_at": "timestamptz",
+    "output": "jsonb",
+    "error_kind": "text",
+    "error_message": "text",
+    "executor_id": "text",
+}
+_JSON_COLUMNS = frozenset({"output", "inputs", "trigger_data"})
+
+
+def _upsert_sql(table: str, keys: tuple[str, ...], types: dict[str, str]) -> bytes:
+    """One ``INSERT … ON CONFLICT DO UPDATE`` whose per-column operation is a parameter.
+
+    ``i_<c>``: the value if the row is new; ``o_<c>`` / ``a_<c>``: operation code and argument
+    (see :mod:`.rowplan`) applied to the existing value otherwise.
+    """
+    cols = (*keys, *types)
+    values = (
+        ", ".join(f"%(k_{c})s" for c in keys) + ", " + ", ".join(f"%(i_{c})s::{t}" for c, t in types.items())
+    )
+    sets = ", ".join(
+        f"{c} = CASE %(o_{c})s::int WHEN 1 THEN %(a_{c})s::{t} "
+        f"WHEN 2 THEN coalesce(t.{c}, %(a_{c})s::{t}) WHEN 3 THEN greatest(t.{c}, %(a_{c})s::{t}) "
+        f"ELSE t.{c} END"
+        for c, t in types.items()
+    )
+    return (
+        f"INSERT INTO {table} AS t ({', '.join(cols)}) VALUES ({values}) "  # noqa: S608
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}"
+    ).encode()
+
+
+_STEPS_SQL = _upsert_sql("steps", ("run_id", "step_id"), _STEP_TYPES)
+_ATTEMPTS_SQL = _upsert_sql("attempts", ("run_id", "step_id", "attempt"), _ATTEMPT_TYPES)
+
+_RUN_COLUMNS = (
+    "run_id",
+    "tenant",
+    "workflow",
+    "version",
+    "state",
+    "correlation_id",
+    "created_at",
+    "updated_at",
+    "last_seq",
+)
+# Statements are built once, at import, from this module's constants only (hence the noqa).
+_SKELETONS_SQL = (
+    f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({', '.join(f'%({c})s' for c in _RUN_COLUMNS)}) "  # noqa: S608
+    "ON CONFLICT (run_id) DO NOTHING"
+).encode()
+_RUN_TYPES = {
+    "state": "text",
+    "created_at": "timestamptz",
+    "event_type": "text",
+    "trigger_data": "jsonb",
+    "idempotency_key": "text",
+    "finished_at": "timestamptz",
+    "error_kind": "text",
+    "error_message": "text",
+}
+_RUN_UPDATE_SQL = (
+    "UPDATE runs AS t SET last_seq = %(last_seq)s, updated_at = %(updated_at)s, "  # noqa: S608
+    + ", ".join(
+        f"{c} = CASE WHEN %(h_{c})s THEN %(v_{c})s::{t} ELSE t.{c} END" for c, t in _RUN_TYPES.items()
+    )
+    + ", started_at = coalesce(t.started_at, %(started_at)s::timestamptz) "
+    "WHERE t.run_id = %(run_id)s AND t.last_seq < %(after_seq)s RETURNING t.run_id"
+).encode()
+
+_EVENT_COLUMNS = (
+    "event_id",
+    "run_id",
+    "tenant",
+    "workflow",
+    "version",
+    "seq",
+    "type",
+    "step_id",
+    "attempt",
+    "state",
+    "at",
+    "correlation_id",
+    "detail",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+)
+# No conflict target: a duplicate event_id *or* (run_id, seq) is a replay, not an error.
+_EVENTS_SQL = (
+    f"INSERT INTO run_events ({', '.join(_EVENT_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join('%s' for _ in _EVENT_COLUMNS)}) ON CONFLICT DO NOTHING RETURNING event_id"
+).encode()
 
 
 def _insert_skeletons(conn: sa.Connection, events: Sequence[ProjectedEvent]) -> None:
@@ -104,69 +203,123 @@ def _insert_skeletons(conn: sa.Connection, events: Sequence[ProjectedEvent]) -> 
     for ev in events:
         first.setdefault(ev.run_id, ev)
     if first:
-        rows = [run_skeleton(ev) for ev in first.values()]
-        conn.execute(pg_insert(Run).on_conflict_do_nothing(index_elements=["run_id"]), rows)
+        with _raw(conn).cursor() as cur:
+            cur.executemany(_SKELETONS_SQL, [run_skeleton(ev) for ev in first.values()])
+
+
+def _event_row(ev: ProjectedEvent) -> tuple[Any, ...]:
+    return (
+        ev.event_id,
+        ev.run_id,
+        ev.tenant,
+        ev.workflow,
+        ev.version,
+        ev.seq,
+        ev.type,
+        ev.step_id,
+        ev.attempt,
+        ev.state,
+        ev.at,
+        ev.correlation_id,
+        _json(ev.raw_detail),
+        ev.where.topic,
+        ev.where.partition,
+        ev.where.offset,
+    )
 
 
 def _insert_events(conn: sa.Connection, events: Sequence[ProjectedEvent]) -> set[str]:
     if not events:
         return set()
-    rows = [
-        {
-            "event_id": ev.event_id,
-            "run_id": ev.run_id,
-            "tenant": ev.tenant,
-            "workflow": ev.workflow,
-            "version": ev.version,
-            "seq": ev.seq,
-            "type": ev.type,
-            "step_id": ev.step_id,
-            "attempt": ev.attempt,
-            "state": ev.state,
-            "at": ev.at,
-            "correlation_id": ev.correlation_id,
-            "detail": ev.raw_detail,
-            "kafka_topic": ev.where.topic,
-            "kafka_partition": ev.where.partition,
-            "kafka_offset": ev.where.offset,
-        }
-        for ev in events
-    ]
-    # No conflict target: a duplicate event_id *or* (run_id, seq) is a replay, not an error.
-    stmt = pg_insert(RunEventRow).on_conflict_do_nothing().returning(RunEventRow.event_id)
-    return {row[0] for row in conn.execute(stmt, rows)}
+    inserted: set[str] = set()
+    with _raw(conn).cursor() as cur:
+        cur.executemany(_EVENTS_SQL, [_event_row(ev) for ev in events], returning=True)
+        for _ in cur.results():
+            inserted.update(row[0] for row in cur.fetchall())
+    return inserted
 
 
-def _apply_event(conn: sa.Connection, ev: ProjectedEvent) -> None:
-    runs = RUNS
-    values = run_update(ev)
-    if len(values) > 2:  # more than the seq bump, which _bump_runs does for the whole batch
-        stmt = sa.update(runs).where(runs.c.run_id == ev.run_id, runs.c.last_seq < ev.seq).values(values)
-        if "state" in values and values["state"] == "running":
-            stmt = stmt.values(started_at=sa.func.coalesce(runs.c.started_at, ev.at))
-        conn.execute(stmt)
-    step = step_change(ev)
-    if step is not None:
-        _upsert(conn, STEPS, step)
-        attempt = attempt_change(ev)
-        if attempt is not None:
-            _upsert(conn, ATTEMPTS, attempt)
+def _plan_params(plan: RowPlan, types: dict[str, str]) -> dict[str, Any]:
+    params: dict[str, Any] = {f"k_{c}": v for c, v in plan.key.items()}
+    for column in types:
+        op, arg = plan.ops[column]
+        value = plan.insert[column]
+        if column in _JSON_COLUMNS:
+            value, arg = _json(value), _json(arg)
+        params[f"i_{column}"] = value
+        params[f"o_{column}"] = OP_CODES[op]
+        params[f"a_{column}"] = arg
+    return params
 
 
-def _bump_runs(conn: sa.Connection, events: Iterable[ProjectedEvent]) -> None:
-    newest: dict[str, ProjectedEvent] = {}
+def _write_plans(
+    cur: psycopg.Cursor[Any], sql: bytes, rounds: list[list[RowPlan]], types: dict[str, str]
+) -> None:
+    for plans in rounds:
+        cur.executemany(sql, [_plan_params(p, types) for p in plans])
+
+
+def _run_params(plan: RunPlan) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "run_id": plan.run_id,
+        "after_seq": plan.after_seq,
+        "last_seq": plan.last_seq,
+        "updated_at": plan.updated_at,
+        "started_at": plan.started_at,
+    }
+    for column in _RUN_TYPES:
+        present = column in plan.sets
+        value = plan.sets.get(column)
+        params[f"h_{column}"] = present
+        params[f"v_{column}"] = _json(value) if column in _JSON_COLUMNS else value
+    return params
+
+
+def _update_runs(cur: psycopg.Cursor[Any], events: Sequence[ProjectedEvent]) -> None:
+    """Apply the run-level changes of ``events`` (applied, in order): one update per run.
+
+    A run whose stored ``last_seq`` is not below the batch's first change (only possible with
+    out-of-order history) is redone one event at a time, exactly as before coalescing.
+    """
+    per_run: dict[str, list[ProjectedEvent]] = {}
     for ev in events:
-        if ev.run_id not in newest or ev.seq > newest[ev.run_id].seq:
-            newest[ev.run_id] = ev
-    if not newest:
+        per_run.setdefault(ev.run_id, []).append(ev)
+    composites: list[RunPlan] = []
+    sequential: list[str] = []
+    for run_id, evs in per_run.items():
+        plan = run_composite(evs)
+        if plan is None:
+            sequential.append(run_id)
+        else:
+            composites.append(plan)
+    if composites:
+        updated: set[str] = set()
+        cur.executemany(_RUN_UPDATE_SQL, [_run_params(p) for p in composites], returning=True)
+        for _ in cur.results():
+            updated.update(row[0] for row in cur.fetchall())
+        sequential.extend(p.run_id for p in composites if p.run_id not in updated)
+    for run_id in sequential:
+        for plan in run_sequence(per_run[run_id]):
+            cur.execute(_RUN_UPDATE_SQL, _run_params(plan))
+
+
+def _apply_events(conn: sa.Connection, events: Sequence[ProjectedEvent]) -> None:
+    """Apply ``events`` (new, in log order) to runs, steps and attempts: each table written once."""
+    if not events:
         return
-    runs = RUNS
-    stmt = (
-        sa.update(runs)
-        .where(runs.c.run_id == sa.bindparam("b_run"), runs.c.last_seq < sa.bindparam("b_seq"))
-        .values(last_seq=sa.bindparam("b_seq"), updated_at=sa.bindparam("b_at"))
-    )
-    conn.execute(stmt, [{"b_run": e.run_id, "b_seq": e.seq, "b_at": e.at} for e in newest.values()])
+    steps: list[RowChange] = []
+    attempts: list[RowChange] = []
+    for ev in events:
+        step = step_change(ev)
+        if step is not None:
+            steps.append(step)
+            attempt = attempt_change(ev)
+            if attempt is not None:
+                attempts.append(attempt)
+    with _raw(conn).cursor() as cur:
+        _update_runs(cur, events)
+        _write_plans(cur, _STEPS_SQL, plan_rows(steps, _STEP_TYPES), _STEP_TYPES)
+        _write_plans(cur, _ATTEMPTS_SQL, plan_rows(attempts, _ATTEMPT_TYPES), _ATTEMPT_TYPES)
 
 
 def _insert_dead_letters(conn: sa.Connection, letters: Sequence[DeadLetter]) -> set[str]:
@@ -248,13 +401,12 @@ def _fast(
     seen: set[str] = set()
     for ev in events:
         if ev.event_id in inserted and ev.event_id not in seen:
-            _apply_event(conn, ev)
             controls.append(control_from_event(ev))
             result.applied.append(ev)
         else:
             result.duplicates.append(ev)
         seen.add(ev.event_id)
-    _bump_runs(conn, result.applied)
+    _apply_events(conn, result.applied)
     stored = _insert_dead_letters(conn, letters)
     seen_letters: set[str] = set()
     for dl in letters:
@@ -278,8 +430,7 @@ def _slow(
         try:
             with conn.begin_nested():
                 if _insert_events_one(conn, ev):
-                    _apply_event(conn, ev)
-                    _bump_runs(conn, [ev])
+                    _apply_events(conn, [ev])
                     _store_controls(conn, [control_from_event(ev)])
                     result.applied.append(ev)
                 else:
