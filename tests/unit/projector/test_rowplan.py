@@ -138,7 +138,7 @@ def test_real_step_and_attempt_changes_coalesce_exactly(
 
 # -- runs --------------------------------------------------------------------------------------
 
-RUN_EVENTS = [
+RUN_EVENTS: list[tuple[str, str | None, dict[str, Any]]] = [
     ("run_pending", "pending", {"trigger": {"event_type": "e", "data": {"n": 1}, "idempotency_key": "k"}}),
     ("run_started", "running", {}),
     ("run_succeeded", "succeeded", {}),
