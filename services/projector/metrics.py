@@ -33,7 +33,7 @@ BATCH_SECONDS = Histogram(
 BATCH_RECORDS = Histogram(
     "switchyard_projector_batch_records",
     "Records per committed batch",
-    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
     registry=REGISTRY,
 )
 BATCH_RETRIES = Counter(

@@ -39,6 +39,10 @@ from services.projector.writer import BatchResult, Item, PartitionKey, load_offs
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 5.0
+# Bounds of one batch (one transaction): thousands of events amortise the per-transaction cost
+# under load; the byte bound caps memory whatever the record sizes.
+DEFAULT_MAX_RECORDS = 5000
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 
 
 def default_group_id(settings: Settings) -> str:
@@ -54,6 +58,7 @@ class Projector:
         *,
         group_id: str | None = None,
         batch_size: int | None = None,
+        max_batch_bytes: int = DEFAULT_MAX_BYTES,
         poll_timeout_s: float = 0.5,
         migrate: bool = True,
         dead_letters: bool = True,
@@ -71,7 +76,8 @@ class Projector:
         self.control_topic = topics.control
         self.topics = [self.topic, self.dlq_topic] if dead_letters else [self.topic]
         self.group_id = group_id or default_group_id(settings)
-        self.batch_size = batch_size or settings.max_batch
+        self.batch_size = batch_size or DEFAULT_MAX_RECORDS
+        self.max_batch_bytes = max_batch_bytes
         self.poll_timeout_s = poll_timeout_s
         self.migrate = migrate
         self.engine: sa.Engine | None = None
@@ -105,7 +111,7 @@ class Projector:
         log.info("projector started", extra={"topic": self.topic, "group_id": self.group_id})
         try:
             while not stop.is_set():
-                messages = consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout_s)
+                messages = self.next_batch(consumer)
                 if not messages:
                     for partition in self.assigned_partitions:
                         metrics.LAG_SECONDS.labels(str(partition)).set(0)
@@ -162,7 +168,8 @@ class Projector:
         metrics.ASSIGNED_PARTITIONS.set(len(self.assigned_partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Nothing is pending: every batch commits before the next poll.
+        # Nothing of these partitions is written after this: a batch being gathered drops their
+        # records (see next_batch), and a batch being written never polls (no callback) meanwhile.
         self._forget(partitions)
         consumer.incremental_unassign(partitions)
         if partitions:
@@ -175,6 +182,26 @@ class Projector:
             log.warning("partitions lost", extra={"partitions": [tp.partition for tp in partitions]})
 
     # -- batches -----------------------------------------------------------------------------
+
+    def next_batch(self, consumer: Consumer) -> list[Message]:
+        """The next batch: what is already fetched, else the first record to arrive, plus the rest.
+
+        Adaptive: under load the fetched backlog fills the batch (up to ``batch_size`` records
+        or about ``max_batch_bytes``); when idle, the first record is written at once, with
+        whatever came with it. Records of partitions revoked meanwhile (the rebalance callbacks
+        run inside ``consume``) are dropped: their new owner reads them from the stored offsets.
+        """
+        batch = consumer.consume(num_messages=self.batch_size, timeout=0)
+        if not batch:
+            batch = consumer.consume(num_messages=1, timeout=self.poll_timeout_s)
+        size = sum(len(m.value() or b"") for m in batch)
+        while batch and len(batch) < self.batch_size and size < self.max_batch_bytes:
+            more = consumer.consume(num_messages=self.batch_size - len(batch), timeout=0)
+            if not more:
+                break
+            batch.extend(more)
+            size += sum(len(m.value() or b"") for m in more)
+        return [m for m in batch if m.error() is not None or (m.topic(), m.partition()) in self._assigned]
 
     def process(self, consumer: Consumer, messages: Sequence[Message]) -> BatchResult | None:
         """Decode, write and account for one batch; returns None if ``stop`` interrupted retries."""
