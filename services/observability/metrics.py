@@ -164,6 +164,15 @@ SERVICE_UP = Gauge(
     registry=REGISTRY,
 )
 
+DEFINITIONS_REFUSED = Gauge(
+    "switchyard_definitions_refused",
+    "Definition records the registry reader refuses now, by reason (version_conflict, tampered,"
+    " unknown_key, key_expired, unknown_tenant, invalid_definition, ...); see"
+    " services/registry/definitions.py",
+    ["reason"],
+    registry=REGISTRY,
+)
+
 
 # --- executor guardrails (services.executor.guardrails) ---
 BREAKER_STATE = Gauge(
