@@ -11,12 +11,20 @@ Why not a library: purgatory (asyncio) and pybreaker read ``time.time()`` direct
 cooldowns cannot be tested with an injected clock, and neither reports a per-key state on its own
 terms; the state machine below is small and tested in ``tests/unit/executor/test_breaker.py``.
 
+Bounded: targets come from tenants' inputs (``http.request`` keys by URL host), so the breakers
+are an LRU: at most :data:`MAX_TARGETS_PER_TENANT` per tenant (a tenant calling many hosts
+evicts only its own least recently used breakers) and :data:`MAX_BREAKERS` in all. An evicted
+breaker's state is forgotten: its target starts closed again on its next call. ``on_change``
+sees every breaker appear, change state and disappear, so that metrics can count breakers by
+state without a series per target.
+
 Everything runs on the executor's single event loop (no awaits inside), so no lock is needed.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -24,13 +32,26 @@ from enum import IntEnum
 BreakerKey = tuple[str, str, str]
 """(tenant, action, target)."""
 
+MAX_TARGETS_PER_TENANT = 256
+"""Breakers one tenant keeps (one per action and target); its least recently used go first."""
+MAX_BREAKERS = 10_000
+"""Breakers one executor keeps across all tenants."""
+
 
 class BreakerState(IntEnum):
-    """The value exported by the ``switchyard_circuit_breaker_state`` gauge."""
+    """A breaker's state; ``label`` is its value of the ``state`` label of the breaker metrics."""
 
     CLOSED = 0
     HALF_OPEN = 1
     OPEN = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+StateChange = Callable[[BreakerKey, BreakerState | None, BreakerState | None], None]
+"""``on_change(key, old, new)``: ``old`` None when the breaker is created, ``new`` None when evicted."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +90,7 @@ class CircuitBreaker:
     key: BreakerKey
     policy: BreakerPolicy
     clock: Callable[[], float]
-    on_change: Callable[[BreakerKey, BreakerState], None] | None = None
+    on_change: StateChange | None = None
     state: BreakerState = BreakerState.CLOSED
     failures: int = 0
     opened_at: float = 0.0
@@ -119,34 +140,66 @@ class CircuitBreaker:
         self._set(BreakerState.OPEN)
 
     def _set(self, state: BreakerState) -> None:
-        self.state = state
-        if self.on_change is not None:
-            self.on_change(self.key, state)
+        old, self.state = self.state, state
+        if self.on_change is not None and old is not state:
+            self.on_change(self.key, old, state)
 
 
 class CircuitBreakers:
-    """The breakers of one executor, created on first use per key."""
+    """The breakers of one executor, created on first use per key, least recently used evicted."""
 
     def __init__(
         self,
         policy: BreakerPolicy | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        on_change: Callable[[BreakerKey, BreakerState], None] | None = None,
+        on_change: StateChange | None = None,
+        max_per_tenant: int = MAX_TARGETS_PER_TENANT,
+        max_total: int = MAX_BREAKERS,
     ) -> None:
+        if max_per_tenant < 1 or max_total < 1:
+            raise ValueError("breaker bounds must be at least 1")
         self.policy = policy or BreakerPolicy()
         self.clock = clock
         self.on_change = on_change
-        self._breakers: dict[BreakerKey, CircuitBreaker] = {}
+        self.max_per_tenant = max_per_tenant
+        self.max_total = max_total
+        self._breakers: OrderedDict[BreakerKey, CircuitBreaker] = OrderedDict()  # LRU first
+        self._by_tenant: dict[str, OrderedDict[BreakerKey, None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._breakers)
 
     def get(self, key: BreakerKey) -> CircuitBreaker:
         breaker = self._breakers.get(key)
-        if breaker is None:
-            breaker = CircuitBreaker(key, self.policy, self.clock, self.on_change)
-            self._breakers[key] = breaker
-            if self.on_change is not None:
-                self.on_change(key, BreakerState.CLOSED)
+        tenant = key[0]
+        if breaker is not None:
+            self._breakers.move_to_end(key)
+            self._by_tenant[tenant].move_to_end(key)
+            return breaker
+        own = self._by_tenant.setdefault(tenant, OrderedDict())
+        if len(own) >= self.max_per_tenant:
+            self._evict(next(iter(own)))
+        if len(self._breakers) >= self.max_total:
+            self._evict(next(iter(self._breakers)))
+        breaker = CircuitBreaker(key, self.policy, self.clock, self.on_change)
+        self._breakers[key] = breaker
+        self._by_tenant.setdefault(tenant, OrderedDict())[key] = None
+        if self.on_change is not None:
+            self.on_change(key, None, BreakerState.CLOSED)
         return breaker
 
     def states(self) -> dict[BreakerKey, BreakerState]:
         return {key: breaker.current() for key, breaker in self._breakers.items()}
+
+    def _evict(self, key: BreakerKey) -> None:
+        breaker = self._breakers.pop(key)
+        own = self._by_tenant[key[0]]
+        del own[key]
+        if not own:
+            del self._by_tenant[key[0]]
+        # A call in flight may still hold it: its outcome must not move the counts of a breaker
+        # that is no longer counted.
+        breaker.on_change = None
+        if self.on_change is not None:
+            self.on_change(key, breaker.state, None)

@@ -260,7 +260,7 @@ def _admit(guards: Guardrails, action: Any, inputs: Any, tenant: str) -> Circuit
     try:
         breaker.admit()
     except CircuitOpenError as exc:
-        BREAKER_REJECTIONS.labels(*exc.key).inc()
+        BREAKER_REJECTIONS.labels(*exc.key[:2]).inc()  # tenant, action: no per-target series
         raise _Failure("circuit_open", str(exc), True) from exc
     return breaker
 

@@ -11,8 +11,8 @@ per-tenant external-call rate limit (:mod:`.ratelimit`). Which actions they appl
   non-retryable failure (a 404, a validation error) means the target answered;
 - rate limit — actions with ``external = True``.
 
-Metrics (declared in :mod:`services.observability.metrics`): ``switchyard_circuit_breaker_state``
-(0 closed, 1 half-open, 2 open), ``switchyard_circuit_breaker_rejections_total``,
+Metrics (declared in :mod:`services.observability.metrics`): ``switchyard_circuit_breakers``
+(breakers by tenant, action and state), ``switchyard_circuit_breaker_rejections_total``,
 ``switchyard_external_call_throttled_seconds_total`` and ``switchyard_permission_denied_total``.
 """
 
@@ -34,8 +34,12 @@ from services.observability.metrics import (
 from services.observability.metrics import EXTERNAL_CALL_THROTTLED_SECONDS as THROTTLED_SECONDS
 
 
-def _export_state(key: BreakerKey, state: BreakerState) -> None:
-    BREAKER_STATE.labels(*key).set(int(state))
+def _export_state(key: BreakerKey, old: BreakerState | None, new: BreakerState | None) -> None:
+    tenant, action, _ = key  # one series per state, not per target (targets are unbounded)
+    if old is not None:
+        BREAKER_STATE.labels(tenant, action, old.label).dec()
+    if new is not None:
+        BREAKER_STATE.labels(tenant, action, new.label).inc()
 
 
 def _count_throttled(tenant: str, seconds: float) -> None:

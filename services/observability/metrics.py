@@ -176,15 +176,16 @@ DEFINITIONS_REFUSED = Gauge(
 
 # --- executor guardrails (services.executor.guardrails) ---
 BREAKER_STATE = Gauge(
-    "switchyard_circuit_breaker_state",
-    "Circuit breaker state per tenant, action and target (0 closed, 1 half-open, 2 open)",
-    ["tenant", "action", "target"],
+    "switchyard_circuit_breakers",
+    "Circuit breakers (one per target, bounded LRU) by tenant, action and state (closed, half_open,"
+    " open); updated on transitions. The target is not a label: its values are unbounded",
+    ["tenant", "action", "state"],
     registry=REGISTRY,
 )
 BREAKER_REJECTIONS = Counter(
     "switchyard_circuit_breaker_rejections_total",
     "Action calls failed fast by an open circuit breaker",
-    ["tenant", "action", "target"],
+    ["tenant", "action"],
     registry=REGISTRY,
 )
 EXTERNAL_CALL_THROTTLED_SECONDS = Counter(

@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 
 from services.executor.breaker import (
+    MAX_BREAKERS,
+    MAX_TARGETS_PER_TENANT,
     BreakerKey,
     BreakerPolicy,
     BreakerState,
     CircuitBreakers,
     CircuitOpenError,
 )
+from services.executor.guardrails import BREAKER_STATE, Guardrails
 
 KEY: BreakerKey = ("acme", "http.request", "api.example:443")
 
@@ -28,7 +31,7 @@ def make(threshold: int = 3, cooldown: float = 10.0, trials: int = 1) -> tuple[C
     breakers = CircuitBreakers(
         BreakerPolicy(threshold, cooldown, trials),
         clock=clock,
-        on_change=lambda key, state: changes.append((key, state)),
+        on_change=lambda key, old, new: changes.append((key, new)),
     )
     return breakers, clock, changes
 
@@ -135,3 +138,76 @@ def test_breakers_are_independent_per_key() -> None:
 def test_invalid_policies_are_rejected(policy: tuple[int, float, int]) -> None:
     with pytest.raises(ValueError):
         BreakerPolicy(*policy)
+
+
+def test_breakers_are_a_bounded_lru_per_tenant() -> None:
+    breakers = CircuitBreakers(BreakerPolicy(1, 10.0), clock=Clock(), max_per_tenant=3, max_total=100)
+    keys = [("acme", "http.request", f"h{i}") for i in range(4)]
+    for key in keys[:3]:
+        breakers.get(key)
+    breakers.get(keys[0])  # used again: h1 is now the least recently used
+    victim = breakers.get(("globex", "http.request", "h1"))
+    victim.admit()
+    victim.record_failure()  # another tenant's open breaker...
+    breakers.get(keys[3])
+    states = breakers.states()
+    assert set(states) == {keys[0], keys[2], keys[3], ("globex", "http.request", "h1")}
+    assert states[("globex", "http.request", "h1")] is BreakerState.OPEN  # ...is not acme's to evict
+
+
+def test_the_total_is_bounded_too() -> None:
+    breakers = CircuitBreakers(clock=Clock(), max_per_tenant=10, max_total=5)
+    for tenant in range(8):
+        breakers.get((f"t{tenant}", "http.request", "h"))
+    assert len(breakers) == 5
+    assert {key[0] for key in breakers.states()} == {"t3", "t4", "t5", "t6", "t7"}
+
+
+def test_5000_hosts_keep_breakers_and_metric_series_bounded() -> None:
+    def series() -> set[tuple[str, ...]]:
+        return {
+            tuple(sample.labels.values())
+            for metric in BREAKER_STATE.collect()
+            for sample in metric.samples
+            if sample.labels["tenant"] == "hostile"
+        }
+
+    def count(state: str) -> float:
+        return float(BREAKER_STATE.labels("hostile", "http.request", state)._value.get())
+
+    clock = Clock()
+    guards = Guardrails.create(breaker_policy=BreakerPolicy(1, 30.0), clock=clock)
+    assert guards.breakers is not None
+    for i in range(5000):
+        breaker = guards.breakers.get(("hostile", "http.request", f"host-{i}.example"))
+        breaker.admit()
+        if i % 2:
+            breaker.record_failure()  # every other host is down: its breaker opens
+        else:
+            breaker.record_success()
+    assert len(guards.breakers) == MAX_TARGETS_PER_TENANT <= MAX_BREAKERS
+    assert series() <= {("hostile", "http.request", s) for s in ("closed", "half_open", "open")}
+    # The counts are those of the breakers kept, whatever was evicted on the way.
+    kept = guards.breakers.states().values()
+    assert count("open") == sum(1 for s in kept if s is BreakerState.OPEN) == MAX_TARGETS_PER_TENANT // 2
+    assert count("closed") == sum(1 for s in kept if s is BreakerState.CLOSED) == MAX_TARGETS_PER_TENANT // 2
+
+
+def test_an_evicted_breaker_held_by_a_call_in_flight_no_longer_moves_the_counts() -> None:
+    changes: list[tuple[BreakerKey, BreakerState | None, BreakerState | None]] = []
+    breakers = CircuitBreakers(
+        BreakerPolicy(1, 10.0),
+        clock=Clock(),
+        max_per_tenant=1,
+        on_change=lambda key, old, new: changes.append((key, old, new)),
+    )
+    in_flight = breakers.get(KEY)
+    in_flight.admit()
+    other: BreakerKey = ("acme", "http.request", "other:443")
+    breakers.get(other)  # evicts KEY while its call is in flight
+    in_flight.record_failure()
+    assert changes == [
+        (KEY, None, BreakerState.CLOSED),
+        (KEY, BreakerState.CLOSED, None),
+        (other, None, BreakerState.CLOSED),
+    ]

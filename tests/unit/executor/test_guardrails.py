@@ -119,6 +119,7 @@ def test_breaker_opens_on_retryable_http_failures_and_recovers() -> None:
 
     clock = Clock()
     guards = Guardrails.create(breaker_policy=BreakerPolicy(3, 30.0), clock=clock)
+    open_before = BREAKER_STATE.labels("acme", "http.request", "open")._value.get()
     reg = registry(HttpRequest(transport=httpx.MockTransport(handler)))
     url = "https://api.example/x"
 
@@ -134,7 +135,7 @@ def test_breaker_opens_on_retryable_http_failures_and_recovers() -> None:
     assert [r["error_kind"] for r in results] == ["http_503"] * 3 + ["circuit_open"] * 2
     assert all(r["retryable"] for r in results)
     assert len(calls) == 3  # failed fast: the last two never reached the host
-    assert BREAKER_STATE.labels("acme", "http.request", "api.example")._value.get() == 2
+    assert BREAKER_STATE.labels("acme", "http.request", "open")._value.get() == open_before + 1
     # Another host has its own breaker.
     other = run(reg, command("http.request", {"url": "https://other.example:8443/"}), guardrails=guards)
     assert other["error_kind"] == "http_503"
@@ -143,7 +144,7 @@ def test_breaker_opens_on_retryable_http_failures_and_recovers() -> None:
     status["code"] = 200
     trial = run(reg, command("http.request", {"url": url}), guardrails=guards)
     assert trial["status"] == "succeeded"
-    assert BREAKER_STATE.labels("acme", "http.request", "api.example")._value.get() == 0
+    assert BREAKER_STATE.labels("acme", "http.request", "open")._value.get() == open_before
     assert run(reg, command("http.request", {"url": url}), guardrails=guards)["status"] == "succeeded"
 
 
