@@ -1,5 +1,8 @@
 """``python -m benchmarks run [--quick]``: Switchyard and its baselines, side by side, in one command.
 
+``python -m benchmarks projector [--before REV]``: the projector alone (see
+:mod:`benchmarks.projector`), before and after a change, in one run.
+
 Starts what it needs (Kafka and PostgreSQL through the local launcher unless
 ``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL`` are set; a throw-away Redis from ``redis-server``,
 installed with apt-get when missing and running as root), runs every workload on Switchyard and
@@ -54,6 +57,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="SWITCHYARD_COMMIT_INTERVAL_MS of the engine and the floor")  # fmt: skip
     run.add_argument("--no-profile", action="store_true", help="skip the profiled saturation run")
     run.add_argument("--output", type=Path, default=RESULTS_DIR, help="where the JSON and markdown go")
+    proj = sub.add_parser(
+        "projector", help="the projector alone: catch-up and paced-load lag, before vs after"
+    )
+    proj.add_argument("--before", help="git revision to measure first, from a temporary worktree")
+    proj.add_argument("--runs", type=int, default=2000, help="chain10 runs in the catch-up burst")
+    proj.add_argument("--rate", type=float, default=75.0, help="runs/s of the paced load (chain10)")
+    proj.add_argument("--load-seconds", type=float, default=20.0, help="seconds of paced load")
+    proj.add_argument("--partitions", type=int, default=4, help="partitions of the history topic")
+    proj.add_argument("--output", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     return parser.parse_args(argv)
 
 
@@ -228,6 +240,22 @@ def write(doc: dict[str, Any], out_dir: Path) -> Path:
     return path
 
 
+def _projector(args: argparse.Namespace) -> None:
+    from benchmarks.projector import markdown as projector_markdown
+    from benchmarks.projector import run_projector_benchmark
+
+    doc = run_projector_benchmark(
+        args.before, args.runs, args.rate, args.load_seconds, args.partitions, _progress
+    )
+    doc["command"] = "python -m benchmarks " + shlex.join(sys.argv[1:])
+    args.output.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    path = args.output / f"{stamp}-projector.json"
+    path.write_text(json.dumps(doc, indent=2, default=str))
+    print(projector_markdown(doc))
+    _progress(f"wrote {path}")
+
+
 def _progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
@@ -235,7 +263,10 @@ def _progress(message: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        run(args)
+        if args.command == "projector":
+            _projector(args)
+        else:
+            run(args)
     except KeyboardInterrupt:
         _progress("interrupted: stopping what was started")
         raise SystemExit(130) from None
