@@ -13,45 +13,91 @@ partitions back to the first record it did not take, commits that position and *
 the backlog waits in the tenant's own topic, costs no memory here, and no other tenant's
 partitions are touched. ``tick`` resumes them once a token is back and the queue is under the
 bound. Control commands are never paused (nor are step results, which go to the core).
+
+Total: :meth:`IntakeProcessor.process` never raises for one record. Whatever a record does while
+it is decoded, filtered, turned into ids or encoded, it ends in a bounded dead letter with a
+specific ``error_kind`` (``intake_error`` for what nothing else names) and the loop goes on; only
+Kafka errors of the transaction itself reach the loop. What intake writes is checked as encoded
+bytes before anything is sent: a trigger whose run request would not fit (its data re-encodes
+larger than it arrived) is dead-lettered ``oversized`` before any run exists, so a re-send gets
+the same answer rather than being taken for a duplicate of a lost run.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from services.bus.clients import headers_for
 from services.bus.placement import partition_for
-from services.bus.topics import Topics
+from services.bus.record_budget import RecordTooLarge, record_size
+from services.bus.topics import TENANT_ID, Topics
 from services.bus.txloop import Outbox
 from services.config import Settings
 from services.contracts import serde
-from services.contracts.dead_letters import encode_dead_letter
+from services.contracts.dead_letters import bounded_identity, encode_dead_letter
+from services.contracts.text import bounded_text
 from services.observability import metrics
-from services.registry.compacted import CompactedTable
-from services.registry.definitions import DefinitionCatalog
 from services.router import records
 from services.router.load import TenantLoad
-from services.router.triggers import TriggerError, parse_trigger
+from services.router.triggers import MAX_ID_LENGTH, Trigger, TriggerError, parse_trigger
 from services.tenancy.config import TenantConfig
 from services.tenancy.limits import TokenBucket
+from services.workflow.compiled import CompiledWorkflow
 from services.workflow.expressions import ExpressionError
 
 log = logging.getLogger(__name__)
 SERVICE = "router.intake"
+
+#: Room a run request needs besides the trigger's data: run id, tenant, workflow, event type,
+#: idempotency key and correlation id (each bounded), source, Avro framing, identity headers.
+RUN_REQUEST_ENVELOPE = 8 * 1024
+#: Prefix of an idempotency key derived from a Kafka key that is not usable as it is.
+HASHED_KEY_PREFIX = "sha256:"
+
+#: Plausible sizes of a control command's fields (characters); larger is refused ``invalid_field``.
+CONTROL_LIMITS = {
+    "command_id": 128,
+    "requester": 256,
+    "run_id": 128,
+    "step_id": 64,
+    "reason": 4000,
+    "correlation_id": MAX_ID_LENGTH,
+    "filter_json": 64 * 1024,
+}
+
+
+class TenantDirectory(Protocol):
+    def get(self, key: str) -> TenantConfig | None: ...
+
+
+class WorkflowDirectory(Protocol):
+    def latest_for(self, tenant: str) -> list[CompiledWorkflow]: ...
+
+
+@dataclass(frozen=True)
+class _Request:
+    run_id: str
+    workflow: str
+    value: bytes
+    partition: int
+    headers: list[tuple[str, str | bytes | None]]
+    size: int  # what the record costs downstream (its data re-encoded), in bytes
 
 
 class IntakeProcessor:
     def __init__(
         self,
         settings: Settings,
-        catalog: DefinitionCatalog,
-        tenants: CompactedTable[TenantConfig],
+        catalog: WorkflowDirectory,
+        tenants: TenantDirectory,
         load: TenantLoad | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -106,7 +152,7 @@ class IntakeProcessor:
         for msg in messages:
             topic, partition = msg.topic() or "", msg.partition() or 0
             if topic == self.topics.control:
-                self._control(msg, out)
+                self._guarded(self._control, msg, out)
                 continue
             tenant_id = self.topics.tenant_of(topic)
             if tenant_id is not None and (tenant_id in held_tenants or tenant_id in self.paused):
@@ -120,12 +166,42 @@ class IntakeProcessor:
                     held.setdefault((topic, partition), msg.offset() or 0)
                     self.paused[tenant_id] = (now, reason)
                     continue
-            self._trigger(msg, out)
+            self._guarded(self._trigger, msg, out)
         for (topic, partition), offset in held.items():
             self._seek(topic, partition, offset)
             out.commit_position(topic, partition, offset)
         for tenant_id in held_tenants:
             self._pause(tenant_id)
+
+    def poison(self, msg: Message, out: Outbox, kind: str, message: str) -> None:
+        """Dead-letter one record whatever it is: the transactional loop's hook for a record it
+        isolated as the cause of a failing batch (services.bus.poison)."""
+        tenant = self.topics.tenant_of(msg.topic() or "")
+        if not self._dead(msg, out, kind, message, tenant, trigger=msg.topic() != self.topics.control):
+            raise RuntimeError("the dead letter could not be written")  # the loop writes its own
+
+    # --- totality -----------------------------------------------------------------------------------
+    def _guarded(self, handle: Callable[[Message, Outbox], None], msg: Message, out: Outbox) -> None:
+        """Handle one record; anything it raises (but the transaction's own Kafka errors) becomes
+        an ``intake_error`` dead letter of that record."""
+        try:
+            handle(msg, out)
+        except KafkaException:
+            raise  # the producer or the transaction failed: the loop aborts and rewinds
+        except Exception as exc:
+            log.exception(
+                "intake failed on a record",
+                extra={"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()},
+            )
+            tenant = self.topics.tenant_of(msg.topic() or "")
+            self._dead(
+                msg,
+                out,
+                "intake_error",
+                f"{type(exc).__name__}: {exc}",
+                tenant,
+                trigger=msg.topic() != self.topics.control,
+            )
 
     # --- backpressure ------------------------------------------------------------------------------
     def _bucket(self, tenant: str, config: TenantConfig, now: float) -> TokenBucket:
@@ -176,40 +252,73 @@ class IntakeProcessor:
             self.consumer.resume(self._tenant_partitions(tenant))
             log.info("tenant resumed", extra={"tenant": tenant})
 
-    # --- triggers ----------------------------------------------------------------------------------
-    def _dead(self, msg: Message, out: Outbox, kind: str, message: str, tenant: str | None = None) -> None:
-        now = int(time.time() * 1000)
-        out.send(
-            self.topics.dlq,
-            encode_dead_letter(
-                SERVICE,
-                kind,
-                message,
-                now,
-                topic=msg.topic(),
-                partition=msg.partition(),
-                offset=msg.offset(),
-                key=msg.key(),
-                value=msg.value(),
-                tenant=tenant,
-            ),
-            key=tenant,
-            headers=headers_for(tenant, None, None),
-        )
-        metrics.DLQ_RECORDS.labels(SERVICE, kind, tenant or "").inc()
-        if msg.topic() != self.topics.control:
-            metrics.TRIGGERS.labels(tenant or "", "rejected").inc()
+    # --- dead letters ---------------------------------------------------------------------------------
+    def _dead(
+        self,
+        msg: Message,
+        out: Outbox,
+        kind: str,
+        message: str,
+        tenant: str | None = None,
+        *,
+        trigger: bool = True,
+        correlation_id: str | None = None,
+    ) -> bool:
+        """One bounded dead letter for ``msg``; should that fail (it fits the record budget by
+        construction), one without the copy of the original. False if neither could be written."""
+        tenant, _, correlation_id = bounded_identity(tenant, None, correlation_id)
+        registered = tenant is not None and self.tenants.get(tenant) is not None
+        label = metrics.tenant_label(tenant, registered)
+        for keep_original in (True, False):
+            try:
+                out.send(
+                    self.topics.dlq,
+                    encode_dead_letter(
+                        SERVICE,
+                        kind,
+                        message if keep_original else f"{message} (original not kept: it did not fit)",
+                        int(time.time() * 1000),
+                        topic=msg.topic(),
+                        partition=msg.partition(),
+                        offset=msg.offset(),
+                        key=msg.key() if keep_original else None,
+                        value=msg.value() if keep_original else None,
+                        tenant=tenant,
+                        correlation_id=correlation_id,
+                        max_bytes=out.max_record_bytes,
+                    ),
+                    key=tenant,
+                    headers=headers_for(tenant, None, correlation_id),
+                )
+                break
+            except KafkaException:
+                raise
+            except Exception:
+                if keep_original:
+                    continue
+                log.exception(
+                    "dead letter could not be written",
+                    extra={"tenant": tenant, "error_kind": kind, "offset": msg.offset()},
+                )
+                return False
+        metrics.DLQ_RECORDS.labels(SERVICE, kind, label).inc()
+        if trigger:
+            metrics.TRIGGERS.labels(label, "rejected").inc()
         log.warning(
             "record dead-lettered: %s",
-            message,
+            bounded_text(message, 1000),
             extra={"tenant": tenant, "error_kind": kind, "offset": msg.offset()},
         )
+        return True
 
+    # --- triggers ----------------------------------------------------------------------------------
     def _trigger(self, msg: Message, out: Outbox) -> None:
         started = time.perf_counter()
         tenant_id = self.topics.tenant_of(msg.topic() or "")
         if tenant_id is None:
-            self._dead(msg, out, "bad_topic", f"{msg.topic()} is not a tenant trigger topic")
+            self._dead(
+                msg, out, "bad_topic", f"{bounded_text(msg.topic() or '', 300)} is not a tenant trigger topic"
+            )
             return
         tenant = self.tenants.get(tenant_id)
         if tenant is None:
@@ -218,8 +327,13 @@ class IntakeProcessor:
         if tenant.status != "active":
             self._dead(msg, out, "tenant_suspended", f"tenant {tenant_id!r} is suspended", tenant_id)
             return
-        value = msg.value()
-        size = _record_size(msg)
+        try:
+            raw_headers = msg.headers() or []
+            headers = list(raw_headers.items()) if isinstance(raw_headers, dict) else raw_headers
+            size = record_size(msg.key(), msg.value(), headers)
+        except UnicodeDecodeError as exc:  # the client decodes header names as UTF-8
+            self._dead(msg, out, "invalid_utf8", f"a header name is not valid UTF-8: {exc}", tenant_id)
+            return
         if size > self.settings.max_trigger_bytes:
             self._dead(
                 msg,
@@ -231,84 +345,166 @@ class IntakeProcessor:
             )
             return
         try:
-            trigger = parse_trigger(value)
+            trigger = parse_trigger(msg.value())
         except TriggerError as exc:
             self._dead(msg, out, exc.kind, str(exc), tenant_id)
             return
-        key = trigger.idempotency_key
-        if key is None:
-            raw_key = msg.key()
-            key = (
-                raw_key.decode(errors="replace")
-                if raw_key
-                else f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
-            )
+        key = trigger.idempotency_key or _key_from_record(msg)
         correlation_id = trigger.correlation_id or str(
             uuid.uuid5(records.RUN_NAMESPACE, f"{tenant_id}\x1f{key}")
         )
-        ctx = {"event": trigger.event_type, "data": trigger.data, "key": key, "tenant": tenant_id}
-        matched = 0
-        for workflow in self.catalog.latest_for(tenant_id):
-            try:
-                if not workflow.matches(ctx):
-                    continue
-            except ExpressionError as exc:
-                log.warning(
-                    "trigger filter failed: %s",
-                    exc,
-                    extra={"tenant": tenant_id, "workflow": workflow.name, "correlation_id": correlation_id},
-                )
-                continue
-            matched += 1
-            run_id = records.run_id_for(tenant_id, workflow.name, key)
-            request = {
-                "run_id": run_id,
-                "tenant": tenant_id,
-                "workflow": workflow.name,
-                "version": workflow.version,
-                "event_type": trigger.event_type,
-                "data_json": json.dumps(trigger.data, separators=(",", ":")),
-                "idempotency_key": key,
-                "correlation_id": correlation_id,
-                "requested_at": int(time.time() * 1000),
-                "source": f"{msg.topic()}/{msg.partition()}/{msg.offset()}",
-            }
-            out.send(
-                self.topics.inbox,
-                serde.encode_inbox("RunRequested", request),
-                key=run_id,
-                partition=partition_for(
-                    tenant_id, run_id, self.settings.internal_partitions, tenant.slices, tenant.base_partition
-                ),
-                headers=headers_for(tenant_id, run_id, correlation_id),
+        matched, failures = self._match(tenant_id, trigger, key)
+        requests = [
+            self._request(msg, tenant, trigger, workflow, key, correlation_id) for workflow in matched
+        ]
+        budget = self.settings.max_trigger_bytes + RUN_REQUEST_ENVELOPE
+        too_large = [r for r in requests if r.size > budget]
+        if too_large:
+            self._dead(
+                msg,
+                out,
+                "oversized",
+                f"trigger data re-encodes to {trigger.data_size} bytes (the trigger was {size} bytes); its "
+                f"run request would be {too_large[0].size} bytes, over the limit of {budget} "
+                f"(SWITCHYARD_MAX_TRIGGER_BYTES {self.settings.max_trigger_bytes} + "
+                f"{RUN_REQUEST_ENVELOPE} of envelope); no run was started",
+                tenant_id,
+                correlation_id=correlation_id,
             )
+            return
+        sent = 0
+        for request in requests:
+            try:
+                out.send(
+                    self.topics.inbox,
+                    request.value,
+                    key=request.run_id,
+                    partition=request.partition,
+                    headers=request.headers,
+                )
+            except RecordTooLarge as exc:  # not reachable while the budget fits the producer's limit
+                started_runs = f"; {_runs_of(sent)} requested" if sent else ""
+                self._dead(
+                    msg,
+                    out,
+                    "oversized",
+                    f"run request: {exc}{started_runs}",
+                    tenant_id,
+                    correlation_id=correlation_id,
+                )
+                return
+            sent += 1
             log.info(
                 "run requested",
                 extra={
                     "tenant": tenant_id,
-                    "run_id": run_id,
+                    "run_id": request.run_id,
                     "correlation_id": correlation_id,
-                    "workflow": workflow.name,
+                    "workflow": request.workflow,
                 },
             )
-        metrics.TRIGGERS.labels(tenant_id, "matched" if matched else "unmatched").inc()
-        if not matched:
+        if failures:
+            # One dead letter per trigger (its id is the record's position), naming every workflow
+            # whose filter failed; the workflows that matched still run.
+            self._dead(
+                msg,
+                out,
+                "filter_error",
+                "; ".join(failures) + (f" ({_runs_of(sent)} requested)" if sent else ""),
+                tenant_id,
+                trigger=not sent,
+                correlation_id=correlation_id,
+            )
+        if sent:
+            metrics.TRIGGERS.labels(tenant_id, "matched").inc()
+        elif not failures:
+            metrics.TRIGGERS.labels(tenant_id, "unmatched").inc()
             log.info(
                 "trigger matched no workflow",
                 extra={
                     "tenant": tenant_id,
                     "correlation_id": correlation_id,
-                    "event_type": trigger.event_type,
+                    "event_type": bounded_text(trigger.event_type, 200),
                 },
             )
         metrics.HANDLER_SECONDS.labels(SERVICE, "trigger", tenant_id).observe(time.perf_counter() - started)
+
+    def _match(self, tenant_id: str, trigger: Trigger, key: str) -> tuple[list[CompiledWorkflow], list[str]]:
+        """The tenant's workflows this trigger starts, and why each failing filter failed.
+
+        A filter that cannot be evaluated (missing key, type error, over its cost budget, or
+        anything else the evaluation raises) does not start a run: the trigger is dead-lettered
+        ``filter_error`` with the reason, because it was addressed to that workflow (its event
+        type matched) and silently not running it would look like success."""
+        ctx = {"event": trigger.event_type, "data": trigger.data, "key": key, "tenant": tenant_id}
+        matched: list[CompiledWorkflow] = []
+        failures: list[str] = []
+        for workflow in self.catalog.latest_for(tenant_id):
+            try:
+                if workflow.matches(ctx):
+                    matched.append(workflow)
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, ExpressionError) else f"{type(exc).__name__}: {exc}"
+                reason = bounded_text(reason, 1000)
+                failures.append(
+                    f"workflow {workflow.name} v{workflow.version}: trigger filter failed: {reason}"
+                )
+                log.warning(
+                    "trigger filter failed",
+                    extra={"tenant": tenant_id, "workflow": workflow.name, "error": reason},
+                )
+        return matched, failures
+
+    def _request(
+        self,
+        msg: Message,
+        tenant: TenantConfig,
+        trigger: Trigger,
+        workflow: CompiledWorkflow,
+        key: str,
+        correlation_id: str,
+    ) -> _Request:
+        run_id = records.run_id_for(tenant.tenant, workflow.name, key)
+        body: dict[str, Any] = {
+            "run_id": run_id,
+            "tenant": tenant.tenant,
+            "workflow": workflow.name,
+            "version": workflow.version,
+            "event_type": trigger.event_type,
+            "data_json": trigger.data_json,
+            "idempotency_key": key,
+            "correlation_id": correlation_id,
+            "requested_at": int(time.time() * 1000),
+            "source": f"{msg.topic()}/{msg.partition()}/{msg.offset()}",
+        }
+        value = serde.encode_inbox("RunRequested", body)
+        headers = headers_for(tenant.tenant, run_id, correlation_id)
+        # Downstream the data is re-encoded: count what it will take, not what it took here.
+        growth = max(0, trigger.data_size - len(trigger.data_json.encode("utf-8")))
+        return _Request(
+            run_id,
+            workflow.name,
+            value,
+            partition_for(
+                tenant.tenant, run_id, self.settings.internal_partitions, tenant.slices, tenant.base_partition
+            ),
+            headers,
+            record_size(run_id, value, headers) + growth,
+        )
 
     # --- control -----------------------------------------------------------------------------------
     def _control(self, msg: Message, out: Outbox) -> None:
         try:
             _, command = serde.decode(msg.value(), expected="ControlCommand")
         except serde.ContractError as exc:
-            self._dead(msg, out, exc.kind, f"control command: {exc.message}")
+            self._dead(msg, out, exc.kind, f"control command: {exc.message}", trigger=False)
+            return
+        problem = _implausible(command)
+        if problem is not None:
+            tenant_id = command["tenant"] if TENANT_ID.fullmatch(command["tenant"]) else None
+            self._dead(
+                msg, out, "invalid_field", f"control command refused: {problem}", tenant_id, trigger=False
+            )
             return
         tenant_id = command["tenant"]
         tenant = self.tenants.get(tenant_id)
@@ -330,7 +526,7 @@ class IntakeProcessor:
         elif not command.get("run_id"):
             refusal = f"{who}: the command names no run"
         if refusal is not None or tenant is None:
-            self._dead(msg, out, "control_refused", refusal or who, tenant_id)
+            self._dead(msg, out, "control_refused", refusal or who, tenant_id, trigger=False)
             return
         run_id = command["run_id"]
         out.send(
@@ -344,13 +540,40 @@ class IntakeProcessor:
         )
 
 
-def _record_size(msg: Message) -> int:
-    """Bytes of a record as the size limit counts them: value, key and every header (name and value).
+def _implausible(command: dict[str, Any]) -> str | None:
+    """Why a control command's fields cannot be what an operator sent, or None.
 
-    Headers and key count too: otherwise a record far over the limit passes as long as its bulk
-    rides in its headers (or in a Kafka key that becomes the idempotency key)."""
-    size = len(msg.value() or b"") + len(msg.key() or b"")
-    raw = msg.headers() or []
-    for name, header in list(raw.items()) if isinstance(raw, dict) else raw:
-        size += len(name.encode()) + len(header if isinstance(header, bytes | str) else b"")
-    return size
+    Checked before anything is looked up or written: every field of a command ends up in a dead
+    letter, a run's history or the audit table, so none may be larger than it can plausibly be."""
+    tenant = command["tenant"]
+    if not TENANT_ID.fullmatch(tenant):
+        shown = f"{len(tenant)} characters" if len(tenant) > 64 else repr(tenant)
+        return f"tenant is not a tenant id ({shown})"
+    for name, limit in CONTROL_LIMITS.items():
+        value = command.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            return f"{name} is {len(value)} characters long; the most a command may carry is {limit}"
+    return None
+
+
+def _key_from_record(msg: Message) -> str:
+    """The idempotency key of a trigger that names none: its Kafka key, else its position.
+
+    A Kafka key that is not valid UTF-8, or longer than the 512 characters an ``idempotency_key``
+    may have, becomes ``sha256:<hex of its bytes>``: stable (a re-send maps to the same run) and
+    bounded (the key lives in run state, ids and every record of the run)."""
+    raw = msg.key()
+    if not raw:
+        return f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
+    raw_bytes = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or len(text) > MAX_ID_LENGTH:
+        return HASHED_KEY_PREFIX + hashlib.sha256(raw_bytes).hexdigest()
+    return text
+
+
+def _runs_of(count: int) -> str:
+    return f"runs of {count} other workflow{'' if count == 1 else 's'} were"
