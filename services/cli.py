@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from services.commands import (
     audit,
@@ -17,6 +21,7 @@ from services.commands import (
     workflow,
     workflow_registry,
 )
+from services.config import Settings, SettingsInvalid, settings_error_message
 
 app = typer.Typer(
     name="switchyard",
@@ -45,4 +50,19 @@ status.register(app)
 
 
 def main() -> None:
-    app()
+    """The console script. Invalid settings end in one line on stderr and exit code 2, not a
+    traceback, for every command (the engine's processes included: they start from here)."""
+    try:
+        app()
+    except SettingsInvalid as exc:
+        _settings_failed(str(exc))
+    except (ValidationError, SettingsError) as exc:
+        # Settings() built directly somewhere instead of through get_settings()
+        if isinstance(exc, ValidationError) and exc.title != Settings.__name__:
+            raise
+        _settings_failed(settings_error_message(exc))
+
+
+def _settings_failed(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)

@@ -8,11 +8,30 @@ for Switchyard, its tests and the usual tooling. Extra librdkafka properties pas
 
 from __future__ import annotations
 
+import json
+import re
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+
+def _text_list(value: Any) -> Any:
+    """A list setting from the environment: a JSON list, or plain comma-separated values."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON list ({exc.msg}); or write plain comma-separated values") from None
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+TextList = Annotated[list[str], NoDecode, BeforeValidator(_text_list)]
+"""A list of strings read from the environment as ``a@x,b@y`` or as JSON ``["a@x", "b@y"]``."""
 
 KAFKA_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
 STATE_RECORD_OVERHEAD = 96 * 1024  # run state besides trigger and outputs: 200 steps' records at most
@@ -65,8 +84,9 @@ class Settings(BaseSettings):
         default=6 * 3600, gt=0, description="How long finished runs stay in router state (dedupe window)."
     )
     max_replays_per_run: int = Field(default=3, ge=0, description="Replays allowed per run (bound).")
-    global_operators: list[str] = Field(
-        default_factory=list, description="Requesters allowed to replay/cancel any tenant's runs (JSON list)."
+    global_operators: TextList = Field(
+        default_factory=list,
+        description="Requesters allowed to replay/cancel any tenant's runs (a@x,b@y or a JSON list).",
     )
     max_batch: int = Field(default=500, ge=1, description="Most input records per transaction.")
     metrics_port: int = Field(default=0, ge=0, description="Port of /metrics, /healthz, /readyz (0: off).")
@@ -110,6 +130,43 @@ class Settings(BaseSettings):
         return conf
 
 
+class SettingsInvalid(Exception):
+    """The environment holds invalid settings; the message is one line naming each variable."""
+
+
+def _variables(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices):
+        return " / ".join(str(choice) for choice in alias.choices)
+    return f"SWITCHYARD_{field.upper()}"
+
+
+def settings_error_message(exc: ValidationError | SettingsError) -> str:
+    """One line saying which variables are invalid and why (never their values: some are secrets)."""
+    if isinstance(exc, SettingsError):
+        match = re.search(r'field "([^"]+)"', str(exc))
+        field = match.group(1) if match else "?"
+        why = f"not valid JSON ({exc.__cause__})" if exc.__cause__ is not None else str(exc)
+        return f"invalid setting {_variables(field)}: {why}"
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            problems.append(f"{_variables(str(error['loc'][0]))}: {message}")
+        else:
+            problems.append(message)
+    return "invalid setting " + "; ".join(problems)
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; raises :class:`SettingsInvalid` (one clear line)."""
+    try:
+        return Settings()
+    except (ValidationError, SettingsError) as exc:
+        raise SettingsInvalid(settings_error_message(exc)) from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()

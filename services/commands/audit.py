@@ -36,6 +36,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from services.commands import options
+from services.commands.text import add_row, esc
+from services.commands.text import console as new_console
 from services.config import Settings
 from services.projector.compare import AuditReport, compare_schemas, current_schema, table_specs
 from services.projector.db import make_engine
@@ -60,7 +63,7 @@ def main() -> None:
 
 
 def _err() -> Console:
-    return Console(stderr=True)
+    return new_console(stderr=True)
 
 
 def _progress(console: Console) -> Progress:
@@ -171,15 +174,15 @@ def _render(report: AuditReport, console: Console) -> None:
                 f"DIFFERENT: {t.only_live} only live, {t.only_rebuilt} only rebuilt, {t.different} changed",
                 style="red",
             )
-        table.add_row(
-            t.table, str(t.live_rows), str(t.rebuilt_rows), t.live_checksum, t.rebuilt_checksum, result
+        add_row(
+            table, t.table, str(t.live_rows), str(t.rebuilt_rows), t.live_checksum, t.rebuilt_checksum, result
         )
     console.print(table)
     if report.skipped_runs:
         console.print(f"{report.skipped_runs} run(s) changed after the captured offsets were left out")
     for t in report.tables:
         for kind, key in t.samples:
-            console.print(f"  [red]{t.table}[/] {kind}: {json.dumps(key, default=str)}")
+            console.print(f"  [red]{t.table}[/] {kind}: {esc(json.dumps(key, default=str))}")
 
 
 @app.command("rebuild")
@@ -189,7 +192,11 @@ def rebuild_command(
         None, "--group", help="Consumer group of the live projector (default: <prefix>.projector)."
     ),
     wait_timeout: float = typer.Option(
-        300.0, "--wait-timeout", min=0, help="Seconds to wait for the live projector to catch up."
+        300.0,
+        "--wait-timeout",
+        min=0,
+        callback=options.finite_seconds,
+        help="Seconds to wait for the live projector to catch up.",
     ),
     sample: int = typer.Option(10, "--sample", min=0, max=1000, help="Differing keys shown per table."),
     batch_size: int = typer.Option(500, "--batch-size", min=1, max=10_000, help="Records per transaction."),
@@ -220,13 +227,13 @@ def rebuild_command(
             console=console,
         )
     except LiveProjectorBehind as exc:
-        console.print(f"[red]error:[/] {exc} (is it running? raise --wait-timeout?)")
+        console.print(f"[red]error:[/] {esc(exc)} (is it running? raise --wait-timeout?)")
         raise typer.Exit(2) from exc
     except (KafkaException, TimeoutError) as exc:
-        console.print(f"[red]error:[/] reading Kafka: {exc}")
+        console.print(f"[red]error:[/] reading Kafka: {esc(exc)}")
         raise typer.Exit(2) from exc
     except sa.exc.OperationalError as exc:
-        console.print(f"[red]error:[/] cannot reach PostgreSQL: {str(exc.orig).strip()}")
+        console.print(f"[red]error:[/] cannot reach PostgreSQL: {esc(str(exc.orig).strip())}")
         raise typer.Exit(2) from exc
     if as_json:
         out: dict[str, Any] = report.as_dict()

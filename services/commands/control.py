@@ -15,15 +15,16 @@ import uuid
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from services.commands import options
 from services.commands.engine import _settings
 from services.commands.runs import _session
+from services.commands.text import console, esc
 from services.control.commands import ControlSender, Kind, command
 
-out = Console()
-err = Console(stderr=True)
+out = console()
+err = console(stderr=True)
 DEFAULT_REQUESTER = f"{getpass.getuser()}@{socket.gethostname()}"
 
 
@@ -33,7 +34,9 @@ def _run_tenant(run_id: str) -> str:
     with _session() as session:
         run = session.get(Run, run_id)
     if run is None:
-        err.print(f"[red]error:[/] run {run_id} is not in the history database; pass --tenant to send anyway")
+        err.print(
+            f"[red]error:[/] run {esc(run_id)} is not in the history database; pass --tenant to send anyway"
+        )
         raise typer.Exit(1)
     return run.tenant
 
@@ -57,7 +60,7 @@ def _wait_outcomes(command_ids: list[str], timeout_s: float) -> dict[str, Any]:
 
 def _report_one(cmd: dict[str, Any], wait: float) -> None:
     if wait <= 0:
-        err.print(f"sent {cmd['kind']} {cmd['command_id']} for run {cmd['run_id']}")
+        err.print(f"sent {cmd['kind']} {cmd['command_id']} for run {esc(cmd['run_id'])}")
         return
     outcome = _wait_outcomes([cmd["command_id"]], wait).get(cmd["command_id"])
     if outcome is None:
@@ -67,9 +70,10 @@ def _report_one(cmd: dict[str, Any], wait: float) -> None:
         )
         raise typer.Exit(3)
     if outcome.outcome == "accepted":
-        err.print(f"[green]accepted:[/] {cmd['kind']} of run {cmd['run_id']} (command {cmd['command_id']})")
+        run_id = esc(cmd["run_id"])
+        err.print(f"[green]accepted:[/] {cmd['kind']} of run {run_id} (command {cmd['command_id']})")
         return
-    err.print(f"[red]refused:[/] {outcome.refusal}")
+    err.print(f"[red]refused:[/] {esc(outcome.refusal)}")
     raise typer.Exit(1)
 
 
@@ -89,7 +93,11 @@ def cancel(
     reason: str = typer.Option(..., help="Why (recorded in the run's history)."),
     tenant: str | None = typer.Option(None, help="The run's tenant (default: looked up in the history)."),
     requester: str = typer.Option(DEFAULT_REQUESTER, help="Who asks (must be an operator of the tenant)."),
-    wait: float = typer.Option(30.0, help="Seconds to wait for the router's decision (0: don't wait)."),
+    wait: float = typer.Option(
+        30.0,
+        callback=options.finite_seconds,
+        help="Seconds to wait for the router's decision (0: don't wait).",
+    ),
 ) -> None:
     """Cancel a pending or running run: open steps are cancelled, late results ignored."""
     _send_one("cancel", run_id, tenant, requester, reason, None, wait)
@@ -115,7 +123,11 @@ def replay(
         False, help="Bulk: report how many runs and steps would be replayed; send nothing."
     ),
     requester: str = typer.Option(DEFAULT_REQUESTER, help="Who asks (must be an operator of the tenant)."),
-    wait: float = typer.Option(30.0, help="Seconds to wait for the router's decision(s) (0: don't wait)."),
+    wait: float = typer.Option(
+        30.0,
+        callback=options.finite_seconds,
+        help="Seconds to wait for the router's decision(s) (0: don't wait).",
+    ),
 ) -> None:
     """Replay a failed run from its failed steps (or from --from-step), or many failed runs by filter.
 
@@ -152,9 +164,9 @@ def _bulk(
     if since:
         try:
             since_at = dt.datetime.fromisoformat(since)
-        except ValueError as exc:
-            err.print(f"[red]error:[/] --since {since!r} is not an ISO 8601 date/time")
-            raise typer.Exit(2) from exc
+        except ValueError:
+            problem = f"{since!r} is not an ISO 8601 date/time"
+            raise typer.BadParameter(problem, param_hint="'--since'") from None
         if since_at.tzinfo is None:
             since_at = since_at.replace(tzinfo=dt.UTC)
     with _session() as session:
@@ -186,6 +198,6 @@ def _bulk(
     refused = [o for o in outcomes.values() if o.outcome != "accepted"]
     err.print(f"accepted {accepted}, refused {len(refused)}, no decision yet {len(ids) - len(outcomes)}")
     for outcome in refused[:10]:
-        err.print(f"  refused {outcome.run_id}: {outcome.refusal}")
+        err.print(f"  refused {esc(outcome.run_id)}: {esc(outcome.refusal)}")
     if refused or len(outcomes) < len(ids):
         raise typer.Exit(1)

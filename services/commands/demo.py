@@ -17,11 +17,12 @@ from typing import Any
 
 import typer
 from confluent_kafka import Producer
-from rich.console import Console
 from rich.table import Table
 
 from services.bus.clients import plain_producer_config
 from services.bus.topics import Topics, admin_client, ensure_topics, internal_specs
+from services.commands import options
+from services.commands.text import add_row, console, esc
 from services.config import Settings, get_settings
 from services.contracts import serde
 from services.devinfra import launcher, paths
@@ -37,15 +38,15 @@ from services.workflow.signing import (
     sign_definition,
 )
 
-out = Console()
-err = Console(stderr=True)
+out = console()
+err = console(stderr=True)
 TENANT = "demo"
 KEY_ID = "demo-key-1"
 EXAMPLES = paths.REPO_ROOT / "deploy" / "examples"
 
 
 def _step(msg: str) -> None:
-    err.print(f"[cyan]•[/] {msg}")
+    err.print(f"[cyan]•[/] {esc(msg)}")
 
 
 def _demo_keys() -> tuple[str, str]:
@@ -133,7 +134,9 @@ def _wait_for_runs(
 
 def demo(
     keep_running: bool = typer.Option(False, help="Keep the engine running after the demo (Ctrl-C stops)."),
-    timeout: float = typer.Option(90.0, help="Seconds to wait for the example runs to finish."),
+    timeout: float = typer.Option(
+        90.0, callback=options.finite_seconds, help="Seconds to wait for the example runs to finish."
+    ),
 ) -> None:
     """Run the engine on the example workflows: infrastructure, tenant, signed workflows, triggers."""
     from services.executor.plugins import ActionRegistry
@@ -146,7 +149,7 @@ def demo(
     try:
         state = launcher.up(base, _step)
     except launcher.LauncherError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {esc(exc)}")
         raise typer.Exit(1) from exc
     assert state.kafka and state.postgres
     # Actions read their own connections from the environment (e.g. firm.update_record's database).
@@ -206,7 +209,8 @@ def demo(
         title=f"Runs of tenant {TENANT} (from PostgreSQL)",
     )
     for row in rows:
-        table.add_row(
+        add_row(
+            table,
             str(row["run_id"])[:8],
             f"{row['workflow']} v{row['version']}",
             str(row["state"]),

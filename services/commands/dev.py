@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
 
+from services.commands.text import console, esc
 from services.config import get_settings
 from services.devinfra import launcher
 from services.devinfra.kafka_local import LauncherError
@@ -15,11 +15,11 @@ app = typer.Typer(
     help="Local infrastructure: a real Kafka broker (KRaft) and a real PostgreSQL, started on demand.",
     no_args_is_help=True,
 )
-err = Console(stderr=True)
+err = console(stderr=True)
 
 
 def _progress(msg: str) -> None:
-    err.print(f"[cyan]•[/] {msg}")
+    err.print(f"[cyan]•[/] {esc(msg)}")
 
 
 @app.command()
@@ -33,7 +33,7 @@ def up() -> None:
     try:
         state = launcher.up(get_settings(), _progress)
     except LauncherError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {esc(exc)}")
         raise typer.Exit(1) from exc
     assert state.kafka and state.postgres
     err.print(f"[green]Kafka[/]      {state.kafka.address}  ({state.kafka.source})")

@@ -9,15 +9,15 @@ import uuid
 
 import typer
 from confluent_kafka import Producer
-from rich.console import Console
 
 from services.bus.clients import plain_producer_config
 from services.bus.topics import Topics, admin_client, ensure_topics, internal_specs
+from services.commands.text import console, esc
 from services.config import Settings, get_settings
 from services.contracts import serde
 from services.runtime import install_signal_handlers, run_services, setup_logging
 
-err = Console(stderr=True)
+err = console(stderr=True)
 INSTANCE_HELP = "Stable id of this instance (keeps its transactional id across restarts, so a restart fences "
 INSTANCE_HELP += "its predecessor at once). Default: SWITCHYARD_INSTANCE_ID, else hostname-pid."
 
@@ -113,7 +113,7 @@ def trigger(
     try:
         json.loads(data)
     except ValueError as exc:
-        err.print(f"[red]error:[/] --data is not valid JSON: {exc}")
+        err.print(f"[red]error:[/] --data is not valid JSON: {esc(exc)}")
         raise typer.Exit(2) from exc
     record = {
         "event_type": event,
@@ -138,7 +138,7 @@ def trigger(
             f"(does the tenant exist? `switchyard tenant show {tenant}`)"
         )
         raise typer.Exit(1)
-    err.print(f"sent {event} to {topic} with key {record['idempotency_key']}")
+    err.print(f"sent {esc(event)} to {esc(topic)} with key {esc(record['idempotency_key'])}")
 
 
 db_app = typer.Typer(help="The PostgreSQL schema of the run history.", no_args_is_help=True)

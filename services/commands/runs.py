@@ -20,9 +20,12 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.orm import Session
 
-from services.config import Settings
+from services.commands import options
+from services.commands.text import add_row, console, esc, plain
+from services.config import get_settings
 from services.projector.db import make_engine
-from services.projector.queries import RunTimeline, as_dict, list_runs, parse_since, run_timeline
+from services.projector.models import Run
+from services.projector.queries import RunTimeline, as_dict, list_runs, run_timeline
 
 app = typer.Typer(
     help="Run history, as projected into PostgreSQL by the projector.",
@@ -31,11 +34,11 @@ app = typer.Typer(
 
 
 def _out() -> Console:
-    return Console()  # created per command, so COLUMNS and redirections apply
+    return console()  # created per command, so COLUMNS and redirections apply
 
 
 def _err() -> Console:
-    return Console(stderr=True)
+    return console(stderr=True)
 
 
 STATE_STYLES = {
@@ -54,7 +57,7 @@ STATE_STYLES = {
 
 @contextmanager
 def _session() -> Iterator[Session]:
-    url = Settings().database_url
+    url = get_settings().database_url
     if not url:
         _err().print(
             "[red]error:[/] no database configured: set DATABASE_URL (or SWITCHYARD_DATABASE_URL), "
@@ -74,7 +77,7 @@ def _session() -> Iterator[Session]:
         )
         raise typer.Exit(2) from exc
     except sa.exc.OperationalError as exc:
-        _err().print(f"[red]error:[/] cannot reach PostgreSQL: {str(exc.orig).strip()}")
+        _err().print(f"[red]error:[/] cannot reach PostgreSQL: {esc(str(exc.orig).strip())}")
         _err().print("Is it running? `switchyard dev status`; start it with `switchyard dev up`.")
         raise typer.Exit(2) from exc
     finally:
@@ -84,7 +87,7 @@ def _session() -> Iterator[Session]:
 def _state(value: str | None) -> Text:
     if value is None:
         return Text("-", style="dim")
-    return Text(value, style=STATE_STYLES.get(value, ""))
+    return plain(value, STATE_STYLES.get(value, ""))
 
 
 def _ts(value: datetime | None) -> str:
@@ -130,11 +133,7 @@ def list_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """List runs, newest first."""
-    try:
-        since_at = parse_since(since) if since is not None else None
-    except ValueError as exc:
-        _err().print(f"[red]error:[/] --since {exc}")
-        raise typer.Exit(2) from exc
+    since_at = options.since(since)
     with _session() as session:
         found = list_runs(
             session,
@@ -151,52 +150,59 @@ def list_command(
         if not found:
             _err().print("no runs match")
             return
-        table = Table(title=f"{len(found)} run(s)", show_lines=False)
-        for column in ("run", "tenant", "workflow", "state", "created", "duration", "correlation", "error"):
-            wrap = column in ("workflow", "correlation", "error")
-            table.add_column(column, overflow="fold", no_wrap=not wrap)
-        for run in found:
-            table.add_row(
-                run.run_id,
-                run.tenant,
-                f"{run.workflow} v{run.version}",
-                _state(run.state),
-                _ts(run.created_at),
-                _duration(run.started_at or run.created_at, run.finished_at),
-                run.correlation_id,
-                _error(run.error_kind, run.error_message),
-            )
-        _out().print(table)
+        _out().print(runs_table(found))
 
 
-def _render(timeline: RunTimeline) -> None:
+def runs_table(found: list[Run]) -> Table:
+    """The ``runs list`` table; every stored string is shown literally."""
+    table = Table(title=f"{len(found)} run(s)", show_lines=False)
+    for column in ("run", "tenant", "workflow", "state", "created", "duration", "correlation", "error"):
+        wrap = column in ("workflow", "correlation", "error")
+        table.add_column(column, overflow="fold", no_wrap=not wrap)
+    for run in found:
+        add_row(
+            table,
+            run.run_id,
+            run.tenant,
+            f"{run.workflow} v{run.version}",
+            _state(run.state),
+            _ts(run.created_at),
+            _duration(run.started_at or run.created_at, run.finished_at),
+            run.correlation_id,
+            _error(run.error_kind, run.error_message),
+        )
+    return table
+
+
+def _render(timeline: RunTimeline, out: Console | None = None) -> None:
     run = timeline.run
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column()
-    summary.add_row("run", run.run_id)
-    summary.add_row("tenant", run.tenant)
-    summary.add_row("workflow", f"{run.workflow} v{run.version}")
-    summary.add_row("state", _state(run.state))
-    summary.add_row("correlation id", run.correlation_id)
-    summary.add_row("trigger", f"{run.event_type or '-'} (idempotency key {run.idempotency_key or '-'})")
-    summary.add_row("trigger data", _short_json(run.trigger_data, 200) or "-")
-    summary.add_row("created", _ts(run.created_at))
-    summary.add_row("started", _ts(run.started_at))
-    summary.add_row("finished", _ts(run.finished_at))
-    summary.add_row("duration", _duration(run.started_at or run.created_at, run.finished_at))
+    add_row(summary, "run", run.run_id)
+    add_row(summary, "tenant", run.tenant)
+    add_row(summary, "workflow", f"{run.workflow} v{run.version}")
+    add_row(summary, "state", _state(run.state))
+    add_row(summary, "correlation id", run.correlation_id)
+    add_row(summary, "trigger", f"{run.event_type or '-'} (idempotency key {run.idempotency_key or '-'})")
+    add_row(summary, "trigger data", _short_json(run.trigger_data, 200) or "-")
+    add_row(summary, "created", _ts(run.created_at))
+    add_row(summary, "started", _ts(run.started_at))
+    add_row(summary, "finished", _ts(run.finished_at))
+    add_row(summary, "duration", _duration(run.started_at or run.created_at, run.finished_at))
     if run.error_kind or run.error_message:
-        summary.add_row("error", Text(_error(run.error_kind, run.error_message), style="red"))
-    summary.add_row("last seq", str(run.last_seq))
-    summary.add_row("replays", str(timeline.replays))
-    out = _out()
+        add_row(summary, "error", Text(_error(run.error_kind, run.error_message), style="red"))
+    add_row(summary, "last seq", str(run.last_seq))
+    add_row(summary, "replays", str(timeline.replays))
+    out = out or _out()
     out.print(summary)
 
     steps = Table(title="steps")
     for column in ("step", "state", "attempts", "started", "finished", "duration", "output / error"):
         steps.add_column(column, overflow="fold")
     for step in timeline.steps:
-        steps.add_row(
+        add_row(
+            steps,
             step.step_id,
             _state(step.state),
             str(step.attempts),
@@ -211,7 +217,8 @@ def _render(timeline: RunTimeline) -> None:
     for column in ("step", "#", "state", "scheduled", "started", "finished", "duration", "executor", "error"):
         attempts.add_column(column, overflow="fold")
     for a in timeline.attempts:
-        attempts.add_row(
+        add_row(
+            attempts,
             a.step_id,
             str(a.attempt),
             _state(a.state),
@@ -231,8 +238,9 @@ def _render(timeline: RunTimeline) -> None:
         for c in timeline.commands:
             outcome = _state(c.outcome)
             if c.refusal:
-                outcome.append(f": {c.refusal}")
-            commands.add_row(
+                outcome.append(f": {c.refusal}")  # Text.append: literal
+            add_row(
+                commands,
                 _ts(c.decided_at),
                 c.command_id,
                 c.kind,
@@ -248,7 +256,8 @@ def _render(timeline: RunTimeline) -> None:
     for column in ("seq", "at", "type", "step", "attempt", "state", "detail"):
         events.add_column(column, overflow="fold")
     for e in timeline.events:
-        events.add_row(
+        add_row(
+            events,
             str(e.seq),
             _ts(e.at),
             e.type,
@@ -264,11 +273,9 @@ def _resolve_prefix(session: Session, run_id: str) -> str:
     """Expand a short id (as `switchyard demo` prints) when exactly one run starts with it."""
     if len(run_id) >= 36:
         return run_id
-    from services.projector.models import Run
-
     matches = list(session.scalars(sa.select(Run.run_id).where(Run.run_id.startswith(run_id)).limit(2)))
     if len(matches) > 1:
-        _err().print(f"[red]error:[/] {run_id!r} matches several runs; give more of the id")
+        _err().print(f"[red]error:[/] {esc(repr(run_id))} matches several runs; give more of the id")
         raise typer.Exit(1)
     return matches[0] if matches else run_id
 
@@ -284,7 +291,9 @@ def show(
         run_id = _resolve_prefix(session, run_id)
         timeline = run_timeline(session, run_id)
         if timeline is None:
-            _err().print(f"[red]error:[/] no run {run_id!r} (the projector may not have seen it yet)")
+            _err().print(
+                f"[red]error:[/] no run {esc(repr(run_id))} (the projector may not have seen it yet)"
+            )
             raise typer.Exit(1)
         if as_json:
             print(json.dumps(timeline.as_dict(), indent=2, default=str))

@@ -20,16 +20,18 @@ from dataclasses import dataclass, field
 
 import typer
 from prometheus_client.parser import text_string_to_metric_families
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from services.bus.topics import Topics
+from services.commands import options
+from services.commands.text import add_row, console
 from services.config import Settings, get_settings
 from services.observability.lag import LagReader, all_groups
 
-err = Console(stderr=True)
+err = console(stderr=True)
 
 
 @dataclass
@@ -140,9 +142,9 @@ def render(cur: Snapshot, prev: Snapshot | None, prefix: str, top: int = 20) -> 
     for (group, topic), value in rows[:top]:
         before = prev.end_offsets.get(topic) if prev else None
         written = _rate(cur.end_offsets.get(topic, 0), before, seconds) if topic in cur.end_offsets else "-"
-        lag.add_row(group, topic, f"{value:,}", written, style="red" if value > 1000 else None)
+        add_row(lag, group, topic, f"{value:,}", written, style="red" if value > 1000 else None)
     if len(rows) > top:
-        lag.add_row("…", f"{len(rows) - top} more", "", "")
+        add_row(lag, "…", f"{len(rows) - top} more", "", "")
     parts.append(lag)
 
     if cur.records:
@@ -156,31 +158,34 @@ def render(cur: Snapshot, prev: Snapshot | None, prefix: str, top: int = 20) -> 
                 )
                 for d in ("in", "out")
             ]
-            throughput.add_row(service, *cells)
+            add_row(throughput, service, *cells)
         parts.append(throughput)
 
     dlq_topic = Topics(prefix).dlq
     dlq = Table("dead letters", "count", "per s", title="DLQ", title_justify="left")
     if dlq_topic in cur.end_offsets:
         before = prev.end_offsets.get(dlq_topic) if prev else None
-        dlq.add_row(
-            dlq_topic, f"{cur.end_offsets[dlq_topic]:,}", _rate(cur.end_offsets[dlq_topic], before, seconds)
+        add_row(
+            dlq,
+            dlq_topic,
+            f"{cur.end_offsets[dlq_topic]:,}",
+            _rate(cur.end_offsets[dlq_topic], before, seconds),
         )
     for (service, reason), count in sorted(cur.dlq_by_reason.items()):
         before_count = prev.dlq_by_reason.get((service, reason)) if prev else None
-        dlq.add_row(f"{service}: {reason}", f"{count:,.0f}", _rate(count, before_count, seconds))
+        add_row(dlq, f"{service}: {reason}", f"{count:,.0f}", _rate(count, before_count, seconds))
     parts.append(dlq)
 
     tenants = sorted(set(cur.in_flight) | set(cur.pending))
     if tenants:
         table = Table("tenant", "in flight", "pending", title="Runs per tenant", title_justify="left")
         for tenant in tenants:
-            table.add_row(
-                tenant, f"{cur.in_flight.get(tenant, 0):,.0f}", f"{cur.pending.get(tenant, 0):,.0f}"
+            add_row(
+                table, tenant, f"{cur.in_flight.get(tenant, 0):,.0f}", f"{cur.pending.get(tenant, 0):,.0f}"
             )
         parts.append(table)
     for error in cur.errors:
-        parts.append(Text(f"! {error}", style="yellow"))
+        parts.append(Text(f"! {error}", style="yellow"))  # Text: literal
     return Group(*parts)
 
 
@@ -208,7 +213,10 @@ def status(
     ),
     prefix: str | None = typer.Option(None, help="Topic prefix (default: SWITCHYARD_TOPIC_PREFIX, else wf)."),
     interval: float = typer.Option(
-        2.0, min=0.1, help="Seconds between refreshes (and between --once samples)."
+        2.0,
+        min=0.1,
+        callback=options.finite_seconds,
+        help="Seconds between refreshes (and between --once samples).",
     ),
     once: bool = typer.Option(
         False, "--once", help="Print one snapshot (two samples --interval apart) and exit."
@@ -224,7 +232,7 @@ def status(
         err.print("[red]error:[/] nothing to read: set KAFKA_BOOTSTRAP_SERVERS or pass --metrics-url.")
         raise typer.Exit(2)
     sampler = Sampler(prefix, reader, urls)
-    out = Console()
+    out = console()
     if once:
         first = sampler.sample()
         time.sleep(interval)

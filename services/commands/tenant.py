@@ -7,11 +7,11 @@ from pathlib import Path
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
 from services.bus.topics import Topics, admin_client
 from services.commands.engine import _settings
+from services.commands.text import add_row, console, esc
 from services.tenancy.acl import ensure_tenant_acls
 from services.tenancy.admin import create_trigger_topic, read_tenants, save_tenant
 from services.tenancy.config import TenantConfig
@@ -20,14 +20,17 @@ from services.workflow.signing import KeyEntry, Keyring
 app = typer.Typer(
     help="Tenants: trigger topics, limits, permission scopes and signing keyrings.", no_args_is_help=True
 )
-out = Console()
-err = Console(stderr=True)
+out = console()
+err = console(stderr=True)
 
 
 def _get(tenant: str) -> TenantConfig:
     config = read_tenants(_settings()).get(tenant)
     if config is None:
-        err.print(f"[red]error:[/] no tenant {tenant!r} (create it with `switchyard tenant create {tenant}`)")
+        name = esc(repr(tenant))
+        err.print(
+            f"[red]error:[/] no tenant {name} (create it with `switchyard tenant create {esc(tenant)}`)"
+        )
         raise typer.Exit(1)
     return config
 
@@ -61,7 +64,7 @@ def create(
     Fails if the tenant exists (use `update`)."""
     settings = _settings()
     if tenant in read_tenants(settings):
-        err.print(f"[red]error:[/] tenant {tenant!r} exists; use `switchyard tenant update`")
+        err.print(f"[red]error:[/] tenant {esc(repr(tenant))} exists; use `switchyard tenant update`")
         raise typer.Exit(1)
     keys = []
     if public_key is not None:
@@ -83,14 +86,16 @@ def create(
             base_partition=base_partition,
         )
     except ValidationError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {esc(exc)}")
         raise typer.Exit(2) from exc
     created = create_trigger_topic(settings, config)
-    err.print(("created" if created else "kept existing") + f" trigger topic for {tenant}")
+    err.print(("created" if created else "kept existing") + f" trigger topic for {esc(tenant)}")
     acls = ensure_tenant_acls(
         admin_client(settings), Topics(settings.topic_prefix), tenant, principal or f"User:{tenant}"
     )
-    err.print("ACLs: " + ("; ".join(acls) if acls else "none (the cluster has no authorizer)"))
+    err.print(
+        "ACLs: " + ("; ".join(esc(acl) for acl in acls) if acls else "none (the cluster has no authorizer)")
+    )
     _save(config)
 
 
@@ -128,7 +133,7 @@ def update(
     try:
         updated = TenantConfig.model_validate({**config.model_dump(), **changes})
     except ValidationError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {esc(exc)}")
         raise typer.Exit(2) from exc
     _save(updated)
 
@@ -171,7 +176,8 @@ def list_() -> None:
     """List tenants with their status and limits."""
     table = Table("tenant", "status", "max runs", "trigger rate", "scopes", "keys")
     for name, config in sorted(read_tenants(_settings()).items()):
-        table.add_row(
+        add_row(
+            table,
             name,
             config.status,
             str(config.max_concurrent_runs),

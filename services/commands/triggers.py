@@ -6,9 +6,9 @@ import threading
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from services.commands.text import console, esc
 from services.config import get_settings
 from services.runtime import install_signal_handlers, setup_logging
 from services.triggers.plugins import TriggerLoadError, TriggerRegistry
@@ -18,15 +18,15 @@ app = typer.Typer(
     help="Trigger plugins: sources (cron schedules, …) that emit trigger events to tenants' topics.",
     no_args_is_help=True,
 )
-out = Console()
-err = Console(stderr=True)
+out = console()
+err = console(stderr=True)
 
 
 def _registry() -> TriggerRegistry:
     try:
         return TriggerRegistry.load()
     except TriggerLoadError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {esc(exc)}")
         raise typer.Exit(1) from exc
 
 
@@ -53,7 +53,7 @@ def run(
     try:
         prepared = load_instances(config, registry)
     except TriggerConfigError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {esc(exc)}")
         raise typer.Exit(2) from exc
     if check:
         out.print(f"{len(prepared)} trigger instance(s) valid")

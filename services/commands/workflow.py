@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from services.commands.text import console, esc
 from services.workflow import BUILTIN_ACTIONS, DefinitionError, load_definition_file, sign_definition
 from services.workflow.keyfiles import read_private_key, write_keypair
 from services.workflow.schema_export import definition_schema_text
@@ -32,8 +32,8 @@ app = typer.Typer(
     help="Workflow definitions: validate, generate signing keys, sign, export the JSON Schema.",
     no_args_is_help=True,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = console(highlight=False, soft_wrap=True)
+err = console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -61,9 +61,9 @@ def validate(
         except DefinitionError as exc:
             failed = True
             for problem in exc.problems:
-                err.print(f"[red]✗[/] {problem}")
+                err.print(f"[red]✗[/] {esc(problem)}")
             continue
-        out.print(f"OK {defn.name} v{defn.version}  ({path})")
+        out.print(f"OK {esc(defn.name)} v{defn.version}  ({esc(path)})")
     if failed:
         raise typer.Exit(1)
 
@@ -80,11 +80,11 @@ def keygen(
     try:
         files = write_keypair(out_dir, key_id)
     except FileExistsError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {esc(exc)}")
         raise typer.Exit(1) from exc
-    err.print(f"private key: {files.private_path} (keep it secret)")
-    err.print(f"public key:  {files.public_path}")
-    out.print(f"key_id: {files.key_id}")
+    err.print(f"private key: {esc(files.private_path)} (keep it secret)")
+    err.print(f"public key:  {esc(files.public_path)}")
+    out.print(f"key_id: {esc(files.key_id)}")
     out.print(f"public_key: {files.public_key}")
 
 
@@ -106,24 +106,25 @@ def sign(
         defn = load_definition_file(file, known_actions=None)
     except DefinitionError as exc:
         for problem in exc.problems:
-            err.print(f"[red]✗[/] {problem}")
+            err.print(f"[red]✗[/] {esc(problem)}")
         raise typer.Exit(1) from exc
     try:
         private_key = read_private_key(key)
     except (OSError, ValueError) as exc:
-        err.print(f"[red]error:[/] cannot read private key {key}: {exc}")
+        err.print(f"[red]error:[/] cannot read private key {esc(key)}: {esc(exc)}")
         raise typer.Exit(1) from exc
     try:
         signed = sign_definition(defn, tenant=tenant, key_id=key_id, private_key=private_key)
     except ValueError as exc:  # pydantic: bad tenant or key id
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {esc(exc)}")
         raise typer.Exit(1) from exc
     text = json.dumps(signed.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
     if out_file is None:
         typer.echo(text, nl=False)
     else:
         out_file.write_text(text, encoding="utf-8")
-        err.print(f"signed {defn.name} v{defn.version} for tenant {tenant} with key {key_id} -> {out_file}")
+        what = f"{esc(defn.name)} v{defn.version} for tenant {esc(tenant)} with key {esc(key_id)}"
+        err.print(f"signed {what} -> {esc(out_file)}")
 
 
 @app.command()
@@ -144,9 +145,11 @@ def schema(
     if check:
         current = out_file.read_text(encoding="utf-8") if out_file.exists() else ""
         if current != text:
-            err.print(f"[red]out of date:[/] {out_file}; regenerate with `switchyard workflow schema --out`")
+            err.print(
+                f"[red]out of date:[/] {esc(out_file)}; regenerate with `switchyard workflow schema --out`"
+            )
             raise typer.Exit(1)
-        err.print(f"{out_file} is up to date")
+        err.print(f"{esc(out_file)} is up to date")
         return
     out_file.write_text(text, encoding="utf-8")
-    err.print(f"wrote {out_file}")
+    err.print(f"wrote {esc(out_file)}")

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
 from services.commands.engine import _settings
+from services.commands.text import add_row, console, esc
 from services.registry.publishing import PublishRefused, publish_signed, read_definitions
 from services.workflow.signing import SignedDefinition
 
-out = Console()
-err = Console(stderr=True)
+out = console()
+err = console(stderr=True)
 
 
 def publish_cmd(
@@ -28,15 +28,15 @@ def publish_cmd(
     try:
         signed = SignedDefinition.model_validate_json(file.read_text())
     except (OSError, ValidationError) as exc:
-        err.print(f"[red]error:[/] {file} is not a signed definition envelope: {exc}")
+        err.print(f"[red]error:[/] {esc(file)} is not a signed definition envelope: {esc(exc)}")
         raise typer.Exit(1) from exc
     try:
         changed = publish_signed(_settings(), signed, publisher)
     except PublishRefused as exc:
-        err.print(f"[red]refused:[/] {exc}")
+        err.print(f"[red]refused:[/] {esc(exc)}")
         raise typer.Exit(1) from exc
     verb = "published" if changed else "already published (identical)"
-    err.print(f"{verb}: {signed.tenant}/{signed.name} v{signed.version}")
+    err.print(f"{verb}: {esc(signed.tenant)}/{esc(signed.name)} v{signed.version}")
 
 
 def list_cmd(tenant: str | None = typer.Option(None, help="Only this tenant.")) -> None:
@@ -46,7 +46,8 @@ def list_cmd(tenant: str | None = typer.Option(None, help="Only this tenant.")) 
         if tenant and entry.tenant != tenant:
             continue
         d = entry.signed.definition
-        table.add_row(
+        add_row(
+            table,
             entry.tenant,
             d.name,
             str(d.version),
@@ -71,7 +72,9 @@ def show_cmd(
         entries = [e for e in entries if e.signed.version == version]
     if not entries:
         err.print(
-            f"[red]error:[/] no published {name}" + (f" v{version}" if version else "") + f" for {tenant}"
+            f"[red]error:[/] no published {esc(name)}"
+            + (f" v{version}" if version else "")
+            + f" for {esc(tenant)}"
         )
         raise typer.Exit(1)
     entry = max(entries, key=lambda e: e.signed.version)
