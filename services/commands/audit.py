@@ -39,7 +39,7 @@ from rich.text import Text
 from services.commands import options
 from services.commands.text import add_row, esc
 from services.commands.text import console as new_console
-from services.config import Settings
+from services.config import Settings, load_settings
 from services.projector.compare import AuditReport, compare_schemas, current_schema, table_specs
 from services.projector.db import make_engine
 from services.projector.rebuild import (
@@ -206,7 +206,7 @@ def rebuild_command(
 
     Exit code 0 when identical, 1 on any difference, 2 when the audit could not be done.
     """
-    settings = Settings()
+    settings = load_settings()
     console = _err()
     if not settings.database_url:
         console.print(

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from services.commands import options
 from services.commands.text import add_row, console, esc, plain
-from services.config import get_settings
+from services.config import load_settings
 from services.projector.db import make_engine
 from services.projector.models import Run
 from services.projector.queries import RunTimeline, as_dict, list_runs, run_timeline
@@ -57,7 +57,7 @@ STATE_STYLES = {
 
 @contextmanager
 def _session() -> Iterator[Session]:
-    url = get_settings().database_url
+    url = load_settings().database_url  # not cached: tests point it at their own database
     if not url:
         _err().print(
             "[red]error:[/] no database configured: set DATABASE_URL (or SWITCHYARD_DATABASE_URL), "
