@@ -45,6 +45,8 @@ class ProjectedEvent:
     where: Coordinates
     key: bytes | None = field(default=None, repr=False, compare=False)
     payload: bytes | None = field(default=None, repr=False, compare=False)
+    #: ``detail_json`` as received when it is a JSON object (stored as is: no re-encoding)
+    detail_text: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_run_event(self) -> bool:
@@ -135,6 +137,7 @@ def event_from_record(
         where=where,
         key=key,
         payload=payload,
+        detail_text=record.get("detail_json") if raw is detail and raw is not None else None,
     )
 
 

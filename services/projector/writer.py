@@ -16,6 +16,7 @@ table, deadlock, ...) propagates: the caller retries the whole batch, which is s
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,6 @@ from typing import Any, cast
 
 import psycopg
 import sqlalchemy as sa
-from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from services.projector.changes import RowChange, attempt_change, run_skeleton, step_change
@@ -84,11 +84,30 @@ def _raw(conn: sa.Connection) -> psycopg.Connection[Any]:
     return cast("psycopg.Connection[Any]", conn.connection.driver_connection)
 
 
-def _json(value: Any) -> Jsonb | None:
+def _json(value: Any) -> str | None:
     # Python None is SQL NULL (as the models' JSONB(none_as_null=True)), not the JSON null.
-    return None if value is None else Jsonb(value)
+    return None if value is None else json.dumps(value)
 
 
+# Every hot statement takes one array per column and reads them with unnest(): one statement
+# (one round trip, one plan) per table per batch, however many rows. JSON travels as text.
+_SQL_ARRAY = {"text": "text[]", "integer": "int[]", "bigint": "bigint[]", "timestamptz": "timestamptz[]",
+              "jsonb": "text[]", "boolean": "bool[]"}  # fmt: skip
+
+
+def _unnest(columns: dict[str, str], *, ordinality: bool = False) -> str:
+    """``unnest(%s::t1[], …) AS s(c1, …)`` for ``columns`` (name → SQL type); ``ord`` numbers rows."""
+    arrays = ", ".join(f"%s::{_SQL_ARRAY[t]}" for t in columns.values())
+    if ordinality:
+        return f"unnest({arrays}) WITH ORDINALITY AS s({', '.join(columns)}, ord)"
+    return f"unnest({arrays}) AS s({', '.join(columns)})"
+
+
+def _value(column: str, types: dict[str, str]) -> str:
+    return f"s.{column}::jsonb" if types[column] == "jsonb" else f"s.{column}"
+
+
+_STEP_KEYS = {"run_id": "text", "step_id": "text"}
 _STEP_TYPES = {
     "state": "text",
     "attempts": "integer",
@@ -98,6 +117,7 @@ _STEP_TYPES = {
     "error_kind": "text",
     "error_message": "text",
 }
+_ATTEMPT_KEYS = {"run_id": "text", "step_id": "text", "attempt": "integer"}
 _ATTEMPT_TYPES = {
     "state": "text",
     "idempotency_key": "text",
@@ -110,48 +130,52 @@ _ATTEMPT_TYPES = {
     "error_message": "text",
     "executor_id": "text",
 }
-_JSON_COLUMNS = frozenset({"output", "inputs", "trigger_data"})
+_JSON_COLUMNS = frozenset({"output", "inputs", "trigger_data", "detail"})
 
 
-def _upsert_sql(table: str, keys: tuple[str, ...], types: dict[str, str]) -> bytes:
-    """One ``INSERT … ON CONFLICT DO UPDATE`` whose per-column operation is a parameter.
+def _plan_sql(table: str, keys: dict[str, str], types: dict[str, str]) -> tuple[bytes, bytes]:
+    """(UPDATE of the existing rows, INSERT of the others) for one round of :class:`RowPlan`.
 
-    ``i_<c>``: the value if the row is new; ``o_<c>`` / ``a_<c>``: operation code and argument
-    (see :mod:`.rowplan`) applied to the existing value otherwise.
+    The update runs first: per column, operation ``o_<c>`` with argument ``a_<c>`` (see
+    :mod:`.rowplan`); then the rows still missing are inserted with their ``i_<c>`` values.
     """
-    cols = (*keys, *types)
-    values = (
-        ", ".join(f"%(k_{c})s" for c in keys) + ", " + ", ".join(f"%(i_{c})s::{t}" for c, t in types.items())
-    )
+    ins = {f"i_{c}": t for c, t in types.items()}
+    ops = {f"o_{c}": "integer" for c in types}
+    args = {f"a_{c}": t for c, t in types.items()}
+    all_types = {**keys, **ins, **ops, **args}
     sets = ", ".join(
-        f"{c} = CASE %(o_{c})s::int WHEN 1 THEN %(a_{c})s::{t} "
-        f"WHEN 2 THEN coalesce(t.{c}, %(a_{c})s::{t}) WHEN 3 THEN greatest(t.{c}, %(a_{c})s::{t}) "
-        f"ELSE t.{c} END"
-        for c, t in types.items()
+        f"{c} = CASE s.o_{c} WHEN 1 THEN {_value('a_' + c, all_types)} "
+        f"WHEN 2 THEN coalesce(t.{c}, {_value('a_' + c, all_types)}) "
+        f"WHEN 3 THEN greatest(t.{c}, {_value('a_' + c, all_types)}) ELSE t.{c} END"
+        for c in types
     )
-    return (
-        f"INSERT INTO {table} AS t ({', '.join(cols)}) VALUES ({values}) "  # noqa: S608
-        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}"
-    ).encode()
+    match = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    update = f"UPDATE {table} AS t SET {sets} FROM {_unnest({**keys, **ops, **args})} WHERE {match}"  # noqa: S608
+    cols = (*keys, *types)
+    values = ", ".join([*(f"s.{k}" for k in keys), *(_value(f"i_{c}", all_types) for c in types)])
+    insert = (
+        f"INSERT INTO {table} ({', '.join(cols)}) SELECT {values} FROM {_unnest({**keys, **ins})} "  # noqa: S608
+        f"ON CONFLICT ({', '.join(keys)}) DO NOTHING"
+    )
+    return update.encode(), insert.encode()
 
 
-_STEPS_SQL = _upsert_sql("steps", ("run_id", "step_id"), _STEP_TYPES)
-_ATTEMPTS_SQL = _upsert_sql("attempts", ("run_id", "step_id", "attempt"), _ATTEMPT_TYPES)
+_STEPS_SQL = _plan_sql("steps", _STEP_KEYS, _STEP_TYPES)
+_ATTEMPTS_SQL = _plan_sql("attempts", _ATTEMPT_KEYS, _ATTEMPT_TYPES)
 
-_RUN_COLUMNS = (
-    "run_id",
-    "tenant",
-    "workflow",
-    "version",
-    "state",
-    "correlation_id",
-    "created_at",
-    "updated_at",
-    "last_seq",
-)
-# Statements are built once, at import, from this module's constants only (hence the noqa).
+_RUN_SKELETON = {
+    "run_id": "text",
+    "tenant": "text",
+    "workflow": "text",
+    "version": "integer",
+    "state": "text",
+    "correlation_id": "text",
+    "created_at": "timestamptz",
+    "updated_at": "timestamptz",
+    "last_seq": "integer",
+}
 _SKELETONS_SQL = (
-    f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({', '.join(f'%({c})s' for c in _RUN_COLUMNS)}) "  # noqa: S608
+    f"INSERT INTO runs ({', '.join(_RUN_SKELETON)}) SELECT * FROM {_unnest(_RUN_SKELETON)} "  # noqa: S608
     "ON CONFLICT (run_id) DO NOTHING"
 ).encode()
 _RUN_TYPES = {
@@ -164,38 +188,55 @@ _RUN_TYPES = {
     "error_kind": "text",
     "error_message": "text",
 }
+_RUN_PLAN = {
+    "run_id": "text",
+    "after_seq": "integer",
+    "last_seq": "integer",
+    "updated_at": "timestamptz",
+    "started_at": "timestamptz",
+    **{f"h_{c}": "boolean" for c in _RUN_TYPES},
+    **{f"v_{c}": t for c, t in _RUN_TYPES.items()},
+}
 _RUN_UPDATE_SQL = (
-    "UPDATE runs AS t SET last_seq = %(last_seq)s, updated_at = %(updated_at)s, "  # noqa: S608
+    "UPDATE runs AS t SET last_seq = s.last_seq, updated_at = s.updated_at, "  # noqa: S608
     + ", ".join(
-        f"{c} = CASE WHEN %(h_{c})s THEN %(v_{c})s::{t} ELSE t.{c} END" for c, t in _RUN_TYPES.items()
+        f"{c} = CASE WHEN s.h_{c} THEN {_value('v_' + c, _RUN_PLAN)} ELSE t.{c} END" for c in _RUN_TYPES
     )
-    + ", started_at = coalesce(t.started_at, %(started_at)s::timestamptz) "
-    "WHERE t.run_id = %(run_id)s AND t.last_seq < %(after_seq)s RETURNING t.run_id"
+    + f", started_at = coalesce(t.started_at, s.started_at) FROM {_unnest(_RUN_PLAN)} "
+    "WHERE t.run_id = s.run_id AND t.last_seq < s.after_seq RETURNING t.run_id"
 ).encode()
 
-_EVENT_COLUMNS = (
-    "event_id",
-    "run_id",
-    "tenant",
-    "workflow",
-    "version",
-    "seq",
-    "type",
-    "step_id",
-    "attempt",
-    "state",
-    "at",
-    "correlation_id",
-    "detail",
-    "kafka_topic",
-    "kafka_partition",
-    "kafka_offset",
-)
-# No conflict target: a duplicate event_id *or* (run_id, seq) is a replay, not an error.
+_EVENT_TYPES = {
+    "event_id": "text",
+    "run_id": "text",
+    "tenant": "text",
+    "workflow": "text",
+    "version": "integer",
+    "seq": "integer",
+    "type": "text",
+    "step_id": "text",
+    "attempt": "integer",
+    "state": "text",
+    "at": "timestamptz",
+    "correlation_id": "text",
+    "detail": "jsonb",
+    "kafka_topic": "text",
+    "kafka_partition": "integer",
+    "kafka_offset": "bigint",
+}
+# No conflict target: a duplicate event_id *or* (run_id, seq) is a replay, not an error. ORDER BY
+# keeps the batch's order, so of two records with one (run_id, seq) the first read is the one kept.
 _EVENTS_SQL = (
-    f"INSERT INTO run_events ({', '.join(_EVENT_COLUMNS)}) "  # noqa: S608
-    f"VALUES ({', '.join('%s' for _ in _EVENT_COLUMNS)}) ON CONFLICT DO NOTHING RETURNING event_id"
+    f"INSERT INTO run_events ({', '.join(_EVENT_TYPES)}) "  # noqa: S608
+    f"SELECT {', '.join(_value(c, _EVENT_TYPES) for c in _EVENT_TYPES)} "
+    f"FROM {_unnest(_EVENT_TYPES, ordinality=True)} ORDER BY ord "
+    "ON CONFLICT DO NOTHING RETURNING event_id"
 ).encode()
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Row-major → one list per column (the arrays unnest() reads)."""
+    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
 def _insert_skeletons(conn: sa.Connection, events: Sequence[ProjectedEvent]) -> None:
@@ -203,8 +244,8 @@ def _insert_skeletons(conn: sa.Connection, events: Sequence[ProjectedEvent]) -> 
     for ev in events:
         first.setdefault(ev.run_id, ev)
     if first:
-        with _raw(conn).cursor() as cur:
-            cur.executemany(_SKELETONS_SQL, [run_skeleton(ev) for ev in first.values()])
+        rows = [tuple(run_skeleton(ev)[c] for c in _RUN_SKELETON) for ev in first.values()]
+        _raw(conn).execute(_SKELETONS_SQL, _columns(rows, len(_RUN_SKELETON)))
 
 
 def _event_row(ev: ProjectedEvent) -> tuple[Any, ...]:
@@ -221,7 +262,7 @@ def _event_row(ev: ProjectedEvent) -> tuple[Any, ...]:
         ev.state,
         ev.at,
         ev.correlation_id,
-        _json(ev.raw_detail),
+        ev.detail_text if ev.detail_text is not None else _json(ev.raw_detail),
         ev.where.topic,
         ev.where.partition,
         ev.where.offset,
@@ -231,51 +272,47 @@ def _event_row(ev: ProjectedEvent) -> tuple[Any, ...]:
 def _insert_events(conn: sa.Connection, events: Sequence[ProjectedEvent]) -> set[str]:
     if not events:
         return set()
-    inserted: set[str] = set()
-    with _raw(conn).cursor() as cur:
-        cur.executemany(_EVENTS_SQL, [_event_row(ev) for ev in events], returning=True)
-        for _ in cur.results():
-            inserted.update(row[0] for row in cur.fetchall())
-    return inserted
-
-
-def _plan_params(plan: RowPlan, types: dict[str, str]) -> dict[str, Any]:
-    params: dict[str, Any] = {f"k_{c}": v for c, v in plan.key.items()}
-    for column in types:
-        op, arg = plan.ops[column]
-        value = plan.insert[column]
-        if column in _JSON_COLUMNS:
-            value, arg = _json(value), _json(arg)
-        params[f"i_{column}"] = value
-        params[f"o_{column}"] = OP_CODES[op]
-        params[f"a_{column}"] = arg
-    return params
+    rows = [_event_row(ev) for ev in events]
+    cur = _raw(conn).execute(_EVENTS_SQL, _columns(rows, len(_EVENT_TYPES)))
+    return {row[0] for row in cur.fetchall()}
 
 
 def _write_plans(
-    cur: psycopg.Cursor[Any], sql: bytes, rounds: list[list[RowPlan]], types: dict[str, str]
+    conn: psycopg.Connection[Any],
+    sql: tuple[bytes, bytes],
+    rounds: list[list[RowPlan]],
+    types: dict[str, str],
 ) -> None:
+    update, insert = sql
     for plans in rounds:
-        cur.executemany(sql, [_plan_params(p, types) for p in plans])
+        keys = [tuple(p.key.values()) for p in plans]
+        updates: list[tuple[Any, ...]] = []
+        inserts: list[tuple[Any, ...]] = []
+        for key, plan in zip(keys, plans, strict=True):
+            ops = [plan.ops[c] for c in types]
+            inserted = [plan.insert[c] for c in types]
+            if _JSON_COLUMNS.intersection(types):
+                ops = [
+                    (op, _json(arg)) if c in _JSON_COLUMNS else (op, arg)
+                    for c, (op, arg) in zip(types, ops, strict=True)
+                ]
+                inserted = [
+                    _json(v) if c in _JSON_COLUMNS else v for c, v in zip(types, inserted, strict=True)
+                ]
+            updates.append((*key, *(OP_CODES[op] for op, _ in ops), *(arg for _, arg in ops)))
+            inserts.append((*key, *inserted))
+        width = len(keys[0])
+        conn.execute(update, _columns(updates, width + 2 * len(types)))
+        conn.execute(insert, _columns(inserts, width + len(types)))
 
 
-def _run_params(plan: RunPlan) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "run_id": plan.run_id,
-        "after_seq": plan.after_seq,
-        "last_seq": plan.last_seq,
-        "updated_at": plan.updated_at,
-        "started_at": plan.started_at,
-    }
-    for column in _RUN_TYPES:
-        present = column in plan.sets
-        value = plan.sets.get(column)
-        params[f"h_{column}"] = present
-        params[f"v_{column}"] = _json(value) if column in _JSON_COLUMNS else value
-    return params
+def _run_row(plan: RunPlan) -> tuple[Any, ...]:
+    present = [c in plan.sets for c in _RUN_TYPES]
+    values = [_json(plan.sets.get(c)) if c in _JSON_COLUMNS else plan.sets.get(c) for c in _RUN_TYPES]
+    return (plan.run_id, plan.after_seq, plan.last_seq, plan.updated_at, plan.started_at, *present, *values)
 
 
-def _update_runs(cur: psycopg.Cursor[Any], events: Sequence[ProjectedEvent]) -> None:
+def _update_runs(conn: psycopg.Connection[Any], events: Sequence[ProjectedEvent]) -> None:
     """Apply the run-level changes of ``events`` (applied, in order): one update per run.
 
     A run whose stored ``last_seq`` is not below the batch's first change (only possible with
@@ -293,14 +330,12 @@ def _update_runs(cur: psycopg.Cursor[Any], events: Sequence[ProjectedEvent]) -> 
         else:
             composites.append(plan)
     if composites:
-        updated: set[str] = set()
-        cur.executemany(_RUN_UPDATE_SQL, [_run_params(p) for p in composites], returning=True)
-        for _ in cur.results():
-            updated.update(row[0] for row in cur.fetchall())
+        rows = [_run_row(p) for p in composites]
+        updated = {row[0] for row in conn.execute(_RUN_UPDATE_SQL, _columns(rows, len(_RUN_PLAN))).fetchall()}
         sequential.extend(p.run_id for p in composites if p.run_id not in updated)
     for run_id in sequential:
         for plan in run_sequence(per_run[run_id]):
-            cur.execute(_RUN_UPDATE_SQL, _run_params(plan))
+            conn.execute(_RUN_UPDATE_SQL, _columns([_run_row(plan)], len(_RUN_PLAN)))
 
 
 def _apply_events(conn: sa.Connection, events: Sequence[ProjectedEvent]) -> None:
@@ -316,10 +351,10 @@ def _apply_events(conn: sa.Connection, events: Sequence[ProjectedEvent]) -> None
             attempt = attempt_change(ev)
             if attempt is not None:
                 attempts.append(attempt)
-    with _raw(conn).cursor() as cur:
-        _update_runs(cur, events)
-        _write_plans(cur, _STEPS_SQL, plan_rows(steps, _STEP_TYPES), _STEP_TYPES)
-        _write_plans(cur, _ATTEMPTS_SQL, plan_rows(attempts, _ATTEMPT_TYPES), _ATTEMPT_TYPES)
+    raw = _raw(conn)
+    _update_runs(raw, events)
+    _write_plans(raw, _STEPS_SQL, plan_rows(steps, _STEP_TYPES), _STEP_TYPES)
+    _write_plans(raw, _ATTEMPTS_SQL, plan_rows(attempts, _ATTEMPT_TYPES), _ATTEMPT_TYPES)
 
 
 def _insert_dead_letters(conn: sa.Connection, letters: Sequence[DeadLetter]) -> set[str]:
