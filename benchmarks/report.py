@@ -88,10 +88,36 @@ def targets(results: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> 
         row = next((r for r in ratio_rows if r["workload"] == "chain10" and r["baseline"] == baseline), None)
         return None if row is None else row["steps_per_s"]
 
+    def with_history() -> float | None:
+        value = None if chain is None else chain["saturation"].get("steps_per_s_with_history")
+        return None if value is None else float(value)
+
+    def history_over(value: float | None) -> float | None:
+        history = with_history()
+        return None if history is None or not value else round(history / value, 2)
+
+    def celery_steps() -> float | None:
+        row = _find(results, "celery-redis", "chain10")
+        return None if row is None or "error" in row else float(row["saturation"]["steps_per_s"])
+
+    def projector_cpu() -> float | None:
+        figures = None if chain is None else chain["saturation"].get("resources", {}).get("projector")
+        value = None if figures is None else figures.get("cpu_s_per_1k_steps_incl_catch_up")
+        return None if value is None else float(value)
+
     checks: list[tuple[str, float | None, str, float]] = [
         ("no-op steps/s end to end (chain10)", figure("saturation", "steps_per_s"), ">=", 5000),
         ("x Celery+Redis steps/s (chain10)", ratio_to("celery-redis"), ">=", 3.0),
         ("x raw Kafka floor steps/s (chain10)", ratio_to("kafka-floor"), ">=", 0.5),
+        ("steps/s with history in PostgreSQL (chain10)", with_history(), ">=", 5000),
+        (
+            "history-in-PG steps/s x engine steps/s (chain10)",
+            history_over(figure("saturation", "steps_per_s")),
+            ">=",
+            0.9,
+        ),
+        ("history-in-PG steps/s x Celery+Redis steps/s (chain10)", history_over(celery_steps()), ">=", 3.0),
+        ("projector CPU s per 1,000 steps incl. catch-up (chain10)", projector_cpu(), "<=", 0.3),
         (
             "trigger→first-step p99 ms at 50% load",
             figure("half_load", "first_step_ms_p99"),

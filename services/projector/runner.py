@@ -13,6 +13,12 @@ at any instant either loses the whole batch (it is read again) or none of it, an
 an already applied event changes nothing. Offsets are also committed to Kafka afterwards,
 asynchronously and only for the benefit of lag tooling; they are never read back.
 
+Batches adapt to the load (see :meth:`Projector.next_batch`): what the consumer has already
+fetched fills a batch up to 5,000 records or 32 MiB, so a backlog is written in a few large
+transactions; when idle, the first record to arrive is written at once. Several instances share
+the partitions through the consumer group; a batch never writes records of a partition revoked
+while it was gathered.
+
 A database outage does not crash the loop: the batch is retried with backoff until it commits
 or ``stop`` is set (then it is simply dropped: its offsets were not stored).
 """

@@ -2,10 +2,18 @@
 
 Fast path, in one transaction: insert the runs that are new (skeletons), insert every event into
 ``run_events`` with ``ON CONFLICT DO NOTHING RETURNING event_id``, apply only the events that were
-really inserted (so a replayed batch changes nothing), raise ``runs.last_seq``, insert the dead
-letters (same way, by ``dlq_id``), record the control decisions of the new events and dead letters
-in ``control_commands`` (see :mod:`.control`), store the rejects, and upsert ``consumer_offsets``
+really inserted (so a replayed batch changes nothing) to ``runs``, ``steps`` and ``attempts``,
+insert the dead letters (same way, by ``dlq_id``), record the control decisions of the new events
+and dead letters in ``control_commands`` (see :mod:`.control`), store the rejects, and upsert
+``consumer_offsets``
 — forward only, so a zombie instance that lost its partition can never move an offset back.
+
+Set-based: the applied events' changes are coalesced per row in memory (:mod:`.rowplan`; the
+events of a partition are ordered) and each table is written by one statement per batch, built
+once at import, whose parameters are one array per column read with ``unnest`` (``run_events``:
+one ``INSERT … SELECT``; ``runs``: skeletons, then one ``UPDATE … FROM``; ``steps`` and
+``attempts``: ``UPDATE … FROM`` of the existing rows, then ``INSERT … ON CONFLICT DO NOTHING`` of
+the new ones). The hot path speaks psycopg directly on the SQLAlchemy connection's transaction.
 
 If the fast path fails on *data* (a PostgreSQL data or integrity error, SQLSTATE classes 22/23,
 or a bug on one odd event), the transaction is rolled back and the batch is replayed event by

@@ -121,7 +121,7 @@ def test_ratios_targets_and_profile(quick_report: tuple[dict[str, Any], str, Pat
             assert (workload, baseline) in ratio_pairs
     for row in doc["ratios"]:
         assert _positive(row["steps_per_s"]), row
-    assert len(doc["targets"]) == 5
+    assert len(doc["targets"]) == 9
     assert all(row["measured"] is not None for row in doc["targets"] if "Celery" not in row["target"])
     profile = doc["profile"]
     assert profile and "error" not in profile, profile
