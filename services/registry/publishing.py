@@ -54,7 +54,7 @@ def publish_signed(settings: Settings, signed: SignedDefinition, publisher: str)
     try:
         verify_signed(signed, signed.tenant, keyring, published, dt.datetime.now(dt.UTC))
     except SignatureError as exc:
-        raise PublishRefused(f"{exc.reason}: {exc}") from exc
+        raise PublishRefused(str(exc)) from exc  # "<reason>: <why>", as the readers word it
     if published.get((signed.name, signed.version)) == signed.content_hash:
         return False
     publish(settings, signed.tenant, signed, publisher)
