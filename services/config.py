@@ -89,6 +89,19 @@ class Settings(BaseSettings):
         description="Requesters allowed to replay/cancel any tenant's runs (a@x,b@y or a JSON list).",
     )
     max_batch: int = Field(default=500, ge=1, description="Most input records per transaction.")
+    poison_after_failures: int = Field(
+        default=3,
+        ge=1,
+        description=(
+            "Failures of the same batch, attributable to its records, after which the loop bisects it"
+            " and dead-letters the record that fails (poison_record)."
+        ),
+    )
+    stall_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A partition with records but no commit progress for this long fails /readyz (stalled).",
+    )
     metrics_port: int = Field(default=0, ge=0, description="Port of /metrics, /healthz, /readyz (0: off).")
     log_level: str = Field(default="INFO", description="Root log level.")
     log_format: str = Field(default="json", description="'json' (structured) or 'text'.")

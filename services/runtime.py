@@ -8,9 +8,11 @@ a second one exits at once.
 port and runs the consumer-lag collector for the consumer groups of the services it runs:
 
 * healthz: no service thread died (a thread that ends before ``stop`` is set counts as dead);
-* readyz: every service set its ``ready`` event, the broker answers a metadata request, and —
+* readyz: every service set its ``ready`` event, the broker answers a metadata request, —
   when a projector runs and a ``DATABASE_URL`` is configured — PostgreSQL answers too (both
-  cached a few seconds).
+  cached a few seconds), and no partition of the services' transactional loops is stalled
+  (records to process, no commit progress for ``SWITCHYARD_STALL_AFTER_S``; the process-wide
+  :data:`~services.observability.progress.BOARD`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from services.observability.health import (
     database_check,
 )
 from services.observability.lag import LagCollector, groups_for
+from services.observability.progress import BOARD
 from services.observability.server import ObservabilityServer
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,8 @@ def run_services(
     collector.
     """
     health = health if health is not None else Health()
+    if health.progress is None:
+        health.progress = BOARD
     errors: list[BaseException] = []
     statuses = {name: health.service(name) for name in services}
 

@@ -14,16 +14,27 @@ one aborts the transaction, rewinds the consumer to its committed offsets and le
 discard what it did in memory (``on_abort``); a fatal one replaces the producer too. Blocking
 calls are watched for the client hangs that a broker restart can cause.
 
+A processor that raises never ends the thread. What it raises in ``process`` (or a record Kafka
+refuses) is blamed on the batch: the batch is aborted and read again, and once the same batch has
+failed ``SWITCHYARD_POISON_AFTER_FAILURES`` times it is bisected down to the record that fails,
+which is dead-lettered (``poison_record``) while the others go through (:mod:`services.bus.poison`).
+Failures of the infrastructure never lead there. What ``tick`` raises is the processor's own
+fault: abort, rewind, roll back, go on.
+
+The loop reports its commit progress per partition (:mod:`services.observability.progress`), so
+``/readyz`` fails when a partition with records makes no progress for ``SWITCHYARD_STALL_AFTER_S``.
+
 The loop knows nothing of workflows: processors own the semantics.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from confluent_kafka import (
@@ -36,11 +47,27 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from services.bus.clients import consumer_config, transactional_producer_config
+from services.bus.clients import consumer_config, headers_for, transactional_producer_config
+from services.bus.consumer import PauseAwareConsumer
+from services.bus.poison import (
+    POISON_KIND,
+    Bisection,
+    FailureCounter,
+    RecordFault,
+    batch_key,
+    blames_records,
+    describe,
+    fed_positions,
+    key_of,
+    offset_of,
+)
 from services.bus.record_budget import RecordTooLarge, producible_limit, record_size
+from services.bus.topics import Topics
 from services.bus.txn_guard import Action, HangGuard, classify, kafka_error, retrying
 from services.config import KAFKA_MESSAGE_MAX_BYTES, Settings
+from services.contracts.dead_letters import bounded_identity, encode_dead_letter
 from services.observability import metrics
+from services.observability.progress import BOARD, PartitionProgress, ProgressBoard
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +75,7 @@ CALL_BUDGET_S = 30.0  # one transactional call, retries included
 ABORT_BUDGET_S = 10.0  # abort_transaction, before falling back to a new producer
 REWIND_BUDGET_S = 120.0  # reading committed offsets back after an abort
 INIT_BUDGET_S = 120.0  # init_transactions of a new producer (the broker may be restarting)
+OBSERVE_INTERVAL_S = 1.0  # consumer positions against cached watermarks, for the stall detector
 
 
 class Outbox:
@@ -111,10 +139,25 @@ class Processor(Protocol):
 
     # Optional: ``bind(consumer)`` is called once with the loop's consumer, for processors that
     # pause, resume or seek partitions (backpressure); ``poll_timeout() -> float | None`` shortens
-    # the wait for input while the processor has work completing in the background.
+    # the wait for input while the processor has work completing in the background;
+    # ``poison(msg, out, error_kind, message)`` dead-letters a record the poison-batch guard
+    # isolated (in a transaction of its own; without it, or if it raises, the loop writes a
+    # bounded DeadLetter with error_kind ``poison_record`` itself).
+
+
+class _TickFault(Exception):
+    """``tick`` raised: the processor's fault, not any input record's (nothing to bisect)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(describe(cause))
+        self.cause = cause
 
 
 class TransactionalLoop:
+    """One consume → process → commit loop. ``consumer_factory``, ``producer_factory``, ``clock``,
+    ``sleep`` and ``progress`` are seams for tests (fake clients, no broker); production uses the
+    defaults."""
+
     def __init__(
         self,
         settings: Settings,
@@ -125,12 +168,21 @@ class TransactionalLoop:
         subscribe: list[str],
         processor: Processor,
         consumer_overrides: dict[str, Any] | None = None,
+        consumer_factory: Callable[[dict[str, Any]], PauseAwareConsumer] = PauseAwareConsumer,
+        producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
+        progress: ProgressBoard | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
         self.service = service
         self.processor = processor
         self.transactional_id = transactional_id
-        self.consumer = Consumer(consumer_config(settings, group_id, **(consumer_overrides or {})))
+        self.topics = Topics(settings.topic_prefix)
+        self._producer_factory = producer_factory
+        self._clock = clock
+        self._sleep = sleep
+        self.consumer = consumer_factory(consumer_config(settings, group_id, **(consumer_overrides or {})))
         self.producer = self._new_producer()
         self.guard = HangGuard(service, overdue_after_s=CALL_BUDGET_S + 5)
         bind = getattr(processor, "bind", None)
@@ -140,10 +192,14 @@ class TransactionalLoop:
         self.assigned: set[tuple[str, int]] = set()
         self.ready = threading.Event()
         self._failures = 0
+        self.poison = FailureCounter(settings.poison_after_failures)
+        self._board = progress if progress is not None else BOARD
+        self.progress = self._board.register(PartitionProgress(service, settings.stall_after_s, clock))
+        self._observed_at = float("-inf")
 
     def _new_producer(self) -> Producer:
         self._cluster_lost = False
-        producer = Producer(
+        producer = self._producer_factory(
             transactional_producer_config(
                 self.settings, self.transactional_id, error_cb=self._on_producer_error
             )
@@ -170,6 +226,8 @@ class TransactionalLoop:
         started = time.monotonic()
         self.processor.on_assigned(partitions)
         self.assigned.update((p.topic, p.partition) for p in partitions)
+        self.consumer.forget_paused(partitions)
+        self.progress.assigned((p.topic, p.partition) for p in partitions)
         self.ready.set()
         log.info(
             "partitions assigned",
@@ -182,28 +240,41 @@ class TransactionalLoop:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.processor.on_revoked(partitions)
-        self.assigned.difference_update((p.topic, p.partition) for p in partitions)
+        self._forget(partitions)
         log.info("partitions revoked", extra={"service": self.service, "count": len(partitions)})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.processor.on_revoked(partitions)
-        self.assigned.difference_update((p.topic, p.partition) for p in partitions)
+        self._forget(partitions)
         log.warning("partitions lost", extra={"service": self.service, "count": len(partitions)})
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        self.assigned.difference_update((p.topic, p.partition) for p in partitions)
+        self.consumer.forget_paused(partitions)
+        self.progress.revoked((p.topic, p.partition) for p in partitions)
 
     # --- main loop --------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        self.consumer.subscribe(
-            self.subscribe, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-        )
+        self.start()
         timeout = self.settings.commit_interval_ms / 1000
         hint = getattr(self.processor, "poll_timeout", None)
         try:
             while not stop.is_set():
                 wanted = hint() if hint is not None else None
-                messages = self._next_batch(timeout if wanted is None else wanted)
-                self._transaction(messages)
+                self.run_once(timeout if wanted is None else wanted)
         finally:
             self.close()
+
+    def start(self) -> None:
+        """Subscribe (partitions are assigned inside the first ``consume``)."""
+        self.consumer.subscribe(
+            self.subscribe, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+
+    def run_once(self, timeout: float) -> None:
+        """One iteration: take a batch (waiting at most ``timeout`` for its first record) and run
+        its transaction."""
+        self._transaction(self._next_batch(timeout))
 
     def _next_batch(self, timeout: float) -> list[Message]:
         """Wait up to ``timeout`` for the first record only, then take whatever else is already
@@ -216,19 +287,19 @@ class TransactionalLoop:
 
     def _transaction(self, messages: list[Message]) -> None:
         records = [m for m in messages if not _is_benign_error(m)]
+        if records:
+            self.progress.consumed(_spans(records))
         started = time.monotonic()
-        self.producer.poll(0)  # serve error callbacks: did the producer lose the cluster?
-        if self._cluster_lost:
-            self._replace_producer("the producer lost its broker connections")
-        # After a replacement: the outbox must hold the new producer.
-        out = Outbox(self.producer, producible_limit(self.settings.message_max_bytes))
+        self._refresh_producer()
+        out = self._outbox()
         try:
             self.producer.begin_transaction()
             if records:
-                self.processor.process(records, out)
-            self.processor.tick(out)
+                self._process(records, out)
+            self._tick(out)
             if not records and out.count == 0:
                 self.producer.abort_transaction(CALL_BUDGET_S)  # nothing happened: no round trip
+                self._observe(out.positions)
                 return
             current = {
                 (p.topic, p.partition): p
@@ -237,56 +308,333 @@ class TransactionalLoop:
             }
             for (topic, partition), offset in out.positions.items():
                 current[(topic, partition)] = TopicPartition(topic, partition, offset)
-            positions = list(current.values())
-            self.producer.poll(0)
-            if self._cluster_lost:  # lost during this batch: do not commit through a stale client
-                self._recover(None, replace=True)
+            if not self._commit(list(current.values())):
                 return
-            if positions:
-                group = self.consumer.consumer_group_metadata()
-                self._call(
-                    "send_offsets_to_transaction",
-                    lambda t: self.producer.send_offsets_to_transaction(positions, group, t),
-                )
-            self._call("commit_transaction", lambda t: self.producer.commit_transaction(t))
-            self._failures = 0
-            metrics.TXN_COMMIT_SECONDS.labels(self.service).observe(time.monotonic() - started)
-            metrics.TXN_RECORDS.labels(self.service, "in").inc(len(records))
-            metrics.TXN_RECORDS.labels(self.service, "out").inc(out.count)
+        except RecordFault as fault:
+            self._record_failure(records, fault.cause, None)
+            return
+        except _TickFault as fault:
+            self._processor_failure("tick", fault.cause)
+            return
         except KafkaException as exc:
-            self._recover(kafka_error(exc))
+            error = kafka_error(exc)
+            if records and blames_records(error):
+                self._record_failure(records, exc, error)
+            else:
+                self._recover(error)
+            return
+        self._failures = 0
+        self.poison.reset()
+        metrics.TXN_COMMIT_SECONDS.labels(self.service).observe(time.monotonic() - started)
+        metrics.TXN_RECORDS.labels(self.service, "in").inc(len(records))
+        metrics.TXN_RECORDS.labels(self.service, "out").inc(out.count)
+        self.progress.committed({key: tp.offset for key, tp in current.items()})
+        self._observe(out.positions)
+
+    def _outbox(self) -> Outbox:
+        # Built per transaction: after a producer replacement it must hold the new producer.
+        return Outbox(self.producer, producible_limit(self.settings.message_max_bytes))
+
+    def _refresh_producer(self) -> None:
+        self.producer.poll(0)  # serve error callbacks: did the producer lose the cluster?
+        if self._cluster_lost:
+            self._replace_producer("the producer lost its broker connections")
+
+    def _process(self, records: Sequence[Message], out: Outbox) -> None:
+        """``processor.process``; what it raises is the records' doing unless Kafka says otherwise."""
+        try:
+            self.processor.process(records, out)
+        except KafkaException as exc:
+            if blames_records(kafka_error(exc)):
+                raise RecordFault(exc) from exc
+            raise
+        except Exception as exc:
+            raise RecordFault(exc) from exc
+
+    def _tick(self, out: Outbox) -> None:
+        try:
+            self.processor.tick(out)
+        except KafkaException as exc:
+            if blames_records(kafka_error(exc)):
+                raise _TickFault(exc) from exc
+            raise
+        except Exception as exc:
+            raise _TickFault(exc) from exc
+
+    def _commit(self, positions: list[TopicPartition]) -> bool:
+        """Send the offsets and commit. False: the producer lost the cluster during the batch, and
+        the transaction was given up without calling it (the loop has recovered)."""
+        self.producer.poll(0)
+        if self._cluster_lost:  # lost during this batch: do not commit through a stale client
+            self._recover(None, replace=True)
+            return False
+        if positions:
+            group = self.consumer.consumer_group_metadata()
+            self._call(
+                "send_offsets_to_transaction",
+                lambda t: self.producer.send_offsets_to_transaction(positions, group, t),
+            )
+        self._call("commit_transaction", lambda t: self.producer.commit_transaction(t))
+        return True
 
     def _call(self, what: str, call: Callable[[float], None], budget_s: float = CALL_BUDGET_S) -> None:
         """A blocking transaction call: repeated on retriable errors, watched for hangs."""
         with self.guard.watching(what):
             retrying(call, budget_s=budget_s, what=what, service=self.service)
 
+    # --- progress (services.observability.progress) -----------------------------------------
+    def _observe(self, held: Mapping[tuple[str, int], int]) -> None:
+        """After an iteration that went through: partitions the processor positioned itself, and
+        (at most once per ``OBSERVE_INTERVAL_S``) consumer positions against the cached high
+        watermarks: local calls, no broker round trip."""
+        if held:
+            self.progress.held(held)
+        now = self._clock()
+        if now - self._observed_at < OBSERVE_INTERVAL_S:
+            return
+        self._observed_at = now
+        assignment = self.consumer.assignment()
+        positions = {(p.topic, p.partition): p.offset for p in self.consumer.position(assignment)}
+        ends: dict[tuple[str, int], int] = {}
+        for tp in assignment:
+            with contextlib.suppress(KafkaException):
+                ends[(tp.topic, tp.partition)] = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+        self.progress.observe(positions, ends, self.consumer.paused_partitions())
+
+    # --- failures -------------------------------------------------------------------------------
+    def _processor_failure(self, stage: str, cause: BaseException) -> None:
+        """``tick`` raised: abort, rewind and let the processor roll back; the thread goes on."""
+        metrics.PROCESSOR_ERRORS.labels(self.service, stage).inc()
+        log.error(
+            "processor raised; aborting the transaction",
+            extra={"service": self.service, "stage": stage, "error": describe(cause)},
+            exc_info=cause,
+        )
+        self._recover(None)
+
+    def _record_failure(
+        self, records: Sequence[Message], cause: BaseException, error: KafkaError | None
+    ) -> None:
+        """The batch failed by its records' doing: abort and retry it, and after
+        ``poison_after_failures`` failures of the same batch, bisect it (services.bus.poison)."""
+        if not isinstance(cause, KafkaException):
+            metrics.PROCESSOR_ERRORS.labels(self.service, "process").inc()
+        bisect = self.poison.failed(records)
+        log.warning(
+            "batch failed because of its records",
+            extra={
+                "service": self.service,
+                "batch": _describe_batch(records),
+                "records": len(records),
+                "failures": self.poison.count,
+                "bisect_after": self.poison.threshold,
+                "error": describe(cause),
+            },
+            exc_info=cause if error is None else None,
+        )
+        if not bisect:
+            self._recover(error)
+            return
+        self._abort(error)
+        self.processor.on_abort()
+        self._bisect(records, cause)
+
+    def _bisect(self, records: Sequence[Message], cause: BaseException) -> None:
+        plan = Bisection(records)
+        log.warning(
+            "bisecting a batch that keeps failing",
+            extra={"service": self.service, "batch": _describe_batch(records), "records": len(records)},
+        )
+        while not plan.done:
+            poison = plan.known_poison()
+            if poison is None:
+                window = plan.next_window()
+                metrics.BISECTION_STEPS.labels(self.service).inc()
+                outcome = self._step(functools.partial(self._process, window), fed=fed_positions(window))
+                if outcome is None:
+                    return  # the infrastructure failed: recovered (and rewound) the usual way
+                if isinstance(outcome, dict):
+                    plan.succeeded(window, outcome)
+                    continue
+                cause = outcome
+                poison = plan.failed(window)
+                if poison is None:
+                    continue
+            done = self._dead_letter(poison, cause)
+            if done is None:
+                return  # the infrastructure failed: recovered (and rewound) the usual way
+            if not done:
+                break  # not even its dead letter could be committed: it is read again later
+            plan.poisoned(poison)
+        self._end_bisection(plan)
+
+    def _step(
+        self,
+        build: Callable[[Outbox], None],
+        *,
+        fed: Mapping[tuple[str, int], int] | None = None,
+        fixed: Mapping[tuple[str, int], int] | None = None,
+    ) -> dict[tuple[str, int], int] | BaseException | None:
+        """One transaction of the bisection: ``build`` writes into the outbox; the positions
+        committed are ``fed`` (the records handed over), what the processor set, then ``fixed``.
+
+        Returns the committed positions; or the cause of a failure that is the records' doing
+        (aborted, and the processor rolled back); or None after an infrastructure failure, which
+        was recovered the usual way (abort or new producer, rewind, ``on_abort``)."""
+        self._refresh_producer()
+        out = self._outbox()
+        try:
+            self.producer.begin_transaction()
+            build(out)
+            positions = {**(fed or {}), **out.positions, **(fixed or {})}
+            if not self._commit([TopicPartition(t, p, o) for (t, p), o in positions.items()]):
+                return None
+        except RecordFault as fault:
+            self._abort(None)
+            self.processor.on_abort()
+            return fault.cause
+        except KafkaException as exc:
+            error = kafka_error(exc)
+            if not blames_records(error):
+                self._recover(error)
+                return None
+            self._abort(error)
+            self.processor.on_abort()
+            return exc
+        self._failures = 0
+        metrics.TXN_RECORDS.labels(self.service, "out").inc(out.count)
+        self.progress.committed(positions)
+        return positions
+
+    def _dead_letter(self, msg: Message, cause: BaseException) -> bool | None:
+        """Dead-letter the poison record and commit past it, in a transaction of its own: through
+        the processor's ``poison`` hook if it has one, else (or if the hook fails) the loop writes
+        a bounded ``DeadLetter`` itself. True when committed; None after an infrastructure failure
+        (recovered and rewound); False if not even the loop's own dead letter could be committed."""
+        text = describe(cause)
+        key = key_of(msg)
+        past = {key: offset_of(msg) + 1}
+        hook: Callable[[Message, Outbox, str, str], None] | None = getattr(self.processor, "poison", None)
+        if hook is not None:
+
+            def through_hook(out: Outbox, hook: Callable[[Message, Outbox, str, str], None] = hook) -> None:
+                try:
+                    hook(msg, out, POISON_KIND, text)
+                except KafkaException as exc:
+                    if blames_records(kafka_error(exc)):
+                        raise RecordFault(exc) from exc
+                    raise
+                except Exception as exc:
+                    raise RecordFault(exc) from exc
+
+            outcome = self._step(through_hook, fixed=past)
+            if isinstance(outcome, dict):
+                self._poisoned(msg, text, by_processor=True)
+                return True
+            if outcome is None:
+                return None
+            metrics.PROCESSOR_ERRORS.labels(self.service, "poison").inc()
+            log.error(
+                "the processor's poison hook failed; the loop writes the dead letter itself",
+                extra={"service": self.service, "error": describe(outcome)},
+                exc_info=outcome,
+            )
+        outcome = self._step(lambda out: self._write_dead_letter(msg, out, text), fixed=past)
+        if isinstance(outcome, dict):
+            self._poisoned(msg, text, by_processor=False)
+            return True
+        if outcome is None:
+            return None
+        log.critical(
+            "the dead letter of a poison record could not be committed",
+            extra={**_where(msg), "service": self.service, "error": describe(outcome)},
+        )
+        self._sleep(5.0)
+        return False
+
+    def _write_dead_letter(self, msg: Message, out: Outbox, text: str) -> None:
+        tenant, run_id, correlation_id = bounded_identity(*_identity(msg, self.topics))
+        value = encode_dead_letter(
+            self.service,
+            POISON_KIND,
+            text,
+            int(time.time() * 1000),
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            key=msg.key(),
+            value=msg.value(),
+            tenant=tenant,
+            correlation_id=correlation_id,
+            run_id=run_id,
+            max_bytes=out.max_record_bytes,
+        )
+        out.send(self.topics.dlq, value, key=tenant, headers=headers_for(tenant, run_id, correlation_id))
+
+    def _poisoned(self, msg: Message, text: str, *, by_processor: bool) -> None:
+        metrics.POISON_RECORDS.labels(self.service).inc()
+        tenant, run_id, correlation_id = bounded_identity(*_identity(msg, self.topics))
+        if not by_processor:
+            metrics.DLQ_RECORDS.labels(self.service, POISON_KIND, tenant or "").inc()
+        log.error(
+            "poison record dead-lettered",
+            extra={
+                **_where(msg),
+                "service": self.service,
+                "tenant": tenant,
+                "run_id": run_id,
+                "correlation_id": correlation_id,
+                "error_kind": POISON_KIND,
+                "error": text,
+                "dead_letter_by": "processor" if by_processor else "loop",
+            },
+        )
+
+    def _end_bisection(self, plan: Bisection) -> None:
+        """Put the consumer where the commits of the bisection left each partition. If the
+        processor held partitions (their records were not all fed), its memory may run ahead of
+        that position: it is rolled back too, as after an abort."""
+        if plan.held:
+            self.processor.on_abort()
+        try:
+            for (topic, partition), offset in plan.committed.items():
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+        except KafkaException as exc:
+            log.warning("seek after bisection failed", extra={"service": self.service, "error": str(exc)})
+            self._rewind()
+        self.poison.reset()
+
     def _recover(self, error: KafkaError | None, *, replace: bool = False) -> None:
+        """Abort (or replace the producer), rewind to the committed offsets, let the processor roll
+        back, back off."""
         self._failures += 1
+        self._abort(error, replace=replace)
+        self._rewind()
+        self.processor.on_abort()
+        self._sleep(min(5.0, 0.1 * 2 ** min(self._failures, 6)))  # back off a failing broker
+
+    def _abort(self, error: KafkaError | None, *, replace: bool = False) -> None:
         metrics.TXN_ABORTS.labels(self.service).inc()
         with contextlib.suppress(KafkaException, RuntimeError):
             self.producer.poll(0)  # serve error callbacks: an abort through a stale client can hang
         stale = replace or self._cluster_lost
         action = Action.NEW_PRODUCER if stale else classify(error)
         log.warning(
-            "transaction failed; aborting and rewinding",
+            "transaction failed; aborting",
             extra={"service": self.service, "error": str(error), "action": action.value},
         )
         if action is Action.NEW_PRODUCER:
             self._replace_producer("the producer lost its broker connections" if stale else "fatal error")
-        else:  # abortable, or retriable with its budget spent
-            try:
-                # Short budget: a new producer (whose init aborts what is open) is always a way out.
-                self._call("abort_transaction", lambda t: self.producer.abort_transaction(t), ABORT_BUDGET_S)
-            except KafkaException as abort_exc:
-                log.error(
-                    "abort failed; recreating producer",
-                    extra={"service": self.service, "error": str(abort_exc)},
-                )
-                self._replace_producer("abort failed")
-        self._rewind()
-        self.processor.on_abort()
-        time.sleep(min(5.0, 0.1 * 2 ** min(self._failures, 6)))  # back off a failing broker
+            return
+        try:  # abortable, or retriable with its budget spent
+            # Short budget: a new producer (whose init aborts what is open) is always a way out.
+            self._call("abort_transaction", lambda t: self.producer.abort_transaction(t), ABORT_BUDGET_S)
+        except KafkaException as abort_exc:
+            log.error(
+                "abort failed; recreating producer",
+                extra={"service": self.service, "error": str(abort_exc)},
+            )
+            self._replace_producer("abort failed")
 
     def _replace_producer(self, why: str) -> None:
         """A new producer with the same transactional id: its init fences (and aborts) whatever
@@ -318,11 +666,46 @@ class TransactionalLoop:
 
     def close(self) -> None:
         self.guard.close()
+        self._board.unregister(self.progress)
         try:
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("consumer close failed", extra={"error": str(exc)})
         self.producer.flush(10)
+
+
+def _spans(records: Sequence[Message]) -> dict[tuple[str, int], tuple[int, int]]:
+    """``{partition: (first offset, next offset)}`` of a batch."""
+    spans: dict[tuple[str, int], tuple[int, int]] = {}
+    for msg in records:
+        key, offset = key_of(msg), offset_of(msg)
+        span = spans.get(key)
+        spans[key] = (offset, offset + 1) if span is None else (span[0], offset + 1)
+    return spans
+
+
+def _where(msg: Message) -> dict[str, Any]:
+    return {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
+
+
+def _describe_batch(records: Sequence[Message]) -> str:
+    """Where a batch starts on each partition, for logs (the first few partitions)."""
+    starts = batch_key(records)
+    text = ", ".join(f"{topic}[{partition}]@{offset}" for topic, partition, offset in starts[:5])
+    return text + (f" and {len(starts) - 5} more" if len(starts) > 5 else "")
+
+
+def _identity(msg: Message, topics: Topics) -> tuple[str | None, str | None, str | None]:
+    """Tenant, run id and correlation id of a record, as far as the bus knows them: the identity
+    headers every engine record carries, or the tenant of a trigger topic."""
+    found: dict[str, str] = {}
+    raw = msg.headers() or []
+    pairs = list(raw.items()) if isinstance(raw, dict) else raw
+    for name, value in pairs:
+        if name in ("tenant", "run_id", "correlation_id") and value is not None and name not in found:
+            found[name] = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    tenant = found.get("tenant") or topics.tenant_of(msg.topic() or "")
+    return tenant, found.get("run_id"), found.get("correlation_id")
 
 
 def _is_benign_error(msg: Message) -> bool:

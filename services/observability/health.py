@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.config import Settings
+from services.observability.progress import ProgressBoard, describe_stalls
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,14 @@ class Health:
     """What ``/healthz`` and ``/readyz`` report.
 
     * live: every service thread is alive (or was asked to stop) — nothing died.
-    * ready: live, every service signalled ``ready``, and every dependency check passes.
+    * ready: live, every service signalled ``ready``, every dependency check passes, and no
+      partition of these services' loops is stalled (``progress``: records to process, no commit
+      progress for ``SWITCHYARD_STALL_AFTER_S``; see :mod:`services.observability.progress`).
     """
 
     services: dict[str, ServiceStatus] = field(default_factory=dict)
     dependencies: dict[str, Check] = field(default_factory=dict)
+    progress: ProgressBoard | None = None
 
     def service(self, name: str) -> ServiceStatus:
         return self.services.setdefault(name, ServiceStatus())
@@ -127,4 +131,9 @@ class Health:
             deps[name] = {"ok": result.ok, "detail": result.detail}
             deps_ok = deps_ok and result.ok
         report["dependencies"] = deps
-        return services_ready and deps_ok, report
+        progress_ok = True
+        if self.progress is not None:
+            stalls = self.progress.stalls(list(self.services) or None)
+            progress_ok = not stalls
+            report["progress"] = {"ok": progress_ok, "stalled": describe_stalls(stalls)}
+        return services_ready and deps_ok and progress_ok, report

@@ -62,6 +62,39 @@ TXN_RECORDS = Counter(
     ["service", "direction"],
     registry=REGISTRY,
 )
+PROCESSOR_ERRORS = Counter(
+    "switchyard_processor_errors_total",
+    "Exceptions raised by a processor inside a transaction (the transaction is aborted and rewound),"
+    " by stage (process, tick, poison)",
+    ["service", "stage"],
+    registry=REGISTRY,
+)
+POISON_RECORDS = Counter(
+    "switchyard_poison_records_total",
+    "Records isolated by the poison-batch guard (services/bus/poison.py) and dead-lettered",
+    ["service"],
+    registry=REGISTRY,
+)
+BISECTION_STEPS = Counter(
+    "switchyard_bisection_steps_total",
+    "Transactions run by the poison-batch guard while bisecting a failing batch",
+    ["service"],
+    registry=REGISTRY,
+)
+PARTITIONS_STALLED = Gauge(
+    "switchyard_partitions_stalled",
+    "Partitions of a service's loop with records to process but no commit progress for longer than"
+    " SWITCHYARD_STALL_AFTER_S (paused partitions excluded); evaluated at scrape time",
+    ["service"],
+    registry=REGISTRY,
+)
+PROGRESS_AGE_SECONDS = Gauge(
+    "switchyard_partition_progress_age_seconds",
+    "Seconds since the last commit progress of a service's oldest partition that has records to"
+    " process (0 when every partition is caught up); evaluated at scrape time",
+    ["service"],
+    registry=REGISTRY,
+)
 HANDLER_SECONDS = Histogram(
     "switchyard_handler_seconds",
     "Time to handle one record",

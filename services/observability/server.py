@@ -5,8 +5,9 @@ A stdlib ``ThreadingHTTPServer`` in a daemon thread; the Prometheus registry and
 
 * ``GET /metrics`` — the registry in the Prometheus text format (OpenMetrics when asked for).
 * ``GET /healthz`` — 200 while no service thread died, else 503; JSON body with each service.
-* ``GET /readyz`` — 200 when every service is ready and the broker (and database) answer, else
-  503; the JSON body says which service or dependency is not.
+* ``GET /readyz`` — 200 when every service is ready, the broker (and database) answer and no
+  partition is stalled, else 503; the JSON body says which service, dependency or partitions
+  (with for how long) are not.
 """
 
 from __future__ import annotations
