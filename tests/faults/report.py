@@ -15,6 +15,7 @@ from typing import Any
 from tests.faults.harness import RESULTS_DIR
 
 ORDER = ["sigkill", "rebalance_storm", "postgres_restart", "broker_restart"]
+HOSTILE = "hostile_tenant"  # its figures have their own shape and table
 
 
 def load(source: Path | None) -> dict[str, dict[str, Any]]:
@@ -107,11 +108,50 @@ def main(argv: list[str]) -> int:
         "recovery p50 / p99",
         "violations",
     ]
-    print("| " + " | ".join(header) + " |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name in sorted(results, key=lambda s: ORDER.index(s) if s in ORDER else len(ORDER)):
-        print(row(name, results[name]))
+    generic = {k: v for k, v in results.items() if k != HOSTILE}
+    if generic:
+        print("| " + " | ".join(header) + " |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for name in sorted(generic, key=lambda s: ORDER.index(s) if s in ORDER else len(ORDER)):
+            print(row(name, generic[name]))
+    if HOSTILE in results:
+        print(hostile_table(results[HOSTILE]))
     return 0
+
+
+def hostile_table(result: dict[str, Any]) -> str:
+    """The hostile-tenant scenario's own table: good's runs and latency, evil's records, /metrics."""
+    f = result["figures"]
+    good, hostile, m = f["good"], f["hostile"], f["router_metrics"]
+    solo, during = good["latency_solo"], good["latency_hostile"]
+    cells = [
+        f"{n(good['runs_triggered'])} / {n(good['runs_completed'])}"
+        f" ({good['runs_not_succeeded']} not ok, {good['runs_touched_by_control']} touched)",
+        f"{solo.get('p50_s')} / {solo.get('p99_s')} s → {during.get('p50_s')} / {during.get('p99_s')} s",
+        f"{n(hostile['records'])} / {n(hostile['accounted'])} ("
+        + ", ".join(f"{k} {n(v)}" for k, v in sorted(hostile["by_how"].items()))
+        + ")",
+        f"{n(m['bytes_before'])} → {n(m['bytes_after'] or 0)}",
+        f"{f['crashes']}, "
+        + ", ".join(f"{k} {'ok' if v else 'NOT ok'}" for k, v in f["readyz_at_end"].items()),
+        str(len(result["violations"])),
+    ]
+    header = [
+        "good runs triggered / completed",
+        "good latency p50 / p99: solo → hostile",
+        "hostile records / accounted",
+        "router /metrics bytes",
+        "crashes, /readyz at the end",
+        "violations",
+    ]
+    return "\n".join(
+        [
+            "",
+            "| " + " | ".join(header) + " |",
+            "| " + " | ".join("---" for _ in header) + " |",
+            "| " + " | ".join(cells) + " |",
+        ]
+    )
 
 
 if __name__ == "__main__":
