@@ -1,7 +1,11 @@
 """``http.request``: one HTTP call with httpx, passing the attempt's idempotency key along.
 
 Output: ``{"status", "headers", "json"}`` when the response body is JSON, else
-``{"status", "headers", "text"}``. A non-2xx status fails with error kind ``http_<status>``,
+``{"status", "headers", "text"}``. The body is decoded strictly: a JSON body with lone surrogates,
+``NaN``/infinities or more than 64 levels of nesting is not JSON here and comes back as ``text``
+(the server is not trusted: such values could not be written into run state). At most
+``MAX_RESPONSE_BYTES`` of body are read; a longer body fails with ``output_too_large`` (not
+retryable) without being held in memory. A non-2xx status fails with error kind ``http_<status>``,
 retryable for 5xx and 429 only. Transport failures (connect, read, timeouts) are retryable, kind
 ``http_timeout`` or ``http_transport_error``. Unless the step sets them itself, the request carries
 ``Idempotency-Key`` and ``X-Correlation-Id`` headers, so that the receiving side can deduplicate
@@ -22,9 +26,13 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.contracts import strict_json
+from services.contracts.text import utf8_safe
 from services.executor.plugins import ActionContext, ActionError, BaseAction
 
 MAX_ERROR_BODY = 500
+#: Most body bytes read: the executor refuses outputs over 512 KiB anyway.
+MAX_RESPONSE_BYTES = 512 * 1024
 
 
 class HttpRequestInput(BaseModel):
@@ -86,7 +94,9 @@ class HttpRequest(BaseAction):
         if inputs.json_body is not None:
             request["json"] = inputs.json_body
         try:
-            response = await self._client().request(inputs.method, inputs.url, **request)
+            client = self._client()
+            async with client.stream(inputs.method, inputs.url, **request) as response:
+                body, complete = await _read_bounded(response, MAX_RESPONSE_BYTES)
         except httpx.TimeoutException as exc:
             raise ActionError("http_timeout", f"{inputs.method} {inputs.url}: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:
@@ -94,23 +104,49 @@ class HttpRequest(BaseAction):
                 "http_transport_error", f"{inputs.method} {inputs.url}: {type(exc).__name__}: {exc}"
             ) from exc
         status = response.status_code
+        if not complete and 200 <= status < 300:
+            raise ActionError(
+                "output_too_large",
+                f"{inputs.method} {inputs.url} returned more than {MAX_RESPONSE_BYTES} bytes of body",
+                retryable=False,
+            )
+        text = _text(response, body)
         if not 200 <= status < 300:
             raise ActionError(
                 f"http_{status}",
-                f"{inputs.method} {inputs.url} returned {status}: {response.text[:MAX_ERROR_BODY]}",
+                f"{inputs.method} {inputs.url} returned {status}: {text[:MAX_ERROR_BODY]}",
                 retryable=status >= 500 or status == 429,
             )
         output: dict[str, Any] = {"status": status, "headers": dict(response.headers)}
-        if "json" in response.headers.get("content-type", "") and response.content:
+        if "json" in response.headers.get("content-type", "") and body:
             try:
-                output["json"] = response.json()
+                output["json"] = strict_json.loads(body, "response body")
                 return output
-            except ValueError:
+            except strict_json.StrictJSONError:
                 pass
-        output["text"] = response.text
+        output["text"] = text
         return output
 
     async def aclose(self) -> None:
         client = self._clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()
+
+
+async def _read_bounded(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """(body, complete): reading stops past ``limit`` bytes; the part read is enough for an error
+    message."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks)[:limit], False
+    return b"".join(chunks), True
+
+
+def _text(response: httpx.Response, body: bytes) -> str:
+    """The body as text in its declared charset, undecodable bytes replaced; a charset such as
+    ``unicode_escape`` could still yield lone surrogates, which are escaped."""
+    return utf8_safe(body.decode(response.encoding or "utf-8", errors="replace"))

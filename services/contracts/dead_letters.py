@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 from services.contracts import serde
-from services.contracts.text import bounded_optional, bounded_text
+from services.contracts.text import bounded_optional, bounded_text, utf8_safe
 
 MAX_ORIGINAL_VALUE = 512 * 1024
 MAX_ORIGINAL_KEY = 16 * 1024
@@ -79,10 +79,9 @@ def _bounded(data: bytes | str | None, limit: int, what: str, notes: list[str]) 
 
 
 def _field(value: str | None, what: str, notes: list[str]) -> str | None:
-    bounded = bounded_optional(value, MAX_FIELD)
-    if value is not None and bounded is not None and len(bounded) != len(value):
+    if value is not None and (len(value) > MAX_FIELD or len(utf8_safe(value)) > MAX_FIELD):
         notes.append(f"{what} cut from {len(value)} characters")
-    return bounded
+    return bounded_optional(value, MAX_FIELD)
 
 
 def encode_dead_letter(

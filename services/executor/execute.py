@@ -14,12 +14,24 @@ kind                   retryable   when
                                    (:mod:`.permissions`); the action never runs
 ``circuit_open``       yes         the circuit breaker of (tenant, action, target) is open
                                    (:mod:`.breaker`); the action never runs
-``invalid_input``      no          ``inputs_json`` is not a JSON object, or fails ``Input``
-``invalid_output``     no          the action returned something that is not a JSON object
-``output_too_large``   no          the output exceeds ``max_output_bytes``
-``action_error``       yes         the action raised something other than ``ActionError``
+``invalid_input``      no          ``inputs_json`` is not strict JSON (lone surrogates, ``NaN``,
+                                   overflowing numbers), not a JSON object, or fails ``Input``
+``invalid_output``     no          the action returned something that is not a JSON object, or not
+                                   strict JSON: ``NaN``/infinities, lone surrogates, non-JSON types,
+                                   nested deeper than ``MAX_OUTPUT_DEPTH``
+``output_too_large``   no          the output exceeds ``max_output_bytes`` (UTF-8); the executor
+                                   also reports it when the whole result record would not fit
+``action_error``       yes         the action raised something other than ``ActionError`` (even
+                                   ``SystemExit``), or an
+                                   ``ActionError`` whose kind is not an error kind a retry policy
+                                   could name (``^[a-z][a-z0-9_.]{0,63}$``)
 (the action's kind)    (its flag)  the action raised ``ActionError``
+``executor_error``     yes         a fault of the executor itself while running the attempt (a
+                                   bug), or its result could not be encoded
 =====================  ==========  ===============================================================
+
+Every text a result carries (error messages, kinds) is bounded and valid UTF-8, so the result
+record can always be encoded.
 
 Order of checks: deadline, action lookup, permissions, inputs, circuit breaker, rate limit, run.
 """
@@ -29,12 +41,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
+from services.contracts import strict_json
+from services.contracts.text import bounded_text
 from services.executor import permissions
 from services.executor.breaker import CircuitBreaker, CircuitOpenError
 from services.executor.guardrails import (
@@ -54,6 +69,14 @@ log = logging.getLogger("services.executor")
 
 MAX_OUTPUT_BYTES = 512 * 1024
 MAX_ERROR_MESSAGE = 4000
+#: Deepest output accepted: run state (a JSON document holding the outputs) must stay encodable.
+MAX_OUTPUT_DEPTH = 128
+#: Deepest ``inputs_json`` accepted (inputs may embed trigger data, itself up to 64 levels).
+MAX_INPUT_DEPTH = 256
+#: The error kinds a retry policy can name (services.workflow.models.ERROR_KIND_PATTERN).
+ERROR_KIND = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+#: Label of actions that are not registered (their names come from definitions, not from us).
+UNREGISTERED_ACTION = "_unregistered"
 
 __all__ = ["GrantsLookup", "execute_command"]
 
@@ -70,7 +93,16 @@ def _ms(seconds: float) -> int:
 
 
 def _truncate(text: str, limit: int = MAX_ERROR_MESSAGE) -> str:
-    return text if len(text) <= limit else text[: limit - 12] + "…(truncated)"
+    """Bounded and valid UTF-8 (an action's message may quote anything, lone surrogates too)."""
+    if len(text) > limit:
+        text = text[: limit - 12] + "…(truncated)"
+    return bounded_text(text, limit)
+
+
+def tenant_label(guards: Guardrails, tenant: str) -> str:
+    """The metric label of ``tenant``: itself when the registry knows it (or there is no registry)."""
+    lookup = guards.grants
+    return metrics.tenant_label(tenant, lookup is None or lookup(tenant) is not None)
 
 
 def _describe_validation(exc: ValidationError) -> str:
@@ -131,7 +163,9 @@ async def execute_command(
         error = None
     finished = clock()
     outcome = "succeeded" if error is None else ("timeout" if error.kind == "timeout" else "failed")
-    metrics.ACTION_SECONDS.labels(action_name, tenant, outcome).observe(max(0.0, finished - started))
+    label = tenant_label(guards, tenant)
+    action_label = action_name if registry.get(action_name) is not None else UNREGISTERED_ACTION
+    metrics.ACTION_SECONDS.labels(action_label, label, outcome).observe(max(0.0, finished - started))
     result: dict[str, Any] = {
         "run_id": run_id,
         "tenant": tenant,
@@ -150,7 +184,7 @@ async def execute_command(
     if error is None:
         bound.debug("attempt succeeded", extra={"duration_s": round(finished - started, 4)})
     elif error.kind == "permission_denied":
-        PERMISSION_DENIED.labels(tenant, action_name).inc()
+        PERMISSION_DENIED.labels(label, action_name).inc()
         bound.warning(
             "permission denied",
             extra={"error_kind": error.kind, "error_message": result["error_message"], "retryable": False},
@@ -192,9 +226,13 @@ async def _attempt(
     except permissions.PermissionDenied as exc:
         raise _Failure("permission_denied", str(exc), False) from exc
     try:
-        raw = json.loads(command["inputs_json"]) if command["inputs_json"] else {}
-    except ValueError as exc:
-        raise _Failure("invalid_input", f"inputs_json is not JSON: {exc}", False) from exc
+        raw = (
+            strict_json.loads(command["inputs_json"], "inputs_json", MAX_INPUT_DEPTH)
+            if command["inputs_json"]
+            else {}
+        )
+    except strict_json.StrictJSONError as exc:
+        raise _Failure("invalid_input", str(exc), False) from exc
     if not isinstance(raw, dict):
         raise _Failure("invalid_input", f"inputs must be a JSON object, not {type(raw).__name__}", False)
     try:
@@ -237,16 +275,36 @@ async def _attempt(
     if breaker is not None:
         breaker.record_success()
 
+    return encode_output(action.name, output, max_output_bytes)
+
+
+def encode_output(action_name: str, output: Any, max_output_bytes: int = MAX_OUTPUT_BYTES) -> str:
+    """The output as compact JSON text, or :class:`_Failure` (``invalid_output``,
+    ``output_too_large``). Strict: what an action returns may come from a remote server, and
+    everything downstream (run state, later steps' inputs, Avro) must be able to encode it."""
     if not isinstance(output, dict):
-        raise _Failure("invalid_output", f"{action.name} returned {type(output).__name__}, not a dict", False)
+        raise _Failure("invalid_output", f"{action_name} returned {type(output).__name__}, not a dict", False)
+    if strict_json.depth(output, MAX_OUTPUT_DEPTH) > MAX_OUTPUT_DEPTH:
+        raise _Failure(
+            "invalid_output",
+            f"{action_name} returned output nested deeper than {MAX_OUTPUT_DEPTH} levels",
+            False,
+        )
     try:
-        text = json.dumps(output, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise _Failure("invalid_output", f"{action.name} returned non-JSON output: {exc}", False) from exc
-    if len(text.encode()) > max_output_bytes:
+        text = json.dumps(output, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+        encoded = text.encode("utf-8")  # refuses lone surrogates
+    except UnicodeEncodeError as exc:
+        raise _Failure(
+            "invalid_output",
+            f"{action_name} returned text that is not valid Unicode (a lone surrogate)",
+            False,
+        ) from exc
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise _Failure("invalid_output", f"{action_name} returned non-JSON output: {exc}", False) from exc
+    if len(encoded) > max_output_bytes:
         raise _Failure(
             "output_too_large",
-            f"{action.name} returned {len(text.encode())} bytes of output; the limit is {max_output_bytes}",
+            f"{action_name} returned {len(encoded)} bytes of output; the limit is {max_output_bytes}",
             False,
         )
     return text
@@ -256,7 +314,8 @@ def _admit(guards: Guardrails, action: Any, inputs: Any, tenant: str) -> Circuit
     """The breaker of this call, admitted; None when the action has none."""
     if guards.breakers is None or not has_breaker(action):
         return None
-    breaker = guards.breakers.get((tenant, action.name, target_of(action, inputs)))
+    # Unregistered tenants share one breaker key (and metric label) per target: names are unbounded.
+    breaker = guards.breakers.get((tenant_label(guards, tenant), action.name, target_of(action, inputs)))
     try:
         breaker.admit()
     except CircuitOpenError as exc:
@@ -295,9 +354,17 @@ async def _guarded_run(
             ) from exc
         raise _Failure("timeout", f"{action.name}: {type(exc).__name__}: {exc}", True) from exc
     except ActionError as exc:
-        raise _Failure(str(exc.kind) or "action_error", str(exc.message), bool(exc.retryable)) from exc
+        kind, message = exc.kind, str(exc.message)
+        if not isinstance(kind, str) or not ERROR_KIND.fullmatch(kind):
+            # A kind a retry policy cannot name, and that would become a metric label and a column
+            # value as it is: say what it was, report the generic kind.
+            message = f"(error kind {bounded_text(str(kind), 100)!r} is not valid) {message}"
+            kind = "action_error"
+        raise _Failure(kind, message, bool(exc.retryable)) from exc
     except asyncio.CancelledError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        # SystemExit / KeyboardInterrupt from a plugin would escape the task and stop the event
+        # loop every attempt runs on (signals reach the main thread, never this one).
         ctx.log.warning("action raised", exc_info=True)
         raise _Failure("action_error", f"{type(exc).__name__}: {exc}", True) from exc

@@ -17,8 +17,12 @@ duplicate is ignored (and counted) and run state stays exactly-once.
 Backpressure: above ``max_in_flight`` running attempts the processor pauses its partitions and
 resumes them below half of that.
 
-An undecodable command (or one whose ``reply_partition`` does not exist) becomes a
-``DeadLetter`` on the DLQ topic, with a reason.
+Total: whatever one command does, the loop goes on. An undecodable command, one whose
+``reply_partition`` does not exist or whose identity fields are implausibly large becomes a
+``DeadLetter`` with a reason (``invalid_field`` for the latter, ``executor_error`` for anything
+unexpected). A result that cannot be encoded becomes a failed result (``executor_error``); one
+that would not fit the record budget becomes a failed result without output
+(``output_too_large``); and if not even that can be written, a dead letter.
 """
 
 from __future__ import annotations
@@ -33,14 +37,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from services.bus import clients
-from services.bus.topics import Topics
+from services.bus.record_budget import RecordTooLarge
+from services.bus.topics import TENANT_ID, Topics
 from services.bus.txloop import Outbox
 from services.contracts import serde
-from services.contracts.dead_letters import encode_dead_letter
-from services.executor.execute import GrantsLookup, execute_command
+from services.contracts.dead_letters import bounded_identity, encode_dead_letter
+from services.contracts.text import bounded_text
+from services.executor.execute import GrantsLookup, execute_command, tenant_label
 from services.executor.guardrails import Guardrails
 from services.executor.plugins import ActionRegistry
 from services.observability import logs, metrics
@@ -54,6 +60,8 @@ DEFAULT_MAX_IN_FLIGHT = 2_000
 QUICK_WAIT_S = 0.003
 #: Poll timeout while attempts are running, so results leave soon after they complete.
 BUSY_POLL_S = 0.005
+#: Largest identity fields a command may carry (characters): each is echoed in its result.
+IDENTITY_LIMITS = {"run_id": 128, "step_id": 64, "correlation_id": 512, "idempotency_key": 1024}
 
 
 @dataclass
@@ -63,6 +71,7 @@ class _InFlight:
     future: concurrent.futures.Future[dict[str, Any]] | None
     started: float
     sent: bool = False
+    key: bytes | None = None  # the command's Kafka key, for a dead letter of its result
 
 
 @dataclass
@@ -166,12 +175,14 @@ class ExecutorProcessor:
         submitted: list[concurrent.futures.Future[dict[str, Any]]] = []
         for msg in messages:
             key = (msg.topic() or "", msg.partition() or 0)
-            command = self._decode(msg, out)
+            command = self._accept(msg, out)
             future = None
             if command is not None:
                 future = asyncio.run_coroutine_threadsafe(self._run(command), self.loop)
                 submitted.append(future)
-            entry = _InFlight(msg.offset() or 0, command, future, time.monotonic(), sent=command is None)
+            entry = _InFlight(
+                msg.offset() or 0, command, future, time.monotonic(), sent=command is None, key=_raw_key(msg)
+            )
             self._work.setdefault(key, _PartitionWork()).entries.append(entry)
         if submitted:
             concurrent.futures.wait(submitted, timeout=QUICK_WAIT_S)
@@ -180,6 +191,12 @@ class ExecutorProcessor:
             self._paused = [TopicPartition(t, p) for (t, p) in self._work]
             self._consumer.pause(self._paused)
             log.info("executor saturated: partitions paused", extra={"in_flight": self.in_flight()})
+
+    def poison(self, msg: Message, out: Outbox, kind: str, message: str) -> None:
+        """Dead-letter one command whatever it is: the transactional loop's hook for a record it
+        isolated as the cause of a failing batch (services.bus.poison)."""
+        if not self._dead_letter(msg, out, kind, message, _header_identity(msg)):
+            raise RuntimeError("the dead letter could not be written")  # the loop writes its own
 
     # --- internals ---------------------------------------------------------------------------
     async def _run(self, command: dict[str, Any]) -> dict[str, Any]:
@@ -191,6 +208,20 @@ class ExecutorProcessor:
             max_attempt_s=self.max_attempt_s,
         )
 
+    def _accept(self, msg: Message, out: Outbox) -> dict[str, Any] | None:
+        """The decoded command to run, or None once it is dead-lettered; never raises but the
+        transaction's own Kafka errors."""
+        try:
+            return self._decode(msg, out)
+        except KafkaException:
+            raise
+        except Exception as exc:  # a bug of ours must not stop the loop
+            log.exception("command could not be accepted", extra={"offset": msg.offset()})
+            self._dead_letter(
+                msg, out, "executor_error", f"{type(exc).__name__}: {exc}", _header_identity(msg)
+            )
+            return None
+
     def _publish(self, out: Outbox) -> None:
         """Produce completed results; commit each partition up to its oldest running command."""
         now = time.monotonic()
@@ -200,19 +231,11 @@ class ExecutorProcessor:
                     continue
                 command = entry.command
                 assert command is not None
-                out.send(
-                    self.topics.inbox,
-                    serde.encode_inbox("StepResult", entry.future.result()),
-                    key=command["run_id"],
-                    partition=command["reply_partition"],
-                    headers=clients.headers_for(
-                        command["tenant"], command["run_id"], command["correlation_id"]
-                    ),
-                )
+                self._send_result(out, topic, partition, entry, command)
                 entry.sent = True
-                metrics.HANDLER_SECONDS.labels(SERVICE, "StepCommand", command["tenant"]).observe(
-                    now - entry.started
-                )
+                metrics.HANDLER_SECONDS.labels(
+                    SERVICE, "StepCommand", tenant_label(self.guardrails, command["tenant"])
+                ).observe(now - entry.started)
             while work.entries and work.entries[0].sent:
                 last = work.entries.popleft()
                 if not work.entries:
@@ -220,11 +243,77 @@ class ExecutorProcessor:
             if work.entries:
                 out.commit_position(topic, partition, work.entries[0].offset)
 
+    def _send_result(
+        self, out: Outbox, topic: str, partition: int, entry: _InFlight, command: dict[str, Any]
+    ) -> None:
+        """Produce the attempt's result. What cannot be encoded or does not fit becomes a failed
+        result that can; what cannot be written at all becomes a dead letter."""
+        assert entry.future is not None
+        try:
+            result = entry.future.result()
+        except Exception as exc:  # execute_command is total; a bug of ours must not stop the loop
+            log.error(
+                "attempt crashed", exc_info=exc, extra=logs.ids(command["tenant"], command["run_id"], None)
+            )
+            result = _failed(
+                command, self.executor_id, "executor_error", f"{type(exc).__name__}: {exc}", True
+            )
+        headers = clients.headers_for(command["tenant"], command["run_id"], command["correlation_id"])
+        for _ in range(3):
+            try:
+                value = serde.encode_inbox("StepResult", result)
+            except Exception as exc:
+                result = _failed(
+                    command,
+                    self.executor_id,
+                    "executor_error",
+                    f"the result could not be encoded: {type(exc).__name__}: {exc}",
+                    False,
+                )
+                continue
+            try:
+                out.send(
+                    self.topics.inbox,
+                    value,
+                    key=command["run_id"],
+                    partition=command["reply_partition"],
+                    headers=headers,
+                )
+                return
+            except RecordTooLarge as exc:
+                result = _failed(
+                    command,
+                    self.executor_id,
+                    "output_too_large",
+                    f"the step result would be {exc.size} bytes; the most a record may be is {exc.limit}",
+                    False,
+                )
+        where = Message(topic=topic, partition=partition, offset=entry.offset, key=entry.key, value=None)
+        self._dead_letter(
+            where,
+            out,
+            "executor_error",
+            "the step result could not be written, not even as a failure",
+            _Identity(command["tenant"], command["run_id"], command["correlation_id"]),
+            command=command,
+        )
+
     def _decode(self, msg: Message, out: Outbox) -> dict[str, Any] | None:
         try:
             _, command = serde.decode(msg.value(), expected="StepCommand")
         except serde.ContractError as exc:
             self._dead_letter(msg, out, exc.kind, exc.message, _header_identity(msg))
+            return None
+        problem = _implausible(command)
+        if problem is not None:
+            self._dead_letter(
+                msg,
+                out,
+                "invalid_field",
+                problem,
+                _Identity(command["tenant"], command["run_id"], command["correlation_id"]),
+                command=command,
+            )
             return None
         partition = command["reply_partition"]
         if self.inbox_partitions is not None and not 0 <= partition < self.inbox_partitions:
@@ -248,41 +337,62 @@ class ExecutorProcessor:
         message: str,
         identity: _Identity,
         command: dict[str, Any] | None = None,
-    ) -> None:
-        record = encode_dead_letter(
-            SERVICE,
-            kind,
-            message,
-            int(time.time() * 1000),
-            topic=msg.topic(),
-            partition=msg.partition(),
-            offset=msg.offset(),
-            key=msg.key(),
-            value=msg.value(),
-            tenant=identity.tenant,
-            correlation_id=identity.correlation_id,
-            run_id=identity.run_id,
-            step_id=command["step_id"] if command else None,
-            attempt=command["attempt"] if command else None,
+    ) -> bool:
+        """One bounded dead letter; without the copy of the original if that failed. False if
+        neither could be written."""
+        tenant, run_id, correlation_id = bounded_identity(
+            identity.tenant, identity.run_id, identity.correlation_id
         )
-        out.send(
-            self.topics.dlq,
-            record,
-            key=msg.key(),
-            headers=clients.headers_for(identity.tenant, identity.run_id, identity.correlation_id),
-        )
-        metrics.DLQ_RECORDS.labels(SERVICE, kind, identity.tenant or "unknown").inc()
+        for keep_original in (True, False):
+            try:
+                record = encode_dead_letter(
+                    SERVICE,
+                    kind,
+                    message if keep_original else f"{message} (original not kept: it did not fit)",
+                    int(time.time() * 1000),
+                    topic=msg.topic(),
+                    partition=msg.partition(),
+                    offset=msg.offset(),
+                    key=msg.key() if keep_original else None,
+                    value=msg.value() if keep_original else None,
+                    tenant=tenant,
+                    correlation_id=correlation_id,
+                    run_id=run_id,
+                    step_id=command["step_id"] if command else None,
+                    attempt=command["attempt"] if command else None,
+                    max_bytes=out.max_record_bytes,
+                )
+                out.send(
+                    self.topics.dlq,
+                    record,
+                    key=msg.key() if keep_original else tenant,
+                    headers=clients.headers_for(tenant, run_id, correlation_id),
+                )
+                break
+            except KafkaException:
+                raise
+            except Exception:
+                if keep_original:
+                    continue
+                log.exception(
+                    "dead letter could not be written", extra=logs.ids(tenant, run_id, correlation_id)
+                )
+                return False
+        metrics.DLQ_RECORDS.labels(
+            SERVICE, kind, tenant_label(self.guardrails, tenant or "") or "unknown"
+        ).inc()
         log.warning(
             "command dead-lettered",
             extra=logs.ids(
-                identity.tenant,
-                identity.run_id,
-                identity.correlation_id,
+                tenant,
+                run_id,
+                correlation_id,
                 error_kind=kind,
-                error_message=message,
+                error_message=bounded_text(message, 1000),
                 partition=f"{msg.topic()}[{msg.partition()}]@{msg.offset()}",
             ),
         )
+        return True
 
     def close(self) -> None:
         """Release what actions hold on the event loop, then stop and close it."""
@@ -295,3 +405,45 @@ class ExecutorProcessor:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._loop_thread.join(30)
             self.loop.close()
+
+
+def _raw_key(msg: Message) -> bytes | None:
+    key = msg.key()
+    return key.encode("utf-8", "surrogatepass") if isinstance(key, str) else key
+
+
+def _implausible(command: dict[str, Any]) -> str | None:
+    """Why a command's identity cannot be one the router wrote, or None. Each of these fields is
+    echoed in the result (and its headers): a forged command must not make that unwritable."""
+    if not TENANT_ID.fullmatch(command["tenant"]):
+        shown = (
+            f"{len(command['tenant'])} characters" if len(command["tenant"]) > 64 else repr(command["tenant"])
+        )
+        return f"tenant is not a tenant id ({shown})"
+    for name, limit in IDENTITY_LIMITS.items():
+        value = command.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            return f"{name} is {len(value)} characters long; the most a command may carry is {limit}"
+    return None
+
+
+def _failed(
+    command: dict[str, Any], executor_id: str, kind: str, message: str, retryable: bool
+) -> dict[str, Any]:
+    """A failed StepResult with no output, every text bounded."""
+    now = int(time.time() * 1000)
+    return {
+        "run_id": command["run_id"],
+        "tenant": command["tenant"],
+        "step_id": command["step_id"],
+        "attempt": command["attempt"],
+        "status": "failed",
+        "output_json": None,
+        "error_kind": kind,
+        "error_message": bounded_text(message, 4000),
+        "retryable": retryable,
+        "started_at": now,
+        "finished_at": now,
+        "correlation_id": command["correlation_id"],
+        "executor_id": bounded_text(executor_id, 256),
+    }

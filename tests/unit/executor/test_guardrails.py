@@ -16,6 +16,7 @@ from services.executor.breaker import BreakerPolicy, CircuitBreakers
 from services.executor.guardrails import BREAKER_STATE, PERMISSION_DENIED, Guardrails
 from services.executor.permissions import required_scopes
 from services.executor.ratelimit import ExternalCallLimiter
+from services.observability.metrics import UNREGISTERED_TENANT
 from tests.unit.executor.helpers import command
 
 
@@ -70,7 +71,8 @@ def test_permission_denied_is_final_and_never_runs_the_action(
     declared: list[str], granted: set[str] | None, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     action = Counting()
-    before = PERMISSION_DENIED.labels("acme", "firm.touch")._value.get()
+    label = "acme" if granted is not None else UNREGISTERED_TENANT  # an unknown tenant is no label of its own
+    before = PERMISSION_DENIED.labels(label, "firm.touch")._value.get()
     grants = Guardrails(grants=lambda tenant: None if granted is None else frozenset(granted))
     with caplog.at_level(logging.WARNING, logger="services.executor"):
         result = run(registry(action), command("firm.touch", scopes=declared), guardrails=grants)
@@ -81,7 +83,7 @@ def test_permission_denied_is_final_and_never_runs_the_action(
     )
     assert reason in result["error_message"]
     assert action.runs == 0
-    assert PERMISSION_DENIED.labels("acme", "firm.touch")._value.get() == before + 1
+    assert PERMISSION_DENIED.labels(label, "firm.touch")._value.get() == before + 1
     [line] = [r for r in caplog.records if r.getMessage() == "permission denied"]
     assert line.levelno == logging.WARNING
     assert (line.tenant, line.run_id, line.correlation_id) == ("acme", "run-1", "corr-1")  # type: ignore[attr-defined]
