@@ -10,6 +10,7 @@ another tenant's runs were unaffected.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import time
@@ -43,6 +44,13 @@ trigger: {{event: go}}
 steps:
   - {{id: a, action: echo, inputs: {{msg: "${{{{ trigger.data.msg }}}}"}}}}
   - {{id: b, action: {second}, needs: [a]}}
+"""
+PICKY = """
+name: picky
+version: 1
+trigger: {event: picky, filter: "trigger.data.amount > 100"}
+steps:
+  - {id: a, action: noop}
 """
 SLOW = """
 name: slow
@@ -86,6 +94,19 @@ def trigger_avro(event: str, data: Any, key: str | None, occurred_at: int | None
             "idempotency_key": key,
             "correlation_id": None,
             "occurred_at": occurred_at,
+        },
+    )
+
+
+def trigger_avro_text(event: str, data_json: str) -> bytes:
+    return serde.encode(
+        "TriggerEvent",
+        {
+            "event_type": event,
+            "data_json": data_json,
+            "idempotency_key": None,
+            "correlation_id": None,
+            "occurred_at": None,
         },
     )
 
@@ -224,6 +245,7 @@ def test_bad_input_corpus_is_dead_lettered_with_specific_reasons(
     eng.publish(CHAIN.format(version=1, second="noop"))
     eng.publish(CHAIN.format(version=1, second="noop"), tenant="beta")
     eng.publish(SLOW)
+    eng.publish(PICKY)
     assert eng.start("router", run_router, instance_id="r1").wait(60)
     assert eng.start("executor", run_executor, instance_id="e1").wait(60)
 
@@ -279,6 +301,18 @@ def test_bad_input_corpus_is_dead_lettered_with_specific_reasons(
     corpus.send(acme, ("[" * 65 + "]" * 65).encode(), "too_deep")
     corpus.send(acme, b"[" * 100_000 + b"]" * 100_000, "invalid_json")  # recursion limit
     corpus.send(acme, good, "oversized", headers=[("padding", b"h" * limit)])  # oversized headers
+    # Valid JSON for the standard library, but not writable again (UTF-8, Avro): strict at the edge.
+    corpus.send(acme, b'{"event_type": "go", "data": {"note": "\\ud800"}}', "invalid_json")
+    corpus.send(acme, b'{"event_type": "go", "data": {"x": NaN}}', "invalid_json")
+    corpus.send(acme, trigger_avro_text("go", '{"note": "\\udfff"}'), "invalid_json")
+    # Under the limit as sent, over it once re-encoded (1e15 -> 1000000000000000.0): refused before
+    # any run exists, so a re-send gets the same answer.
+    expanding = b'{"event_type": "go", "data": {"n": [' + b",".join([b"1e15"] * ((limit - 100) // 5)) + b"]}}"
+    assert len(expanding) + 40 <= limit
+    corpus.send(acme, expanding, "oversized")
+    corpus.send(acme, expanding, "oversized")
+    # A filter that cannot be evaluated (no such key) is a dead letter, not a silent miss.
+    corpus.send(acme, json.dumps({"event_type": "picky", "data": {}}).encode(), "filter_error")
     corpus.send(topics.tenant_triggers("ghost"), good, "unknown_tenant")
     corpus.send(topics.tenant_triggers("sleepy"), good, "tenant_suspended")
     corpus.send(f"{prefix}.tenant.BAD.triggers", good, "bad_topic")
@@ -293,6 +327,13 @@ def test_bad_input_corpus_is_dead_lettered_with_specific_reasons(
     corpus.send(acme, at_limit.encode(), None, key="at-limit")
     claim = {"event_type": "go", "data": {"msg": "c"}, "idempotency_key": "claims-beta", "tenant": "beta"}
     corpus.send(acme, json.dumps(claim).encode(), None)
+    # Kafka keys as idempotency keys: one of 260 KB (with no idempotency_key) and one that is not
+    # UTF-8 (an encoded surrogate) both become sha256:<hex> of their bytes: bounded, stable.
+    hashed_keys = [b"K" * 260_000, b"\xed\xa0\x80-surrogate-key"]
+    for raw_key in hashed_keys:
+        corpus.producer.produce(
+            acme, key=raw_key, value=json.dumps({"event_type": "go", "data": {"msg": "k"}})
+        )
     stamped = {ts: f"ts-{ts}" for ts in (0, -1, YEAR_9999_MS)}
     for ts, key in stamped.items():
         corpus.send(acme, trigger_avro("go", {"msg": "t"}, key, occurred_at=ts), None)
@@ -370,6 +411,9 @@ def test_bad_input_corpus_is_dead_lettered_with_specific_reasons(
     cmd_bytes = serde.encode("ControlCommand", control("cancel", "acme", slow_run, "ops@acme", now))
     corpus.send(ctl, cmd_bytes[:-7], "bad_avro")
     corpus.send(ctl, good, "wrong_schema")
+    huge_tenant = control("cancel", "t" * 300_000, slow_run, "ops@acme", now)
+    send_control(huge_tenant, "invalid_field")  # its dead letter must stay small and producible
+    send_control(control("cancel", "acme", slow_run, "r" * 100_000, now), "invalid_field")
     corpus.flush()
 
     # --- every item dead-lettered once, with exactly the expected reason -------------------------
@@ -380,6 +424,10 @@ def test_bad_input_corpus_is_dead_lettered_with_specific_reasons(
     (huge,) = letters[huge_key.encode()]
     assert len(huge["original_value"]) == MAX_ORIGINAL_VALUE
     assert "original value truncated from 999000" in huge["error_message"]
+    expanded = [
+        letter for key, kind in corpus.expected.items() if kind == "oversized" for letter in letters[key]
+    ]
+    assert sum("re-encodes to" in letter["error_message"] for letter in expanded) == 2
 
     # --- what is not a dead letter ----------------------------------------------------------------
     slow_events = eng.wait_events(slow_run, lambda evs: types(evs).count("result_ignored") >= 2, timeout_s=30)
@@ -390,6 +438,7 @@ def test_bad_input_corpus_is_dead_lettered_with_specific_reasons(
     assert types(done_events).count("run_succeeded") == 1
 
     accepted = [eng.run_id("chain", "at-limit"), eng.run_id("chain", "claims-beta")]
+    accepted += [eng.run_id("chain", "sha256:" + hashlib.sha256(k).hexdigest()) for k in hashed_keys]
     accepted += [eng.run_id("chain", key) for key in stamped.values()]
     for run_id in accepted:  # one by one, so that a failure names the item
         eng.wait_terminal([run_id], timeout_s=60)
