@@ -84,6 +84,15 @@ class Settings(BaseSettings):
         default=6 * 3600, gt=0, description="How long finished runs stay in router state (dedupe window)."
     )
     max_replays_per_run: int = Field(default=3, ge=0, description="Replays allowed per run (bound).")
+    max_replay_state_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description=(
+            "Replay state (trigger data, step outputs) kept by a tenant's failed and cancelled runs,"
+            " per internal partition; past it the oldest shrink to dedupe records (no longer"
+            " replayable). Succeeded runs keep none."
+        ),
+    )
     global_operators: TextList = Field(
         default_factory=list,
         description="Requesters allowed to replay/cancel any tenant's runs (a@x,b@y or a JSON list).",

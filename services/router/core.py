@@ -10,67 +10,127 @@ The workflow semantics live in :mod:`services.router.machine`; this module maps 
 Kafka records, enforces per-tenant and per-workflow concurrency (a run over a limit stays
 ``pending`` and starts in arrival order when a slot frees), fires durable timers (retries,
 deadlines) and expires finished runs after the dedupe retention window.
+
+Containment: nothing one record or one run does stops the loop. Every change to a run is a
+*step* whose records are encoded and size-checked before any is sent
+(:mod:`services.router.outgoing`). If the machine raises, the run is rolled back and the inbox
+record dead-lettered (``router_error``); if what a step would write cannot be written, the run
+ends with a small final ``run_failed`` instead (``record_too_large``, ``unencodable``, …), so its
+history has no gap and exactly one terminal event. Finished runs shrink to dedupe records
+(:mod:`services.router.retention`), timers of finished attempts are forgotten
+(:mod:`services.router.timers`), and ``tick`` ends the runs whose definition lost its trust.
 """
 
 from __future__ import annotations
 
-import heapq
-import json
 import logging
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from services.bus.clients import headers_for
 from services.bus.placement import slice_limit, tenant_base
+from services.bus.record_budget import RecordTooLarge
 from services.bus.topics import Topics
 from services.bus.txloop import Outbox
 from services.config import Settings
-from services.contracts import serde
-from services.contracts.dead_letters import encode_dead_letter
+from services.contracts import serde, strict_json
+from services.contracts.dead_letters import bounded_identity, encode_dead_letter
+from services.contracts.text import bounded_text
 from services.observability import metrics
-from services.registry.compacted import CompactedTable
-from services.registry.definitions import DefinitionCatalog
-from services.router import machine, records
+from services.router import machine, retention
 from services.router.load import TenantLoad
 from services.router.machine import Effects, Timer
+from services.router.outgoing import Outgoing, RecordMapper, StepRecords, checked, error_kind
+from services.router.retention import ReplayStateBudget
 from services.router.state import RunState, RunStatus
+from services.router.timers import TimerQueue
 from services.tenancy.config import TenantConfig
 from services.workflow.compiled import CompiledWorkflow
 
 log = logging.getLogger(__name__)
 SERVICE = "router.core"
 ACTIVE = (RunStatus.RUNNING, RunStatus.RETRYING)
+DefinitionKey = tuple[str, str, int]  # tenant, workflow, version
+
+#: Longest run id, and longest correlation id, event type and source, a run request may carry:
+#: they are copied into every record of the run (headers included).
+MAX_RUN_ID = 128
+MAX_REQUEST_FIELD = 1024
+#: Runs of untrusted definitions ended per tick at most (the rest on the next ticks), and how
+#: often definitions of open runs are checked when there is nothing left to end.
+UNTRUSTED_PER_TICK = 100
+TRUST_CHECK_INTERVAL_MS = 1000
+#: Longest error text a failure of the core itself puts into a ``run_failed`` event.
+FAILURE_MESSAGE_CHARS = 2000
+
+
+class Definitions(Protocol):
+    """What the core reads of the definitions registry (``DefinitionCatalog``)."""
+
+    def get(self, tenant: str, name: str, version: int) -> CompiledWorkflow | None: ...
+
+    def untrusted_reason(self, tenant: str, workflow: str, version: int) -> str | None: ...
+
+
+class Tenants(Protocol):
+    def get(self, key: str) -> TenantConfig | None: ...
+
+
+class StepRejected(Exception):
+    """An inbox record whose step cannot be applied: it is dead-lettered with ``kind``."""
+
+    def __init__(self, kind: str, message: str, original: bytes | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.original = original
+
+
+class OutboxFailure(RuntimeError):
+    """The outbox refused a record the core had already checked: the transaction's output is
+    incomplete, so it must abort. Never contained per record."""
+
+
+def describe(exc: BaseException) -> str:
+    return bounded_text(f"{type(exc).__name__}: {exc}", FAILURE_MESSAGE_CHARS)
+
+
+def _request_problem(body: dict[str, Any]) -> str | None:
+    run_id = body["run_id"]
+    if not run_id or len(run_id) > MAX_RUN_ID:
+        return f"run request: run_id must be 1 to {MAX_RUN_ID} characters, not {len(run_id)}"
+    for name in ("correlation_id", "event_type", "source"):
+        if len(body[name]) > MAX_REQUEST_FIELD:
+            return f"run request: {name} is {len(body[name])} characters; the limit is {MAX_REQUEST_FIELD}"
+    return None
 
 
 @dataclass
 class PartitionState:
     partition: int
     runs: dict[str, RunState] = field(default_factory=dict)
-    timers: list[tuple[int, int, Timer]] = field(default_factory=list)
+    timers: TimerQueue = field(default_factory=TimerQueue)
     pending: dict[str, list[str]] = field(default_factory=dict)  # tenant -> run ids in arrival order
     active_by_tenant: dict[str, int] = field(default_factory=dict)
     active_by_workflow: dict[tuple[str, str], int] = field(default_factory=dict)
     finished: deque[tuple[int, str]] = field(default_factory=deque)
+    open_runs: dict[DefinitionKey, dict[str, None]] = field(default_factory=dict)  # not finished
+    replay_budget: ReplayStateBudget = field(default_factory=lambda: ReplayStateBudget(64 * 1024 * 1024))
     arrivals: int = 0
-    timer_seq: int = 0
-
-    def add_timer(self, timer: Timer) -> None:
-        self.timer_seq += 1
-        heapq.heappush(self.timers, (timer.due_ms, self.timer_seq, timer))
 
 
 class CoreProcessor:
     def __init__(
         self,
         settings: Settings,
-        catalog: DefinitionCatalog,
-        tenants: CompactedTable[TenantConfig],
+        catalog: Definitions,
+        tenants: Tenants,
         *,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
@@ -79,18 +139,25 @@ class CoreProcessor:
         self.load = load or TenantLoad()
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
+        self.mapper = RecordMapper(self.topics, SERVICE)
         self.catalog = catalog
         self.tenants = tenants
         self.clock = clock
         self.rand = rand
         self.partitions: dict[int, PartitionState] = {}
-        self.dirty: dict[str, RunState] = {}
+        self.dirty: dict[str, Outgoing] = {}  # run id -> its latest state record, checked
         self.retention_ms = int(settings.finished_run_retention_s * 1000)
         self._admitting = False
         self._admit_again = False
+        self._next_trust_check_ms = 0
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    def new_partition(self, number: int) -> PartitionState:
+        state = PartitionState(number)
+        state.replay_budget.limit = self.settings.max_replay_state_bytes
+        return state
 
     # --- assignment and restore --------------------------------------------------------------------
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
@@ -115,9 +182,10 @@ class CoreProcessor:
         self.partitions = self._restore(owned)
 
     def _restore(self, numbers: list[int]) -> dict[int, PartitionState]:
-        states = {n: PartitionState(n) for n in numbers}
+        states = {n: self.new_partition(n) for n in numbers}
         if not numbers:
             return states
+        sizes: dict[int, dict[str, int]] = {n: {} for n in numbers}
         conf = self.settings.kafka_config()
         conf.update(
             {
@@ -139,43 +207,79 @@ class CoreProcessor:
                         if err.code() == KafkaError._PARTITION_EOF:
                             remaining.discard(msg.partition() or 0)
                         continue
-                    key = (msg.key() or b"").decode()
-                    state = states[msg.partition() or 0]
-                    if msg.value() is None:
-                        state.runs.pop(key, None)
-                        continue
-                    _, record = serde.decode(msg.value(), expected="RouterState")
-                    state.runs[key] = RunState.from_json(record["snapshot_json"])
+                    number = msg.partition() or 0
+                    self.load_record(states[number], sizes[number], msg.key(), msg.value())
             if remaining:
                 raise RuntimeError(f"router state restore did not finish for partitions {sorted(remaining)}")
         finally:
             consumer.close()
         for state in states.values():
-            self._reindex(state)
+            self.reindex(state, sizes[state.partition])
         log.info(
             "router state restored",
             extra={"partitions": numbers, "runs": sum(len(s.runs) for s in states.values())},
         )
         return states
 
-    def _reindex(self, state: PartitionState) -> None:
+    def load_record(
+        self, state: PartitionState, sizes: dict[str, int], key: bytes | None, value: bytes | None
+    ) -> None:
+        """Apply one changelog record read back on restore (``sizes``: bytes of each run's record)."""
+        run_id = (key or b"").decode("utf-8", "replace")
+        if value is None:
+            state.runs.pop(run_id, None)
+            sizes.pop(run_id, None)
+            return
+        try:
+            _, record = serde.decode(value, expected="RouterState")
+            run = RunState.from_json(record["snapshot_json"])
+        except Exception as exc:  # the run is forgotten (loudly) rather than the partition stalled
+            state.runs.pop(run_id, None)
+            sizes.pop(run_id, None)
+            log.error(
+                "unreadable router state record skipped",
+                extra={
+                    "run_id": bounded_text(run_id, 256),
+                    "partition": state.partition,
+                    "error": describe(exc),
+                },
+            )
+            return
+        state.runs[run_id] = run
+        sizes[run_id] = len(value)
+
+    def reindex(self, state: PartitionState, sizes: dict[str, int]) -> None:
+        """Rebuild queues, counts, timers and retention accounting from the restored runs."""
         pending: list[RunState] = []
+        kept: list[tuple[int, str, int]] = []
         for run in state.runs.values():
             state.arrivals = max(state.arrivals, run.arrival)
+            if not run.status.terminal:
+                state.open_runs.setdefault((run.tenant, run.workflow, run.version), {})[run.run_id] = None
             if run.status == RunStatus.PENDING:
                 pending.append(run)
             elif run.status in ACTIVE:
                 self._count(state, run, +1)
                 for step_id, rec in run.steps.items():
                     if rec.status == "running" and rec.deadline_ms is not None:
-                        state.add_timer(Timer(rec.deadline_ms, run.run_id, step_id, rec.attempt, "deadline"))
+                        state.timers.add(Timer(rec.deadline_ms, run.run_id, step_id, rec.attempt, "deadline"))
                     elif rec.status == "retrying" and rec.retry_at_ms is not None:
-                        state.add_timer(Timer(rec.retry_at_ms, run.run_id, step_id, rec.attempt, "retry"))
+                        state.timers.add(Timer(rec.retry_at_ms, run.run_id, step_id, rec.attempt, "retry"))
             elif run.finished_ms is not None:
                 state.finished.append((run.finished_ms, run.run_id))
+                # State written before finished runs shrank: shrink it in memory now; the
+                # changelog follows with the run's next write (a restore stays write-free).
+                if run.compacted is None and run.status == RunStatus.SUCCEEDED:
+                    retention.compact(run, retention.SUCCEEDED)
+                elif run.compacted is None:
+                    kept.append((run.finished_ms, run.run_id, sizes.get(run.run_id, 0)))
         for run in sorted(pending, key=lambda r: r.arrival):
             state.pending.setdefault(run.tenant, []).append(run.run_id)
         state.finished = deque(sorted(state.finished))
+        for _, run_id, size in sorted(kept):
+            run = state.runs[run_id]
+            for victim in state.replay_budget.add(run.tenant, run_id, size):
+                retention.compact(state.runs[victim], retention.BUDGET)
 
     # --- processing ----------------------------------------------------------------------------------
     def process(self, messages: Sequence[Message], out: Outbox) -> None:
@@ -184,49 +288,76 @@ class CoreProcessor:
             if state is None:  # not ours any more (revoked mid-batch); it will be redelivered
                 continue
             started = time.perf_counter()
+            kind, tenant = "invalid", None
+            body: dict[str, Any] = {}
             try:
                 kind, body = serde.decode_inbox(msg.value())
+                tenant = body.get("tenant")
+                if kind == "RunRequested":
+                    self._requested(state, body, out)
+                elif kind == "StepResult":
+                    self._result(state, body, out)
+                elif kind == "ControlCommand":
+                    self._control(state, body, out)
+                else:
+                    raise StepRejected("wrong_schema", f"{kind} is not an inbox record the core applies")
             except serde.ContractError as exc:
                 self._dead_message(msg, out, exc.kind, exc.message)
-                continue
-            tenant = body.get("tenant", "")
-            try:
-                if kind == "RunRequested":
-                    self._requested(state, body, msg, out)
-                elif kind == "StepResult":
-                    self._result(state, body, msg, out)
-                else:
-                    self._control(state, body, msg, out)
+            except StepRejected as exc:
+                self._dead_message(msg, out, exc.kind, exc.message, tenant, exc.original)
+            except (KafkaException, OutboxFailure):
+                raise
             except Exception as exc:  # a bug or an unexpected record must not stall the partition
                 log.exception(
                     "inbox record failed",
                     extra={
-                        "tenant": tenant,
-                        "run_id": body.get("run_id"),
-                        "correlation_id": body.get("correlation_id"),
+                        "tenant": bounded_text(str(tenant), 256),
+                        "run_id": bounded_text(str(body.get("run_id")), 256),
+                        "correlation_id": bounded_text(str(body.get("correlation_id")), 256),
                     },
                 )
-                self._dead_message(msg, out, "router_error", f"{type(exc).__name__}: {exc}", tenant)
-            metrics.HANDLER_SECONDS.labels(SERVICE, kind, tenant).observe(time.perf_counter() - started)
+                self._dead_message(msg, out, "router_error", describe(exc), tenant)
+            metrics.HANDLER_SECONDS.labels(SERVICE, kind, self._label(tenant)).observe(
+                time.perf_counter() - started
+            )
         self._flush_dirty(out)
 
     def tick(self, out: Outbox) -> None:
         now = self.now_ms()
         for state in list(self.partitions.values()):
-            while state.timers and state.timers[0][0] <= now:
-                _, _, timer = heapq.heappop(state.timers)
-                run = state.runs.get(timer.run_id)
-                workflow = self._workflow(run) if run else None
-                if run is None or workflow is None:
-                    continue
-                self._apply(state, run, machine.on_timer(run, workflow, timer, now, self.rand()), out)
-            self._expire(state, now, out)
+            for timer in state.timers.pop_due(now):
+                self._contained(self._fire, state, timer, out)
+            self._contained(self._expire, state, now, out)
+        self._contained(self._end_untrusted, now, out)
         self._flush_dirty(out)
 
-    def _requested(self, state: PartitionState, body: dict[str, Any], msg: Message, out: Outbox) -> None:
+    def _contained(self, work: Callable[..., None], *args: Any) -> None:
+        """Run one unit of tick work; its failure is logged, and the next unit goes on."""
+        try:
+            work(*args)
+        except (KafkaException, OutboxFailure):
+            raise
+        except Exception:
+            log.exception("router tick work failed", extra={"work": getattr(work, "__name__", "")})
+
+    def _fire(self, state: PartitionState, timer: Timer, out: Outbox) -> None:
+        run = state.runs.get(timer.run_id)
+        if run is None or run.status.terminal:
+            return
+        workflow = self._workflow(run)
+        if workflow is None:  # untrusted now: the trust check ends the run
+            return
+        compute = partial(machine.on_timer, run, workflow, timer, self.now_ms(), self.rand())
+        self._step(state, run, compute, out)
+
+    # --- inbox records -----------------------------------------------------------------------------
+    def _requested(self, state: PartitionState, body: dict[str, Any], out: Outbox) -> None:
+        problem = _request_problem(body)
+        if problem is not None:
+            raise StepRejected("invalid_request", problem)
         run_id = body["run_id"]
         if run_id in state.runs:
-            metrics.TRIGGERS.labels(body["tenant"], "duplicate").inc()
+            metrics.TRIGGERS.labels(self._label(body["tenant"]), "duplicate").inc()
             log.info(
                 "duplicate run request ignored",
                 extra={"tenant": body["tenant"], "run_id": run_id, "correlation_id": body["correlation_id"]},
@@ -234,20 +365,16 @@ class CoreProcessor:
             return
         workflow = self.catalog.get(body["tenant"], body["workflow"], body["version"])
         if workflow is None:
-            self._dead_message(
-                msg,
-                out,
+            raise StepRejected(
                 "unknown_definition",
                 f"{body['workflow']} v{body['version']} is not a verified definition of "
                 f"tenant {body['tenant']}",
-                body["tenant"],
             )
-            return
-        state.arrivals += 1
         try:
-            data = json.loads(body["data_json"])
-        except ValueError:
-            data = body["data_json"]
+            data = strict_json.loads(body["data_json"], "run request data_json")
+        except strict_json.StrictJSONError as exc:
+            raise StepRejected(exc.kind, str(exc)) from exc
+        state.arrivals += 1
         run = RunState(
             run_id=run_id,
             tenant=body["tenant"],
@@ -256,47 +383,44 @@ class CoreProcessor:
             partition=state.partition,
             correlation_id=body["correlation_id"],
             idempotency_key=body["idempotency_key"],
-            trigger={
-                "event": body["event_type"],
-                "data": data,
-                "key": body["idempotency_key"],
-                "tenant": body["tenant"],
-            },
+            trigger={"event": body["event_type"], "data": data},
             arrival=state.arrivals,
             created_ms=self.now_ms(),
             steps=machine.new_run_steps(workflow),
         )
         state.runs[run_id] = run
+        try:
+            self._step(
+                state, run, partial(machine.admitted, run, body["source"]), out, new=True, rejects=True
+            )
+        except BaseException:
+            if run.seq == 0 and state.runs.get(run_id) is run:  # nothing of it was written
+                del state.runs[run_id]
+            raise
         metrics.RUNS_STARTED.labels(run.tenant, run.workflow).inc()
-        self._apply(state, run, machine.admitted(run, body["source"]), out)
-        state.pending.setdefault(run.tenant, []).append(run_id)
-        self._admit(state, run.tenant, out)
 
-    def _result(self, state: PartitionState, body: dict[str, Any], msg: Message, out: Outbox) -> None:
+    def _result(self, state: PartitionState, body: dict[str, Any], out: Outbox) -> None:
         run = state.runs.get(body["run_id"])
         if run is None:
-            metrics.STALE_RESULTS.labels(body["tenant"], "unknown_run").inc()
-            self._dead_message(
-                msg, out, "unknown_run", f"result for unknown run {body['run_id']}", body["tenant"]
-            )
-            return
+            metrics.STALE_RESULTS.labels(self._label(body["tenant"]), "unknown_run").inc()
+            raise StepRejected("unknown_run", f"result for unknown run {bounded_text(body['run_id'], 256)}")
         if run.tenant != body["tenant"]:
-            metrics.STALE_RESULTS.labels(body["tenant"], "tenant_mismatch").inc()
-            self._dead_message(
-                msg,
-                out,
+            metrics.STALE_RESULTS.labels(self._label(body["tenant"]), "tenant_mismatch").inc()
+            raise StepRejected(
                 "tenant_mismatch",
-                f"result claims tenant {body['tenant']!r} for a run of another tenant",
-                body["tenant"],
+                f"result claims tenant {bounded_text(body['tenant'], 256)!r} for a run of another tenant",
             )
+        stale = machine.stale_result(run, body)
+        if stale is not None:
+            reason = (stale.events[0].detail or {}).get("reason", "")
+            metrics.STALE_RESULTS.labels(run.tenant, reason).inc()
+            self._step(state, run, lambda: stale, out, rejects=True, write_rejects=True)
             return
         workflow = self._workflow(run)
         if workflow is None:
-            self._dead_message(
-                msg, out, "unknown_definition", "the run's definition is no longer verified", run.tenant
-            )
-            return
-        effects = machine.on_result(
+            raise StepRejected("unknown_definition", "the run's definition is no longer verified")
+        compute = partial(
+            machine.on_result,
             run,
             workflow,
             body,
@@ -304,41 +428,53 @@ class CoreProcessor:
             self.rand(),
             max_run_output_bytes=self.settings.max_run_output_bytes,
         )
-        for event in effects.events:
-            if event.type == "result_ignored":
-                metrics.STALE_RESULTS.labels(run.tenant, (event.detail or {}).get("reason", "")).inc()
-        self._apply(state, run, effects, out)
+        self._step(state, run, compute, out, rejects=True)
 
-    def _control(self, state: PartitionState, body: dict[str, Any], msg: Message, out: Outbox) -> None:
+    def _control(self, state: PartitionState, body: dict[str, Any], out: Outbox) -> None:
         """Cancel or replay one run. Every command ends in the run's history (accepted or refused)
-        or, when there is no such run of that tenant, in the DLQ — never silently dropped."""
+        or, when there is no such run of that tenant or its decision cannot be written, in the DLQ —
+        never silently dropped."""
+        try:
+            self._apply_control(state, body, out)
+        except StepRejected as exc:
+            exc.original = serde.encode("ControlCommand", body)  # what the operator sent
+            raise
+
+    def _apply_control(self, state: PartitionState, body: dict[str, Any], out: Outbox) -> None:
         run = state.runs.get(body.get("run_id") or "")
         if run is None or run.tenant != body["tenant"]:
             hint = "" if run is None else " (it belongs to another tenant)"
-            self._dead_message(
-                msg,
-                out,
+            raise StepRejected(
                 "control_refused",
                 f"{body['kind']} by {body['requester']}: no run {body.get('run_id')} of tenant "
                 f"{body['tenant']}{hint}; finished runs are kept for "
                 f"{self.settings.finished_run_retention_s:.0f} s",
-                body["tenant"],
-                original=serde.encode("ControlCommand", body),
             )
-            return
+
+        def refuse(why: str) -> None:
+            self._step(
+                state,
+                run,
+                lambda: Effects(events=[machine.control_event(body, why)]),
+                out,
+                rejects=True,
+                write_rejects=True,
+            )
+
         if body["kind"] == "cancel":
             if run.status.terminal:
-                refusal = f"run is already {run.status.value}"
-                self._apply(state, run, Effects(events=[machine.control_event(body, refusal)]), out)
+                refuse(f"run is already {run.status.value}")
                 return
-            was_pending = run.status == RunStatus.PENDING
-            effects = machine.cancel(run, body["requester"], body["reason"])
-            effects.events.insert(0, machine.control_event(body))
-            if was_pending:
-                queue = state.pending.get(run.tenant, [])
-                if run.run_id in queue:
-                    queue.remove(run.run_id)
-            self._apply(state, run, effects, out, was_active=not was_pending)
+
+            def cancel() -> Effects:
+                effects = machine.cancel(run, body["requester"], body["reason"])
+                effects.events.insert(0, machine.control_event(body))
+                return effects
+
+            self._step(state, run, cancel, out, rejects=True, write_rejects=True)
+            return
+        if body["kind"] not in ("replay_run", "replay_step"):
+            refuse(f"{body['kind']} is expanded into one command per run by `switchyard replay --tenant`")
             return
         workflow = self._workflow(run)
         try:
@@ -348,92 +484,189 @@ class CoreProcessor:
                 raise ValueError(f"replay limit of {self.settings.max_replays_per_run} reached for this run")
             steps = machine.steps_to_replay(run, workflow, body["kind"], body.get("step_id"))
         except ValueError as exc:
-            self._apply(state, run, Effects(events=[machine.control_event(body, str(exc))]), out)
+            refuse(str(exc))
             return
-        self._apply(state, run, machine.replay(run, steps, body), out)
-        state.pending.setdefault(run.tenant, []).append(run.run_id)
-        self._admit(state, run.tenant, out)
+        self._step(
+            state, run, partial(machine.replay, run, steps, body), out, rejects=True, write_rejects=True
+        )
 
-    # --- effects ------------------------------------------------------------------------------------------
-    def _apply(
+    # --- steps ----------------------------------------------------------------------------------------
+    def _step(
         self,
         state: PartitionState,
         run: RunState,
-        effects: Effects,
+        compute: Callable[[], Effects],
         out: Outbox,
-        was_active: bool | None = None,
+        *,
+        new: bool = False,
+        rejects: bool = False,
+        write_rejects: bool = False,
     ) -> None:
+        """Apply one change to ``run`` and write its records, all or nothing.
+
+        If ``compute`` (the machine) raises, the run is rolled back; then with ``rejects`` the
+        exception goes to the caller (the inbox record is dead-lettered), else the run fails with
+        ``router_error``. If the step's records cannot be written, the run is rolled back; then
+        with ``write_rejects`` a :class:`StepRejected` goes to the caller, else the run fails
+        with the specific kind (``record_too_large``, ``unencodable``, …)."""
+        before = None if new else run.status
+        mark = run.checkpoint()
         now = self.now_ms()
-        headers = headers_for(run.tenant, run.run_id, run.correlation_id)
+        try:
+            effects = compute()
+            if effects.finished:
+                run.finished_ms = now
+        except Exception as exc:
+            run.rollback(mark)
+            if rejects:
+                raise
+            self._log_run(run, "run step failed in the router", exc)
+            self._fail(state, run, before, "router_error", describe(exc), out)
+            return
+        try:
+            records, changelog = self._encode(run, effects, now, out)
+        except Exception as exc:
+            run.rollback(mark)
+            kind = error_kind(exc)
+            if write_rejects:
+                raise StepRejected(kind, describe(exc)) from exc
+            self._log_run(run, "run records cannot be written; failing the run", exc)
+            self._fail(state, run, before, kind, describe(exc), out)
+            return
+        self._commit(state, run, before, effects, records, changelog, out)
+
+    def _fail(
+        self,
+        state: PartitionState,
+        run: RunState,
+        before: RunStatus | None,
+        kind: str,
+        message: str,
+        out: Outbox,
+    ) -> None:
+        """End ``run`` with a small final ``run_failed`` (its open steps cancelled) instead of a
+        step that could not be applied or written."""
+        if run.status.terminal:  # a finished run cannot end twice: the input is dead-lettered
+            raise StepRejected(kind, message)
+        mark = run.checkpoint()
+        now = self.now_ms()
+        try:
+            effects = machine.fail_run(run, kind, bounded_text(message, FAILURE_MESSAGE_CHARS))
+            run.finished_ms = now
+            records, changelog = self._encode(run, effects, now, out)
+        except Exception as exc:
+            run.rollback(mark)
+            self._log_run(run, "run could not be failed", exc)
+            raise StepRejected(
+                error_kind(exc), f"{message}; failing the run failed too: {describe(exc)}"
+            ) from exc
+        self._commit(state, run, before, effects, records, changelog, out)
+
+    def _encode(self, run: RunState, effects: Effects, now: int, out: Outbox) -> tuple[StepRecords, Outgoing]:
+        """Every record of the step, checked; the run's seq advanced and, once it finished, its
+        state shrunk as retention says. Raises before anything is sent."""
+        limit = out.max_record_bytes
+        scopes: list[str] = []
+        if effects.commands:
+            workflow = self._workflow(run)
+            scopes = list(workflow.definition.scopes) if workflow else []
+        records = self.mapper.effects(run, effects, scopes, now, limit)
+        run.seq = records.last_seq
+        if run.status == RunStatus.SUCCEEDED and run.compacted is None:
+            retention.compact(run, retention.SUCCEEDED)
+        try:
+            changelog = self.mapper.changelog(run, now, limit)
+        except RecordTooLarge:
+            if not run.status.terminal or run.compacted is not None:
+                raise
+            retention.compact(run, retention.TOO_LARGE)  # a finished run can do without replay state
+            changelog = self.mapper.changelog(run, now, limit)
+        return records, changelog
+
+    def _commit(
+        self,
+        state: PartitionState,
+        run: RunState,
+        before: RunStatus | None,
+        effects: Effects,
+        records: StepRecords,
+        changelog: Outgoing,
+        out: Outbox,
+    ) -> None:
+        for record in records.records:
+            self._send(out, record)
+        self.dirty[run.run_id] = changelog
         for event in effects.events:
-            out.send(
-                self.topics.events,
-                records.run_event(run, event, now),
-                key=run.run_id,
-                partition=run.partition,
-                headers=headers,
-            )
             if event.type == "step_retrying" or (
                 event.type == "step_timed_out" and event.state == "retrying"
             ):
                 metrics.STEP_RETRIES.labels(run.tenant, run.workflow).inc()
-        if effects.commands:
-            workflow = self._workflow(run)
-            scopes = list(workflow.definition.scopes) if workflow else []
-            for command in effects.commands:
-                out.send(
-                    self.topics.commands,
-                    records.step_command(run, command, scopes, now),
-                    key=run.run_id,
-                    partition=run.partition,
-                    headers=headers,
-                )
-        for timer in effects.timers:
-            state.add_timer(timer)
         for dead in effects.dead_letters:
-            out.send(
-                self.topics.dlq,
-                encode_dead_letter(
-                    SERVICE,
-                    dead["error_kind"],
-                    dead["error_message"],
-                    now,
-                    tenant=run.tenant,
-                    correlation_id=run.correlation_id,
-                    run_id=run.run_id,
-                    step_id=dead["step_id"],
-                    attempt=dead["attempt"],
-                ),
-                key=run.run_id,
-                headers=headers,
-            )
             metrics.DLQ_RECORDS.labels(SERVICE, dead["error_kind"], run.tenant).inc()
-        self.dirty[run.run_id] = run
-        if effects.finished:
-            run.finished_ms = now
-            state.finished.append((now, run.run_id))
-            metrics.RUNS_FINISHED.labels(run.tenant, run.workflow, run.status.value).inc()
-            active = was_active if was_active is not None else True
-            if active:
-                self._count(state, run, -1)
-                self._admit(state, run.tenant, out)
-            log.info(
-                "run %s",
-                run.status.value,
-                extra={"tenant": run.tenant, "run_id": run.run_id, "correlation_id": run.correlation_id},
-            )
+        if run.status.terminal:
+            state.timers.drop_run(run.run_id)
+        else:
+            for timer in effects.timers:
+                state.timers.add(timer)
+            state.timers.keep(run.run_id, partial(machine.timer_is_live, run))
+        self._transition(state, run, before, len(changelog.value or b""), out)
 
-    def _flush_dirty(self, out: Outbox) -> None:
-        if not self.dirty:
+    def _transition(
+        self, state: PartitionState, run: RunState, before: RunStatus | None, state_bytes: int, out: Outbox
+    ) -> None:
+        """Bookkeeping of a status change: slots, the pending queue, open runs, retention."""
+        after = run.status
+        admit = False
+        definition = (run.tenant, run.workflow, run.version)
+        if not after.terminal and (before is None or before.terminal):  # new, or replayed
+            state.open_runs.setdefault(definition, {})[run.run_id] = None
+            state.replay_budget.discard(run.tenant, run.run_id)
+        if after.terminal and (before is None or not before.terminal):
+            self._finished(state, run, definition, state_bytes, out)
+        if before in ACTIVE and after not in ACTIVE:
+            self._count(state, run, -1)
+            admit = True
+        elif before not in ACTIVE and after in ACTIVE:
+            self._count(state, run, +1)
+        if after == RunStatus.PENDING and before != RunStatus.PENDING:
+            state.pending.setdefault(run.tenant, []).append(run.run_id)
+            admit = True
+        elif before == RunStatus.PENDING and after.terminal:
+            self._drop_pending(state, run)
+            admit = True
+        if admit:
+            self._admit(state, run.tenant, out)
+
+    def _finished(
+        self, state: PartitionState, run: RunState, definition: DefinitionKey, size: int, out: Outbox
+    ) -> None:
+        runs = state.open_runs.get(definition)
+        if runs is not None:
+            runs.pop(run.run_id, None)
+            if not runs:
+                del state.open_runs[definition]
+        if run.finished_ms is not None:
+            state.finished.append((run.finished_ms, run.run_id))
+        metrics.RUNS_FINISHED.labels(run.tenant, run.workflow, run.status.value).inc()
+        if run.compacted is None:
+            for victim in state.replay_budget.add(run.tenant, run.run_id, size):
+                self._compact(state, victim, retention.BUDGET, out)
+        log.info(
+            "run %s",
+            run.status.value,
+            extra={"tenant": run.tenant, "run_id": run.run_id, "correlation_id": run.correlation_id},
+        )
+
+    def _compact(self, state: PartitionState, run_id: str, reason: str, out: Outbox) -> None:
+        """Shrink a finished run that kept its replay state (no event: its history is unchanged)."""
+        run = state.runs.get(run_id)
+        if run is None or not run.status.terminal or run.compacted is not None:
             return
-        now = self.now_ms()
-        for run in self.dirty.values():
-            out.send(
-                self.topics.router_state, records.changelog(run, now), key=run.run_id, partition=run.partition
-            )
-        self.dirty.clear()
-        metrics.ROUTER_STATE_RUNS.set(sum(len(p.runs) for p in self.partitions.values()))
-        self._publish_gauges()
+        retention.compact(run, reason)
+        try:
+            self.dirty[run_id] = self.mapper.changelog(run, self.now_ms(), out.max_record_bytes)
+        except Exception as exc:  # a dedupe record always fits; if not, memory is still freed
+            self._log_run(run, "compacted run state cannot be written", exc)
 
     # --- concurrency -----------------------------------------------------------------------------------
     def _count(self, state: PartitionState, run: RunState, delta: int) -> None:
@@ -452,6 +685,16 @@ class CoreProcessor:
         tenant_limit = slice_limit(config.max_concurrent_runs, slices, index) if config else 0
         wf_limit = workflow.definition.concurrency
         return tenant_limit, slice_limit(wf_limit, slices, index) if wf_limit else None
+
+    def _drop_pending(self, state: PartitionState, run: RunState) -> None:
+        """A pending run ended before it started: out of the queue (a running admission pass skips
+        it; the pass that follows drops it)."""
+        if self._admitting:
+            self._admit_again = True
+            return
+        queue = state.pending.get(run.tenant)
+        if queue and run.run_id in queue:
+            queue.remove(run.run_id)
 
     def _admit(self, state: PartitionState, tenant: str, out: Outbox) -> None:
         """Start pending runs of ``tenant`` in arrival order while slots are free."""
@@ -477,7 +720,7 @@ class CoreProcessor:
             if run is None or run.status != RunStatus.PENDING:
                 continue
             workflow = self._workflow(run)
-            if workflow is None:
+            if workflow is None:  # untrusted: the trust check ends it
                 kept.append(run_id)
                 continue
             tenant_limit, wf_limit = self._limits(state, tenant, workflow)
@@ -488,9 +731,35 @@ class CoreProcessor:
             if wf_limit is not None and state.active_by_workflow.get((tenant, run.workflow), 0) >= wf_limit:
                 kept.append(run_id)
                 continue
-            self._count(state, run, +1)
-            self._apply(state, run, machine.start(run, workflow, self.now_ms()), out)
+            try:
+                self._step(state, run, partial(machine.start, run, workflow, self.now_ms()), out)
+            except StepRejected as exc:  # not even a failure could be written: leave it, loudly
+                self._log_run(run, "pending run could not be started nor failed", exc)
         state.pending[tenant] = kept
+
+    # --- definitions that lost their trust -----------------------------------------------------------
+    def _end_untrusted(self, now: int, out: Outbox) -> None:
+        """Fail the open runs (pending or active) of definitions that are no longer trusted (key
+        expired or revoked, definition removed), a bounded number per tick; their slots free."""
+        if now < self._next_trust_check_ms:
+            return
+        budget = UNTRUSTED_PER_TICK
+        for state in list(self.partitions.values()):
+            for (tenant, name, version), run_ids in list(state.open_runs.items()):
+                if budget <= 0:
+                    break
+                reason = self.catalog.untrusted_reason(tenant, name, version)
+                if reason is None:
+                    continue
+                for run_id in list(run_ids)[:budget]:
+                    run = state.runs.get(run_id)
+                    if run is None or run.status.terminal:
+                        run_ids.pop(run_id, None)
+                        continue
+                    budget -= 1
+                    message = f"{name} v{version} is no longer trusted: {reason}"
+                    self._contained(self._fail, state, run, run.status, "definition_untrusted", message, out)
+        self._next_trust_check_ms = now if budget <= 0 else now + TRUST_CHECK_INTERVAL_MS
 
     # --- retention --------------------------------------------------------------------------------------
     def _expire(self, state: PartitionState, now: int, out: Outbox) -> None:
@@ -499,12 +768,48 @@ class CoreProcessor:
             run = state.runs.get(run_id)
             if run is not None and run.status.terminal and run.finished_ms == finished_at:
                 del state.runs[run_id]
+                state.replay_budget.discard(run.tenant, run_id)
+                state.timers.drop_run(run_id)
                 self.dirty.pop(run_id, None)
-                out.send(self.topics.router_state, None, key=run_id, partition=state.partition)
+                self._send(out, self.mapper.tombstone(run_id, state.partition))
+
+    def _flush_dirty(self, out: Outbox) -> None:
+        if not self.dirty:
+            return
+        for record in self.dirty.values():
+            self._send(out, record)
+        self.dirty.clear()
+        metrics.ROUTER_STATE_RUNS.set(sum(len(p.runs) for p in self.partitions.values()))
+        self._publish_gauges()
 
     # --- helpers -------------------------------------------------------------------------------------------
     def _workflow(self, run: RunState) -> CompiledWorkflow | None:
         return self.catalog.get(run.tenant, run.workflow, run.version)
+
+    def _label(self, tenant: Any) -> str:
+        """The metrics label of a tenant an input names (one shared value for unregistered names)."""
+        if not isinstance(tenant, str):
+            return ""
+        return metrics.tenant_label(tenant, bool(tenant) and self.tenants.get(tenant) is not None)
+
+    def _send(self, out: Outbox, record: Outgoing) -> None:
+        try:
+            out.send(
+                record.topic, record.value, key=record.key, partition=record.partition, headers=record.headers
+            )
+        except KafkaException:
+            raise
+        except Exception as exc:
+            raise OutboxFailure(f"the outbox refused a checked {record.topic} record: {exc}") from exc
+
+    def _log_run(self, run: RunState, what: str, exc: BaseException) -> None:
+        log.error(
+            "%s: %s",
+            what,
+            describe(exc),
+            exc_info=not isinstance(exc, RecordTooLarge | strict_json.StrictJSONError | StepRejected),
+            extra={"tenant": run.tenant, "run_id": run.run_id, "correlation_id": run.correlation_id},
+        )
 
     def _dead_message(
         self,
@@ -512,29 +817,40 @@ class CoreProcessor:
         out: Outbox,
         kind: str,
         message: str,
-        tenant: str | None = None,
+        tenant: Any = None,
         original: bytes | None = None,
     ) -> None:
         """Dead-letter an inbox record; ``original`` replaces its value (e.g. the bare ControlCommand,
-        so the audit trail holds what the operator sent rather than the inbox envelope)."""
-        out.send(
-            self.topics.dlq,
-            encode_dead_letter(
-                SERVICE,
-                kind,
-                message,
-                self.now_ms(),
-                topic=msg.topic(),
-                partition=msg.partition(),
-                offset=msg.offset(),
-                key=msg.key(),
-                value=original if original is not None else msg.value(),
-                tenant=tenant,
-            ),
-            key=tenant,
+        so the audit trail holds what the operator sent rather than the inbox envelope). Always
+        producible: the copy of the original is dropped if even its bounded form does not fit."""
+        claimed = tenant if isinstance(tenant, str) else None
+        label = self._label(claimed)
+        tenant_field, _, _ = bounded_identity(claimed)
+        limit = out.max_record_bytes
+        common: dict[str, Any] = {
+            "topic": msg.topic(),
+            "partition": msg.partition(),
+            "offset": msg.offset(),
+            "tenant": tenant_field,
+            "max_bytes": limit,
+        }
+        value = original if original is not None else msg.value()
+        try:
+            letter = encode_dead_letter(
+                SERVICE, kind, message, self.now_ms(), key=msg.key(), value=value, **common
+            )
+            record = checked(Outgoing(self.topics.dlq, letter, tenant_field), limit)
+        except Exception as exc:
+            note = f"{message} (copy of the original omitted: {describe(exc)})"
+            letter = encode_dead_letter(SERVICE, kind, note, self.now_ms(), **common)
+            record = Outgoing(self.topics.dlq, letter, tenant_field)
+        self._send(out, record)
+        metrics.DLQ_RECORDS.labels(SERVICE, kind, label).inc()
+        log.warning(
+            "inbox record dead-lettered: %s",
+            bounded_text(message, 1000),
+            extra={"tenant": tenant_field, "error_kind": kind},
         )
-        metrics.DLQ_RECORDS.labels(SERVICE, kind, tenant or "").inc()
-        log.warning("inbox record dead-lettered: %s", message, extra={"tenant": tenant, "error_kind": kind})
 
     def _publish_gauges(self) -> None:
         running: dict[str, int] = {}

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.contracts import strict_json
+from services.router import retention
 from services.router.state import RunState, RunStatus, StepRecord
 from services.workflow.compiled import CompiledWorkflow, StepStatus
 from services.workflow.expressions import EvalContext, ExpressionError
@@ -67,7 +69,7 @@ class Effects:
 
 def context(run: RunState) -> EvalContext:
     outputs = {sid: rec.output for sid, rec in run.steps.items() if rec.status == StepStatus.SUCCEEDED}
-    return EvalContext(trigger=run.trigger, step_outputs=outputs)
+    return EvalContext(trigger=run.trigger_view(), step_outputs=outputs)
 
 
 def new_run_steps(workflow: CompiledWorkflow) -> dict[str, StepRecord]:
@@ -116,21 +118,19 @@ def on_result(
     A run keeps its steps' outputs (later steps read them); ``max_run_output_bytes`` bounds their
     total, because the run's state must fit in one Kafka record. An output that would pass the
     bound fails its step, not retryable (the same action would return the same output)."""
+    stale = stale_result(run, result)
+    if stale is not None:
+        return stale
     effects = Effects()
     step_id, attempt = result["step_id"], result["attempt"]
-    rec = run.steps.get(step_id)
-    reason = _stale_reason(run, rec, attempt)
-    if reason is not None:
-        effects.events.append(Event("result_ignored", step_id, attempt, detail={"reason": reason}))
-        return effects
-    assert rec is not None
+    rec = run.steps[step_id]
     timing = {
         "started_at": result.get("started_at"),
         "finished_at": result.get("finished_at"),
         "executor_id": result.get("executor_id"),
     }
     text = result.get("output_json")
-    size = len(text.encode()) if text else 0
+    size = len(text.encode("utf-8", "surrogatepass")) if text else 0
     kept = sum(r.output_bytes for sid, r in run.steps.items() if sid != step_id)
     if (
         result["status"] == "succeeded"
@@ -186,6 +186,38 @@ def on_result(
             event_type=None,
             extra=timing,
         )
+    return effects
+
+
+def stale_result(run: RunState, result: dict[str, Any]) -> Effects | None:
+    """The effects of a result that must not be applied (reported in the run's history: a late,
+    duplicate or unknown attempt, or a finished run), or ``None`` when it applies. Needs no
+    workflow: a finished run's definition may be gone."""
+    step_id, attempt = result["step_id"], result["attempt"]
+    reason = _stale_reason(run, run.steps.get(step_id), attempt)
+    if reason is None:
+        return None
+    return Effects(events=[Event("result_ignored", step_id, attempt, detail={"reason": reason})])
+
+
+def timer_is_live(run: RunState, timer: Timer) -> bool:
+    """Whether ``timer`` can still do something: its attempt is the step's current one and is
+    still running (deadline) or waiting for its backoff (retry)."""
+    if run.status.terminal:
+        return False
+    rec = run.steps.get(timer.step_id)
+    if rec is None or rec.attempt != timer.attempt:
+        return False
+    wanted = StepStatus.RUNNING if timer.kind == "deadline" else StepStatus.RETRYING
+    return rec.status == wanted
+
+
+def fail_run(run: RunState, kind: str, message: str) -> Effects:
+    """End a run that cannot go on (its records cannot be written, its definition lost its trust,
+    the router failed on it): its open steps are cancelled and ``run_failed`` says why."""
+    effects = Effects()
+    if not run.status.terminal:
+        _fail_run(run, None, kind, message, effects)
     return effects
 
 
@@ -259,6 +291,8 @@ def steps_to_replay(run: RunState, workflow: CompiledWorkflow, kind: str, from_s
     """
     if not run.status.terminal:
         raise ValueError(f"run is {run.status.value}; only a finished run can be replayed")
+    if run.compacted is not None:
+        raise ValueError(retention.refusal(run.compacted))
     if from_step is not None and from_step not in run.steps:
         raise ValueError(f"workflow {run.workflow} v{run.version} has no step {from_step!r}")
     if kind == "replay_step":
@@ -319,10 +353,10 @@ def replay(run: RunState, steps: list[str], command: dict[str, Any]) -> Effects:
 
 
 def _stale_reason(run: RunState, rec: StepRecord | None, attempt: int) -> str | None:
+    if run.status.terminal:  # first: a compacted run has no step records left
+        return f"run_{run.status.value}"
     if rec is None:
         return "unknown_step"
-    if run.status.terminal:
-        return f"run_{run.status.value}"
     if attempt != rec.attempt:
         return "stale_attempt"
     if rec.status != StepStatus.RUNNING:
@@ -331,13 +365,13 @@ def _stale_reason(run: RunState, rec: StepRecord | None, attempt: int) -> str | 
 
 
 def _loads(text: str | None) -> Any:
-    import json
-
+    """An output as the run keeps it: strict JSON (what the engine can always write again), else
+    the text itself."""
     if text is None:
         return None
     try:
-        return json.loads(text)
-    except ValueError:
+        return strict_json.loads(text, "output")
+    except strict_json.StrictJSONError:
         return text
 
 

@@ -1,14 +1,18 @@
 """Builders for the records the router produces (history events, commands, changelog).
 
 Dead letters are built by :mod:`services.contracts.dead_letters`, shared with the executor.
+JSON inside records is written with orjson (strict: a lone surrogate or an integer beyond 64 bits
+raises :class:`~services.contracts.strict_json.StrictJSONError`, never a half-written record).
 """
 
 from __future__ import annotations
 
-import json
 import uuid
+from typing import Any
 
-from services.contracts import serde
+import orjson
+
+from services.contracts import serde, strict_json
 from services.router.machine import Command, Event
 from services.router.state import RunState
 
@@ -21,8 +25,17 @@ def run_id_for(tenant: str, workflow: str, idempotency_key: str) -> str:
     return str(uuid.uuid5(RUN_NAMESPACE, f"{tenant}\x1f{workflow}\x1f{idempotency_key}"))
 
 
-def run_event(run: RunState, event: Event, now_ms: int) -> bytes:
-    seq = run.next_seq()
+def detail_json(detail: dict[str, Any]) -> str:
+    """An event's detail: values JSON cannot hold are written as text (as they always were)."""
+    try:
+        return orjson.dumps(detail, default=str, option=orjson.OPT_NON_STR_KEYS).decode("utf-8")
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        raise strict_json.StrictJSONError("unencodable", f"event detail cannot be written: {exc}") from exc
+
+
+def run_event(run: RunState, event: Event, seq: int, now_ms: int) -> bytes:
+    """The ``RunEvent`` numbered ``seq`` (the caller advances ``run.seq`` once the step's records
+    are all written)."""
     return serde.encode(
         "RunEvent",
         {
@@ -38,7 +51,7 @@ def run_event(run: RunState, event: Event, now_ms: int) -> bytes:
             "state": event.state,
             "at": now_ms,
             "correlation_id": run.correlation_id,
-            "detail_json": json.dumps(event.detail, default=str) if event.detail is not None else None,
+            "detail_json": detail_json(event.detail) if event.detail is not None else None,
         },
     )
 
@@ -54,7 +67,7 @@ def step_command(run: RunState, command: Command, scopes: list[str], now_ms: int
             "step_id": command.step_id,
             "attempt": command.attempt,
             "action": command.action,
-            "inputs_json": json.dumps(command.inputs),
+            "inputs_json": strict_json.dumps_str(command.inputs),
             "idempotency_key": command.idempotency_key(run.run_id),
             "deadline": command.deadline_ms,
             "scopes": scopes,

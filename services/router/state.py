@@ -1,15 +1,28 @@
 """Run and step state as the router core keeps it in memory and in the changelog.
 
 The snapshot is plain JSON (``to_json`` / ``from_json``) so the compacted changelog stays
-readable by any tool and survives refactors of these classes.
+readable by any tool and survives refactors of these classes. It is written with the strict
+encoder (:mod:`services.contracts.strict_json`): a value the engine could not write again never
+gets into a record. State written by older versions may still hold what the strict decoder
+refuses (lone surrogates from ``\\udxxx`` escapes, integers beyond 64 bits): :func:`from_json`
+reads it leniently and makes it writable (:func:`writable`).
+
+A finished run may be *compacted* (``compacted`` says why, see :mod:`services.router.retention`):
+it keeps its identity, outcome and history position — what deduplication, control decisions and
+late results need — and drops its trigger data and step records, so it can no longer be replayed.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
+
+import orjson
+
+from services.contracts import strict_json
+from services.contracts.text import utf8_safe
 
 
 class RunStatus(StrEnum):
@@ -28,7 +41,7 @@ class RunStatus(StrEnum):
 TERMINAL_RUN = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
 
 
-@dataclass
+@dataclass(slots=True)
 class StepRecord:
     status: str = "pending"  # a services.workflow StepStatus value
     attempt: int = 0
@@ -40,8 +53,35 @@ class StepRecord:
     retry_base: int = 0  # attempts before the last replay; the retry budget counts from here
     output_bytes: int = 0  # size of ``output`` as JSON: counts toward the run's output budget
 
+    def copy(self) -> StepRecord:
+        return StepRecord(
+            self.status,
+            self.attempt,
+            self.deadline_ms,
+            self.retry_at_ms,
+            self.output,
+            self.error_kind,
+            self.error_message,
+            self.retry_base,
+            self.output_bytes,
+        )
 
-@dataclass
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """What one step of processing may change in a run, taken before it (see :meth:`RunState.rollback`)."""
+
+    status: RunStatus
+    seq: int
+    finished_ms: int | None
+    replays: int
+    trigger: dict[str, Any]
+    idempotency_key: str
+    compacted: str | None
+    steps: dict[str, StepRecord]
+
+
+@dataclass(slots=True)
 class RunState:
     run_id: str
     tenant: str
@@ -50,7 +90,7 @@ class RunState:
     partition: int
     correlation_id: str
     idempotency_key: str
-    trigger: dict[str, Any]  # {"event", "data", "key", "tenant"}
+    trigger: dict[str, Any]  # {"event", "data"}; expressions see trigger_view()
     arrival: int  # FIFO order of admission within the partition
     created_ms: int
     status: RunStatus = RunStatus.PENDING
@@ -58,24 +98,115 @@ class RunState:
     steps: dict[str, StepRecord] = field(default_factory=dict)
     finished_ms: int | None = None
     replays: int = 0
+    compacted: str | None = None  # why a finished run's replay state was dropped (None: kept)
+
+    def __post_init__(self) -> None:
+        # The idempotency key and the tenant are fields of their own; older snapshots also kept
+        # them in the trigger, which stored a (possibly huge) key twice.
+        if "key" in self.trigger or "tenant" in self.trigger:
+            self.trigger = {k: v for k, v in self.trigger.items() if k not in ("key", "tenant")}
+
+    def trigger_view(self) -> dict[str, Any]:
+        """The trigger as expressions see it: ``event``, ``data``, ``key``, ``tenant``."""
+        return {**self.trigger, "key": self.idempotency_key, "tenant": self.tenant}
 
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq
 
+    # --- one step's undo ----------------------------------------------------------------------------
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(
+            self.status,
+            self.seq,
+            self.finished_ms,
+            self.replays,
+            self.trigger,
+            self.idempotency_key,
+            self.compacted,
+            {step_id: rec.copy() for step_id, rec in self.steps.items()},
+        )
+
+    def rollback(self, mark: Checkpoint) -> None:
+        """Undo everything since ``mark`` (trigger data and outputs are replaced, never mutated,
+        so restoring the references restores them)."""
+        self.status = mark.status
+        self.seq = mark.seq
+        self.finished_ms = mark.finished_ms
+        self.replays = mark.replays
+        self.trigger = mark.trigger
+        self.idempotency_key = mark.idempotency_key
+        self.compacted = mark.compacted
+        self.steps = {step_id: rec.copy() for step_id, rec in mark.steps.items()}
+
+    # --- snapshot -------------------------------------------------------------------------------------
     def to_json(self) -> str:
-        # Shallow views, not dataclasses.asdict: asdict deep-copies trigger data and step outputs
-        # before encoding, which cost a fifth of the router's CPU under load (benchmarks profile).
-        data = dict(vars(self))
-        data["status"] = self.status.value
-        data["steps"] = {step_id: vars(step) for step_id, step in self.steps.items()}
-        # ensure_ascii=False: \\uXXXX escapes would double (or triple) non-ASCII text and break
-        # the size budget that keeps this record producible.
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        """Compact UTF-8 JSON (non-ASCII text unescaped: escapes would multiply the record's size).
+
+        Raises :class:`~services.contracts.strict_json.StrictJSONError` only if a value stays
+        unwritable after :func:`writable` (it cannot, for JSON-born data)."""
+        try:
+            return strict_json.dumps(self).decode("utf-8")
+        except strict_json.StrictJSONError:
+            # Data that predates the strict decoder: make it writable once, for good.
+            self.trigger = writable(self.trigger)
+            for rec in self.steps.values():
+                rec.output = writable(rec.output)
+                rec.error_message = None if rec.error_message is None else utf8_safe(rec.error_message)
+            return strict_json.dumps(self).decode("utf-8")
 
     @classmethod
-    def from_json(cls, text: str) -> RunState:
-        data = json.loads(text)
+    def from_json(cls, text: str | bytes) -> RunState:
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            data = writable(json.loads(text))  # written before the strict encoder
         data["status"] = RunStatus(data["status"])
-        data["steps"] = {k: StepRecord(**v) for k, v in data["steps"].items()}
-        return cls(**data)
+        data["steps"] = {k: _step_record(v) for k, v in data["steps"].items()}
+        try:
+            return cls(**data)
+        except TypeError:  # fields of another version: keep the ones this one knows
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _step_record(data: dict[str, Any]) -> StepRecord:
+    try:
+        return StepRecord(**data)
+    except TypeError:
+        known = {f.name for f in fields(StepRecord)}
+        return StepRecord(**{k: v for k, v in data.items() if k in known})
+
+
+#: Integers JSON encoders accept (orjson: signed and unsigned 64 bits).
+_INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+def writable(value: Any) -> Any:
+    """``value`` with what the strict encoder refuses replaced: lone surrogates become visible
+    ``\\udxxx`` escapes, integers beyond 64 bits become floats (``None`` past the float range),
+    non-finite floats ``None``, non-string keys strings. Iterative: no recursion limit."""
+    root: list[Any] = [value]
+    stack: list[tuple[Any, Any]] = [(root, 0)]
+    while stack:
+        container, index = stack.pop()
+        item = container[index]
+        if isinstance(item, str):
+            container[index] = utf8_safe(item)
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if not _INT_RANGE[0] <= item <= _INT_RANGE[1]:
+                container[index] = float(item) if abs(item) < 1e308 else None
+        elif isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                container[index] = None
+        elif isinstance(item, dict):
+            copy = {utf8_safe(str(k)): v for k, v in item.items()}
+            container[index] = copy
+            stack.extend((copy, k) for k in copy)
+        elif isinstance(item, list | tuple):
+            items = list(item)
+            container[index] = items
+            stack.extend((items, i) for i in range(len(items)))
+    return root[0]
