@@ -167,6 +167,25 @@ def overview() -> dict[str, Any]:
         ],
         unit="ops",
     )
+    b.panel(
+        "Stalled partitions, poison records, processor errors",
+        [
+            q("max by (service) (switchyard_partitions_stalled)", "stalled partitions {{service}}"),
+            q(
+                "sum by (service) (increase(switchyard_poison_records_total[5m]))",
+                "poison records {{service}}",
+            ),
+            q(
+                "sum by (service, stage) (increase(switchyard_processor_errors_total[5m]))",
+                "processor errors ({{stage}}) {{service}}",
+            ),
+        ],
+        w=24,
+        description="Stalled: records to process and no commit progress for SWITCHYARD_STALL_AFTER_S "
+        "(/readyz names the partitions). Poison records: isolated by the poison-batch guard and "
+        "dead-lettered (poison_record). Processor errors: exceptions a processor raised in a "
+        "transaction (aborted and retried; the loop goes on).",
+    )
     b.row("Runs")
     b.panel("Active runs by state", [q("sum by (state) (switchyard_runs_by_state)", "{{state}}")])
     b.panel(
