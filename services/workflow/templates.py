@@ -17,14 +17,17 @@ strings, durations as seconds, bytes as base64. The JSON of one step's rendered 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.workflow.expression_cost import BUDGET, Estimate
 from services.workflow.expressions import (
     MAX_RENDERED_BYTES,
     CompiledExpression,
     ExpressionError,
+    Prepared,
     compile_expression,
     scan_string_literal,
 )
@@ -178,16 +181,18 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _render(node: _Node, variables: Mapping[str, Any]) -> Any:
+def _render(node: _Node, prepared: Mapping[int, Prepared]) -> Any:
     if isinstance(node, _Literal):
         return node.value
     if isinstance(node, _Whole):
-        return node.expr.evaluate(variables)
+        return node.expr.run(prepared[id(node.expr)], budget=math.inf)
     if isinstance(node, _Interpolated):
-        return "".join(p if isinstance(p, str) else _as_text(p.evaluate(variables)) for p in node.parts)
+        return "".join(
+            p if isinstance(p, str) else _as_text(p.run(prepared[id(p)], budget=math.inf)) for p in node.parts
+        )
     if isinstance(node, _ListNode):
-        return [_render(item, variables) for item in node.items]
-    return {key: _render(item, variables) for key, item in node.items}
+        return [_render(item, prepared) for item in node.items]
+    return {key: _render(item, prepared) for key, item in node.items}
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +207,20 @@ class CompiledInputs:
         return frozenset(ref for expr in _expressions(self._root) for ref in expr.step_refs)
 
     def render(self, variables: Mapping[str, Any]) -> dict[str, Any]:
-        """Evaluate all templates; :class:`ExpressionError` on failure or oversized output."""
-        rendered: dict[str, Any] = _render(self._root, variables)
+        """Evaluate all templates; :class:`ExpressionError` on failure or oversized output.
+
+        All the templates of one step are one evaluation: their summed cost bound must fit
+        :data:`~services.workflow.expression_cost.BUDGET`, checked before any of them runs.
+        """
+        prepared = {id(expr): expr.prepare(variables) for expr in _expressions(self._root)}
+        if prepared:
+            total = sum(p.estimate.cost for p in prepared.values())
+            costliest = max(prepared.values(), key=lambda p: p.estimate.cost)
+            if total > BUDGET:
+                expr = next(e for e in _expressions(self._root) if prepared[id(e)] is costliest)
+                reason = Estimate(total, costliest.estimate.reason).refusal()
+                raise ExpressionError(f"rendering the inputs: {reason}", expr.source)
+        rendered: dict[str, Any] = _render(self._root, prepared)
         size = len(json.dumps(rendered, separators=(",", ":"), ensure_ascii=False).encode())
         if size > MAX_RENDERED_BYTES:
             raise ExpressionError(
