@@ -47,7 +47,7 @@ from services.registry.publishing import PublishRefused, publish_signed
 from services.workflow.loader import load_definition_text
 from services.workflow.problems import DefinitionError
 from services.workflow.signing import generate_keypair, private_key_from_b64, sign_definition
-from tests.faults.accounting import DlqTail, account, run_views
+from tests.faults.accounting import DlqTail, Outcome, account, run_views
 from tests.faults.harness import (
     EventTail,
     LoadGenerator,
@@ -394,10 +394,16 @@ def test_hostile_tenant_cannot_crash_stall_or_slow_another(
             violations.append(f"good runs touched by control commands: {touched[:3]}")
         if accounting.good_letters:
             violations.append(f"good's records dead-lettered: {figures['hostile']['good_dead_letters']}")
+        by_kind: dict[str, list[Outcome]] = {}
         for outcome in accounting.unaccounted():
+            by_kind.setdefault(outcome.item.kind, []).append(outcome)
+        for kind, bad in by_kind.items():  # one line per kind: after a crash, hundreds are unaccounted
+            sent = sum(1 for o in accounting.outcomes if o.item.kind == kind)
+            first = bad[0]
             violations.append(
-                f"hostile {outcome.item.kind} at {outcome.item.source}: {outcome.how} ({outcome.detail})"
-                + (f": {'; '.join(outcome.problems)}" if outcome.problems else "")
+                f"hostile {kind}: {len(bad)} of {sent} not accounted for, e.g. at {first.item.source}:"
+                f" {first.how} ({first.detail})"
+                + (f": {'; '.join(first.problems)}" if first.problems else "")
             )
         if "p50_s" in solo_latency and "p50_s" in hostile_latency:
             if hostile_latency["p50_s"] > P50_FACTOR * solo_latency["p50_s"]:
