@@ -19,6 +19,7 @@ printed).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import time
@@ -165,11 +166,12 @@ def growth(sizes: list[int], cap_s: float) -> None:
             if times and times[-1] * (n / sizes[len(times) - 1]) ** 2 > cap_s * 4:
                 break  # would take too long at this size
             context = cel.Context(variables={"trigger": {"data": data(n)}}, functions=functions)
-            times.append(_best(lambda: program.execute(context), 3, cap_s))
+            times.append(_best(functools.partial(program.execute, context), 3, cap_s))
         cells = [_cell(t) for t in times] + ["(skipped)"] * (len(sizes) - len(times))
         k = "-"
         if len(times) >= 2 and times[-2] > 2e-5:
-            k = f"{math.log(times[-1] / times[-2]) / math.log(sizes[len(times) - 1] / sizes[len(times) - 2]):.2f}"
+            ratio = sizes[len(times) - 1] / sizes[len(times) - 2]
+            k = f"{math.log(times[-1] / times[-2]) / math.log(ratio):.2f}"
         print(f"| {name} | " + " | ".join(cells) + f" | {k} |")
     print()
 
@@ -241,7 +243,9 @@ def worst(max_n: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke check)")
     args = parser.parse_args()
     sizes = [100, 1000] if args.quick else [100, 1000, 4000, 10000]

@@ -123,7 +123,7 @@ def tokens(src: str) -> Iterator[Tok]:
             yield tok
         elif (m := _NUMBER.match(src, i)) and (ch.isdigit() or src[i + 1 : i + 2].isdigit()):
             text = m.group()
-            kind = "double" if any(c in text for c in ".eE") and not text[:2].lower() == "0x" else "int"
+            kind = "double" if any(c in text for c in ".eE") and text[:2].lower() != "0x" else "int"
             if text[-1] in "uU":
                 kind = "uint"
             yield Tok(kind, text, i)
@@ -455,7 +455,9 @@ def render(node: Expr) -> str:
         return f"{_wrap(node.operand)}[{render(node.index)}]"
     if isinstance(node, Call):
         args = ", ".join(render(a) for a in node.args)
-        return f"{_wrap(node.target)}.{node.name}({args})" if node.target is not None else f"{node.name}({args})"
+        return (
+            f"{_wrap(node.target)}.{node.name}({args})" if node.target is not None else f"{node.name}({args})"
+        )
     if isinstance(node, Comp):
         args = ", ".join(render(a) for a in node.args)
         return f"{_wrap(node.target)}.{node.macro}({node.var}, {args})"

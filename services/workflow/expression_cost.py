@@ -55,8 +55,8 @@ ROOTS = ("trigger", "steps")
 # rounded up. Converting a value into the runtime is the dominant cost: the binding tries about
 # eight conversions (bool, int, float, datetime, ...) before it recognises a string or a map.
 NODE = 100.0  # evaluating one syntax node
-ITERATION = 700.0  # one step of a comprehension
-ACCUMULATE = 1_000.0  # map/filter: per element copied per step (n*n/2 copies in all)
+ITERATION = 2_500.0  # one step of a comprehension
+ACCUMULATE = 2_500.0  # map/filter: per element copied per step (n*n/2 copies in all)
 CONVERT_NODE = 20_000.0  # Python -> CEL conversion of one value (the variables read)
 RESULT_NODE = 10_000.0  # CEL -> Python conversion of one value of the result
 CONVERT_CHAR = 2.0
@@ -67,7 +67,7 @@ HELPER_IN_NODE = 4_000.0  # per value converted into a helper
 HELPER_OUT_NODE = 12_000.0  # per value converted out of a helper
 HELPER_CHAR_LOOP = 300.0  # lowerAscii/upperAscii walk their input in Python
 MATCH_CHAR = 20.0  # regex matching, per character of text
-DIRECT_NODE = 100.0  # a bare path (``trigger.data``) is read without the runtime: a JSON copy
+DIRECT_NODE = 100.0  # a bare path (``trigger.data``) is read without the runtime: one JSON check
 DIRECT_CHAR = 4.0
 
 
@@ -231,8 +231,10 @@ def _call(run: _Run, node: ast.Call, helpers: frozenset[str]) -> tuple[Shape, fl
         own = compile_units + MATCH_CHAR * text * (1 + compile_units / 1e6)
         run.note(own, f"matches() compiles its pattern (~{compile_units / 1e3:,.0f} us) on every call")
         return SCALAR, cost + own
-    if node.name in helpers and node.name != "size" and not (
-        node.name == "contains" and first.kind == "string"
+    if (
+        node.name in helpers
+        and node.name != "size"
+        and not (node.name == "contains" and first.kind == "string")
     ):
         out, own = _helper(run, node, args)
         return out, cost + own
@@ -325,10 +327,14 @@ def _interpret(run: _Run, node: ast.Expr, helpers: frozenset[str]) -> tuple[Shap
         own = ACCUMULATE * (left.length + right.length) + CONVERT_CHAR * (left.chars + right.chars)
         run.note(own, f"{run.text(node)} copies {_fmt(left.length + right.length)} elements")
         kind = left.kind if left.kind == right.kind else "any"
-        return Shape(kind, left.length + right.length, left.nodes + right.nodes, left.chars + right.chars), cost + own
+        return Shape(
+            kind, left.length + right.length, left.nodes + right.nodes, left.chars + right.chars
+        ), cost + own
     if node.op in ("==", "!=", "in", "<", "<=", ">", ">="):
         if node.op == "in":
-            own = COMPARE_NODE * (right.nodes + left.nodes * right.length) + SCAN_CHAR * (left.chars + right.chars)
+            own = COMPARE_NODE * (right.nodes + left.nodes * right.length) + SCAN_CHAR * (
+                left.chars + right.chars
+            )
         else:
             own = COMPARE_NODE * (left.nodes + right.nodes) + SCAN_CHAR * (left.chars + right.chars)
         run.note(own, f"{run.text(node)} compares {_fmt(left.nodes + right.nodes)} values")

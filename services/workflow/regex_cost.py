@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 #: Fixed cost of one compilation.
-BASE = 60_000
+BASE = 90_000
 _LITERAL = 150
 #: Weights of escapes in Unicode mode (the default) and in ASCII mode (``(?-u)``).
 _UNICODE_CLASSES = {"d": 36_000, "D": 80_000, "s": 12_000, "S": 15_000, "w": 720_000, "W": 930_000,
