@@ -11,15 +11,22 @@ compiled once, when a definition is validated, and evaluated against two variabl
 Why evaluation is bounded: CEL is deliberately not Turing-complete. It has no loops, recursion,
 user-defined functions or variable bindings; its only iteration is the comprehension macros
 (``all``, ``exists``, ``exists_one``, ``map``, ``filter``) over a finite list or map, so every
-evaluation terminates and its cost is bounded by the size of the expression and of its inputs. We
-make that bound explicit and small:
+evaluation terminates. Terminating is not enough (this runtime's ``map`` is quadratic, converting
+a string into it costs ~10 us, and it cannot be interrupted), so the cost of every evaluation is
+bounded *before* it runs, by :mod:`services.workflow.expression_cost`:
 
 * the source of one expression is at most :data:`MAX_EXPRESSION_LENGTH` characters;
-* comprehensions nest at most :data:`MAX_COMPREHENSION_DEPTH` deep, so the cost is at most
-  ``O(len(expr) * len(data) ** MAX_COMPREHENSION_DEPTH)``;
-* only the CEL standard library plus a vetted list of linear-time helpers is available (no
-  ``lists.range`` or ``replace``, which could amplify output); regexes run on Rust's linear-time
-  engine;
+* comprehensions nest at most :data:`MAX_COMPREHENSION_DEPTH` deep;
+* only the CEL standard library plus a vetted list of helpers is available (no ``lists.range``
+  or ``replace``, which could amplify output); ``matches`` patterns are literals cheap to compile;
+* validation refuses an expression that exceeds the budget on a modest input; at run time only
+  the parts of the variables it reads are handed to the runtime (:meth:`CompiledExpression.prepare`)
+  and an evaluation whose cost bound exceeds :data:`~services.workflow.expression_cost.BUDGET`
+  fails with an :class:`ExpressionError` saying what dominates it, without running;
+* ``a.b`` runs as ``a["b"]`` (same meaning; the runtime copied the whole selected value) and a
+  bare path (``trigger.data``) is read without the runtime;
+* every failure, whatever the data (text that is not UTF-8, 65-bit integers, deep nesting), is an
+  :class:`ExpressionError`;
 * rendered step inputs are at most :data:`MAX_RENDERED_BYTES` of JSON (checked in
   :mod:`services.workflow.templates`).
 
