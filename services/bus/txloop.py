@@ -288,7 +288,7 @@ class TransactionalLoop:
     def _transaction(self, messages: list[Message]) -> None:
         records = [m for m in messages if not _is_benign_error(m)]
         if records:
-            self.progress.consumed(_spans(records))
+            self.progress.taking(records)
         started = time.monotonic()
         self._refresh_producer()
         out = self._outbox()
@@ -450,6 +450,7 @@ class TransactionalLoop:
             if poison is None:
                 window = plan.next_window()
                 metrics.BISECTION_STEPS.labels(self.service).inc()
+                self.progress.taking(window)
                 outcome = self._step(functools.partial(self._process, window), fed=fed_positions(window))
                 if outcome is None:
                     return  # the infrastructure failed: recovered (and rewound) the usual way
@@ -672,16 +673,6 @@ class TransactionalLoop:
         except (KafkaException, RuntimeError) as exc:
             log.warning("consumer close failed", extra={"error": str(exc)})
         self.producer.flush(10)
-
-
-def _spans(records: Sequence[Message]) -> dict[tuple[str, int], tuple[int, int]]:
-    """``{partition: (first offset, next offset)}`` of a batch."""
-    spans: dict[tuple[str, int], tuple[int, int]] = {}
-    for msg in records:
-        key, offset = key_of(msg), offset_of(msg)
-        span = spans.get(key)
-        spans[key] = (offset, offset + 1) if span is None else (span[0], offset + 1)
-    return spans
 
 
 def _where(msg: Message) -> dict[str, Any]:

@@ -21,12 +21,31 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from services.observability import metrics
 
 Key = tuple[str, int]
+
+
+class Record(Protocol):
+    """What the tracker reads of a consumed record (a confluent-kafka ``Message``)."""
+
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+
+
+def spans(records: Sequence[Record]) -> dict[Key, tuple[int, int]]:
+    """``{partition: (first offset, next offset)}`` of a batch."""
+    out: dict[Key, tuple[int, int]] = {}
+    for msg in records:
+        key, offset = (msg.topic() or "", msg.partition() or 0), msg.offset() or 0
+        span = out.get(key)
+        out[key] = (offset, offset + 1) if span is None else (span[0], offset + 1)
+    return out
 
 
 @dataclass
@@ -64,6 +83,7 @@ class PartitionProgress:
         self._lock = threading.Lock()
         self._parts: dict[Key, _Partition] = {}
         self._paused: frozenset[Key] = frozenset()
+        self._batch: tuple[Sequence[Record], float] | None = None  # taken, not committed yet
 
     # --- what the loop reports --------------------------------------------------------------
     def assigned(self, keys: Iterable[Key]) -> None:
@@ -77,26 +97,28 @@ class PartitionProgress:
             for key in keys:
                 self._parts.pop(key, None)
 
-    def consumed(self, spans: Mapping[Key, tuple[int, int]]) -> None:
-        """Records ``[first, next)`` of these partitions were taken: if they were caught up, the
-        clock starts now. (The spans also bound the lag when nothing was observed yet.)"""
+    def taking(self, records: Sequence[Record]) -> None:
+        """The loop took ``records`` and is about to process them. O(1) on this hot path: the
+        batch is only looked into when health is asked, or when it was not committed (then the
+        next batch folds it in, so that a batch read again keeps its first time)."""
         now = self.clock()
         with self._lock:
-            for key, (first, after) in spans.items():
-                part = self._parts.get(key)
-                if part is None:
-                    continue
-                if not part.pending:
-                    part.pending, part.since = True, now
-                if part.committed is None:
-                    part.committed = first
-                if part.end is None or part.end < after:
-                    part.end = after
+            if self._batch is not None:
+                self._fold(*self._batch)
+            self._batch = (records, now)
+
+    def _fold(self, records: Sequence[Record], since: float) -> None:
+        for key, span in spans(records).items():
+            part = self._parts.get(key)
+            if part is not None:
+                self._parts[key] = _with_records(part, span, since)
 
     def committed(self, positions: Mapping[Key, int]) -> None:
-        """A transaction committed these positions (the next offsets to read)."""
+        """A transaction committed these positions (the next offsets to read). The batch taken
+        is accounted for: each of its partitions moved on, or the processor holds it."""
         now = self.clock()
         with self._lock:
+            self._batch = None
             for key, offset in positions.items():
                 part = self._parts.get(key)
                 if part is None:
@@ -145,27 +167,47 @@ class PartitionProgress:
     def stalls(self) -> list[Stall]:
         now = self.clock()
         out: list[Stall] = []
-        with self._lock:
-            for (topic, partition), part in sorted(self._parts.items()):
-                waited = now - part.since
-                if not part.pending or (topic, partition) in self._paused or waited < self.stall_after_s:
-                    continue
-                lag = None
-                if part.end is not None and part.committed is not None:
-                    lag = max(0, part.end - part.committed)
-                out.append(Stall(self.service, topic, partition, waited, lag))
+        for (topic, partition), part in sorted(self._view().items()):
+            waited = now - part.since
+            if not part.pending or (topic, partition) in self._paused or waited < self.stall_after_s:
+                continue
+            lag = None
+            if part.end is not None and part.committed is not None:
+                lag = max(0, part.end - part.committed)
+            out.append(Stall(self.service, topic, partition, waited, lag))
         return out
 
     def oldest_pending_s(self) -> float:
         """Seconds without progress of the oldest unpaused partition with records pending (0: none)."""
         now = self.clock()
-        with self._lock:
-            ages = [
-                now - part.since
-                for key, part in self._parts.items()
-                if part.pending and key not in self._paused
-            ]
+        ages = [now - p.since for key, p in self._view().items() if p.pending and key not in self._paused]
         return max(ages, default=0.0)
+
+    def _view(self) -> dict[Key, _Partition]:
+        """The partitions with the batch in progress (if any) folded in, on copies."""
+        with self._lock:
+            view = dict(self._parts)
+            batch = self._batch
+        if batch is not None:
+            records, since = batch
+            for key, span in spans(records).items():
+                part = view.get(key)
+                if part is not None:
+                    view[key] = _with_records(part, span, since)
+        return view
+
+
+def _with_records(part: _Partition, span: tuple[int, int], since: float) -> _Partition:
+    """``part`` once records ``[first, next)`` were taken at ``since`` (a copy): pending from then
+    on unless it already was; the span bounds the lag when nothing was observed yet."""
+    first, after = span
+    return replace(
+        part,
+        pending=True,
+        since=part.since if part.pending else since,
+        committed=first if part.committed is None else part.committed,
+        end=after if part.end is None or part.end < after else part.end,
+    )
 
 
 class ProgressBoard:

@@ -323,7 +323,13 @@ def harness(
         sleep=lambda seconds: None,
     )
     loop.start()
+    OPEN.append(loop)
     return Harness(broker, consumer, producers, loop, board, clock)
+
+
+#: Loops made by :func:`harness`, closed after each test by ``tests/unit/bus/conftest.py`` (each
+#: runs a hang-guard thread).
+OPEN: list[TransactionalLoop] = []
 
 
 class EchoProcessor:

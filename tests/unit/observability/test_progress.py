@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from services.observability.health import Health
@@ -9,6 +11,27 @@ from services.observability.metrics import REGISTRY
 from services.observability.progress import BOARD, PartitionProgress, ProgressBoard, Stall, describe_stalls
 
 P0, P1 = ("t.in", 0), ("t.in", 1)
+
+
+@dataclass(frozen=True)
+class Rec:
+    _topic: str
+    _partition: int
+    _offset: int
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+
+def batch(spans: dict[tuple[str, int], tuple[int, int]]) -> list[Rec]:
+    """Records ``[first, next)`` of each partition."""
+    return [Rec(t, p, o) for (t, p), (first, after) in spans.items() for o in range(first, after)]
 
 
 class Clock:
@@ -29,7 +52,7 @@ def tracker(stall_after_s: float = 60.0, service: str = "svc.loop") -> tuple[Par
 def test_records_without_commit_progress_stall_after_the_bound() -> None:
     progress, clock = tracker()
     progress.committed({P0: 10, P1: 0})
-    progress.consumed({P0: (10, 11)})
+    progress.taking(batch({P0: (10, 11)}))
     clock.now += 59.9
     assert progress.stalls() == []
     assert progress.oldest_pending_s() == pytest.approx(59.9)
@@ -37,14 +60,27 @@ def test_records_without_commit_progress_stall_after_the_bound() -> None:
     [stall] = progress.stalls()
     assert (stall.topic, stall.partition) == P0 and stall.for_s >= 60
     progress.committed({P0: 11})  # progress: the clock restarts
+    progress.observe({P0: 11, P1: 0}, {P0: 30, P1: 0}, paused=())  # and more records wait
     assert progress.stalls() == []
     clock.now += 61
-    assert [(s.topic, s.partition) for s in progress.stalls()] == [P0]  # still records, no progress since
+    [stall] = progress.stalls()  # records, and no progress since
+    assert (stall.topic, stall.partition, stall.lag) == ("t.in", 0, 19)
+
+
+def test_a_batch_read_again_after_a_failure_keeps_its_first_time() -> None:
+    progress, clock = tracker()
+    for _ in range(7):  # the same batch fails, is rewound and taken again, every 10 s
+        progress.taking(batch({P0: (3, 9), P1: (0, 2)}))
+        clock.now += 10
+    assert [(s.topic, s.partition, round(s.for_s), s.lag) for s in progress.stalls()] == [
+        ("t.in", 0, 70, 6),
+        ("t.in", 1, 70, 2),
+    ]
 
 
 def test_a_caught_up_partition_never_stalls() -> None:
     progress, clock = tracker()
-    progress.consumed({P0: (4, 5)})
+    progress.taking(batch({P0: (4, 5)}))
     progress.committed({P0: 5})
     progress.observe({P0: 5, P1: 0}, {P0: 5, P1: 0}, paused=())
     clock.now += 3600
@@ -64,7 +100,7 @@ def test_a_watermark_ahead_of_the_position_means_records_wait() -> None:
 def test_paused_partitions_are_not_stalls_and_restart_their_clock() -> None:
     progress, clock = tracker()
     progress.committed({P0: 2})
-    progress.consumed({P0: (2, 3)})
+    progress.taking(batch({P0: (2, 3)}))
     progress.observe({P0: 2}, {P0: 50}, paused=[P0])  # throttled: backlog left in the topic on purpose
     clock.now += 600
     assert progress.stalls() == [] and progress.oldest_pending_s() == 0
@@ -79,11 +115,12 @@ def test_paused_partitions_are_not_stalls_and_restart_their_clock() -> None:
 def test_partitions_the_processor_holds_are_not_stalls() -> None:
     progress, clock = tracker()
     progress.committed({P0: 7})
-    progress.consumed({P0: (7, 8)})
+    progress.taking(batch({P0: (7, 12)}))
     for _ in range(10):  # a step runs for 5 minutes; each transaction commits P0 at its offset
         clock.now += 30
         progress.held([P0])
         progress.committed({P0: 7})
+        progress.observe({P0: 12}, {P0: 15}, paused=())  # and records keep waiting behind it
     assert progress.stalls() == []
     clock.now += 61  # then the loop stops completing transactions
     assert len(progress.stalls()) == 1
@@ -91,7 +128,7 @@ def test_partitions_the_processor_holds_are_not_stalls() -> None:
 
 def test_revoked_partitions_are_forgotten() -> None:
     progress, clock = tracker()
-    progress.consumed({P0: (0, 1), P1: (0, 1)})
+    progress.taking(batch({P0: (0, 1), P1: (0, 1)}))
     progress.revoked([P0])
     clock.now += 100
     assert [(s.topic, s.partition) for s in progress.stalls()] == [P1]
@@ -108,7 +145,7 @@ def test_readiness_fails_with_the_stalled_service_and_partitions() -> None:
     health.service("executor").ready.set()
     assert health.readiness()[0]
 
-    progress.consumed({P1: (0, 1)})
+    progress.taking(batch({P1: (0, 1)}))
     clock.now += 75
     ok, report = health.readiness()
     assert not ok
@@ -128,7 +165,7 @@ def test_the_gauges_read_the_process_board_at_scrape_time() -> None:
     try:
         labels = {"service": "test.gauges"}
         assert REGISTRY.get_sample_value("switchyard_partitions_stalled", labels) == 0
-        progress.consumed({P0: (0, 1), P1: (0, 1)})
+        progress.taking(batch({P0: (0, 1), P1: (0, 1)}))
         clock.now += 12
         assert REGISTRY.get_sample_value("switchyard_partitions_stalled", labels) == 2
         assert REGISTRY.get_sample_value("switchyard_partition_progress_age_seconds", labels) == 12
