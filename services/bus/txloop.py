@@ -342,14 +342,7 @@ class TransactionalLoop:
 
     def _process(self, records: Sequence[Message], out: Outbox) -> None:
         """``processor.process``; what it raises is the records' doing unless Kafka says otherwise."""
-        try:
-            self.processor.process(records, out)
-        except KafkaException as exc:
-            if blames_records(kafka_error(exc)):
-                raise RecordFault(exc) from exc
-            raise
-        except Exception as exc:
-            raise RecordFault(exc) from exc
+        _blaming_records(self.processor.process, records, out)
 
     def _tick(self, out: Outbox) -> None:
         try:
@@ -393,8 +386,12 @@ class TransactionalLoop:
         if now - self._observed_at < OBSERVE_INTERVAL_S:
             return
         self._observed_at = now
-        assignment = self.consumer.assignment()
-        positions = {(p.topic, p.partition): p.offset for p in self.consumer.position(assignment)}
+        try:
+            assignment = self.consumer.assignment()
+            positions = {(p.topic, p.partition): p.offset for p in self.consumer.position(assignment)}
+        except KafkaException as exc:  # an observation missed is no reason to stop the loop
+            log.debug("progress observation failed", extra={"service": self.service, "error": str(exc)})
+            return
         ends: dict[tuple[str, int], int] = {}
         for tp in assignment:
             with contextlib.suppress(KafkaException):
@@ -519,14 +516,7 @@ class TransactionalLoop:
         if hook is not None:
 
             def through_hook(out: Outbox, hook: Callable[[Message, Outbox, str, str], None] = hook) -> None:
-                try:
-                    hook(msg, out, POISON_KIND, text)
-                except KafkaException as exc:
-                    if blames_records(kafka_error(exc)):
-                        raise RecordFault(exc) from exc
-                    raise
-                except Exception as exc:
-                    raise RecordFault(exc) from exc
+                _blaming_records(hook, msg, out, POISON_KIND, text)
 
             outcome = self._step(through_hook, fixed=past)
             if isinstance(outcome, dict):
@@ -540,7 +530,9 @@ class TransactionalLoop:
                 extra={"service": self.service, "error": describe(outcome)},
                 exc_info=outcome,
             )
-        outcome = self._step(lambda out: self._write_dead_letter(msg, out, text), fixed=past)
+        outcome = self._step(
+            lambda out: _blaming_records(self._write_dead_letter, msg, out, text), fixed=past
+        )
         if isinstance(outcome, dict):
             self._poisoned(msg, text, by_processor=False)
             return True
@@ -673,6 +665,19 @@ class TransactionalLoop:
         except (KafkaException, RuntimeError) as exc:
             log.warning("consumer close failed", extra={"error": str(exc)})
         self.producer.flush(10)
+
+
+def _blaming_records(call: Callable[..., None], *args: Any) -> None:
+    """``call(*args)``, with what it raises turned into a :class:`RecordFault` unless it is a
+    Kafka error about the cluster rather than a record."""
+    try:
+        call(*args)
+    except KafkaException as exc:
+        if blames_records(kafka_error(exc)):
+            raise RecordFault(exc) from exc
+        raise
+    except Exception as exc:
+        raise RecordFault(exc) from exc
 
 
 def _where(msg: Message) -> dict[str, Any]:

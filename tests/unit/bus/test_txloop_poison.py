@@ -214,6 +214,37 @@ def test_infrastructure_errors_never_bisect_nor_dead_letter(call: str, error: Ex
     assert all(batch == list(range(50)) for batch in processor.batches)  # always the whole batch
 
 
+def test_a_producer_that_lost_the_cluster_is_replaced_not_blamed_on_records() -> None:
+    """The broker-restart cure stays: a producer marked stale (its error callback saw the brokers
+    go) is replaced before the next transaction, or instead of committing when it was marked
+    during the batch; the batch is read again, nothing is dead-lettered."""
+    broker = FakeBroker()
+    fill(broker, 30)
+    lost = KafkaError(KafkaError._ALL_BROKERS_DOWN, "all brokers down")
+    h_ref: list[Harness] = []
+
+    class LosesTheCluster(EchoProcessor):
+        def process(self, messages: Sequence[FakeMessage], out: Outbox) -> None:
+            super().process(messages, out)
+            if len(h_ref[0].producers) == 1:  # the brokers go away while the first batch is produced
+                h_ref[0].loop._on_producer_error(lost)
+
+    processor = LosesTheCluster()
+    h = harness(processor, broker=broker, service=SERVICE)
+    h_ref.append(h)
+    steps_before = metric("switchyard_bisection_steps_total")
+
+    h.drive(until=lambda: h.committed_offset("t.in") == 30)
+    assert len(h.producers) == 2 and h.producers[0].commits == 0  # never committed through it
+    h.loop._on_producer_error(lost)  # lost between transactions: replaced before the next one
+    fill(broker, 5)
+    h.drive(until=lambda: h.committed_offset("t.in") == 35)
+
+    assert len(h.producers) == 3
+    assert outputs(h) == expected(range(35)) and dead_letters(h) == []
+    assert metric("switchyard_bisection_steps_total") == steps_before
+
+
 def test_an_infrastructure_failure_during_bisection_abandons_it_safely() -> None:
     broker = FakeBroker()
     fill(broker, 40)
