@@ -22,6 +22,7 @@ from services.commands import (
     workflow_registry,
 )
 from services.config import Settings, SettingsInvalid, settings_error_message
+from services.console import cli as console_cli
 
 app = typer.Typer(
     name="switchyard",
@@ -38,6 +39,7 @@ app.add_typer(engine.db_app, name="db")
 app.add_typer(runs.app, name="runs", help="Run history from PostgreSQL.")
 app.add_typer(triggers.app, name="triggers")
 app.add_typer(audit.app, name="audit", help="Audit the projection against the Kafka log.")
+app.add_typer(console_cli.app, name="console")
 app.command()(engine.router)
 app.command()(engine.executor)
 app.command()(engine.projector)
