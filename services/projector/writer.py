@@ -104,8 +104,9 @@ _SQL_ARRAY = {"text": "text[]", "integer": "int[]", "bigint": "bigint[]", "times
 
 
 def _unnest(columns: dict[str, str], *, ordinality: bool = False) -> str:
-    """``unnest(%s::t1[], …) AS s(c1, …)`` for ``columns`` (name → SQL type); ``ord`` numbers rows."""
-    arrays = ", ".join(f"%s::{_SQL_ARRAY[t]}" for t in columns.values())
+    """``unnest(%b::t1[], …) AS s(c1, …)`` for ``columns`` (name → SQL type); ``ord`` numbers rows."""
+    # %b: arrays go in binary (no per-element quoting and escaping on either side)
+    arrays = ", ".join(f"%b::{_SQL_ARRAY[t]}" for t in columns.values())
     if ordinality:
         return f"unnest({arrays}) WITH ORDINALITY AS s({', '.join(columns)}, ord)"
     return f"unnest({arrays}) AS s({', '.join(columns)})"
