@@ -353,21 +353,23 @@ class IntakeProcessor:
         correlation_id = trigger.correlation_id or str(
             uuid.uuid5(records.RUN_NAMESPACE, f"{tenant_id}\x1f{key}")
         )
-        matched, failures = self._match(tenant_id, trigger, key)
+        budget = self.settings.max_trigger_bytes + RUN_REQUEST_ENVELOPE
+        # Data that alone cannot fit is refused before any filter spends time on it.
+        matched, failures = self._match(tenant_id, trigger, key) if trigger.data_size <= budget else ([], [])
         requests = [
             self._request(msg, tenant, trigger, workflow, key, correlation_id) for workflow in matched
         ]
-        budget = self.settings.max_trigger_bytes + RUN_REQUEST_ENVELOPE
-        too_large = [r for r in requests if r.size > budget]
-        if too_large:
+        too_large = [r.size for r in requests if r.size > budget]
+        if too_large or trigger.data_size > budget:
+            request_size = max(too_large) if too_large else f"at least {trigger.data_size}"
             self._dead(
                 msg,
                 out,
                 "oversized",
-                f"trigger data re-encodes to {trigger.data_size} bytes (the trigger was {size} bytes); its "
-                f"run request would be {too_large[0].size} bytes, over the limit of {budget} "
-                f"(SWITCHYARD_MAX_TRIGGER_BYTES {self.settings.max_trigger_bytes} + "
-                f"{RUN_REQUEST_ENVELOPE} of envelope); no run was started",
+                f"trigger data re-encodes to {trigger.data_size} bytes (the trigger was {size} bytes): its "
+                f"run request ({request_size} bytes) would "
+                f"pass the limit of {budget} (SWITCHYARD_MAX_TRIGGER_BYTES {self.settings.max_trigger_bytes} "
+                f"+ {RUN_REQUEST_ENVELOPE} of envelope); no run was started",
                 tenant_id,
                 correlation_id=correlation_id,
             )
