@@ -489,35 +489,40 @@ class HostileRecords:
 
 @dataclass
 class HostileSender:
-    """Sends the hostile records at scheduled instants over ``duration_s``, in a thread.
+    """Sends the hostile records at scheduled instants, in bursts, in a thread.
 
-    ``rounds`` records of every kind plus one trigger per ghost tenant, shuffled and spread evenly
-    (with jitter) over the phase; each record's position is recorded from its delivery report.
+    ``windows`` are (start, end) offsets in seconds from :meth:`start`: each window gets one record
+    of every kind and its share of the ghost-tenant triggers, shuffled and spread evenly (with
+    jitter) over it. Each record's position is recorded from its delivery report.
     """
 
     settings: Settings
     records: HostileRecords
     ghosts: list[str]
-    rounds: int
-    duration_s: float
+    windows: list[tuple[float, float]]
     rng: random.Random
     only: frozenset[str] | None = None
     items: list[HostileItem] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def duration_s(self) -> float:
+        return max((end for _, end in self.windows), default=0.0)
+
     def start(self) -> HostileSender:
         self.producer = Producer(plain_producer_config(self.settings, **{"message.timeout.ms": 120_000}))
-        builders: list[tuple[str, Builder]] = []
-        for _ in range(self.rounds):
-            builders += [(kind, b) for kind, b in self.records.round().items() if self._wanted(kind)]
-        if self._wanted("ghost_tenant"):
-            builders += [("ghost_tenant", self.records.ghost(name)) for name in self.ghosts]
-        self.rng.shuffle(builders)
-        step = self.duration_s / max(1, len(builders))
-        self.schedule = [
-            (i * step + self.rng.uniform(0, step), kind, b) for i, (kind, b) in enumerate(builders)
-        ]
+        self.schedule: list[tuple[float, str, Builder]] = []
+        ghosts = [self.ghosts[i :: len(self.windows)] for i in range(len(self.windows))]
+        for (begin, end), names in zip(self.windows, ghosts, strict=True):
+            burst = [(kind, b) for kind, b in self.records.round().items() if self._wanted(kind)]
+            if self._wanted("ghost_tenant"):
+                burst += [("ghost_tenant", self.records.ghost(name)) for name in names]
+            self.rng.shuffle(burst)
+            step = (end - begin) / max(1, len(burst))
+            self.schedule += [
+                (begin + i * step + self.rng.uniform(0, step), kind, b) for i, (kind, b) in enumerate(burst)
+            ]
         self.thread = threading.Thread(target=self._run, name="hostile", daemon=True)
         self.thread.start()
         return self

@@ -3,15 +3,19 @@
 Two tenants share the same router, executor and projector processes *and* the same internal
 partition (both pinned to base partition 0): ``good`` sends ordinary triggers (noop / echo chains)
 at a steady rate; ``evil`` sends, interleaved, the hostile records of :mod:`tests.faults.hostile`.
-Phases: warm-up, ``good`` alone (its solo latency), ``good`` at the same rate during the hostile
-stream. Then, counted:
+After a warm-up, ``good`` sends all along while ``evil`` sends in bursts: solo and hostile
+segments alternate, solo first and last (CI: 4 x 15 s solo, 3 x 20 s hostile). ``good``'s solo
+latency comes from the solo segments, so a neighbour's load that drifts during the test (the
+machine is shared) weighs on both figures alike; a solo-then-hostile design measured the
+neighbours as much as the hostile tenant (p50 ratio 1.24 in one run, 1.77 in the next, same
+engine, load average 8 on 2 cores). Then, counted:
 
 * every ``good`` run succeeded: runs completed = triggered, exactly one final event, no seq gap,
   no control event in its history (``evil`` tried to cancel them), no dead letter of ``good``;
-* ``good``'s trigger→done latency during the hostile phase: p50 within 1.5x its solo p50
-  (asserted), p99 reported and held within 3x its solo p99 (a stall guard: over ~200 runs on
-  a shared 2-core machine, the p99 is the second or third slowest run and moves with the
-  neighbours' load, the median does not);
+* ``good``'s trigger→done latency in the hostile segments (and the first 5 s after each, its
+  backlog): p50 within 1.5x its p50 in the solo segments (asserted), p99 reported and held within
+  3x the solo p99 (a stall guard: over ~200 runs on a shared 2-core machine, the p99 is the second
+  or third slowest run and moves with the neighbours' load, the median does not);
 * no engine process exited by itself; ``/readyz`` of every process is ok at the end;
 * every hostile record is accounted for: a dead letter with an acceptable, specific
   ``error_kind`` (once), or a run that ended with a final event, or — for the expensive filter
@@ -80,11 +84,15 @@ from tests.fixtures.engine import register_tenant
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(scale(900, 3600))]
 
-RATE = 4.0  # good's triggers per second, in every phase
+RATE = 4.0  # good's triggers per second, all along
 WARMUP_S = 10
-SOLO_S = scale(45, 180)
-HOSTILE_S = scale(60, 300)
-ROUNDS = scale(3, 12)  # records of each hostile kind
+# Alternating segments, solo first and last: solo, hostile, solo, ..., hostile, solo. Each hostile
+# segment gets one record of every hostile kind and its share of the ghost-tenant triggers.
+SEGMENTS = scale(3, 10)  # hostile segments
+SOLO_SEGMENT_S = scale(15, 18)
+HOSTILE_SEGMENT_S = scale(20, 30)
+#: Good's triggers sent this soon after a hostile segment count as hostile (the backlog it left).
+SPILL_S = 5.0
 GHOSTS = scale(300, 600)  # made-up tenants, one trigger each
 DRAIN_S = 180
 PG_CATCH_UP_S = 120
@@ -144,6 +152,42 @@ def delete_ghost_topics(settings: Settings, names: list[str]) -> None:
     ).values():
         with contextlib.suppress(Exception):  # best effort: left behind, they are only clutter
             future.result(timeout=120)
+
+
+def hostile_windows() -> list[tuple[float, float]]:
+    """(start, end) of each hostile segment, in seconds from the start of the load."""
+    period = SOLO_SEGMENT_S + HOSTILE_SEGMENT_S
+    return [(i * period + SOLO_SEGMENT_S, (i + 1) * period) for i in range(SEGMENTS)]
+
+
+def split_by_segment(sent: dict[str, Sent], started: float) -> tuple[dict[str, Sent], dict[str, Sent]]:
+    """Good's triggers sent in solo segments, and in hostile ones (or within SPILL_S after one)."""
+    period = SOLO_SEGMENT_S + HOSTILE_SEGMENT_S
+    solo: dict[str, Sent] = {}
+    hostile: dict[str, Sent] = {}
+    for run_id, s in sent.items():
+        index, into = divmod(s.sent_at - started, period)
+        during = into >= SOLO_SEGMENT_S and index < SEGMENTS
+        after = 0 < index <= SEGMENTS and into < SPILL_S
+        (hostile if during or after else solo)[run_id] = s
+    return solo, hostile
+
+
+def segment_medians(
+    sent: dict[str, Sent], hostile: set[str], started: float, done_ms: dict[str, int]
+) -> list[str]:
+    """``solo 0.410 (n=52)``, ``hostile ...``, ``spill ...``: good's p50 latency per segment, in order."""
+    period = SOLO_SEGMENT_S + HOSTILE_SEGMENT_S
+    segments: dict[tuple[int, str], list[float]] = {}
+    for run_id, s in sent.items():
+        if run_id not in done_ms:
+            continue
+        index, into = divmod(s.sent_at - started, period)
+        in_hostile = into >= SOLO_SEGMENT_S
+        kind = "solo" if run_id not in hostile else "hostile" if in_hostile else "spill"
+        key = (int(index) * 3 + {"spill": 0, "solo": 1, "hostile": 2}[kind], kind)  # in time order
+        segments.setdefault(key, []).append((done_ms[run_id] - s.sent_at * 1000) / 1000)
+    return [f"{kind} {statistics.median(v):.3f} (n={len(v)})" for (_, kind), v in sorted(segments.items())]
 
 
 def waited(check: Callable[[], bool], timeout_s: float, what: str) -> str | None:
@@ -223,29 +267,27 @@ def test_hostile_tenant_cannot_crash_stall_or_slow_another(
         cluster.start("router", "r1")
         cluster.start("executor", "e1")
 
-        # --- warm-up, then good alone: its solo latency -------------------------------------------
+        # --- warm-up --------------------------------------------------------------------------------
         phase_started = time.monotonic()
         warm = run_phase(good, tail, cluster, WARMUP_S, seed)
         warm_s = time.monotonic() - phase_started
-        phase_started = time.monotonic()
-        solo = run_phase(good, tail, cluster, SOLO_S, seed + 1)
-        solo_s = time.monotonic() - phase_started
         metrics_before = scrape(cluster, "router-r1")
         unmatched_before = counter_value(
             cluster, "router-r1", "switchyard_triggers", tenant=EVIL, outcome="unmatched"
         )
 
-        # --- the hostile phase: good at the same rate, evil's stream interleaved ----------------------
+        # --- good all along; evil's stream in the hostile segments -------------------------------------
         phase_started = time.monotonic()
         sampler = ReadinessSampler(cluster, PROCESSES).start()
-        load = LoadGenerator(good, RATE, seed + 2).start()
+        load_started = time.time()  # before the first trigger: segments count from here
+        load = LoadGenerator(good, RATE, seed + 1).start()
         records = HostileRecords(settings.topic_prefix, rng, lambda: list(load.triggered()))
-        sender = HostileSender(settings, records, ghosts, ROUNDS, HOSTILE_S, rng, ONLY).start()
-        load.stop.wait(HOSTILE_S)
+        sender = HostileSender(settings, records, ghosts, hostile_windows(), rng, ONLY).start()
+        load.stop.wait(sender.duration_s + SOLO_SEGMENT_S)
         items = sender.finish()
         load.finish()
-        hostile = load.triggered()
-        hostile_s = time.monotonic() - phase_started
+        solo, hostile = split_by_segment(load.triggered(), load_started)
+        load_s = time.monotonic() - phase_started
 
         # --- drain: good's runs finish, every hostile record is accounted for -----------------------
         all_good = {**warm, **solo, **hostile}
@@ -312,6 +354,7 @@ def test_hostile_tenant_cannot_crash_stall_or_slow_another(
         ]
         solo_latency = latency_figures(solo, done_ms)
         hostile_latency = latency_figures(hostile, done_ms)
+        by_segment = segment_medians({**solo, **hostile}, set(hostile), load_started, done_ms)
 
         ghost_set = set(ghosts)
         labels_after = metrics_after.tenant_labels if metrics_after else {}
@@ -334,7 +377,12 @@ def test_hostile_tenant_cannot_crash_stall_or_slow_another(
         figures: dict[str, Any] = {
             "seed": seed,
             "trigger_rate_per_s": RATE,
-            "hostile_rounds": ROUNDS,
+            "segments": {
+                "hostile": SEGMENTS,
+                "solo_s": SOLO_SEGMENT_S,
+                "hostile_s": HOSTILE_SEGMENT_S,
+                "spill_s": SPILL_S,
+            },
             "ghost_tenants": len(ghosts),
             "only": sorted(ONLY) if ONLY else None,
             "costly_filter": costly,
@@ -347,6 +395,7 @@ def test_hostile_tenant_cannot_crash_stall_or_slow_another(
                 "runs_touched_by_control": len(touched),
                 "latency_solo": solo_latency,
                 "latency_hostile": hostile_latency,
+                "p50_by_segment_s": by_segment,
             },
             "hostile": accounting.figures(),
             "hostile_http_calls": dict(server.calls),
@@ -371,8 +420,7 @@ def test_hostile_tenant_cannot_crash_stall_or_slow_another(
             "seconds": {
                 "setup": round(setup_s, 1),
                 "warmup": round(warm_s, 1),
-                "solo": round(solo_s, 1),
-                "hostile": round(hostile_s, 1),
+                "segments": round(load_s, 1),
                 "drain": round(drain_s, 1),
                 "total": round(time.monotonic() - started, 1),
             },
