@@ -48,15 +48,15 @@ from services.workflow.regex_cost import compile_cost
 #: worst evaluations it admits.
 BUDGET = 25_000_000.0
 #: A ``matches`` pattern may cost at most this to compile (it is compiled on every call).
-MAX_PATTERN_COST = 5_000_000.0
+MAX_PATTERN_COST = 10_000_000.0
 ROOTS = ("trigger", "steps")
 
 # Coefficients (units), measured by benchmarks/expression_cost.py on a loaded 2-core machine and
 # rounded up. Converting a value into the runtime is the dominant cost: the binding tries about
 # eight conversions (bool, int, float, datetime, ...) before it recognises a string or a map.
 NODE = 100.0  # evaluating one syntax node
-ITERATION = 2_500.0  # one step of a comprehension
-ACCUMULATE = 2_500.0  # map/filter: per element copied per step (n*n/2 copies in all)
+ITERATION = 4_000.0  # one step of a comprehension
+ACCUMULATE = 4_000.0  # map/filter: per element copied per step (n*n/2 copies in all)
 CONVERT_NODE = 20_000.0  # Python -> CEL conversion of one value (the variables read)
 RESULT_NODE = 10_000.0  # CEL -> Python conversion of one value of the result
 CONVERT_CHAR = 2.0
@@ -65,10 +65,11 @@ SCAN_CHAR = 2.0  # string scans (size, contains, comparisons)
 CALL = 10_000.0  # one call of a Python-implemented helper (split, join, sort, ...)
 HELPER_IN_NODE = 4_000.0  # per value converted into a helper
 HELPER_OUT_NODE = 12_000.0  # per value converted out of a helper
-HELPER_CHAR_LOOP = 300.0  # lowerAscii/upperAscii walk their input in Python
+HELPER_CHAR_LOOP = 600.0  # lowerAscii/upperAscii walk their input in Python
 MATCH_CHAR = 20.0  # regex matching, per character of text
-DIRECT_NODE = 100.0  # a bare path (``trigger.data``) is read without the runtime: one JSON check
-DIRECT_CHAR = 4.0
+MEASURE_NODE = 400.0  # measuring what is read: one JSON encoding (C), per value
+DIRECT_NODE = MEASURE_NODE  # a bare path (``trigger.data``) is read without the runtime
+DIRECT_CHAR = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +87,9 @@ class Shape:
 EMPTY = Shape("any", 0.0, 0.0, 0.0)
 SCALAR = Shape("scalar", 0.0, 1.0, 0.0)
 #: The input assumed when a definition is validated, shared by the values an expression reads: a
-#: list of 100 items, 200 values, 5 KB (a modest payload; an expression that cannot afford it is
+#: list of 50 items, 100 values, 2.5 KB (a modest payload; an expression that cannot afford it is
 #: refused, since it could only ever run on toy inputs).
-REFERENCE_SHAPE = Shape("list", 100.0, 200.0, 5_000.0)
+REFERENCE_SHAPE = Shape("list", 50.0, 100.0, 2_500.0)
 
 
 def _element(of: Shape) -> Shape:
@@ -369,7 +370,7 @@ def estimate(
     shape, cost = _interpret(run, tree, helpers)
     inputs = [(p, s) for p, s in paths.items() if not any(p[: len(q)] == q and q != p for q in paths)]
     for p, s in inputs:
-        conversion = CONVERT_NODE * s.nodes + CONVERT_CHAR * s.chars
+        conversion = (CONVERT_NODE + MEASURE_NODE) * s.nodes + CONVERT_CHAR * s.chars
         cost += conversion
         run.note(conversion, f"{'.'.join(p)} holds {_fmt(s.nodes)} values and {_fmt(s.chars)} bytes")
     result = RESULT_NODE * shape.nodes + CONVERT_CHAR * shape.chars

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 BASE = 90_000
 _LITERAL = 150
 #: Weights of escapes in Unicode mode (the default) and in ASCII mode (``(?-u)``).
-_UNICODE_CLASSES = {"d": 36_000, "D": 80_000, "s": 12_000, "S": 15_000, "w": 720_000, "W": 930_000,
-                    "p": 1_260_000, "P": 1_260_000}  # fmt: skip
-_ASCII_CLASSES = {"d": 300, "D": 1_500, "s": 300, "S": 1_500, "w": 600, "W": 1_800, "p": 1_260_000,
-                  "P": 1_260_000}  # fmt: skip
+_UNICODE_CLASSES = {"d": 36_000, "D": 80_000, "s": 12_000, "S": 15_000, "w": 1_440_000, "W": 1_860_000,
+                    "p": 2_520_000, "P": 2_520_000}  # fmt: skip
+_ASCII_CLASSES = {"d": 300, "D": 1_500, "s": 300, "S": 1_500, "w": 600, "W": 1_800, "p": 2_520_000,
+                  "P": 2_520_000}  # fmt: skip
 _ANY_CHAR = 13_500
 _NEGATION = 9_000
 #: Case-insensitive mode roughly triples the automaton of a class.
