@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -31,7 +31,6 @@ from services.projector.queries import as_dict, control_outcome, failed_runs, pa
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
-RunState = Literal["pending", "running", "retrying", "succeeded", "failed", "cancelled"]
 # A trigger's envelope (event type, key, correlation id) on top of its data.
 ENVELOPE_BYTES = 8 * 1024
 
@@ -48,8 +47,8 @@ def _when(text: str | None, name: str) -> datetime | None:
 def run_filter(
     tenant: str | None = None,
     workflow: str | None = None,
-    version: int | None = None,
-    state: RunState | None = None,
+    version: Annotated[str | None, Query(description="Workflow version (an integer)")] = None,
+    state: Annotated[str | None, Query(description=f"One of {', '.join(reads.RUN_STATES)}")] = None,
     error_kind: str | None = None,
     created_from: Annotated[
         str | None, Query(description="ISO 8601, or a duration ago (`90m`, `2d`)")
@@ -58,16 +57,29 @@ def run_filter(
     correlation_id: str | None = None,
     idempotency_key: str | None = None,
 ) -> reads.RunFilter:
+    """The runs filters; an empty value (as an HTML form sends it) means no filter."""
+
+    def given(value: str | None) -> str | None:
+        return value if value not in (None, "") else None
+
+    number = None
+    if given(version) is not None:
+        try:
+            number = int(str(version))
+        except ValueError:
+            raise refusal(422, "bad_filter", f"version: {version!r} is not an integer") from None
+    if given(state) is not None and state not in reads.RUN_STATES:
+        raise refusal(422, "bad_filter", f"state: {state!r} is not one of {', '.join(reads.RUN_STATES)}")
     return reads.RunFilter(
-        tenant=tenant,
-        workflow=workflow,
-        version=version,
-        state=state,
-        error_kind=error_kind,
-        created_from=_when(created_from, "created_from"),
-        created_to=_when(created_to, "created_to"),
-        correlation_id=correlation_id,
-        idempotency_key=idempotency_key,
+        tenant=given(tenant),
+        workflow=given(workflow),
+        version=number,
+        state=given(state),
+        error_kind=given(error_kind),
+        created_from=_when(given(created_from), "created_from"),
+        created_to=_when(given(created_to), "created_to"),
+        correlation_id=given(correlation_id),
+        idempotency_key=given(idempotency_key),
     )
 
 
