@@ -852,6 +852,16 @@ class CoreProcessor:
             extra={"tenant": tenant_field, "error_kind": kind},
         )
 
+    def poison(self, msg: Message, out: Outbox, error_kind: str, message: str) -> None:
+        """The loop's poison-batch guard isolated ``msg`` (its batch kept failing): dead-letter it.
+        The per-record containment above should leave nothing for the guard; this is its hook."""
+        tenant: Any = None
+        try:
+            tenant = serde.decode_inbox(msg.value())[1].get("tenant")
+        except Exception:  # undecodable: no tenant to name
+            tenant = None
+        self._dead_message(msg, out, error_kind, message, tenant)
+
     def _publish_gauges(self) -> None:
         running: dict[str, int] = {}
         pending: dict[str, int] = {}

@@ -107,16 +107,30 @@ def test_replay_from_a_step_reruns_it_and_everything_downstream(
     engine_factory: Callable[..., Engine],
 ) -> None:
     eng = start(engine_factory)
-    run_id = eng.run_id("flaky", eng.trigger("go", {"failures": 0}))
-    assert types(eng.wait_terminal([run_id])[run_id])[-1] == "run_succeeded"
-    send(eng, "replay_run", run_id, step="call")
-    events = eng.wait_events(run_id, lambda evs: count(evs, "run_succeeded") == 2, timeout_s=60)
+    run_id = eng.run_id("flaky", eng.trigger("go", {"failures": 1}))
+    assert types(eng.wait_terminal([run_id])[run_id])[-1] == "run_failed"
+    send(eng, "replay_run", run_id, step="prepare")
+    events = eng.wait_events(run_id, lambda evs: count(evs, "run_succeeded") == 1, timeout_s=60)
     reset = [e["step_id"] for e in events if e["type"] == "step_reset"]
-    assert reset == ["call", "after"]
-    assert [e["attempt"] for e in events if e["type"] == "step_scheduled" and e["step_id"] == "after"] == [
+    assert reset == ["prepare", "call", "after"]
+    assert [e["attempt"] for e in events if e["type"] == "step_scheduled" and e["step_id"] == "prepare"] == [
         1,
         2,
     ]
+
+
+def test_a_succeeded_run_keeps_no_replay_state_so_its_replay_is_refused_with_the_reason(
+    engine_factory: Callable[..., Engine],
+) -> None:
+    eng = start(engine_factory)
+    run_id = eng.run_id("flaky", eng.trigger("go", {"failures": 0}))
+    assert types(eng.wait_terminal([run_id])[run_id])[-1] == "run_succeeded"
+    cmd = send(eng, "replay_run", run_id, step="call")
+    events = eng.wait_events(run_id, lambda evs: "control_refused" in types(evs))
+    refused = next(e for e in events if e["type"] == "control_refused")
+    assert refused["detail"]["command_id"] == cmd["command_id"]
+    assert refused["detail"]["refusal"].startswith("the run's replay state was compacted (succeeded)")
+    assert "run_replayed" not in types(events)
 
 
 def test_cancel_is_recorded_and_cancelling_a_finished_run_is_refused(

@@ -267,3 +267,12 @@ def test_failing_the_run_when_even_the_failure_cannot_be_written_dead_letters_th
         letter["error_kind"] == "record_too_large" and "failing the run failed too" in letter["error_message"]
     )
     assert h.state.runs[run_id].status == RunStatus.RUNNING
+
+
+def test_the_poison_hook_dead_letters_the_isolated_record_with_the_loops_kind() -> None:
+    h = Harness()
+    msg = h.message(h.request("r"))
+    h.core.poison(msg, h.out, "poison_record", "batch failed 3 times")
+    (letter,) = h.out.dead_letters()
+    assert letter["error_kind"] == "poison_record" and letter["tenant"] == TENANT
+    assert letter["original_offset"] == msg.offset()
