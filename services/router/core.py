@@ -389,10 +389,17 @@ class CoreProcessor:
             steps=machine.new_run_steps(workflow),
         )
         state.runs[run_id] = run
+        source = body["source"]
         try:
-            self._step(
-                state, run, partial(machine.admitted, run, body["source"]), out, new=True, rejects=True
-            )
+            try:
+                admitted = partial(machine.admitted, run, source)
+                self._step(state, run, admitted, out, new=True, rejects=True, write_rejects=True)
+            except StepRejected as exc:
+                # Its first event cannot be written (the trigger re-encodes too large): a lean one
+                # that still names the source, then the failure.
+                self._log_run(run, "run request cannot be written; failing the run", exc)
+                lean = machine.admitted(run, source, omitted=exc.message).events
+                self._fail(state, run, None, exc.kind, exc.message, out, lead=lean)
         except BaseException:
             if run.seq == 0 and state.runs.get(run_id) is run:  # nothing of it was written
                 del state.runs[run_id]
@@ -543,15 +550,17 @@ class CoreProcessor:
         kind: str,
         message: str,
         out: Outbox,
+        lead: Sequence[machine.Event] = (),
     ) -> None:
         """End ``run`` with a small final ``run_failed`` (its open steps cancelled) instead of a
-        step that could not be applied or written."""
+        step that could not be applied or written; ``lead`` events come first."""
         if run.status.terminal:  # a finished run cannot end twice: the input is dead-lettered
             raise StepRejected(kind, message)
         mark = run.checkpoint()
         now = self.now_ms()
         try:
             effects = machine.fail_run(run, kind, bounded_text(message, FAILURE_MESSAGE_CHARS))
+            effects.events[:0] = lead
             run.finished_ms = now
             records, changelog = self._encode(run, effects, now, out)
         except Exception as exc:

@@ -76,24 +76,27 @@ def new_run_steps(workflow: CompiledWorkflow) -> dict[str, StepRecord]:
     return {step.id: StepRecord() for step in workflow.definition.steps}
 
 
-def admitted(run: RunState, source: str) -> Effects:
-    """First event of every run: it exists, and is pending until a slot is free."""
-    return Effects(
-        events=[
-            Event(
-                "run_pending",
-                state=RunStatus.PENDING.value,
-                detail={
-                    "trigger": {
-                        "event_type": run.trigger.get("event"),
-                        "data": run.trigger.get("data"),
-                        "idempotency_key": run.idempotency_key,
-                    },
-                    "source": source,
-                },
-            )
-        ]
-    )
+#: Longest idempotency key a lean ``run_pending`` (trigger omitted) carries.
+LEAN_KEY_CHARS = 256
+
+
+def admitted(run: RunState, source: str, omitted: str | None = None) -> Effects:
+    """First event of every run: it exists, and is pending until a slot is free.
+
+    With ``omitted`` (why), the lean form: the trigger's data is left out (and a long key cut),
+    for a run whose full first event cannot be written; it still names the run's source."""
+    key = run.idempotency_key
+    trigger: dict[str, Any] = {
+        "event_type": run.trigger.get("event"),
+        "data": run.trigger.get("data") if omitted is None else None,
+        "idempotency_key": key
+        if omitted is None or len(key) <= LEAN_KEY_CHARS
+        else key[:LEAN_KEY_CHARS] + "…",
+    }
+    detail: dict[str, Any] = {"trigger": trigger, "source": source}
+    if omitted is not None:
+        detail["trigger_omitted"] = omitted
+    return Effects(events=[Event("run_pending", state=RunStatus.PENDING.value, detail=detail)])
 
 
 def start(run: RunState, workflow: CompiledWorkflow, now_ms: int) -> Effects:

@@ -67,8 +67,11 @@ def test_a_run_whose_first_event_is_too_large_fails_with_one_small_final_event()
     h.feed(h.request("big", data_json=data_json), h.request("next", {"message": "x"}))
     big = run_id_for(TENANT, LINEAR.name, "big")
     events = h.out.events(big)
-    assert [(e["type"], e["seq"]) for e in events] == [("run_failed", 1)]
-    assert events[0]["detail"]["error_kind"] == "record_too_large"
+    assert [(e["type"], e["seq"]) for e in events] == [("run_pending", 1), ("run_failed", 2)]
+    lean = events[0]["detail"]  # still names its source (accounting), without the trigger data
+    assert lean["source"] == "t/0/0" and lean["trigger"]["data"] is None
+    assert "RecordTooLarge" in lean["trigger_omitted"]
+    assert events[1]["detail"]["error_kind"] == "record_too_large"
     run = h.state.runs[big]
     assert run.status == RunStatus.FAILED and run.compacted == "record_too_large"
     assert max(s.size for s in h.out.state_records(big)) < 2048
@@ -76,7 +79,7 @@ def test_a_run_whose_first_event_is_too_large_fails_with_one_small_final_event()
     # A re-send is a duplicate of a run that is accounted for (failed, with the reason).
     before = len(h.out.sent)
     h.feed(h.request("big", data_json=data_json))
-    assert len(h.out.events(big)) == 1 and not h.out.dead_letters()
+    assert len(h.out.events(big)) == 2 and not h.out.dead_letters()
     assert len(h.out.sent) == before
 
 
