@@ -3,6 +3,8 @@ resolving a presented token to a principal or a tenant (the server)."""
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -60,6 +62,14 @@ def list_operators(session: Session) -> list[tuple[Operator, list[Grant], list[T
     return out
 
 
+# Tokens whose secret was verified against a stored hash: sha256(token) -> that hash. scrypt costs
+# tens of milliseconds by design; a request re-presenting a verified token skips it, but the row is
+# still read each time, so a revocation (or a new hash under the id) applies at once.
+_VERIFIED: dict[bytes, str] = {}
+_VERIFIED_MAX = 4096
+_VERIFIED_LOCK = threading.Lock()
+
+
 def _live_token(session: Session, presented: str, kind: str) -> Token | None:
     parsed = parse_token(presented)
     if parsed is None:
@@ -67,7 +77,17 @@ def _live_token(session: Session, presented: str, kind: str) -> Token | None:
     token = session.get(Token, parsed[0])
     if token is None or token.kind != kind or token.revoked_at is not None:
         return None
-    return token if verify_secret(parsed[1], token.hashed) else None
+    digest = hashlib.sha256(presented.strip().encode()).digest()
+    with _VERIFIED_LOCK:
+        if _VERIFIED.get(digest) == token.hashed:
+            return token
+    if not verify_secret(parsed[1], token.hashed):
+        return None
+    with _VERIFIED_LOCK:
+        if len(_VERIFIED) >= _VERIFIED_MAX:
+            _VERIFIED.clear()
+        _VERIFIED[digest] = token.hashed
+    return token
 
 
 def principal_for_token(session: Session, presented: str) -> Principal | None:

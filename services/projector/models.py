@@ -77,6 +77,9 @@ class Run(Base):
         Index(None, "workflow", "created_at"),
         Index(None, "correlation_id"),
         Index(None, "tenant", "error_kind", "created_at"),
+        # the console's runs list (migration 0004_console)
+        Index(None, "tenant", "state", "created_at"),
+        Index(None, "idempotency_key"),
     )
 
 

@@ -1,4 +1,8 @@
-"""Operator console: schema ``console`` (operators, grants, hashed tokens).
+"""Operator console: schema ``console`` (operators, grants, hashed tokens); runs indexes for its list.
+
+``runs (tenant, state, created_at)`` serves a tenant's runs in a rare state newest first (without
+it PostgreSQL intersects two bitmaps and sorts); ``runs (idempotency_key)`` finds a run by its key
+(without it: a sequential scan, ~0.3-1 s over 1,000,000 runs).
 
 Revision ID: 0004_console
 Revises: 0003
@@ -55,7 +59,11 @@ def upgrade() -> None:
         schema=SCHEMA,
     )
     op.create_index("ix_tokens_kind_subject", "tokens", ["kind", "subject"], schema=SCHEMA)
+    op.create_index(op.f("ix_runs_tenant_state_created_at"), "runs", ["tenant", "state", "created_at"])
+    op.create_index(op.f("ix_runs_idempotency_key"), "runs", ["idempotency_key"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_runs_idempotency_key"), table_name="runs")
+    op.drop_index(op.f("ix_runs_tenant_state_created_at"), table_name="runs")
     op.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
