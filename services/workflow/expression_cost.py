@@ -68,8 +68,10 @@ HELPER_OUT_NODE = 12_000.0  # per value converted out of a helper
 HELPER_CHAR_LOOP = 600.0  # lowerAscii/upperAscii walk their input in Python
 MATCH_CHAR = 20.0  # regex matching, per character of text
 MEASURE_NODE = 400.0  # measuring what is read: one JSON encoding (C), per value
-DIRECT_NODE = MEASURE_NODE  # a bare path (``trigger.data``) is read without the runtime
-DIRECT_CHAR = 2.0
+# A bare path (``trigger.data``) is read without the runtime: its cost is measuring it, so any
+# value the engine accepts (a 256 KiB trigger encodes at most ~175k values) fits the budget.
+DIRECT_NODE = 120.0
+DIRECT_CHAR = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +254,12 @@ def _call(run: _Run, node: ast.Call, helpers: frozenset[str]) -> tuple[Shape, fl
 def _comprehension(run: _Run, node: ast.Comp, helpers: frozenset[str]) -> tuple[Shape, float]:
     target, cost = _interpret(run, node.target, helpers)
     count = target.length if target.kind in ("list", "map") else target.nodes
+    if ast.projection(node) is not None:  # runs as one linear helper call, see cel_ast.projection
+        out = Shape("list", count, target.nodes + 1, target.chars)
+        own = CALL + HELPER_IN_NODE * target.nodes + HELPER_OUT_NODE * out.nodes
+        own += CONVERT_CHAR * (target.chars + out.chars)
+        run.note(own, f"map() converts {_fmt(target.nodes + out.nodes)} values in and out of Python")
+        return out, cost + NODE + own
     saved_env, saved_mult = dict(run.env), run.multiplier
     per_element: list[tuple[Shape, float]] = []
     for element, multiplier in ((EMPTY, count), (_element(target), 1.0)):
@@ -423,7 +431,20 @@ def static_problems(tree: ast.Expr, source: str, helpers: frozenset[str]) -> Ite
 
 class InputError(ValueError):
     """The variables cannot be handed to the runtime (text that is not UTF-8, a 65-bit integer,
-    nesting deeper than 254 levels, a value that is not JSON)."""
+    NaN, nesting deeper than 254 levels, a value that is not JSON)."""
+
+
+def _non_finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def measure(value: Any) -> Shape:
@@ -436,6 +457,8 @@ def measure(value: Any) -> Shape:
         raw = orjson.dumps(value)
     except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
         raise InputError(str(exc)) from exc
+    if b"null" in raw and _non_finite(value):  # orjson writes NaN and infinities as null
+        raise InputError("NaN and infinities are not JSON")
     nodes = float(raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1)
     if isinstance(value, list | tuple):
         return Shape("list", float(len(value)), nodes, float(len(raw)))

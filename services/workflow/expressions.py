@@ -90,6 +90,21 @@ def _distinct(items: list[Any]) -> list[Any]:
     return out
 
 
+def _project(items: Any, path: list[str]) -> list[Any]:
+    """``items.map(x, x.a.b)`` in linear time (see :func:`cel_ast.projection`): each element (or,
+    for a map, each key) followed along ``path``; a missing key or a non-map fails as in CEL."""
+    if not isinstance(items, list | dict):
+        raise TypeError(f"map() needs a list or a map, not {type(items).__name__}")
+    out: list[Any] = []
+    for item in items:
+        for key in path:
+            if not isinstance(item, dict):
+                raise TypeError(f"no field {key!r} on a {type(item).__name__}")
+            item = item[key]
+        out.append(item)
+    return out
+
+
 #: Extension helpers (from ``cel.stdlib``) we enable: each runs in linear (``sort``: n log n) time;
 #: their cost, mostly converting values in and out of Python, is charged by the cost model.
 _EXTENSIONS: dict[str, Callable[..., Any]] = {
@@ -101,6 +116,8 @@ _EXTENSIONS: dict[str, Callable[..., Any]] = {
 } | {"distinct": _distinct}  # fmt: skip
 
 ALLOWED_FUNCTIONS = _NATIVE_FUNCTIONS | frozenset(_EXTENSIONS)
+#: Helpers only the rewritten source calls (user expressions cannot name them).
+_INTERNAL: dict[str, Callable[..., Any]] = {cel_ast.PROJECT: _project}
 
 
 class ExpressionError(Exception):
@@ -348,7 +365,10 @@ class CompiledExpression:
         except _FATAL:
             raise
         except BaseException as exc:  # the runtime raises ValueError/TypeError/RuntimeError, pyo3 panics
-            raise ExpressionError(f"evaluation failed: {exc}", self.source) from exc
+            reason = str(exc).replace(
+                f"Function '{cel_ast.PROJECT}' error: Python function call failed", "map()"
+            )
+            raise ExpressionError(f"evaluation failed: {reason}", self.source) from exc
         try:
             return _to_json(result)
         except ExpressionError as exc:
@@ -430,13 +450,14 @@ def compile_expression(source: str) -> CompiledExpression:
         tree = cel_ast.parse(stripped)
     except cel_ast.CelSyntaxError as exc:
         raise ExpressionError(f"unsupported syntax: {exc}", source) from exc
-    functions = {name: _EXTENSIONS[name] for name in program.functions() if name in _EXTENSIONS}
-    for problem in expression_cost.static_problems(tree, stripped, frozenset(functions)):
-        raise ExpressionError(problem, source)
     try:
         runnable = cel.compile(cel_ast.render(tree))
     except Exception as exc:  # a rendering bug must not pass validation silently
         raise ExpressionError(f"unsupported syntax: cannot rewrite for evaluation ({exc})", source) from exc
+    helpers = _EXTENSIONS | _INTERNAL
+    functions = {name: helpers[name] for name in runnable.functions() if name in helpers}
+    for problem in expression_cost.static_problems(tree, stripped, frozenset(functions)):
+        raise ExpressionError(problem, source)
     return CompiledExpression(
         source=stripped,
         step_refs=analysis.step_refs,

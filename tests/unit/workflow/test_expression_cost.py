@@ -29,14 +29,23 @@ def variables(data: Any) -> dict[str, Any]:
 
 
 def test_quadratic_map_over_12k_items_is_refused_quickly_with_the_reason() -> None:
-    expr = compile_expression("size(trigger.data.items.map(i, i)) > 0")  # fine on modest inputs
+    expr = compile_expression("size(trigger.data.items.map(i, i * 2)) > 0")  # fine on modest inputs
     started = time.perf_counter()
     with pytest.raises(ExpressionError) as info:
         expr.evaluate(variables({"items": list(range(12_000))}))
-    assert time.perf_counter() - started < 0.5  # refused before running (running takes seconds)
+    assert time.perf_counter() - started < 0.5  # refused before running (running takes minutes)
     message = str(info.value)
     assert "exceeds the budget" in message
     assert "trigger.data.items has 12,000 elements and map() is quadratic in this runtime" in message
+
+
+def test_the_issue_filter_is_refused_quickly_too() -> None:
+    # `map(i, i)` is a projection, which runs linearly; 12k values are still over the budget.
+    expr = compile_expression("size(trigger.data.items.map(i, i)) > 0")
+    started = time.perf_counter()
+    with pytest.raises(ExpressionError, match=r"exceeds the budget .*12,001 values"):
+        expr.evaluate(variables({"items": list(range(12_000))}))
+    assert time.perf_counter() - started < 0.5
 
 
 def test_the_same_map_over_a_normal_payload_runs() -> None:
@@ -106,6 +115,19 @@ def test_nested_comprehension_over_parts_of_each_element_is_charged_once_not_squ
     small = expr.prepare(variables({"orders": [{"lines": [{"q": 1}] * 5}] * 50})).estimate.cost
     large = expr.prepare(variables({"orders": [{"lines": [{"q": 1}] * 5}] * 100})).estimate.cost
     assert large < 2.2 * small  # linear in the payload, not quadratic
+
+
+def test_a_projecting_map_runs_in_linear_time_with_the_same_result() -> None:
+    data = {"items": [{"sku": f"s{n}", "q": n} for n in range(150)]}
+    expr = compile_expression("trigger.data.items.map(i, i.sku)")
+    assert expr.evaluate(variables(data)) == [f"s{n}" for n in range(150)]
+    general = compile_expression("trigger.data.items.map(i, i.sku + '')")  # not a projection
+    assert general.prepare(variables(data)).estimate.cost > 2 * expr.prepare(variables(data)).estimate.cost
+    assert compile_expression("trigger.data.m.map(k, k)").evaluate(variables({"m": {"a": 1}})) == ["a"]
+    with pytest.raises(ExpressionError, match=r"map\(\): KeyError: 'sku'"):
+        expr.evaluate(variables({"items": [{"q": 1}]}))
+    with pytest.raises(ExpressionError, match="no field 'sku'"):
+        expr.evaluate(variables({"items": [1]}))
 
 
 def test_the_inputs_of_one_step_share_one_budget() -> None:
