@@ -4,7 +4,7 @@ The writer turns these into SQL. A change is applied at most once per event (the
 ``run_events`` is inserted first, and only a *new* row is applied), and run-level changes only
 when the event is newer than the run's ``last_seq``; so replaying a batch never double-applies.
 
-Semantics (see DESIGN.md, "projector"):
+Semantics:
 
 - ``run_*`` events with a ``state`` set ``runs.state``; ``run_pending`` also records the trigger;
   terminal states set ``finished_at``, ``run_failed`` the error; a run back to a non-terminal
@@ -17,6 +17,9 @@ Semantics (see DESIGN.md, "projector"):
   ``step_scheduled`` names attempt n + 1).
 - ``control_accepted`` / ``control_refused`` also fill ``control_commands`` (see :mod:`.control`).
 - Every other type is history only (stored in ``run_events``): unknown types never fail.
+
+Every text taken from a detail is bounded to its column (see :mod:`.bounds`); the event's own
+fields and its detail were made storable when it was decoded.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from services.projector.bounds import (
+    MAX_KIND,
+    MAX_LONG_ID,
+    MAX_MESSAGE,
+    MAX_NAME,
+    storable_optional,
+    storable_optional_id,
+    storable_text,
+)
 from services.projector.events import ProjectedEvent, parse_time
 
 RUN_TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -45,10 +57,12 @@ class RowChange:
     merge: dict[str, Merge] = field(default_factory=dict)
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else str(value)
+def _kind(value: Any) -> str | None:
+    return storable_optional(value, MAX_KIND)
+
+
+def _message(value: Any) -> str | None:
+    return storable_optional(value, MAX_MESSAGE)
 
 
 def run_skeleton(ev: ProjectedEvent) -> dict[str, Any]:
@@ -82,9 +96,9 @@ def run_update(ev: ProjectedEvent) -> dict[str, Any]:
         trigger = trigger if isinstance(trigger, dict) else {}
         values.update(
             created_at=ev.at,
-            event_type=_text(trigger.get("event_type")),
+            event_type=storable_optional(trigger.get("event_type"), MAX_NAME),
             trigger_data=trigger.get("data"),
-            idempotency_key=_text(trigger.get("idempotency_key")),
+            idempotency_key=storable_optional_id(trigger.get("idempotency_key"), MAX_LONG_ID),
         )
     if not ev.is_run_event or not ev.state:
         return values
@@ -95,8 +109,8 @@ def run_update(ev: ProjectedEvent) -> dict[str, Any]:
         values.update(finished_at=None, error_kind=None, error_message=None)
     if ev.type == "run_failed" or (ev.state == "failed" and "error_kind" in ev.detail):
         values.update(
-            error_kind=_text(ev.detail.get("error_kind")) or "failed",
-            error_message=_text(ev.detail.get("error_message")),
+            error_kind=_kind(ev.detail.get("error_kind")) or "failed",
+            error_message=_message(ev.detail.get("error_message")),
         )
     return values
 
@@ -108,8 +122,9 @@ def run_started_at(ev: ProjectedEvent) -> bool:
 
 def _timeout_message(ev: ProjectedEvent) -> str:
     deadline = ev.detail.get("deadline")
-    return _text(ev.detail.get("error_message")) or (
-        f"attempt {ev.attempt} exceeded its deadline" + (f" ({deadline})" if deadline is not None else "")
+    return _message(ev.detail.get("error_message")) or storable_text(
+        f"attempt {ev.attempt} exceeded its deadline" + (f" ({deadline})" if deadline is not None else ""),
+        MAX_MESSAGE,
     )
 
 
@@ -150,8 +165,8 @@ def step_change(ev: ProjectedEvent) -> RowChange | None:
             "state": state,
             "started_at": parse_time(d.get("started_at")) or ev.at,
             "finished_at": (parse_time(d.get("finished_at")) or ev.at) if state in STEP_TERMINAL else None,
-            "error_kind": _text(d.get("error_kind")) or ("timeout" if timed_out else "error"),
-            "error_message": _timeout_message(ev) if timed_out else _text(d.get("error_message")),
+            "error_kind": _kind(d.get("error_kind")) or ("timeout" if timed_out else "error"),
+            "error_message": _timeout_message(ev) if timed_out else _message(d.get("error_message")),
         }
         merge.update(started_at="coalesce", finished_at="set", error_kind="set", error_message="set")
     elif kind == "step_reset":
@@ -181,13 +196,13 @@ def attempt_change(ev: ProjectedEvent) -> RowChange | None:
         return None
     d = ev.detail
     key = {"run_id": ev.run_id, "step_id": ev.step_id, "attempt": ev.attempt}
-    executor = _text(d.get("executor_id"))
+    executor = storable_optional(d.get("executor_id"), MAX_NAME)
     if ev.type == "step_scheduled":
         return RowChange(
             key,
             {
                 "state": ev.state or "running",
-                "idempotency_key": _text(d.get("idempotency_key")),
+                "idempotency_key": storable_optional_id(d.get("idempotency_key"), MAX_LONG_ID),
                 "inputs": d.get("inputs"),
                 "scheduled_at": ev.at,
             },
@@ -222,8 +237,8 @@ def attempt_change(ev: ProjectedEvent) -> RowChange | None:
                 "state": "failed",
                 "started_at": parse_time(d.get("started_at")),
                 "finished_at": parse_time(d.get("finished_at")) or ev.at,
-                "error_kind": _text(d.get("error_kind")) or "error",
-                "error_message": _text(d.get("error_message")),
+                "error_kind": _kind(d.get("error_kind")) or "error",
+                "error_message": _message(d.get("error_message")),
                 "executor_id": executor,
             },
             {

@@ -10,6 +10,9 @@ One row per ``command_id``, decided deterministically whatever the interleaving 
 topics (so that ``switchyard audit rebuild`` reproduces it): the first decision read from the run
 history wins (a later ``control_refused`` of the same command, e.g. a resubmission, stays in
 ``run_events`` only); a run-history decision replaces a dlq one; among dlq records the first wins.
+
+Every text is bounded to its column (see :mod:`.bounds`): a refused command is dead-lettered
+*because* a field is absurd (a 300,000-character tenant), and its decision must still be storable.
 """
 
 from __future__ import annotations
@@ -17,6 +20,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from services.projector.bounds import (
+    MAX_KIND,
+    MAX_LONG_ID,
+    MAX_MESSAGE,
+    MAX_NAME,
+    storable_id,
+    storable_optional,
+    storable_optional_id,
+)
 from services.projector.dead_letters import DeadLetter
 from services.projector.events import ProjectedEvent
 
@@ -24,30 +36,36 @@ CONTROL_EVENTS = {"control_accepted": "accepted", "control_refused": "refused"}
 SOURCE_HISTORY, SOURCE_DLQ = "run_history", "dlq"
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else str(value)
+def _name(value: Any) -> str | None:
+    return storable_optional(value, MAX_NAME)
+
+
+def _kind(value: Any) -> str | None:
+    return storable_optional(value, MAX_KIND)
+
+
+def _message(value: Any) -> str | None:
+    return storable_optional(value, MAX_MESSAGE)
 
 
 def control_from_event(ev: ProjectedEvent) -> dict[str, Any] | None:
     """The ``control_commands`` row of a ``control_accepted``/``control_refused`` event, if any."""
     outcome = CONTROL_EVENTS.get(ev.type)
-    command_id = _text(ev.detail.get("command_id"))
+    command_id = storable_optional_id(ev.detail.get("command_id"))
     if outcome is None or not command_id:
         return None
     d = ev.detail
     return {
         "command_id": command_id,
-        "kind": _text(d.get("kind")) or "unknown",
-        "requester": _text(d.get("requester")) or "unknown",
+        "kind": _kind(d.get("kind")) or "unknown",
+        "requester": _name(d.get("requester")) or "unknown",
         "tenant": ev.tenant,
         "run_id": ev.run_id,
-        "step_id": _text(d.get("step_id")) or ev.step_id,
-        "reason": _text(d.get("reason")),
-        "command_correlation_id": _text(d.get("command_correlation_id")),
+        "step_id": storable_optional_id(d.get("step_id")) or ev.step_id,
+        "reason": _message(d.get("reason")),
+        "command_correlation_id": storable_optional_id(d.get("command_correlation_id"), MAX_LONG_ID),
         "outcome": outcome,
-        "refusal": _text(d.get("refusal")) if outcome == "refused" else None,
+        "refusal": _message(d.get("refusal")) if outcome == "refused" else None,
         "decided_at": ev.at,
         "source": SOURCE_HISTORY,
         "source_id": ev.event_id,
@@ -63,14 +81,14 @@ def control_from_dead_letter(dl: DeadLetter) -> dict[str, Any] | None:
     if command is None:
         return None
     return {
-        "command_id": str(command["command_id"]),
-        "kind": _text(command.get("kind")) or "unknown",
-        "requester": _text(command.get("requester")) or "unknown",
-        "tenant": _text(command.get("tenant")) or dl.tenant,
-        "run_id": _text(command.get("run_id")),
-        "step_id": _text(command.get("step_id")),
-        "reason": _text(command.get("reason")),
-        "command_correlation_id": _text(command.get("correlation_id")),
+        "command_id": storable_id(str(command["command_id"])),
+        "kind": _kind(command.get("kind")) or "unknown",
+        "requester": _name(command.get("requester")) or "unknown",
+        "tenant": _name(command.get("tenant")) or dl.tenant,
+        "run_id": storable_optional_id(command.get("run_id")),
+        "step_id": storable_optional_id(command.get("step_id")),
+        "reason": _message(command.get("reason")),
+        "command_correlation_id": storable_optional_id(command.get("correlation_id"), MAX_LONG_ID),
         "outcome": "refused",
         "refusal": dl.error_message,
         "decided_at": dl.failed_at,

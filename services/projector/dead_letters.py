@@ -4,16 +4,35 @@ Pure: no I/O. A dead letter whose ``original_topic`` is the control topic is an 
 refused before it reached a run; its ``original_value`` is decoded as a ``ControlCommand`` when it
 can be (garbage, the very reason it was refused, stays ``None``), so that the refusal can be
 recorded in ``control_commands`` too (see :mod:`.control`).
+
+Total, like :func:`~.events.decode_event`: every field is made storable (see :mod:`.bounds`) —
+the engine's own dead letters are already bounded the same way, but the projector reads whatever
+the topic holds — and :func:`decode_dead_letter` never raises.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from services.contracts.serde import ContractError, decode
-from services.projector.events import Coordinates, Rejected, from_epoch_ms
+from services.projector.bounds import (
+    MAX_KIND,
+    MAX_LONG_ID,
+    MAX_MESSAGE,
+    MAX_NAME,
+    MAX_TOPIC,
+    storable_bytes,
+    storable_id,
+    storable_optional,
+    storable_optional_id,
+    storable_text,
+)
+from services.projector.events import Coordinates, Rejected, Unprojectable, from_epoch_ms, int32, rejected
+
+log = logging.getLogger(__name__)
 
 MAX_ORIGINAL_VALUE = 64 * 1024
 
@@ -78,19 +97,23 @@ class DeadLetter:
         }
 
 
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _opt_int32(value: Any, what: str) -> int | None:
+    return None if value is None else int32(value, what)
 
 
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)
+def _opt_int64(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63:
+        raise Unprojectable("bad_dead_letter", f"{what} is not a 64-bit integer")
+    return value
 
 
 def control_command_of(value: bytes | None) -> dict[str, Any] | None:
     """The ``ControlCommand`` in a dead-lettered control record, or None when it does not decode."""
     try:
         _, command = decode(value, expected="ControlCommand")
-    except ContractError:
+    except Exception:  # garbage is the usual reason it was dead-lettered
         return None
     return command if command.get("command_id") else None
 
@@ -102,27 +125,52 @@ def dead_letter_from_record(
     key: bytes | None = None,
     payload: bytes | None = None,
 ) -> DeadLetter:
-    """A :class:`DeadLetter` from a decoded record; ``control_topic`` marks control refusals."""
-    original_topic = _opt_str(record.get("original_topic"))
-    original_value = record.get("original_value")
+    """A :class:`DeadLetter` from a decoded record; ``control_topic`` marks control refusals.
+
+    Every field is storable; raises :class:`~.events.Unprojectable` (``bad_dead_letter``) for a
+    record without a projection (a field missing or of the wrong type, a time beyond ``datetime``).
+    """
+    try:
+        return _dead_letter_from_record(record, where, control_topic, key, payload)
+    except (KeyError, TypeError, ValueError, OverflowError, OSError) as exc:
+        if isinstance(exc, Unprojectable):
+            raise Unprojectable("bad_dead_letter", str(exc)) from exc
+        raise Unprojectable("bad_dead_letter", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _bytes(value: Any, what: str) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    raise Unprojectable("bad_dead_letter", f"{what} is not bytes")
+
+
+def _dead_letter_from_record(
+    record: dict[str, Any],
+    where: Coordinates,
+    control_topic: str | None,
+    key: bytes | None,
+    payload: bytes | None,
+) -> DeadLetter:
+    raw_topic = record.get("original_topic")
+    original_value = _bytes(record.get("original_value"), "original_value")
     command = None
-    if control_topic is not None and original_topic == control_topic:
+    if control_topic is not None and raw_topic == control_topic:
         command = control_command_of(original_value)
     return DeadLetter(
-        dlq_id=str(record["dlq_id"]),
-        service=str(record["service"]),
-        error_kind=str(record["error_kind"]),
-        error_message=str(record["error_message"]),
-        original_topic=original_topic,
-        original_partition=_opt_int(record.get("original_partition")),
-        original_offset=_opt_int(record.get("original_offset")),
-        original_key=record.get("original_key"),
+        dlq_id=storable_id(str(record["dlq_id"]), MAX_LONG_ID),
+        service=storable_text(str(record["service"]), MAX_KIND),
+        error_kind=storable_text(str(record["error_kind"]), MAX_KIND),
+        error_message=storable_text(str(record["error_message"]), MAX_MESSAGE),
+        original_topic=storable_optional(raw_topic, MAX_TOPIC),
+        original_partition=_opt_int32(record.get("original_partition"), "original_partition"),
+        original_offset=_opt_int64(record.get("original_offset"), "original_offset"),
+        original_key=storable_bytes(_bytes(record.get("original_key"), "original_key")),
         original_value=original_value,
-        tenant=_opt_str(record.get("tenant")),
-        correlation_id=_opt_str(record.get("correlation_id")),
-        run_id=_opt_str(record.get("run_id")),
-        step_id=_opt_str(record.get("step_id")),
-        attempt=_opt_int(record.get("attempt")),
+        tenant=storable_optional(record.get("tenant"), MAX_NAME),
+        correlation_id=storable_optional_id(record.get("correlation_id"), MAX_LONG_ID),
+        run_id=storable_optional_id(record.get("run_id")),
+        step_id=storable_optional_id(record.get("step_id")),
+        attempt=_opt_int32(record.get("attempt"), "attempt"),
         failed_at=from_epoch_ms(int(record["failed_at"])),
         where=where,
         command=command,
@@ -138,8 +186,11 @@ def decode_dead_letter(
     try:
         _, record = decode(value, expected="DeadLetter")
     except ContractError as exc:
-        return Rejected(where, exc.kind, exc.message, key, value)
+        return rejected(where, exc.kind, exc.message, key, value)
     try:
         return dead_letter_from_record(record, where, control_topic, key, value)
-    except (KeyError, TypeError, ValueError, OverflowError, OSError) as exc:
-        return Rejected(where, "bad_dead_letter", f"{type(exc).__name__}: {exc}", key, value)
+    except Unprojectable as exc:
+        return rejected(where, exc.reason, str(exc), key, value)
+    except Exception as exc:  # a bug on one odd record must not stop the partition: reject it
+        log.exception("dead letter cannot be decoded", extra={"topic": where.topic, "offset": where.offset})
+        return rejected(where, "bad_dead_letter", f"{type(exc).__name__}: {exc}", key, value)

@@ -3,16 +3,47 @@
 Pure: no I/O. Decoding goes through :func:`services.contracts.serde.decode`, so an older writer
 schema is resolved to the current ``RunEvent``. ``detail_json`` that is not a JSON object is kept
 (under ``"_raw"``) rather than rejected: the event's fields still say what happened.
+
+Total: whatever a record holds, :func:`decode_event` returns an event whose every value the
+projection can store (see :mod:`.bounds`: ids hashed when too long, names and messages cut, NUL and
+lone surrogates escaped, in the fields and inside the detail), or a :class:`Rejected` with the
+reason; it never raises. :class:`Unprojectable` is the one error the mapping itself declares.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from services.contracts.serde import ContractError, decode
+from services.contracts.text import utf8_safe
+from services.projector.bounds import (
+    MAX_JSON_DEPTH,
+    MAX_KIND,
+    MAX_LONG_ID,
+    MAX_MESSAGE,
+    MAX_NAME,
+    storable_id,
+    storable_json,
+    storable_optional,
+    storable_optional_id,
+    storable_text,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Unprojectable(ValueError):
+    """A record the projection cannot hold; ``reason`` is the reject's kind."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -80,8 +111,8 @@ def from_epoch_ms(value: int | float) -> datetime:
     return datetime.fromtimestamp(value / 1000.0, tz=UTC)
 
 
-def parse_time(value: Any) -> datetime | None:
-    """A timestamp from a detail field: epoch milliseconds, epoch seconds (float) or ISO 8601."""
+def _time(value: Any) -> datetime | None:
+    """A timestamp from a detail field (see :func:`parse_time`); raises for what is none."""
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -93,52 +124,149 @@ def parse_time(value: Any) -> datetime | None:
         text = value.strip()
         if text.lstrip("-").isdigit():
             return from_epoch_ms(int(text))
-        try:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            return None
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     return None
 
 
+def parse_time(value: Any) -> datetime | None:
+    """A timestamp from a detail field: epoch milliseconds, epoch seconds (float) or ISO 8601.
+
+    None for anything else, including times no ``datetime`` can hold (a detail is the writer's
+    word, not the projector's: a wrong time is left out, not fatal)."""
+    try:
+        return _time(value)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _float(text: str) -> float | str:
+    number = float(text)
+    return number if math.isfinite(number) else text  # 1e400 (valid JSON, beyond a double): its text
+
+
+# NaN / Infinity become their names; both kinds of strings are then JSON that can be written back.
+_DECODER = json.JSONDecoder(parse_float=_float, parse_constant=str)
+_ESCAPES = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")  # an escaped NUL or surrogate (a pair is fine)
+
+
+def _suspect(text: str) -> bool:
+    """Whether JSON ``text`` may hold what PostgreSQL refuses (NUL, a lone surrogate, NaN,
+    Infinity). Substring tests only (the hot path); a false alarm merely re-encodes the detail."""
+    return (
+        ("\\u" in text and _ESCAPES.search(text) is not None)
+        or "\x00" in text
+        or "NaN" in text
+        or "Infinity" in text
+        or (not text.isascii() and utf8_safe(text) is not text)
+    )
+
+
+def _parse_detail(detail_json: str) -> tuple[dict[str, Any], Any, bool]:
+    """:func:`parse_detail`, and whether ``detail_json`` can be stored as it is."""
+    try:
+        value = _DECODER.decode(detail_json)
+        openers = detail_json.count("{") + detail_json.count("[")
+        if openers > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
+            return {}, {"_raw": _raw_text(detail_json)}, False
+        as_is = not _suspect(detail_json)
+        if not as_is:
+            value = storable_json(value)
+    except (ValueError, RecursionError):
+        return {}, {"_raw": _raw_text(detail_json)}, False
+    if isinstance(value, dict):
+        return value, value, as_is
+    return {}, {"_raw": value}, False
+
+
+def _raw_text(text: str) -> str:
+    # Escapes lengthen the text (at most 6 characters for one): nothing is cut here.
+    return storable_text(text, 6 * len(text) + 1)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if level > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return False
+
+
 def parse_detail(detail_json: str | None) -> tuple[dict[str, Any], Any]:
-    """(detail as a dict for the projection, detail as stored in ``run_events.detail``)."""
+    """(detail as a dict for the projection, detail as stored in ``run_events.detail``).
+
+    Both storable (see :mod:`.bounds`); JSON nested deeper than 512 levels is kept as its text."""
     if detail_json is None:
         return {}, None
-    try:
-        value = json.loads(detail_json)
-    except ValueError:
-        return {}, {"_raw": detail_json}
-    if isinstance(value, dict):
-        return value, value
-    return {}, {"_raw": value}
+    detail, raw, _ = _parse_detail(detail_json)
+    return detail, raw
 
 
 def event_from_record(
     record: dict[str, Any], where: Coordinates, key: bytes | None = None, payload: bytes | None = None
 ) -> ProjectedEvent:
-    """A :class:`ProjectedEvent` from a decoded ``RunEvent`` record (``payload``: its raw bytes)."""
-    detail, raw = parse_detail(record.get("detail_json"))
+    """A :class:`ProjectedEvent` from a decoded ``RunEvent`` record (``payload``: its raw bytes).
+
+    Every value is storable (see :mod:`.bounds`). Raises :class:`Unprojectable` (``bad_event``)
+    for a record without a projection: a field missing or of the wrong type, an integer beyond
+    PostgreSQL's ``integer``, a time beyond ``datetime``."""
+    try:
+        return _event_from_record(record, where, key, payload)
+    except (KeyError, TypeError, ValueError, OverflowError, OSError, RecursionError) as exc:
+        if isinstance(exc, Unprojectable):
+            raise
+        raise Unprojectable("bad_event", f"{type(exc).__name__}: {exc}") from exc
+
+
+def int32(value: Any, what: str) -> int:
+    """``value`` as an ``integer`` column holds it (bool and float are not integers here)."""
+    if type(value) is not int or not -(2**31) <= value < 2**31:
+        raise Unprojectable("bad_event", f"{what} is not a 32-bit integer: {storable_text(repr(value), 100)}")
+    return value
+
+
+def _event_from_record(
+    record: dict[str, Any], where: Coordinates, key: bytes | None, payload: bytes | None
+) -> ProjectedEvent:
+    detail_json = record.get("detail_json")
+    detail: dict[str, Any] = {}
+    raw: Any = None
+    as_is = False
+    if detail_json is not None:
+        detail, raw, as_is = _parse_detail(str(detail_json))
+    attempt = record.get("attempt")
     return ProjectedEvent(
-        event_id=str(record["event_id"]),
-        run_id=str(record["run_id"]),
-        tenant=str(record["tenant"]),
-        workflow=str(record["workflow"]),
-        version=int(record["version"]),
-        seq=int(record["seq"]),
-        type=str(record["type"]),
-        step_id=record.get("step_id"),
-        attempt=record.get("attempt"),
-        state=record.get("state"),
+        event_id=storable_id(str(record["event_id"])),
+        run_id=storable_id(str(record["run_id"])),
+        tenant=storable_text(str(record["tenant"]), MAX_NAME),
+        workflow=storable_text(str(record["workflow"]), MAX_NAME),
+        version=int32(record["version"], "version"),
+        seq=int32(record["seq"], "seq"),
+        type=storable_text(str(record["type"]), MAX_KIND),
+        step_id=storable_optional_id(record.get("step_id")),
+        attempt=None if attempt is None else int32(attempt, "attempt"),
+        state=storable_optional(record.get("state"), MAX_KIND),
         at=from_epoch_ms(int(record["at"])),
-        correlation_id=str(record["correlation_id"]),
+        correlation_id=storable_id(str(record["correlation_id"]), MAX_LONG_ID),
         detail=detail,
         raw_detail=raw,
         where=where,
         key=key,
         payload=payload,
-        detail_text=record.get("detail_json") if raw is detail and raw is not None else None,
+        detail_text=str(detail_json) if as_is else None,
     )
+
+
+def rejected(
+    where: Coordinates, reason: str, message: str, key: bytes | None, value: bytes | None
+) -> Rejected:
+    """A :class:`Rejected` whose reason and message are storable (whatever the error said)."""
+    return Rejected(where, storable_text(reason, MAX_KIND), storable_text(message, MAX_MESSAGE), key, value)
 
 
 def decode_event(value: bytes | None, key: bytes | None, where: Coordinates) -> ProjectedEvent | Rejected:
@@ -146,8 +274,11 @@ def decode_event(value: bytes | None, key: bytes | None, where: Coordinates) -> 
     try:
         _, record = decode(value, expected="RunEvent")
     except ContractError as exc:
-        return Rejected(where, exc.kind, exc.message, key, value)
+        return rejected(where, exc.kind, exc.message, key, value)
     try:
         return event_from_record(record, where, key, value)
-    except (KeyError, TypeError, ValueError, OverflowError, OSError) as exc:
-        return Rejected(where, "bad_event", f"{type(exc).__name__}: {exc}", key, value)
+    except Unprojectable as exc:
+        return rejected(where, exc.reason, str(exc), key, value)
+    except Exception as exc:  # a bug on one odd record must not stop the partition: reject it
+        log.exception("event cannot be decoded", extra={"topic": where.topic, "offset": where.offset})
+        return rejected(where, "bad_event", f"{type(exc).__name__}: {exc}", key, value)

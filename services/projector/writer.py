@@ -15,11 +15,15 @@ one ``INSERT … SELECT``; ``runs``: skeletons, then one ``UPDATE … FROM``; ``
 ``attempts``: ``UPDATE … FROM`` of the existing rows, then ``INSERT … ON CONFLICT DO NOTHING`` of
 the new ones). The hot path speaks psycopg directly on the SQLAlchemy connection's transaction.
 
-If the fast path fails on *data* (a PostgreSQL data or integrity error, SQLSTATE classes 22/23,
-or a bug on one odd event), the transaction is rolled back and the batch is replayed event by
-event, each in a savepoint; the events that still fail become rejects (``apply_error``), so one
-poison event never stalls its partition. Any other database error (connection lost, missing
-table, deadlock, ...) propagates: the caller retries the whole batch, which is safe.
+Every value written from a record was made storable when the record was decoded (see
+:mod:`.bounds`), so a record's data should never fail a statement. If the fast path fails on
+*data* all the same (see :func:`is_data_error`: a data exception, an integrity violation, a
+program limit such as an index entry too large, text PostgreSQL refuses, a bug on one odd
+event), the transaction is rolled back and the batch is replayed event by event, each in a
+savepoint; the events that still fail become rejects (``apply_error``), so one poison event never
+stalls its partition. Any other error (connection lost, server shutting down, serialization
+failure or deadlock, missing table, ...) propagates: the caller retries the whole batch, which
+is safe.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from services.projector.bounds import MAX_KIND, MAX_MESSAGE, storable_bytes, storable_text
 from services.projector.changes import RowChange, attempt_change, run_skeleton, step_change
 from services.projector.control import control_from_dead_letter, control_from_event, first_decisions
 from services.projector.dead_letters import DeadLetter
@@ -67,24 +72,41 @@ OFFSETS = _table(ConsumerOffset)
 CONTROL = _table(ControlCommandRow)
 
 
+#: SQLSTATE classes a record's data can cause: data exception (22: invalid text representation,
+#: untranslatable character, out of range, ...), integrity constraint violation (23), program
+#: limit exceeded (54: index row too large, jsonb string too long, statement too complex).
+DATA_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+
+
 def is_data_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is about the data of one event (reject it) rather than the database (retry)."""
+    """Whether ``exc`` is about the data of one record (replay event by event, reject what still
+    fails) rather than the database or the connection (retry the batch as it is).
+
+    Data: a PostgreSQL error of :data:`DATA_SQLSTATE_CLASSES`; a client-side ``DataError`` or
+    ``IntegrityError`` (a NUL byte in text); an error raised before any statement was sent (a lone
+    surrogate cannot be encoded, a value our code cannot convert). Everything else is retried:
+    connection lost or invalidated, server shutting down (57), serialization failure or deadlock
+    (40), insufficient resources (53), missing table (42), and any error not known to be the data's.
+    """
     if isinstance(exc, psycopg.Error):  # the hot path speaks psycopg directly
         if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
             return True  # includes client-side ones without SQLSTATE (e.g. a NUL byte in text)
-        return (exc.sqlstate or "")[:2] in ("22", "23")
+        return (exc.sqlstate or "")[:2] in DATA_SQLSTATE_CLASSES
     if isinstance(exc, sa.exc.DBAPIError):
         if exc.connection_invalidated:
             return False
         if isinstance(exc, sa.exc.DataError | sa.exc.IntegrityError):
             return True  # includes client-side ones without SQLSTATE (e.g. a NUL byte in text)
-        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-        return sqlstate[:2] in ("22", "23")
-    return not isinstance(exc, sa.exc.SQLAlchemyError)
-
-
-def _clean(text: str, limit: int = 4000) -> str:
-    return text.replace("\x00", "\\0")[:limit]
+        orig = exc.orig
+        if isinstance(orig, psycopg.Error):
+            return is_data_error(orig)
+        sqlstate = getattr(orig, "sqlstate", None) or ""
+        return sqlstate[:2] in DATA_SQLSTATE_CLASSES
+    if isinstance(exc, sa.exc.StatementError):  # raised while preparing parameters: about them
+        return exc.orig is not None and is_data_error(exc.orig)
+    # Our own code on one record (UnicodeEncodeError of a lone surrogate, ValueError, ...); an
+    # SQLAlchemy error that is none of the above (a closed connection, a pool timeout) is not.
+    return isinstance(exc, Exception) and not isinstance(exc, sa.exc.SQLAlchemyError)
 
 
 def _raw(conn: sa.Connection) -> psycopg.Connection[Any]:
@@ -94,7 +116,9 @@ def _raw(conn: sa.Connection) -> psycopg.Connection[Any]:
 
 def _json(value: Any) -> str | None:
     # Python None is SQL NULL (as the models' JSONB(none_as_null=True)), not the JSON null.
-    return None if value is None else json.dumps(value)
+    # allow_nan=False: NaN is not JSON (jsonb refuses it); values are storable (see .bounds)
+    # already, so this only fails on a bug, which then fails its record, not the batch forever.
+    return None if value is None else json.dumps(value, allow_nan=False)
 
 
 # Every hot statement takes one array per column and reads them with unnest(): one statement
@@ -397,9 +421,9 @@ def _store_rejects(conn: sa.Connection, consumer: str, rejects: Sequence[Rejecte
             "partition": r.where.partition,
             "offset": r.where.offset,
             "consumer": consumer,
-            "reason": _clean(r.reason, 100),
-            "message": _clean(r.message),
-            "key": r.key,
+            "reason": storable_text(r.reason, MAX_KIND),
+            "message": storable_text(r.message, MAX_MESSAGE),
+            "key": storable_bytes(r.key),
             "payload": r.payload[:MAX_REJECT_PAYLOAD] if r.payload is not None else None,
             "payload_size": len(r.payload) if r.payload is not None else 0,
         }
@@ -464,7 +488,9 @@ def _fast(
 
 
 def _apply_error(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}".splitlines()[0]
+    """The first line of what went wrong (storable: it becomes a reject's message)."""
+    text = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}".splitlines()[0]
+    return storable_text(text, MAX_MESSAGE)
 
 
 def _slow(
@@ -532,7 +558,7 @@ def write_batch(
     except Exception as exc:
         if not is_data_error(exc):
             raise
-        log.warning("batch failed on its data, replaying it event by event: %s", str(exc).splitlines()[0])
+        log.warning("batch failed on its data, replaying it event by event: %s", _apply_error(exc))
     result = BatchResult(rejected=list(decoded_rejects))
     with engine.begin() as conn:
         _slow(conn, events, letters, result)
