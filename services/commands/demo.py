@@ -225,6 +225,10 @@ def demo(
         f"{len(finished)}/{len(rows)} runs finished in {time.monotonic() - started:.1f}s. "
         "Inspect one with: switchyard runs show RUN_ID"
     )
+    err.print(
+        "Operator console: `switchyard console user add you@demo --global` (prints a token), then "
+        "`switchyard console` and open http://127.0.0.1:8480/"
+    )
     if keep_running and not stop.is_set():
         err.print("engine running; Ctrl-C to stop")
         while engine.is_alive() and not stop.is_set():
