@@ -24,6 +24,16 @@ SCHEMA = "console"
 
 
 def upgrade() -> None:
+    # The runs indexes belong to every copy of the history; the console's accounts to the database
+    # once. `audit rebuild` migrates a second, schema-pinned copy of the history in the same
+    # database, where the console tables already exist: it gets the indexes only.
+    if not sa.inspect(op.get_bind()).has_table("operators", schema=SCHEMA):
+        _create_console_tables()
+    op.create_index(op.f("ix_runs_tenant_state_created_at"), "runs", ["tenant", "state", "created_at"])
+    op.create_index(op.f("ix_runs_idempotency_key"), "runs", ["idempotency_key"])
+
+
+def _create_console_tables() -> None:
     op.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     op.create_table(
         "operators",
@@ -59,8 +69,6 @@ def upgrade() -> None:
         schema=SCHEMA,
     )
     op.create_index("ix_tokens_kind_subject", "tokens", ["kind", "subject"], schema=SCHEMA)
-    op.create_index(op.f("ix_runs_tenant_state_created_at"), "runs", ["tenant", "state", "created_at"])
-    op.create_index(op.f("ix_runs_idempotency_key"), "runs", ["idempotency_key"])
 
 
 def downgrade() -> None:
