@@ -20,15 +20,22 @@ the partitions through the consumer group; a batch never writes records of a par
 while it was gathered.
 
 A database outage does not crash the loop: the batch is retried with backoff until it commits
-or ``stop`` is set (then it is simply dropped: its offsets were not stored).
+or ``stop`` is set (then it is simply dropped: its offsets were not stored). A record cannot
+cause that: decoding makes every value storable or rejects the record, and what the database
+refuses all the same is rejected event by event (see :mod:`.writer`), so only the database
+itself can hold a batch back. The loop reports its commit progress per partition
+(:mod:`services.observability.progress`, service ``projector``): a partition with records and no
+commit for ``SWITCHYARD_STALL_AFTER_S`` fails ``/readyz`` and counts in
+``switchyard_partitions_stalled``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -36,6 +43,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from services.bus.clients import consumer_config
 from services.bus.topics import Topics
 from services.config import Settings
+from services.observability.progress import BOARD, PartitionProgress, ProgressBoard
 from services.projector import metrics
 from services.projector.db import make_engine, upgrade_database
 from services.projector.dead_letters import decode_dead_letter
@@ -49,6 +57,7 @@ MAX_BACKOFF_S = 5.0
 # under load; the byte bound caps memory whatever the record sizes.
 DEFAULT_MAX_RECORDS = 5000
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+OBSERVE_INTERVAL_S = 1.0  # consumer positions against cached watermarks, for the stall detector
 
 
 def default_group_id(settings: Settings) -> str:
@@ -68,6 +77,8 @@ class Projector:
         poll_timeout_s: float = 0.5,
         migrate: bool = True,
         dead_letters: bool = True,
+        progress: ProgressBoard | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not settings.database_url:
             raise RuntimeError(
@@ -91,6 +102,10 @@ class Projector:
         self._stop = threading.Event()
         self._ready: threading.Event | None = None
         self._assigned: set[PartitionKey] = set()
+        self._board = progress if progress is not None else BOARD
+        self._clock = clock
+        self.progress = PartitionProgress("projector", settings.stall_after_s, clock)
+        self._observed_at = float("-inf")
 
     @property
     def assigned_partitions(self) -> frozenset[int]:
@@ -111,6 +126,7 @@ class Projector:
         engine = self.engine = make_engine(self.database_url)
         consumer = Consumer(consumer_config(self.settings, self.group_id))
         self._consumer = consumer
+        self._board.register(self.progress)
         consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -121,12 +137,14 @@ class Projector:
                 if not messages:
                     for partition in self.assigned_partitions:
                         metrics.LAG_SECONDS.labels(str(partition)).set(0)
-                    continue
-                self.process(consumer, messages)
+                else:
+                    self.process(consumer, messages)
+                self.observe(consumer)
         finally:
             try:
                 consumer.close()
             finally:
+                self._board.unregister(self.progress)
                 engine.dispose()
                 self._consumer = None
                 metrics.ASSIGNED_PARTITIONS.set(0)
@@ -157,6 +175,7 @@ class Projector:
             tp.offset = (stored or {}).get((tp.topic, tp.partition), OFFSET_BEGINNING)
         consumer.incremental_assign(partitions)
         self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+        self.progress.assigned((tp.topic, tp.partition) for tp in partitions)
         metrics.ASSIGNED_PARTITIONS.set(len(self.assigned_partitions))
         if partitions:
             log.info(
@@ -167,6 +186,7 @@ class Projector:
             self._ready.set()
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
+        self.progress.revoked((tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
             self._assigned.discard((tp.topic, tp.partition))
             if tp.topic == self.topic:
@@ -229,9 +249,11 @@ class Projector:
             next_offsets[(topic, partition)] = max(next_offsets.get((topic, partition), 0), offset + 1)
         if not items:
             return None
+        self.progress.taking(messages)
         result = self._write(items, next_offsets)
         if result is None:
             return None
+        self.progress.committed(next_offsets)
         self._account(result, len(items))
         try:
             consumer.commit(
@@ -240,6 +262,25 @@ class Projector:
         except KafkaException as exc:  # informational only: the database holds the real offsets
             log.debug("kafka offset commit failed: %s", exc)
         return result
+
+    def observe(self, consumer: Consumer) -> None:
+        """After an iteration that went through, at most once per ``OBSERVE_INTERVAL_S``: where the
+        consumer stands against the cached high watermarks (local calls, no broker round trip)."""
+        now = self._clock()
+        if now - self._observed_at < OBSERVE_INTERVAL_S:
+            return
+        self._observed_at = now
+        try:
+            assignment = consumer.assignment()
+            positions = {(p.topic, p.partition): p.offset for p in consumer.position(assignment)}
+        except KafkaException as exc:  # an observation missed is no reason to stop the loop
+            log.debug("progress observation failed: %s", exc, extra={"topic": self.topic})
+            return
+        ends: dict[PartitionKey, int] = {}
+        for tp in assignment:
+            with contextlib.suppress(KafkaException):
+                ends[(tp.topic, tp.partition)] = consumer.get_watermark_offsets(tp, cached=True)[1]
+        self.progress.observe(positions, ends, ())  # the projector never pauses a partition
 
     def _consumer_error(self, error: KafkaError) -> None:
         if error.fatal():

@@ -1,7 +1,9 @@
 """Mirrors the compacted tenants registry into the ``tenants`` table, for audit and SQL joins.
 
 Tenants are few and change rarely, so on every registry change the whole table is synchronised
-in one transaction (upsert the present ones, delete the tombstoned ones).
+in one transaction (upsert the present ones, delete the tombstoned ones). Tenant ids are checked
+by the registry (at most 63 characters); the configuration is made storable like any value the
+projector copies (see :mod:`.bounds`: a NUL in a description must not stop the mirror for all).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
 from services.config import Settings
+from services.projector.bounds import MAX_KIND, storable_json, storable_text
 from services.projector.db import make_engine
 from services.projector.models import TenantRow
 from services.registry.tenants import tenants_table
@@ -26,8 +29,8 @@ def sync_tenants(engine: sa.Engine, tenants: dict[str, TenantConfig]) -> None:
         for name, config in tenants.items():
             row = {
                 "tenant": name,
-                "status": config.status,
-                "config": config.model_dump(mode="json"),
+                "status": storable_text(config.status, MAX_KIND),
+                "config": storable_json(config.model_dump(mode="json")),
                 "updated_at": sa.func.now(),
             }
             stmt = insert(TenantRow).values(**row)
@@ -47,7 +50,7 @@ def run_tenant_mirror(settings: Settings, stop: threading.Event) -> None:
                 seen = table.version
                 try:
                     sync_tenants(engine, dict(table.items()))
-                except sa.exc.SQLAlchemyError as exc:
+                except Exception as exc:  # the mirror must outlive a bad round
                     seen = -1  # retry on the next round
                     log.warning("tenant mirror sync failed", extra={"error": str(exc)})
             stop.wait(0.5)

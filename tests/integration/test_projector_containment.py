@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from services.bus.topics import Topics
 from services.contracts.dead_letters import encode_dead_letter
 from services.contracts.serde import encode
+from services.observability.progress import BOARD
 from services.projector.bounds import MAX_KIND, MAX_MESSAGE, MAX_NAME
 from services.projector.db import make_engine, upgrade_database
 from services.projector.writer import is_data_error
@@ -317,3 +318,25 @@ def test_real_database_errors_are_classified(database_url: str, engine: sa.Engin
             killer.execute("select pg_terminate_backend(%s)", (pid,))
         lost = _error(lambda: sa_conn.execute(sa.text("select 1")))
         assert isinstance(lost, sa.exc.DBAPIError) and not is_data_error(lost)
+
+
+def test_a_projector_held_back_by_its_database_reads_as_stalled_then_recovers(
+    kafka_bootstrap: str, database_url: str, unique: str, engine: sa.Engine
+) -> None:
+    settings = settings_for(kafka_bootstrap, database_url, unique, partitions=1)
+    settings = settings.model_copy(update={"stall_after_s": 2.0})
+    events_topic, _ = create_projector_topics(settings)
+    first, second = RunHistory().pending(), RunHistory().pending()
+    with running_projector(settings) as projector:
+        produce(settings, events_topic, encoded(first))
+        wait_for(lambda: scalar(engine, "select count(*) from run_events") == 1, what="first event")
+        wait_for(lambda: not projector.progress.stalls(), what="caught up: not stalled")
+        with engine.connect() as locker:  # an operator's lock holds the next batch back
+            locker.execute(sa.text("lock table run_events in access exclusive mode"))
+            produce(settings, events_topic, encoded(second))
+            stalled = wait_for(projector.progress.stalls, what="the held-back partition stalled")
+            assert [(s.service, s.topic, s.partition) for s in stalled] == [("projector", events_topic, 0)]
+            assert events_topic in {s.topic for s in BOARD.stalls(["projector"])}  # what /readyz reads
+            locker.rollback()
+        wait_for(lambda: scalar(engine, "select count(*) from run_events") == 2, what="second event")
+        wait_for(lambda: not projector.progress.stalls(), what="progress again")

@@ -47,8 +47,12 @@ def test_tenants_registry_is_mirrored(kafka_bootstrap: str, database_url: str, u
     try:
         wait_rows(database_url, {"acme": ("active", 7)})
         save_tenant(settings, TenantConfig(tenant="acme", max_concurrent_runs=7, status="suspended"))
-        save_tenant(settings, TenantConfig(tenant="beta", max_concurrent_runs=2))
+        # jsonb refuses NUL: the mirror stores it escaped instead of stopping for every tenant
+        save_tenant(settings, TenantConfig(tenant="beta", max_concurrent_runs=2, operators=["ops\x00x"]))
         wait_rows(database_url, {"acme": ("suspended", 7), "beta": ("active", 2)})
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute("select config->'operators' from tenants where tenant = 'beta'").fetchone()
+        assert row is not None and row[0] == ["ops\\u0000x"]
     finally:
         stop.set()
         thread.join(30)
