@@ -104,6 +104,7 @@ MODEL: list[tuple[str, Data]] = [
     ("trigger.data.items.all(x, trigger.data.items.exists(y, y == x))", _ints),
     ("trigger.data.orders.exists(o, o.items.exists(i, i.sku == 'none'))", _orders),
     ("trigger.data.orders.map(o, o.id)", _orders),
+    ("trigger.data.orders.map(o, o.id + 0)", _orders),
     ("size(trigger.data.items.distinct()) >= 0", _ints),
     ("size(trigger.data.items.sort()) >= 0", _ints),
     ("size(trigger.data.nested.flatten()) >= 0", _nested),
@@ -119,7 +120,9 @@ MODEL: list[tuple[str, Data]] = [
 #: Adversarial families for the worst-admitted search (source, data).
 WORST: list[tuple[str, Data]] = [
     ("size(trigger.data.items.map(i, i)) > 0", _ints),
-    ("size(trigger.data.m.map(k, k)) > 0", _map),
+    ("size(trigger.data.items.map(i, i * 2)) > 0", _ints),
+    ("size(trigger.data.m.map(k, k + '')) > 0", _map),
+    ("trigger.data.orders.map(o, o.id)", _orders),
     ("size(trigger.data.items.filter(i, i >= 0)) > 0", _ints),
     ("trigger.data.items.all(x, trigger.data.items.all(y, y >= x || true))", _ints),
     ("trigger.data.items.all(x, x in trigger.data.items)", _ints),
