@@ -74,8 +74,10 @@ CONTROL = _table(ControlCommandRow)
 
 #: SQLSTATE classes a record's data can cause: data exception (22: invalid text representation,
 #: untranslatable character, out of range, ...), integrity constraint violation (23), program
-#: limit exceeded (54: index row too large, jsonb string too long, statement too complex).
-DATA_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+#: limit exceeded (54: index row too large, jsonb string too long, statement too complex), and
+#: cardinality violation (21: two records of one batch updating one row in one statement, which
+#: the replay event by event cannot do).
+DATA_SQLSTATE_CLASSES = frozenset({"21", "22", "23", "54"})
 
 
 def is_data_error(exc: BaseException) -> bool:

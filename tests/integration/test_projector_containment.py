@@ -287,6 +287,9 @@ def test_real_database_errors_are_classified(database_url: str, engine: sa.Engin
             "lone surrogate (client)": run("insert into t (a) values (%s)", "\ud800"),
             "integer out of range": run("insert into t (i) values (%s)", 2**40),
             "unique violation": run("insert into t (i) values (1)"),
+            "one row twice in one upsert": run(
+                "insert into t (i) values (1), (1) on conflict (i) do update set a = 'x'"
+            ),
             "too deep for jsonb": run("select %s::jsonb", "[" * 100_000 + "]" * 100_000),
         }
         infrastructure = {

@@ -132,6 +132,7 @@ DATA_ERRORS: list[BaseException] = [
     pg.CheckViolation("new row violates check constraint"),
     pg.ForeignKeyViolation("insert or update violates foreign key constraint"),
     pg.NotNullViolation("null value in column"),
+    pg.CardinalityViolation("ON CONFLICT DO UPDATE command cannot affect row a second time"),
     psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"),  # client side
     UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),  # before sending
     ValueError("Out of range float values are not JSON compliant"),
@@ -180,4 +181,5 @@ def test_the_sqlstates_are_the_ones_postgresql_sends() -> None:
     assert pg.InvalidTextRepresentation.sqlstate == "22P02"
     assert pg.AdminShutdown.sqlstate == "57P01"
     assert pg.SerializationFailure.sqlstate == "40001"
+    assert pg.CardinalityViolation.sqlstate == "21000"
     assert issubclass(pg.ProgramLimitExceeded, psycopg.OperationalError)  # not a DataError

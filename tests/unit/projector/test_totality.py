@@ -258,7 +258,7 @@ def _check_event(ev: ProjectedEvent) -> None:
         assert first_decisions([control]) == [control]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(run_event_records())
 def test_any_run_event_is_projected_storably_or_declared_unprojectable(record: dict[str, Any]) -> None:
     try:
