@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -140,9 +141,22 @@ def parse_time(value: Any) -> datetime | None:
         return None
 
 
+class _Seen(threading.local):
+    extreme = False  # a number of the detail being decoded is beyond what the database holds
+
+
+_SEEN = _Seen()
+
+
 def _float(text: str) -> float | str:
     number = float(text)
-    return number if math.isfinite(number) else text  # 1e400 (valid JSON, beyond a double): its text
+    if not math.isfinite(number):  # 1e400: valid JSON, beyond a double; kept as its text
+        _SEEN.extreme = True
+        return text
+    if number == 0.0 and (len(text) > 24 or "e-" in text or "E-" in text):
+        # Maybe an underflow (1e-20000): numeric refuses scales past 16,383 digits; stored as 0.0.
+        _SEEN.extreme = True
+    return number
 
 
 # NaN / Infinity become their names; both kinds of strings are then JSON that can be written back.
@@ -164,12 +178,13 @@ def _suspect(text: str) -> bool:
 
 def _parse_detail(detail_json: str) -> tuple[dict[str, Any], Any, bool]:
     """:func:`parse_detail`, and whether ``detail_json`` can be stored as it is."""
+    _SEEN.extreme = False
     try:
         value = _DECODER.decode(detail_json)
         openers = detail_json.count("{") + detail_json.count("[")
         if openers > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
             return {}, {"_raw": _raw_text(detail_json)}, False
-        as_is = not _suspect(detail_json)
+        as_is = not (_SEEN.extreme or _suspect(detail_json))
         if not as_is:
             value = storable_json(value)
     except (ValueError, RecursionError):

@@ -143,6 +143,7 @@ def test_run_events_with_nul_surrogates_nan_and_huge_strings_are_recorded_bounde
         },
     )
     odd.add("run_failed", state="failed", detail={"error_kind": "\u0000", "error_message": "x" * 200_000})
+    odd.add("result_ignored", detail={})["detail_json"] = '{"huge": 1e100000, "tiny": 1e-20000}'
     odd.events[1]["correlation_id"] = "nul\x00in\x00a\x00field"
     odd.events[1]["workflow"] = "wf\x00"
     not_json = RunHistory().pending()
@@ -182,6 +183,8 @@ def test_run_events_with_nul_surrogates_nan_and_huge_strings_are_recorded_bounde
     started = rows(engine, "select * from run_events where run_id = :r and seq = 2", r=odd.run_id)[0]
     assert (started.correlation_id, started.workflow) == (hashed("nul\x00in\x00a\x00field"), "wf\\u0000")
 
+    numbers = scalar(engine, "select detail from run_events where run_id = :r and seq = 6", r=odd.run_id)
+    assert numbers == {"huge": "1e100000", "tiny": 0.0}  # numeric refuses both as they are
     raw = scalar(engine, "select detail from run_events where run_id = :r", r=not_json.run_id)
     assert raw == {"_raw": "not json \\u0000 " + "[" * 5000}
     assert scalar(engine, "select state from runs where run_id = :r", r=ordinary.run_id) == "running"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime
 from typing import Any
 
@@ -94,6 +95,9 @@ detail_json = st.one_of(
     texts,
     st.integers(1, 2000).map(lambda n: "[" * n + "]" * n),
     st.just('{"a": NaN, "b": 1e400, "c": "\\u0000", "d": "\\ud800", "e": "\\ud83d\\ude00"}'),
+    st.sampled_from(
+        ["1e100000", "-1e131072", "1e-20000", "0.0", "1" * 400 + ".5", "0." + "0" * 400 + "1"]
+    ).map(lambda number: f'{{"n": {number}, "m": [{number}]}}'),
 )
 event_types = st.one_of(
     st.sampled_from(
@@ -240,6 +244,8 @@ def _check_event(ev: ProjectedEvent) -> None:
     if ev.detail_text is not None:  # stored as received: PostgreSQL parses it
         assert "\\u0000" not in ev.detail_text and "NaN" not in ev.detail_text
         assert "Infinity" not in ev.detail_text and _plain(ev.detail_text)
+        # numeric holds exponents up to 131,071 and scales up to 16,383 digits
+        assert re.search(r"[eE][+-]?\d{5}|\.0{300}", ev.detail_text) is None
         assert json.loads(ev.detail_text) == ev.detail
     _check_row("runs", run_skeleton(ev))
     _check_row("runs", run_update(ev))
