@@ -21,7 +21,7 @@ RUN_NAMESPACE = uuid.UUID("0b9e4a53-2f0c-4e3a-8d7e-5a1c3f9b2e64")
 
 
 def run_id_for(tenant: str, workflow: str, idempotency_key: str) -> str:
-    """Deterministic: the same key always yields the same run (DESIGN: uuid5(tenant, workflow, key))."""
+    """Deterministic: the same key always yields the same run: uuid5(tenant, workflow, key)."""
     return str(uuid.uuid5(RUN_NAMESPACE, f"{tenant}\x1f{workflow}\x1f{idempotency_key}"))
 
 
