@@ -232,10 +232,6 @@ def run_phase(
     return sent
 
 
-# Issue 14's engine fixes are landing one by one; until the last one has, the scenario fails (its
-# violations are printed and written to results/hostile_tenant.json). strict: once it passes, this
-# marker fails the run, so that it is removed.
-@pytest.mark.xfail(strict=True, reason="issue 14 (containment) in progress: engine fixes not all landed")
 def test_hostile_tenant_cannot_crash_stall_or_slow_another(
     fault_settings: Settings, database_url: str, log_dir: Path
 ) -> None:
