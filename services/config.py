@@ -111,6 +111,15 @@ class Settings(BaseSettings):
         gt=0,
         description="A partition with records but no commit progress for this long fails /readyz (stalled).",
     )
+    max_step_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=24 * 3600,
+        description=(
+            "Longest timeout a step may declare, in seconds: publishing refuses a definition with a"
+            " longer one, and the executor ends any attempt at this limit (kind timeout)."
+        ),
+    )
     metrics_port: int = Field(default=0, ge=0, description="Port of /metrics, /healthz, /readyz (0: off).")
     log_level: str = Field(default="INFO", description="Root log level.")
     log_format: str = Field(default="json", description="'json' (structured) or 'text'.")

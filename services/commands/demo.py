@@ -26,6 +26,7 @@ from services.commands.text import add_row, console, esc
 from services.config import Settings, get_settings
 from services.contracts import serde
 from services.devinfra import launcher, paths
+from services.package_data import examples_dir
 from services.runtime import ServiceFn, install_signal_handlers, run_services, setup_logging
 from services.tenancy.admin import create_trigger_topic, read_tenants, save_tenant
 from services.tenancy.config import TenantConfig
@@ -42,7 +43,7 @@ out = console()
 err = console(stderr=True)
 TENANT = "demo"
 KEY_ID = "demo-key-1"
-EXAMPLES = paths.REPO_ROOT / "deploy" / "examples"
+EXAMPLES = examples_dir()
 
 
 def _step(msg: str) -> None:

@@ -1,10 +1,11 @@
 """The schema catalog: current and released Avro schemas, parsed once, with their wire ids.
 
-Layout (``schemas/avro/``): ``<Name>.avsc`` is the current schema; ``released/<Name>.v<N>.avsc``
-keeps every released version; ``ids.json`` gives each released version its id in the Confluent
-wire framing (used when no Schema Registry is configured). The current schema must equal its
-newest released version, so a schema cannot change without being released (tests check this and
-that every released version stays readable by the current one).
+Layout (``schemas/avro/``, found by :func:`services.package_data.schemas_dir`): ``<Name>.avsc``
+is the current schema; ``released/<Name>.v<N>.avsc`` keeps every released version; ``ids.json``
+gives each released version its id in the Confluent wire framing (used when no Schema Registry is
+configured). The current schema must equal its newest released version, so a schema cannot
+change without being released (tests check this and that every released version stays readable
+by the current one).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any
 
 import fastavro
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "avro"
+from services.package_data import schemas_dir
+
+SCHEMA_DIR = schemas_dir() / "avro"
 _RELEASED = re.compile(r"^(?P<name>[A-Za-z]+)\.v(?P<version>\d+)\.avsc$")
 
 

@@ -12,7 +12,6 @@ projection next to the live one (``switchyard audit rebuild``).
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,7 +20,8 @@ from alembic.config import Config
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Alembic resolves "package:directory" through importlib.resources, so an installed wheel works too.
+MIGRATIONS = "services.projector:migrations"
 DRIVER = "postgresql+psycopg"
 # Arbitrary but fixed key of the advisory lock that serialises migrations.
 _MIGRATION_LOCK_KEY = 0x5357_5944  # "SWYD"
@@ -116,7 +116,7 @@ def make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> sa.Eng
 def alembic_config(connection: sa.Connection | None = None) -> Config:
     """An Alembic configuration for the projector's migrations, optionally bound to ``connection``."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", MIGRATIONS)
     config.set_main_option("path_separator", "os")
     if connection is not None:
         config.attributes["connection"] = connection

@@ -10,9 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from services.package_data import schemas_dir
 from services.workflow.models import WorkflowDefinition
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "workflow-definition.schema.json"
+SCHEMA_PATH: Path = schemas_dir() / "workflow-definition.schema.json"
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
