@@ -150,6 +150,20 @@ ROUTER_RESTORE_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+ROUTER_HISTORY_LOOKUPS = Counter(
+    "switchyard_router_history_lookups_total",
+    "Questions the router core asked the run history in PostgreSQL (known: a batch's new run ids;"
+    " load: a run to replay), by outcome (ok, unavailable)",
+    ["question", "outcome"],
+    registry=REGISTRY,
+)
+ROUTER_HISTORY_LOOKUP_SECONDS = Histogram(
+    "switchyard_router_history_lookup_seconds",
+    "Time of one question to the run history",
+    ["question"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 TRIGGERS = Counter(
     "switchyard_triggers_total",
     "Triggers seen by intake, by outcome",

@@ -1,21 +1,32 @@
-"""The read side of the projection: run listings, one run's full timeline, control outcomes.
+"""The read side of the projection: run listings, one run's full timeline, control outcomes, and
+what the router reads back (which run ids the history holds, a finished run's state to replay it).
 
-Used by ``switchyard runs`` and ``switchyard replay``/``cancel``; plain functions over a SQLAlchemy
-:class:`~sqlalchemy.orm.Session` so that other read paths (an API, tests) share them. ``as_dict``
-helpers give JSON-ready rows.
+Used by ``switchyard runs``, ``switchyard replay``/``cancel`` and the router's history lookup;
+plain functions over a SQLAlchemy :class:`~sqlalchemy.orm.Session` (or connection) so that other
+read paths (an API, tests) share them. ``as_dict`` helpers give JSON-ready rows.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from services.projector.models import Attempt, Base, ControlCommandRow, Run, RunEventRow, Step
+from services.projector.models import (
+    Attempt,
+    Base,
+    ConsumerOffset,
+    ControlCommandRow,
+    Run,
+    RunEventRow,
+    Step,
+)
 
 
 @dataclass(frozen=True)
@@ -185,3 +196,63 @@ def control_commands(
         stmt = stmt.where(ControlCommandRow.run_id == run_id)
     stmt = stmt.order_by(ControlCommandRow.decided_at.desc(), ControlCommandRow.command_id)
     return list(session.scalars(stmt.limit(max(1, limit))))
+
+
+# --- what the router reads back (services.router.history) ------------------------------------------
+
+
+def projects(events_topic: str) -> sa.ColumnElement[bool]:
+    """True when this database holds the projection of ``events_topic`` (its projector has stored
+    offsets of it): the router consults only the history of its own topics."""
+    return sa.exists().where(ConsumerOffset.topic == events_topic)
+
+
+_IDS = sa.bindparam("ids", type_=ARRAY(sa.String))
+
+
+def runs_in_history(
+    conn: sa.Connection, run_ids: Sequence[str], events_topic: str
+) -> list[tuple[str, str, str, datetime | None]]:
+    """(run id, tenant, state, finished_at) of those of ``run_ids`` the history holds — one
+    statement whatever their number (``run_id = ANY(...)`` on the primary key)."""
+    stmt = sa.select(Run.run_id, Run.tenant, Run.state, Run.finished_at).where(
+        Run.run_id == sa.any_(_IDS), projects(events_topic)
+    )
+    return list(conn.execute(stmt, {"ids": list(run_ids)}).tuples())
+
+
+@dataclass(frozen=True)
+class StoredRunRows:
+    """A run as the projection holds it: what rebuilding its router state needs."""
+
+    run: sa.Row[Any]
+    steps: list[sa.Row[Any]]
+    replays: int
+    trigger_omitted: bool
+
+
+def stored_run(conn: sa.Connection, run_id: str, events_topic: str) -> StoredRunRows | None:
+    """The run's row, its steps, how many times it was replayed and whether its first event left
+    the trigger data out; None when the history (of ``events_topic``) does not hold it."""
+    run = conn.execute(sa.select(Run).where(Run.run_id == run_id, projects(events_topic))).first()
+    if run is None:
+        return None
+    steps = list(
+        conn.execute(
+            sa.select(
+                Step.step_id, Step.state, Step.attempts, Step.output, Step.error_kind, Step.error_message
+            ).where(Step.run_id == run_id)
+        )
+    )
+    replays = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(RunEventRow)
+        .where(RunEventRow.run_id == run_id, RunEventRow.type == "run_replayed")
+    ).scalar_one()
+    omitted = conn.execute(
+        sa.select(RunEventRow.detail["trigger_omitted"].isnot(None))
+        .where(RunEventRow.run_id == run_id, RunEventRow.type == "run_pending")
+        .order_by(RunEventRow.seq)
+        .limit(1)
+    ).scalar()
+    return StoredRunRows(run, steps, int(replays), bool(omitted))

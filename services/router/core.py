@@ -44,9 +44,11 @@ from services.contracts.dead_letters import bounded_identity, encode_dead_letter
 from services.contracts.text import bounded_text
 from services.observability import metrics
 from services.router import machine, retention
+from services.router.history import HistoryPaused, HistoryUnavailable, KnownRun, NoHistory, RunHistory
 from services.router.load import TenantLoad
 from services.router.machine import Effects, Timer
 from services.router.outgoing import Outgoing, RecordMapper, StepRecords, checked, error_kind
+from services.router.rehydrate import NotRehydratable, rehydrate
 from services.router.retention import ReplayStateBudget
 from services.router.state import RunState, RunStatus
 from services.router.timers import TimerQueue
@@ -101,6 +103,18 @@ def describe(exc: BaseException) -> str:
     return bounded_text(f"{type(exc).__name__}: {exc}", FAILURE_MESSAGE_CHARS)
 
 
+Decoded = tuple[str, dict[str, Any]] | Exception
+
+
+def _decode(msg: Message) -> Decoded:
+    """An inbox record decoded (once per batch), or what decoding raised (raised again when the
+    record is processed, so it is contained there)."""
+    try:
+        return serde.decode_inbox(msg.value())
+    except Exception as exc:
+        return exc
+
+
 def _request_problem(body: dict[str, Any]) -> str | None:
     run_id = body["run_id"]
     if not run_id or len(run_id) > MAX_RUN_ID:
@@ -135,8 +149,12 @@ class CoreProcessor:
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         load: TenantLoad | None = None,
+        history: RunHistory | None = None,
     ) -> None:
         self.load = load or TenantLoad()
+        self.history: RunHistory = history or NoHistory()
+        self._in_history: dict[str, KnownRun] = {}  # this batch's new run ids the history holds
+        self._read_back: set[str] = set()  # runs read back from history for the current command
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.mapper = RecordMapper(self.topics, SERVICE)
@@ -283,7 +301,9 @@ class CoreProcessor:
 
     # --- processing ----------------------------------------------------------------------------------
     def process(self, messages: Sequence[Message], out: Outbox) -> None:
-        for msg in messages:
+        decoded = [_decode(msg) for msg in messages]
+        self._look_up_history(messages, decoded)
+        for msg, item in zip(messages, decoded, strict=True):
             state = self.partitions.get(msg.partition() or 0)
             if state is None:  # not ours any more (revoked mid-batch); it will be redelivered
                 continue
@@ -291,7 +311,9 @@ class CoreProcessor:
             kind, tenant = "invalid", None
             body: dict[str, Any] = {}
             try:
-                kind, body = serde.decode_inbox(msg.value())
+                if isinstance(item, Exception):
+                    raise item
+                kind, body = item
                 tenant = body.get("tenant")
                 if kind == "RunRequested":
                     self._requested(state, body, out)
@@ -321,6 +343,40 @@ class CoreProcessor:
                 time.perf_counter() - started
             )
         self._flush_dirty(out)
+
+    def _look_up_history(self, messages: Sequence[Message], decoded: Sequence[Decoded]) -> None:
+        """Ask the history, in one statement, which of the batch's new run ids it already holds
+        (runs that left router memory). If it cannot answer, the batch's runs are deduplicated
+        against memory only (the engine does not stop for the history database), loudly."""
+        self._in_history = {}
+        if not self.history.enabled:
+            return
+        wanted: dict[str, None] = {}
+        for msg, item in zip(messages, decoded, strict=True):
+            if isinstance(item, Exception) or item[0] != "RunRequested":
+                continue
+            state = self.partitions.get(msg.partition() or 0)
+            run_id = item[1].get("run_id")
+            if not isinstance(run_id, str) or not 0 < len(run_id) <= MAX_RUN_ID:
+                continue
+            if state is not None and run_id not in state.runs:
+                wanted[run_id] = None
+        if not wanted:
+            return
+        started = time.perf_counter()
+        outcome = "unavailable"
+        try:
+            self._in_history = self.history.known(list(wanted))
+            outcome = "ok"
+        except HistoryUnavailable as exc:
+            if not isinstance(exc, HistoryPaused):
+                log.warning(
+                    "run history unavailable: new runs are deduplicated against router memory only",
+                    extra={"error": bounded_text(str(exc), 500), "runs": len(wanted)},
+                )
+        finally:
+            metrics.ROUTER_HISTORY_LOOKUPS.labels("known", outcome).inc()
+            metrics.ROUTER_HISTORY_LOOKUP_SECONDS.labels("known").observe(time.perf_counter() - started)
 
     def tick(self, out: Outbox) -> None:
         now = self.now_ms()
@@ -363,6 +419,16 @@ class CoreProcessor:
                 extra={"tenant": body["tenant"], "run_id": run_id, "correlation_id": body["correlation_id"]},
             )
             return
+        known = self._in_history.get(run_id)
+        if known is not None:  # it left router memory, but its history holds it: never run it again
+            metrics.TRIGGERS.labels(self._label(body["tenant"]), "duplicate").inc()
+            finished = f", finished {known.finished_at.isoformat()}" if known.finished_at else ""
+            raise StepRejected(
+                "duplicate_run",
+                f"run {run_id} ({body['workflow']} v{body['version']}) is already in the run history"
+                f" ({known.state}{finished}): a trigger with the same idempotency key does not run it"
+                " again",
+            )
         workflow = self.catalog.get(body["tenant"], body["workflow"], body["version"])
         if workflow is None:
             raise StepRejected(
@@ -446,16 +512,18 @@ class CoreProcessor:
         except StepRejected as exc:
             exc.original = serde.encode("ControlCommand", body)  # what the operator sent
             raise
+        finally:
+            self._shrink_read_back(state, out)
 
     def _apply_control(self, state: PartitionState, body: dict[str, Any], out: Outbox) -> None:
         run = state.runs.get(body.get("run_id") or "")
+        run, not_read_back = self._take_up(state, body, run)
         if run is None or run.tenant != body["tenant"]:
             hint = "" if run is None else " (it belongs to another tenant)"
             raise StepRejected(
                 "control_refused",
                 f"{body['kind']} by {body['requester']}: no run {body.get('run_id')} of tenant "
-                f"{body['tenant']}{hint}; finished runs are kept for "
-                f"{self.settings.finished_run_retention_s:.0f} s",
+                f"{body['tenant']}{hint}; {self._horizon(not_read_back)}",
             )
 
         def refuse(why: str) -> None:
@@ -483,6 +551,9 @@ class CoreProcessor:
         if body["kind"] not in ("replay_run", "replay_step"):
             refuse(f"{body['kind']} is expanded into one command per run by `switchyard replay --tenant`")
             return
+        if not_read_back is not None and run.compacted is not None:
+            refuse(f"{retention.refusal(run.compacted)}; reading it back from its history: {not_read_back}")
+            return
         workflow = self._workflow(run)
         try:
             if workflow is None:
@@ -496,6 +567,80 @@ class CoreProcessor:
         self._step(
             state, run, partial(machine.replay, run, steps, body), out, rejects=True, write_rejects=True
         )
+
+    # --- runs read back from history -------------------------------------------------------------
+    def _take_up(
+        self, state: PartitionState, body: dict[str, Any], run: RunState | None
+    ) -> tuple[RunState | None, str | None]:
+        """The run a command is about: from memory, or read back from its history when memory does
+        not hold it or (for a replay) holds it compacted. Also returns why it was not read back
+        when it had to be (history unreadable, or behind what the core wrote)."""
+        replay = body["kind"] in ("replay_run", "replay_step")
+        if not self.history.enabled or (run is not None and (run.compacted is None or not replay)):
+            return run, None
+        run_id = body.get("run_id") or ""
+        started = time.perf_counter()
+        outcome = "unavailable"
+        try:
+            stored = self.history.load(run_id)
+            outcome = "ok"
+        except HistoryUnavailable as exc:
+            return run, f"the history cannot be read now ({exc}); retry later"
+        finally:
+            metrics.ROUTER_HISTORY_LOOKUPS.labels("load", outcome).inc()
+            metrics.ROUTER_HISTORY_LOOKUP_SECONDS.labels("load").observe(time.perf_counter() - started)
+        if stored is None or stored.tenant != body["tenant"]:
+            if run is None:
+                return None, None
+            return run, "the history does not hold it yet; retry in a few seconds"
+        if run is not None and stored.last_seq < run.seq:
+            return run, (
+                f"the history is not complete yet (it has {stored.last_seq} of the run's {run.seq}"
+                " events); retry in a few seconds"
+            )
+        try:
+            fresh = rehydrate(
+                stored,
+                self.catalog.get(stored.tenant, stored.workflow, stored.version),
+                partition=state.partition,
+                arrival=state.arrivals + 1,
+                now_ms=self.now_ms(),
+            )
+        except NotRehydratable as exc:
+            if run is not None:
+                return run, str(exc)
+            raise StepRejected(
+                "control_refused",
+                f"{body['kind']} by {body['requester']}: run {run_id} cannot be taken up again: {exc}",
+            ) from exc
+        state.arrivals += 1
+        state.runs[run_id] = fresh
+        assert fresh.finished_ms is not None
+        state.finished.append((fresh.finished_ms, run_id))  # leaves memory a window from now
+        self._read_back.add(run_id)
+        log.info(
+            "run read back from its history",
+            extra={"tenant": fresh.tenant, "run_id": run_id, "correlation_id": fresh.correlation_id},
+        )
+        return fresh, None
+
+    def _shrink_read_back(self, state: PartitionState, out: Outbox) -> None:
+        """A run read back for a command that did not replay it keeps no replay state in memory
+        (its history keeps it), only what dedupe and later commands need."""
+        for run_id in self._read_back:
+            run = state.runs.get(run_id)
+            if run is not None and run.status.terminal and run.compacted is None:
+                self._compact(state, run_id, retention.READ_BACK, out)
+        self._read_back.clear()
+
+    def _horizon(self, not_read_back: str | None) -> str:
+        """Where the core looked for a run a command names, for the refusal."""
+        window = f"finished runs stay in router memory for {self.settings.finished_run_retention_s:.0f} s"
+        if not self.history.enabled:
+            return f"{window} (no run history is configured: DATABASE_URL)"
+        if not_read_back is not None:
+            return f"{window}, and {not_read_back}"
+        return f"{window}, and the run history does not hold it either"
 
     # --- steps ----------------------------------------------------------------------------------------
     def _step(

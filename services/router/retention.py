@@ -10,7 +10,11 @@ data and step records are only needed to *replay* it, so:
   ``SWITCHYARD_MAX_REPLAY_STATE_BYTES`` of it: past that, its oldest finished runs are compacted;
 * a finished run whose state record could not be written (too large) is compacted too.
 
-A replay of a compacted run is refused with the reason (:func:`refusal`).
+With a history database (``DATABASE_URL``) a replay of a compacted run, or of one that left
+memory, reads the run back from its history first (:mod:`services.router.rehydrate`); without
+one, or when the history lacks what a replay needs, it is refused with the reason (:func:`refusal`).
+A run read back for a command that did not replay it shrinks again (``read_back``): the history
+keeps its replay state.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from services.router.state import RunState
 SUCCEEDED = "succeeded"
 BUDGET = "replay_state_budget"
 TOO_LARGE = "record_too_large"
+NO_TRIGGER = "trigger_not_in_history"
+READ_BACK = "read_back"
 
 _WHY = {
     SUCCEEDED: "a succeeded run keeps only its outcome (to deduplicate triggers), not its trigger data"
@@ -29,6 +35,10 @@ _WHY = {
     BUDGET: "its tenant's finished runs on this partition passed SWITCHYARD_MAX_REPLAY_STATE_BYTES of"
     " kept replay state, and the oldest ones shrink first",
     TOO_LARGE: "its state record would have been larger than the largest record the engine writes",
+    NO_TRIGGER: "its history does not hold its trigger data (its first event was written without it,"
+    " being too large)",
+    READ_BACK: "it was read back from its history for a command that did not replay it, and its"
+    " history cannot be read now",
 }
 
 

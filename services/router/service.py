@@ -1,4 +1,8 @@
-"""The router process: registries, then intake and core, each its own transactional loop (thread)."""
+"""The router process: registries, then intake and core, each its own transactional loop (thread).
+
+With ``DATABASE_URL`` the core also reads the run history in PostgreSQL (the projector's tables):
+duplicate triggers and replays are then recognised for as long as the history keeps a run, not only
+while router memory does (:mod:`services.router.history`)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from services.config import Settings
 from services.registry.definitions import DefinitionCatalog, definitions_table
 from services.registry.tenants import tenants_table
 from services.router.core import CoreProcessor
+from services.router.history import NoHistory, PostgresHistory, RunHistory
 from services.router.intake import IntakeProcessor
 from services.router.load import TenantLoad
 
@@ -41,13 +46,16 @@ def run_router(
     catalog = DefinitionCatalog(definitions, tenants)
     load = TenantLoad()
     prefix = settings.topic_prefix
+    history: RunHistory = (
+        PostgresHistory(settings.database_url, topics.events) if settings.database_url else NoHistory()
+    )
     core = TransactionalLoop(
         settings,
         service="router.core",
         group_id=f"{prefix}.router.core",
         transactional_id=f"{prefix}.router.core.{instance}",
         subscribe=[topics.inbox],
-        processor=CoreProcessor(settings, catalog, tenants, load=load),
+        processor=CoreProcessor(settings, catalog, tenants, load=load, history=history),
     )
     intake = TransactionalLoop(
         settings,
@@ -91,5 +99,7 @@ def run_router(
         thread.join()
     tenants.stop()
     definitions.stop()
+    if isinstance(history, PostgresHistory):
+        history.close()
     if errors:
         raise errors[0]
