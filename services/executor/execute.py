@@ -86,6 +86,7 @@ class _Failure(Exception):
         super().__init__(message)
         self.kind, self.message, self.retryable = kind, message, retryable
         self.called = called  # False: failed before the action was called (circuit breaker: no outcome)
+        self.starved = False  # True: our deadline cut short an attempt that started with too little time
 
 
 def _ms(seconds: float) -> int:
@@ -260,8 +261,13 @@ async def _attempt(
     try:
         output = await _guarded_run(guards, action, ctx, inputs, budget, remaining, max_attempt_s)
     except _Failure as failure:
+        if failure.kind == "timeout" and failure.called:
+            failure.starved = starved_budget(command, budget, max_attempt_s)
         if breaker is not None:
-            if not failure.called:
+            if not failure.called or failure.starved:
+                # The attempt was cut short by a deadline mostly spent waiting in a queue (a backlog
+                # after a restart, an overloaded executor): that says nothing about the target, and
+                # counting it would open the circuit on a healthy target in every catch-up burst.
                 breaker.record_cancelled()
             elif failure.retryable:
                 breaker.record_failure()
@@ -276,6 +282,19 @@ async def _attempt(
         breaker.record_success()
 
     return encode_output(action.name, output, max_output_bytes)
+
+
+def starved_budget(command: dict[str, Any], budget: float, max_attempt_s: float | None) -> bool:
+    """Whether an attempt started with less than half of the time its step allows.
+
+    The step allows ``deadline - issued_at`` (capped at ``max_attempt_s``); what is missing was
+    spent before the attempt started. A timeout of such an attempt is not held against the target
+    by the circuit breaker.
+    """
+    allowed = (command["deadline"] - command.get("issued_at", command["deadline"])) / 1000
+    if max_attempt_s is not None:
+        allowed = min(allowed, max_attempt_s)
+    return allowed > 0 and budget < allowed / 2
 
 
 def encode_output(action_name: str, output: Any, max_output_bytes: int = MAX_OUTPUT_BYTES) -> str:
