@@ -28,6 +28,8 @@ kind                   retryable   when
 (the action's kind)    (its flag)  the action raised ``ActionError``
 ``executor_error``     yes         a fault of the executor itself while running the attempt (a
                                    bug), or its result could not be encoded
+``cancelled``          no          the router gave up on the attempt (run cancelled or failed,
+                                   :mod:`.cancellation`) and its task was cancelled
 =====================  ==========  ===============================================================
 
 Every text a result carries (error messages, kinds) is bounded and valid UTF-8, so the result
@@ -75,6 +77,8 @@ MAX_OUTPUT_DEPTH = 128
 MAX_INPUT_DEPTH = 256
 #: The error kinds a retry policy can name (services.workflow.models.ERROR_KIND_PATTERN).
 ERROR_KIND = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+#: Failure kinds that are outcomes of their own in ``switchyard_action_seconds``.
+_OUTCOMES = frozenset({"timeout", "cancelled"})
 #: Label of actions that are not registered (their names come from definitions, not from us).
 UNREGISTERED_ACTION = "_unregistered"
 
@@ -124,14 +128,20 @@ async def execute_command(
     max_attempt_s: float | None = None,
     max_output_bytes: int = MAX_OUTPUT_BYTES,
     clock: Callable[[], float] = time.time,
+    cancelled: Callable[[], str | None] | None = None,
 ) -> dict[str, Any]:
     """Run the attempt ``command`` describes and return its ``StepResult`` record.
 
     ``guardrails`` adds circuit breakers and the external-call rate limit; tenant grants come
     from ``guardrails.grants``, else from ``grants`` (neither: the tenant check is skipped, the
     workflow's declared scopes are still enforced). ``max_attempt_s`` caps the time an attempt may
-    take regardless of its deadline (the executor uses it to stay within the consumer's poll
-    interval); hitting it is a ``timeout`` too.
+    take regardless of its deadline (the executor passes ``SWITCHYARD_MAX_STEP_TIMEOUT_S``, which
+    publishing also enforces, so it only binds definitions that bypassed publishing); hitting it
+    is a ``timeout`` too.
+
+    When the attempt's task is cancelled, ``cancelled`` says why if the cancellation was asked for
+    on purpose (:mod:`.cancellation`): the result is then a failure of kind ``cancelled``, not
+    retryable. Any other cancellation (shutdown) propagates.
     """
     guards = guardrails or Guardrails()
     if guards.grants is None and grants is not None:
@@ -156,14 +166,20 @@ async def execute_command(
     except _Failure as failure:
         error: _Failure | None = failure
     except asyncio.CancelledError:
-        raise
+        reason = None if cancelled is None else cancelled()
+        if reason is None:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # handled here: nothing later in this task is to be cancelled
+        error = _Failure("cancelled", reason, False)
     except Exception as exc:  # a bug of ours must not take the batch down
         bound.exception("executor failure")
         error = _Failure("executor_error", f"{type(exc).__name__}: {exc}", True)
     else:
         error = None
     finished = clock()
-    outcome = "succeeded" if error is None else ("timeout" if error.kind == "timeout" else "failed")
+    outcome = "succeeded" if error is None else error.kind if error.kind in _OUTCOMES else "failed"
     label = tenant_label(guards, tenant)
     action_label = action_name if registry.get(action_name) is not None else UNREGISTERED_ACTION
     metrics.ACTION_SECONDS.labels(action_label, label, outcome).observe(max(0.0, finished - started))
@@ -367,7 +383,12 @@ async def _guarded_run(
         raise
     except TimeoutError as exc:
         if scope.expired():
-            capped = "" if budget == remaining else f" (capped at {max_attempt_s}s per attempt)"
+            capped = (
+                ""
+                if budget == remaining
+                else f" (capped at the executor's limit of {max_attempt_s:g} s,"
+                " SWITCHYARD_MAX_STEP_TIMEOUT_S)"
+            )
             raise _Failure(
                 "timeout", f"{action.name} did not finish within {budget:.3f}s{capped}", True
             ) from exc

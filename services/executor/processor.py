@@ -17,6 +17,17 @@ duplicate is ignored (and counted) and run state stays exactly-once.
 Backpressure: above ``max_in_flight`` running attempts the processor pauses its partitions and
 resumes them below half of that.
 
+Long attempts: the consumer keeps polling while attempts run, so an attempt may take as long as
+its step's timeout allows (up to ``SWITCHYARD_MAX_STEP_TIMEOUT_S``, which publishing enforces)
+without the consumer leaving its group. While it runs, its partition's committed offset stays at
+its command: a crash or a rebalance in that time runs it again, and with it every later command
+of the partition whose result was already produced (their duplicate results are ignored). That
+re-run window, and the offsets held in memory until then, are what the limit bounds.
+
+Cancellation: every running attempt is registered in :attr:`ExecutorProcessor.attempts`, where
+the :class:`~services.executor.cancellation.CancellationWatcher` cancels those the router gave up
+on; their result is a failure of kind ``cancelled``.
+
 Total: whatever one command does, the loop goes on. An undecodable command, one whose
 ``reply_partition`` does not exist or whose identity fields are implausibly large becomes a
 ``DeadLetter`` with a reason (``invalid_field`` for the latter, ``executor_error`` for anything
@@ -43,9 +54,11 @@ from services.bus import clients
 from services.bus.record_budget import RecordTooLarge
 from services.bus.topics import TENANT_ID, Topics
 from services.bus.txloop import Outbox
+from services.config import Settings
 from services.contracts import serde
 from services.contracts.dead_letters import bounded_identity, encode_dead_letter
 from services.contracts.text import bounded_text
+from services.executor.cancellation import InFlightAttempts
 from services.executor.execute import GrantsLookup, execute_command, tenant_label
 from services.executor.guardrails import Guardrails
 from services.executor.plugins import ActionRegistry
@@ -54,7 +67,8 @@ from services.observability import logs, metrics
 log = logging.getLogger("services.executor")
 
 SERVICE = "executor"
-DEFAULT_MAX_ATTEMPT_S = 240.0  # a ceiling on any single attempt, whatever its step timeout says
+#: Longest any attempt runs, whatever its deadline says (``SWITCHYARD_MAX_STEP_TIMEOUT_S``).
+DEFAULT_MAX_ATTEMPT_S: float = Settings.model_fields["max_step_timeout_s"].default
 DEFAULT_MAX_IN_FLIGHT = 2_000
 #: How long a batch waits for its quick actions, so no-op steps leave in the same transaction.
 QUICK_WAIT_S = 0.003
@@ -64,7 +78,7 @@ BUSY_POLL_S = 0.005
 IDENTITY_LIMITS = {"run_id": 128, "step_id": 64, "correlation_id": 512, "idempotency_key": 1024}
 
 
-@dataclass
+@dataclass(slots=True, eq=False)  # hashed by identity: a key of ExecutorProcessor._pending
 class _InFlight:
     offset: int
     command: dict[str, Any] | None  # None: dead-lettered in the transaction that consumed it
@@ -125,9 +139,13 @@ class ExecutorProcessor:
         self.max_in_flight = max_in_flight
         self._ready = ready
         self._work: dict[tuple[str, int], _PartitionWork] = {}
+        # The entries still running, apart from the sent ones waiting behind them in ``_work``
+        # (a long attempt holds every later entry of its partition): what each poll looks at.
+        self._pending: dict[_InFlight, tuple[str, int]] = {}
         self._consumer: Consumer | None = None
         self._paused: list[TopicPartition] = []
         self.loop = asyncio.new_event_loop()
+        self.attempts = InFlightAttempts(self.loop)
         self._loop_thread = threading.Thread(
             target=self.loop.run_forever, name="executor-actions", daemon=True
         )
@@ -141,7 +159,7 @@ class ExecutorProcessor:
         return BUSY_POLL_S if self.in_flight() else None
 
     def in_flight(self) -> int:
-        return sum(1 for work in self._work.values() for e in work.entries if not e.sent)
+        return len(self._pending)
 
     # --- Processor protocol ------------------------------------------------------------------
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
@@ -153,6 +171,8 @@ class ExecutorProcessor:
         offset (their tasks finish here, unpublished)."""
         for tp in partitions:
             self._work.pop((tp.topic, tp.partition), None)
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        self._pending = {e: key for e, key in self._pending.items() if key not in revoked}
         self._paused = [
             p
             for p in self._paused
@@ -170,6 +190,7 @@ class ExecutorProcessor:
         """The consumer rewinds to the committed offsets and the commands come again: forget every
         running attempt (they finish unpublished) and let the redelivered commands run anew."""
         self._work.clear()
+        self._pending.clear()
 
     def process(self, messages: Sequence[Message], out: Outbox) -> None:
         submitted: list[concurrent.futures.Future[dict[str, Any]]] = []
@@ -184,6 +205,8 @@ class ExecutorProcessor:
                 msg.offset() or 0, command, future, time.monotonic(), sent=command is None, key=_raw_key(msg)
             )
             self._work.setdefault(key, _PartitionWork()).entries.append(entry)
+            if future is not None:
+                self._pending[entry] = key
         if submitted:
             concurrent.futures.wait(submitted, timeout=QUICK_WAIT_S)
         self._publish(out)
@@ -200,13 +223,23 @@ class ExecutorProcessor:
 
     # --- internals ---------------------------------------------------------------------------
     async def _run(self, command: dict[str, Any]) -> dict[str, Any]:
-        return await execute_command(
-            self.registry,
-            command,
-            executor_id=self.executor_id,
-            guardrails=self.guardrails,
-            max_attempt_s=self.max_attempt_s,
+        task = asyncio.current_task()
+        assert task is not None
+        action = self.registry.get(command["action"])
+        entry = self.attempts.add(
+            command, task, cancellable=getattr(action, "cancellable", True) is not False
         )
+        try:
+            return await execute_command(
+                self.registry,
+                command,
+                executor_id=self.executor_id,
+                guardrails=self.guardrails,
+                max_attempt_s=self.max_attempt_s,
+                cancelled=entry.cancelled_because,
+            )
+        finally:
+            self.attempts.discard(entry)
 
     def _accept(self, msg: Message, out: Outbox) -> dict[str, Any] | None:
         """The decoded command to run, or None once it is dead-lettered; never raises but the
@@ -225,17 +258,19 @@ class ExecutorProcessor:
     def _publish(self, out: Outbox) -> None:
         """Produce completed results; commit each partition up to its oldest running command."""
         now = time.monotonic()
+        done = [(e, key) for e, key in self._pending.items() if e.future is not None and e.future.done()]
+        for entry, (topic, partition) in done:
+            command = entry.command
+            assert command is not None
+            self._send_result(out, topic, partition, entry, command)
+            entry.sent = True
+            entry.future = None  # a sent entry may wait behind a long attempt: keep only its offset
+            entry.command = None
+            del self._pending[entry]
+            metrics.HANDLER_SECONDS.labels(
+                SERVICE, "StepCommand", tenant_label(self.guardrails, command["tenant"])
+            ).observe(now - entry.started)
         for (topic, partition), work in self._work.items():
-            for entry in work.entries:
-                if entry.sent or entry.future is None or not entry.future.done():
-                    continue
-                command = entry.command
-                assert command is not None
-                self._send_result(out, topic, partition, entry, command)
-                entry.sent = True
-                metrics.HANDLER_SECONDS.labels(
-                    SERVICE, "StepCommand", tenant_label(self.guardrails, command["tenant"])
-                ).observe(now - entry.started)
             while work.entries and work.entries[0].sent:
                 last = work.entries.popleft()
                 if not work.entries:

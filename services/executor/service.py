@@ -4,6 +4,10 @@ By default the guardrails read the tenants registry (the compacted tenants topic
 background): a tenant's granted ``scopes`` for permission checks and its ``external_call_rate``
 for the external-call rate limit. A tenant missing from the registry holds no scopes and gets the
 default external-call rate.
+
+Attempts run up to their step's timeout, bounded by ``SWITCHYARD_MAX_STEP_TIMEOUT_S`` (which
+publishing enforces too). A :class:`~services.executor.cancellation.CancellationWatcher` tails the
+events topic and cancels the attempts of runs the router cancelled or failed.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import threading
 from services.bus.topics import Topics, TopicsNotReady, admin_client, check_topics, internal_specs
 from services.bus.txloop import TransactionalLoop
 from services.config import Settings
+from services.executor.cancellation import CancellationWatcher
 from services.executor.execute import GrantsLookup
 from services.executor.guardrails import Guardrails
 from services.executor.plugins import ActionRegistry
-from services.executor.processor import DEFAULT_MAX_ATTEMPT_S, SERVICE, ExecutorProcessor
+from services.executor.processor import SERVICE, ExecutorProcessor
 from services.registry.compacted import CompactedTable
 from services.registry.tenants import tenants_table
 from services.tenancy.config import TenantConfig
@@ -42,19 +47,20 @@ def run_executor(
     ready: threading.Event | None = None,
     grants: GrantsLookup | None = None,
     guardrails: Guardrails | None = None,
-    max_attempt_s: float | None = DEFAULT_MAX_ATTEMPT_S,
+    max_attempt_s: float | None = None,
 ) -> None:
     """Consume step commands and produce step results until ``stop`` is set.
 
     ``guardrails`` default to :func:`tenant_guardrails` over the tenants registry (``grants``, if
-    given, replaces the registry's scopes lookup).
+    given, replaces the registry's scopes lookup). ``max_attempt_s`` defaults to
+    ``settings.max_step_timeout_s``.
 
     Fails fast (:class:`TopicsNotReady`) when the commands, inbox or DLQ topic is missing or has
     the wrong partition count. ``ready`` is set once the consumer has its first assignment. On
     stop, the batch in progress finishes (bounded by its deadlines) and is committed.
     """
     topics = Topics(settings.topic_prefix)
-    wanted = {topics.commands, topics.inbox, topics.dlq}
+    wanted = {topics.commands, topics.inbox, topics.dlq, topics.events}
     specs = [spec for spec in internal_specs(settings) if spec.name in wanted]
     try:
         check_topics(admin_client(settings), specs)
@@ -76,10 +82,12 @@ def run_executor(
         executor_id=instance,
         inbox_partitions=inbox.partitions,
         guardrails=guardrails,
-        max_attempt_s=max_attempt_s,
+        max_attempt_s=settings.max_step_timeout_s if max_attempt_s is None else max_attempt_s,
         ready=ready,
     )
+    watcher: CancellationWatcher | None = None
     try:
+        watcher = CancellationWatcher(settings, topics.events, processor.attempts, instance=instance).start()
         loop = TransactionalLoop(
             settings,
             service=SERVICE,
@@ -94,6 +102,8 @@ def run_executor(
         )
         loop.run(stop)
     finally:
+        if watcher is not None:
+            watcher.stop()
         processor.close()
         if table is not None:
             table.stop()

@@ -14,6 +14,7 @@ from services.registry.definitions import DefinitionEntry, definitions_table, pu
 from services.registry.trust import content_holder, published_hashes
 from services.tenancy.admin import read_tenants
 from services.workflow.signing import SignatureError, SignedDefinition, verify_signed
+from services.workflow.validation import step_timeout_problems
 
 
 class PublishRefused(Exception):
@@ -49,6 +50,9 @@ def publish_signed(settings: Settings, signed: SignedDefinition, publisher: str)
         raise PublishRefused(
             f"tenant {signed.tenant!r} does not exist; create it with `switchyard tenant create`"
         )
+    too_long = step_timeout_problems(signed.definition, settings.max_step_timeout_s, file=signed.name)
+    if too_long:
+        raise PublishRefused("; ".join(str(problem) for problem in too_long))
     keyring = tenant.keyring_or_empty()
     published = published_hashes(read_definition_histories(settings), signed.tenant, keyring)
     try:

@@ -337,6 +337,24 @@ def validate_definition_data(
     return defn
 
 
+def step_timeout_problems(
+    defn: WorkflowDefinition, max_step_timeout_s: float, *, file: str = "<definition>"
+) -> list[Problem]:
+    """Steps whose ``timeout`` exceeds what the runtime allows (``SWITCHYARD_MAX_STEP_TIMEOUT_S``):
+    the language accepts up to a day, a deployment may allow less, and a step must never be cut
+    short below the timeout it declares."""
+    return [
+        Problem(
+            file,
+            f"steps[{index}].timeout",
+            f"timeout {step.timeout:g} s exceeds the runtime's limit of {max_step_timeout_s:g} s per"
+            " attempt (SWITCHYARD_MAX_STEP_TIMEOUT_S); lower the timeout or raise the limit",
+        )
+        for index, step in enumerate(defn.steps)
+        if step.timeout > max_step_timeout_s
+    ]
+
+
 def validate_definition(
     defn: WorkflowDefinition, *, file: str = "<definition>", known_actions: Collection[str] | None = None
 ) -> None:
