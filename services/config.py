@@ -97,6 +97,16 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Requesters allowed to replay/cancel any tenant's runs (a@x,b@y or a JSON list).",
     )
+    secret_providers: TextList = Field(
+        default_factory=lambda: ["env", "file"],
+        description=(
+            "Secret providers the executor asks for ${{ secrets.NAME }}, in order: built-ins env"
+            " (SWITCHYARD_SECRET_<tenant>_<NAME>) and file (SWITCHYARD_SECRETS_DIR), or plugins."
+        ),
+    )
+    secrets_dir: str | None = Field(
+        default=None, description="Directory of per-tenant secret files <dir>/<tenant>/<NAME> (file provider)."
+    )
     max_batch: int = Field(default=500, ge=1, description="Most input records per transaction.")
     poison_after_failures: int = Field(
         default=3,

@@ -218,7 +218,7 @@ def runs_in_history(
     stmt = sa.select(Run.run_id, Run.tenant, Run.state, Run.finished_at).where(
         Run.run_id == sa.any_(_IDS), projects(events_topic)
     )
-    return list(conn.execute(stmt, {"ids": list(run_ids)}).tuples())
+    return [(r[0], r[1], r[2], r[3]) for r in conn.execute(stmt, {"ids": list(run_ids)})]
 
 
 @dataclass(frozen=True)
