@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from services.console.redact import redact, redact_text
+from services.contracts.redaction import redact, redact_text
 from services.projector.models import DeadLetterRow, Run
 from services.projector.queries import RunTimeline, as_dict
 

@@ -6,9 +6,11 @@ Two rules live here so that no caller can forget them:
   original is bounded (value 512 KiB, or less under a smaller ``max_bytes``; key 16 KiB), every
   string field is bounded (message 4,000 characters; tenant, correlation id, run id and step id
   256) and made encodable (a lone surrogate becomes a visible escape), and each cut is stated in
-  the message. Otherwise the bad record would fail its transaction again and again and stall its
-  partition (a trigger near the broker's 1 MB limit plus the envelope would exceed the producer's
-  own; a control command naming a 300,000-character tenant made a 1.2 MB dead letter);
+  the message (credentials in well-known places of the message are masked:
+  :func:`~services.contracts.redaction.redact_text`). Otherwise the bad record would fail its
+  transaction again and again and stall its partition (a trigger near the broker's 1 MB limit
+  plus the envelope would exceed the producer's own; a control command naming a
+  300,000-character tenant made a 1.2 MB dead letter);
 * the ``dlq_id`` is deterministic where the cause has an identity (the source record's position,
   or the run, step and attempt), so a dead letter written again after a rewind is the same one.
 """
@@ -20,6 +22,7 @@ import uuid
 from typing import Any
 
 from services.contracts import serde
+from services.contracts.redaction import redact_text
 from services.contracts.text import bounded_optional, bounded_text, utf8_safe
 
 MAX_ORIGINAL_VALUE = 512 * 1024
@@ -118,7 +121,7 @@ def encode_dead_letter(
     }
     # The notes go last and are never cut: they say what the copy is missing.
     suffix = f" ({'; '.join(notes)})" if notes else ""
-    text = bounded_text(message, MAX_MESSAGE - len(suffix)) + suffix
+    text = bounded_text(redact_text(message), MAX_MESSAGE - len(suffix)) + suffix
     record: dict[str, Any] = {
         "dlq_id": dead_letter_id(
             service,

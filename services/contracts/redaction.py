@@ -1,10 +1,17 @@
-"""Redaction of credentials in values shown by the console (pure).
+"""Redaction of credentials in well-known places, wherever history is written or shown (pure).
 
 Run history holds what tenants and actions handed the engine: trigger data, step inputs and
 outputs, error texts. Some of it is credentials in well-known places: authorization-like headers
-and fields, the userinfo of URLs (``https://user:pass@host``) and key-like query parameters
-(``?api_key=…``). :func:`redact` replaces those values by :data:`MASK` wherever they appear,
-keeping the shape of the document so an operator can still read it.
+and fields (``Authorization``, ``Proxy-Authorization``, ``X-Api-Key``, ``Cookie``, ``password``…),
+the userinfo of URLs (``https://user:pass@host``), key-like query parameters (``?api_key=…``,
+``token``, ``key``, ``sig``…) and scheme credentials in texts (``Bearer …``). :func:`redact`
+replaces those values by :data:`MASK` wherever they appear, keeping the shape of the document so
+an operator can still read it.
+
+This is defence in depth, used by the projector (events and dead letters before they are
+stored), the dead-letter builder, the executor (error messages, log lines) and the console (on
+display). Secrets a workflow references (``${{ secrets.NAME }}``) never reach history in the first
+place: see :mod:`services.secrets`.
 """
 
 from __future__ import annotations
@@ -20,13 +27,27 @@ URL_MASK = "***"
 _SECRET_NAME = re.compile(
     r"(^|[-_.])(authorization|proxy[-_]?authorization|cookie|set[-_]?cookie|password|passwd|pwd|secret|"
     r"client[-_]?secret|token|access[-_]?token|refresh[-_]?token|id[-_]?token|api[-_]?key|apikey|"
-    r"x[-_]?api[-_]?key|private[-_]?key|signature|sig|credentials?|auth)($|[-_.])",
+    r"x[-_]?api[-_]?key|private[-_]?key|signature|sig|credentials?|auth|jwt|passphrase)($|[-_.])",
     re.IGNORECASE,
 )
 # A URL inside any text: scheme://[userinfo@]host... up to whitespace or a quote.
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s\"'<>]+")
 # "Bearer abc", "Basic abc" anywhere in a text (e.g. an echoed header line in an error message).
 _SCHEME_CREDENTIAL = re.compile(r"\b(Bearer|Basic|Digest|Token)\s+[A-Za-z0-9._~+/=-]{4,}", re.IGNORECASE)
+
+
+# Cheap pre-check over raw JSON text: any text redact() could change contains one of these (keys and
+# values are matched after JSON unescaping, hence any backslash counts). ``idempotency_key``, in
+# every step_scheduled event, is not a credential and does not count.
+_MAYBE = re.compile(
+    r"auth|cookie|pass|pwd|secret|token|(?<!idempotency_)key|sig|credential|jwt|bearer|basic|digest|://|\\",
+    re.I,
+)
+
+
+def might_hold_credentials(text: str) -> bool:
+    """False only when :func:`redact` would leave the JSON (or plain) ``text`` unchanged."""
+    return _MAYBE.search(text) is not None
 
 
 def secret_name(name: str) -> bool:

@@ -14,6 +14,9 @@ kind                   retryable   when
                                    (:mod:`.permissions`); the action never runs
 ``circuit_open``       yes         the circuit breaker of (tenant, action, target) is open
                                    (:mod:`.breaker`); the action never runs
+``secret_missing``     no          an input references ``${{ secrets.NAME }}`` that no secret
+                                   provider of the tenant has (:mod:`services.secrets`)
+``secret_unavailable`` yes         a secret provider failed to answer
 ``invalid_input``      no          ``inputs_json`` is not strict JSON (lone surrogates, ``NaN``,
                                    overflowing numbers), not a JSON object, or fails ``Input``
 ``invalid_output``     no          the action returned something that is not a JSON object, or not
@@ -35,7 +38,10 @@ kind                   retryable   when
 Every text a result carries (error messages, kinds) is bounded and valid UTF-8, so the result
 record can always be encoded.
 
-Order of checks: deadline, action lookup, permissions, inputs, circuit breaker, rate limit, run.
+Order of checks: deadline, action lookup, permissions, secrets, inputs, circuit breaker, rate
+limit, run. Resolved secret values exist only in the inputs handed to the action: they are masked
+in its output and in error messages before the result is written, and in log lines written while
+the attempt runs (:mod:`services.secrets.masking`).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.contracts import strict_json
+from services.contracts.redaction import redact_text
 from services.contracts.text import bounded_text
 from services.executor import permissions
 from services.executor.breaker import CircuitBreaker, CircuitOpenError
@@ -66,6 +73,8 @@ from services.executor.permissions import GrantsLookup
 from services.executor.plugins import ActionContext, ActionError, ActionRegistry
 from services.executor.ratelimit import RateLimitTimeout
 from services.observability import logs, metrics
+from services.secrets import SecretMissing, SecretProviderError, SecretResolver, masking, references
+from services.secrets.providers import EnvProvider
 
 log = logging.getLogger("services.executor")
 
@@ -81,6 +90,8 @@ ERROR_KIND = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 _OUTCOMES = frozenset({"timeout", "cancelled"})
 #: Label of actions that are not registered (their names come from definitions, not from us).
 UNREGISTERED_ACTION = "_unregistered"
+#: Secrets when the caller configures none: the environment provider only.
+DEFAULT_SECRETS = SecretResolver((EnvProvider(),))
 
 __all__ = ["GrantsLookup", "execute_command"]
 
@@ -129,6 +140,7 @@ async def execute_command(
     max_output_bytes: int = MAX_OUTPUT_BYTES,
     clock: Callable[[], float] = time.time,
     cancelled: Callable[[], str | None] | None = None,
+    secrets: SecretResolver | None = None,
 ) -> dict[str, Any]:
     """Run the attempt ``command`` describes and return its ``StepResult`` record.
 
@@ -142,6 +154,9 @@ async def execute_command(
     When the attempt's task is cancelled, ``cancelled`` says why if the cancellation was asked for
     on purpose (:mod:`.cancellation`): the result is then a failure of kind ``cancelled``, not
     retryable. Any other cancellation (shutdown) propagates.
+
+    ``secrets`` resolves the ``${{ secrets.NAME }}`` references of the inputs (default:
+    :data:`DEFAULT_SECRETS`).
     """
     guards = guardrails or Guardrails()
     if guards.grants is None and grants is not None:
@@ -159,9 +174,20 @@ async def execute_command(
     )
     started = clock()
     output_json: str | None = None
+    revealed: list[str] = []  # the secret values this attempt resolved (masked wherever it writes)
+    watching = masking.watch(revealed)
     try:
         output_json = await _attempt(
-            registry, command, bound, guards, max_attempt_s, max_output_bytes, clock, started
+            registry,
+            command,
+            bound,
+            guards,
+            max_attempt_s,
+            max_output_bytes,
+            clock,
+            started,
+            secrets or DEFAULT_SECRETS,
+            revealed,
         )
     except _Failure as failure:
         error: _Failure | None = failure
@@ -191,7 +217,7 @@ async def execute_command(
         "status": "succeeded" if error is None else "failed",
         "output_json": output_json,
         "error_kind": None if error is None else error.kind,
-        "error_message": None if error is None else _truncate(error.message),
+        "error_message": None if error is None else _truncate(_scrub(error.message, revealed)),
         "retryable": True if error is None else error.retryable,
         "started_at": _ms(started),
         "finished_at": _ms(finished),
@@ -216,7 +242,34 @@ async def execute_command(
                 "duration_s": round(finished - started, 4),
             },
         )
+    masking.unwatch(watching)
     return result
+
+
+def _scrub(message: str, revealed: list[str]) -> str:
+    """An error message with the attempt's secrets and known credential places masked."""
+    return redact_text(masking.mask_text(message, revealed))
+
+
+async def _resolve_secrets(
+    secrets: SecretResolver, tenant: str, raw: dict[str, Any], revealed: list[str], budget: float
+) -> dict[str, Any]:
+    """The inputs as the action receives them: wire form decoded, secret references resolved."""
+    names = references.names_in(raw)
+    values: dict[str, str] = {}
+    if names:
+        try:
+            async with asyncio.timeout(max(0.0, budget)):
+                values = await secrets.lookup_all(tenant, names)
+        except SecretMissing as exc:
+            raise _Failure("secret_missing", str(exc), False) from exc
+        except SecretProviderError as exc:
+            raise _Failure("secret_unavailable", str(exc), True) from exc
+        except TimeoutError as exc:
+            raise _Failure("timeout", f"secret lookup did not finish within {budget:.3f}s", True) from exc
+        revealed.extend(values.values())
+    resolved: dict[str, Any] = references.resolve(raw, values)
+    return resolved
 
 
 async def _attempt(
@@ -228,6 +281,8 @@ async def _attempt(
     max_output_bytes: int,
     clock: Callable[[], float],
     started: float,
+    secrets: SecretResolver,
+    revealed: list[str],
 ) -> str:
     """The attempt proper; returns the output JSON or raises :class:`_Failure`."""
     deadline = command["deadline"] / 1000
@@ -252,6 +307,7 @@ async def _attempt(
         raise _Failure("invalid_input", str(exc), False) from exc
     if not isinstance(raw, dict):
         raise _Failure("invalid_input", f"inputs must be a JSON object, not {type(raw).__name__}", False)
+    raw = await _resolve_secrets(secrets, command["tenant"], raw, revealed, deadline - clock())
     try:
         inputs = action.Input.model_validate(raw)
     except ValidationError as exc:
@@ -297,7 +353,7 @@ async def _attempt(
     if breaker is not None:
         breaker.record_success()
 
-    return encode_output(action.name, output, max_output_bytes)
+    return encode_output(action.name, masking.mask(output, revealed), max_output_bytes)
 
 
 def starved_budget(command: dict[str, Any], budget: float, max_attempt_s: float | None) -> bool:

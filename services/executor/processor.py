@@ -63,6 +63,7 @@ from services.executor.execute import GrantsLookup, execute_command, tenant_labe
 from services.executor.guardrails import Guardrails
 from services.executor.plugins import ActionRegistry
 from services.observability import logs, metrics
+from services.secrets import SecretResolver
 
 log = logging.getLogger("services.executor")
 
@@ -136,6 +137,7 @@ class ExecutorProcessor:
         if self.guardrails.grants is None and grants is not None:
             self.guardrails.grants = grants
         self.max_attempt_s = max_attempt_s
+        self.secrets: SecretResolver | None = None  # None: execute_command's default (environment)
         self.max_in_flight = max_in_flight
         self._ready = ready
         self._work: dict[tuple[str, int], _PartitionWork] = {}
@@ -237,6 +239,7 @@ class ExecutorProcessor:
                 guardrails=self.guardrails,
                 max_attempt_s=self.max_attempt_s,
                 cancelled=entry.cancelled_because,
+                secrets=self.secrets,
             )
         finally:
             self.attempts.discard(entry)

@@ -27,6 +27,7 @@ from services.executor.plugins import ActionRegistry
 from services.executor.processor import SERVICE, ExecutorProcessor
 from services.registry.compacted import CompactedTable
 from services.registry.tenants import tenants_table
+from services.secrets import load_resolver
 from services.tenancy.config import TenantConfig
 
 DEFAULT_EXTERNAL_CALL_RATE: float = TenantConfig.model_fields["external_call_rate"].default
@@ -85,6 +86,7 @@ def run_executor(
         max_attempt_s=settings.max_step_timeout_s if max_attempt_s is None else max_attempt_s,
         ready=ready,
     )
+    processor.secrets = load_resolver(settings)  # fails fast on a provider that cannot start
     watcher: CancellationWatcher | None = None
     try:
         watcher = CancellationWatcher(settings, topics.events, processor.attempts, instance=instance).start()

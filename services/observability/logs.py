@@ -1,7 +1,9 @@
 """Structured logging: one JSON object per line, with tenant, run_id and correlation_id on every line.
 
 Call sites pass identity through ``extra`` or bind it once with :func:`bind`; lines without an
-identity carry explicit nulls, so a log query on ``run_id`` never silently misses a field.
+identity carry explicit nulls, so a log query on ``run_id`` never silently misses a field. Every
+line is scrubbed (:func:`~services.secrets.masking.scrub_line`): the running attempt's secrets and
+known credential places (URL userinfo, key-like query values, ``Bearer …``) are masked.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import sys
 import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any
+
+from services.secrets.masking import scrub_line
 
 IDENTITY_FIELDS = ("tenant", "run_id", "correlation_id")
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -33,7 +37,7 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return scrub_line(json.dumps(line, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -49,7 +53,7 @@ class TextFormatter(logging.Formatter):
             base += f" {fields}"
         if record.exc_info:
             base += "\n" + self.formatException(record.exc_info)
-        return base
+        return scrub_line(base)
 
 
 def configure(level: str = "INFO", fmt: str = "json") -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from services.contracts.redaction import redact_text
 from services.contracts.serde import ContractError, decode
 from services.projector.bounds import (
     MAX_KIND,
@@ -160,7 +161,7 @@ def _dead_letter_from_record(
         dlq_id=storable_id(str(record["dlq_id"]), MAX_LONG_ID),
         service=storable_text(str(record["service"]), MAX_KIND),
         error_kind=storable_text(str(record["error_kind"]), MAX_KIND),
-        error_message=storable_text(str(record["error_message"]), MAX_MESSAGE),
+        error_message=storable_text(redact_text(str(record["error_message"])), MAX_MESSAGE),
         original_topic=storable_optional(raw_topic, MAX_TOPIC),
         original_partition=_opt_int32(record.get("original_partition"), "original_partition"),
         original_offset=_opt_int64(record.get("original_offset"), "original_offset"),

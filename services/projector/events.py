@@ -8,6 +8,10 @@ Total: whatever a record holds, :func:`decode_event` returns an event whose ever
 projection can store (see :mod:`.bounds`: ids hashed when too long, names and messages cut, NUL and
 lone surrogates escaped, in the fields and inside the detail), or a :class:`Rejected` with the
 reason; it never raises. :class:`Unprojectable` is the one error the mapping itself declares.
+
+Credentials in well-known places of a detail (authorization-like fields, URL userinfo, key-like
+query values, ``Bearer …``; :mod:`services.contracts.redaction`) are masked before anything is
+stored: ``run_events.detail``, ``attempts.inputs`` and outputs, error messages, trigger data.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from services.contracts.redaction import might_hold_credentials, redact
 from services.contracts.serde import ContractError, decode
 from services.contracts.text import utf8_safe
 from services.projector.bounds import (
@@ -254,6 +259,8 @@ def _event_from_record(
     as_is = False
     if detail_json is not None:
         detail, raw, as_is = _parse_detail(str(detail_json))
+        if might_hold_credentials(str(detail_json)):
+            detail, raw, as_is = _redacted(detail, raw, as_is)
     attempt = record.get("attempt")
     return ProjectedEvent(
         event_id=storable_id(str(record["event_id"])),
@@ -275,6 +282,15 @@ def _event_from_record(
         payload=payload,
         detail_text=str(detail_json) if as_is else None,
     )
+
+
+def _redacted(detail: dict[str, Any], raw: Any, as_is: bool) -> tuple[dict[str, Any], Any, bool]:
+    """The detail (for the projection, and as stored) with credentials masked; stored as is only
+    when nothing was masked."""
+    clean = redact(raw)
+    if clean == raw:
+        return detail, raw, as_is
+    return (clean if raw is detail else detail), clean, False
 
 
 def rejected(

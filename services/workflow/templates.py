@@ -6,7 +6,12 @@ Syntax (in any string anywhere inside a step's ``inputs``, however deeply nested
   JSON type of the CEL result (number, bool, list, map, null, string);
 * ``"Hello ${{ trigger.data.name }}!"`` — templates embedded in text are interpolated: strings are
   inserted as they are, any other value as compact JSON (``null``, ``true``, ``[1,2]``);
-* ``"$${{ not a template }}"`` — ``$${{`` is an escaped, literal ``${{``.
+* ``"$${{ not a template }}"`` — ``$${{`` is an escaped, literal ``${{``;
+* ``"Bearer ${{ secrets.API_TOKEN }}"`` — a secret reference (whole, or inside text; nowhere
+  else: not inside an expression, not in ``when`` or filters). It is *not* rendered: the rendered
+  inputs carry it as a reference, in the wire form of :mod:`services.secrets.references` (every
+  string holding ``${{`` or a reference is encoded, so that only the definition can reference a
+  secret), and the executor resolves it just before the action runs.
 
 A template ends at the first ``}}`` that is outside CEL string literals and map braces, so
 ``${{ {"a": {"b": 1}} }}`` works. Keys are never templated. Timestamps render as RFC 3339
@@ -22,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.secrets import references
 from services.workflow.expression_cost import BUDGET, Estimate
 from services.workflow.expressions import (
     MAX_RENDERED_BYTES,
@@ -96,13 +102,18 @@ def has_template(text: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class _SecretRef:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Whole:
     expr: CompiledExpression
 
 
 @dataclass(frozen=True, slots=True)
 class _Interpolated:
-    parts: tuple[str | CompiledExpression, ...]
+    parts: tuple[str | CompiledExpression | _SecretRef, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,19 +150,34 @@ def _compile_string(text: str, path: tuple[PathPart, ...], problems: list[Templa
         return _Literal(text)
     if not any(isinstance(p, tuple) for p in parts):
         return _Literal("".join(p for p in parts if isinstance(p, str)))
-    compiled: list[str | CompiledExpression] = []
+    compiled: list[str | CompiledExpression | _SecretRef] = []
     for part in parts:
         if isinstance(part, str):
             compiled.append(part)
             continue
+        secret = references.REFERENCE_EXPRESSION.fullmatch(part[0])
+        if secret is not None:
+            compiled.append(_SecretRef(secret.group(1)))
+            continue
         try:
             compiled.append(compile_expression(part[0]))
         except ExpressionError as exc:
-            problems.append(TemplateProblem(path, exc))
+            problems.append(TemplateProblem(path, _secret_misuse(exc)))
             return _Literal(text)
     if len(compiled) == 1 and isinstance(compiled[0], CompiledExpression):
         return _Whole(compiled[0])
     return _Interpolated(tuple(compiled))
+
+
+def _secret_misuse(exc: ExpressionError) -> ExpressionError:
+    """A clearer error for ``secrets`` used other than as ``${{ secrets.NAME }}``."""
+    if not exc.message.startswith("unknown variable 'secrets'"):
+        return exc
+    return ExpressionError(
+        "a secret is referenced only as a whole template `${{ secrets.NAME }}` (NAME: an uppercase"
+        " letter, then uppercase letters, digits or _, at most 64), never inside an expression",
+        exc.expression,
+    )
 
 
 def _compile_node(value: Any, path: tuple[PathPart, ...], problems: list[TemplateProblem]) -> _Node:
@@ -177,18 +203,47 @@ def _expressions(node: _Node) -> Iterator[CompiledExpression]:
             yield from _expressions(item)
 
 
+def _secret_names(node: _Node) -> Iterator[str]:
+    if isinstance(node, _Interpolated):
+        yield from (p.name for p in node.parts if isinstance(p, _SecretRef))
+    elif isinstance(node, _ListNode):
+        for item in node.items:
+            yield from _secret_names(item)
+    elif isinstance(node, _DictNode):
+        for _, item in node.items:
+            yield from _secret_names(item)
+
+
 def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def _encoded(value: Any) -> Any:
+    """A JSON value in wire form: no string of it can read as a secret reference."""
+    if isinstance(value, str):
+        return references.encode(value)
+    if isinstance(value, list):
+        return [_encoded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _encoded(v) for k, v in value.items()}
+    return value
+
+
 def _render(node: _Node, prepared: Mapping[int, Prepared]) -> Any:
     if isinstance(node, _Literal):
-        return node.value
+        return _encoded(node.value)
     if isinstance(node, _Whole):
-        return node.expr.run(prepared[id(node.expr)], budget=math.inf)
+        return _encoded(node.expr.run(prepared[id(node.expr)], budget=math.inf))
     if isinstance(node, _Interpolated):
+        texts = [
+            p if isinstance(p, str | _SecretRef) else _as_text(p.run(prepared[id(p)], budget=math.inf))
+            for p in node.parts
+        ]
+        if not any(isinstance(t, _SecretRef) for t in texts):
+            return references.encode("".join(t for t in texts if isinstance(t, str)))
         return "".join(
-            p if isinstance(p, str) else _as_text(p.run(prepared[id(p)], budget=math.inf)) for p in node.parts
+            references.reference(t.name) if isinstance(t, _SecretRef) else references.encode_part(t)
+            for t in texts
         )
     if isinstance(node, _ListNode):
         return [_render(item, prepared) for item in node.items]
@@ -202,12 +257,20 @@ class CompiledInputs:
     _root: _DictNode
 
     @property
+    def secret_refs(self) -> frozenset[str]:
+        """Names of the secrets the inputs reference."""
+        return frozenset(_secret_names(self._root))
+
+    @property
     def step_refs(self) -> frozenset[str]:
         """Ids of the steps referenced by any template."""
         return frozenset(ref for expr in _expressions(self._root) for ref in expr.step_refs)
 
     def render(self, variables: Mapping[str, Any]) -> dict[str, Any]:
         """Evaluate all templates; :class:`ExpressionError` on failure or oversized output.
+
+        The result is in wire form (:mod:`services.secrets.references`): secret references stay
+        references; :func:`services.secrets.references.resolve` gives what the action receives.
 
         All the templates of one step are one evaluation: their summed cost bound must fit
         :data:`~services.workflow.expression_cost.BUDGET`, checked before any of them runs.

@@ -1,4 +1,4 @@
-"""Redaction of credentials in what the console shows."""
+"""Redaction of credentials in well-known places (console, projector, dead letters, executor)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.console.redact import MASK, URL_MASK, redact, redact_text, redact_url
+from services.contracts.redaction import (
+    MASK,
+    URL_MASK,
+    might_hold_credentials,
+    redact,
+    redact_text,
+    redact_url,
+)
 
 SECRET = "s3cr3t-VALUE-xyz"
 
@@ -63,3 +70,35 @@ def test_a_planted_credential_never_survives_and_redaction_is_idempotent(doc: ob
     out = redact(planted)
     assert SECRET not in json.dumps(out)
     assert redact(out) == out
+
+
+def test_headers_query_keys_and_scheme_credentials_named_in_the_security_model() -> None:
+    headers = {"Authorization": SECRET, "Proxy-Authorization": SECRET, "X-Api-Key": SECRET, "Cookie": SECRET}
+    assert redact(headers) == dict.fromkeys(headers, MASK)
+    for param in ("api_key", "token", "key", "secret", "password", "access_token", "sig"):
+        assert SECRET not in redact_text(f"GET https://h.test/p?{param}={SECRET}&page=1 failed"), param
+    assert redact_text(f"sent bearer {SECRET}") == f"sent bearer {MASK}"
+
+
+json_docs = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(doc=json_docs)
+def test_the_cheap_precheck_never_skips_a_document_redaction_would_change(doc: object) -> None:
+    for text in (json.dumps(doc), json.dumps(doc, ensure_ascii=False)):
+        if not might_hold_credentials(text):
+            assert redact(json.loads(text)) == json.loads(text)
+
+
+@given(
+    doc=json_docs,
+    name=st.sampled_from(["Authorization", "x-api-key", "Cookie", "client_secret", "AUTH", "jwt"]),
+)
+def test_the_precheck_sees_every_planted_credential(doc: object, name: str) -> None:
+    text = json.dumps({"d": doc, name: SECRET})
+    assert might_hold_credentials(text)
+    assert SECRET not in json.dumps(redact(json.loads(text)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.secrets.references import resolve
 from services.workflow import EvalContext, ExpressionError
 from services.workflow.expressions import (
     MAX_EXPRESSION_LENGTH,
@@ -129,7 +130,9 @@ def test_whole_value_keeps_native_type_and_embedded_interpolates() -> None:
     )
     assert not problems
     assert inputs.step_refs == {"fetch"}
-    assert inputs.render(CTX.variables()) == {
+    rendered = inputs.render(CTX.variables())
+    assert rendered["nested"]["raw"] == "$${{ keep }}"  # wire form: a literal ${{ is encoded
+    assert resolve(rendered, {}) == {
         "amount": 1200,
         "text": 'Hello Ada, #7 ["a","b"]',
         "nested": {"list": [True, 3, None], "raw": "${{ keep }}"},
