@@ -131,6 +131,16 @@ class Settings(BaseSettings):
         ),
     )
     metrics_port: int = Field(default=0, ge=0, description="Port of /metrics, /healthz, /readyz (0: off).")
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address /metrics, /healthz and /readyz listen on: loopback unless a scraper on"
+        " another host needs them (0.0.0.0 in containers).",
+    )
+    egress_allow_private: bool = Field(
+        default=False,
+        description="Development and tests only: let http.request reach loopback, private, link-local"
+        " and reserved addresses for every tenant (default: refused, egress_denied).",
+    )
     log_level: str = Field(default="INFO", description="Root log level.")
     log_format: str = Field(default="json", description="'json' (structured) or 'text'.")
     dev_kafka_port: int = Field(default=29092, description="Port of the locally launched broker.")

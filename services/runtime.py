@@ -5,7 +5,8 @@ a second one exits at once.
 
 :func:`run_services` runs each service function in its own thread. With
 ``settings.metrics_port > 0`` it also serves ``/metrics``, ``/healthz`` and ``/readyz`` on that
-port and runs the consumer-lag collector for the consumer groups of the services it runs:
+port (on ``settings.metrics_host``, loopback by default) and runs the consumer-lag collector
+for the consumer groups of the services it runs:
 
 * healthz: no service thread died (a thread that ends before ``stop`` is set counts as dead);
 * readyz: every service set its ``ready`` event, the broker answers a metadata request, —
@@ -93,7 +94,7 @@ def run_services(
     registry: CollectorRegistry | None = None,
     health: Health | None = None,
     dependencies: Mapping[str, Check] | None = None,
-    metrics_host: str = "0.0.0.0",  # noqa: S104 - scraped from other containers
+    metrics_host: str | None = None,
     on_serving: Callable[[ObservabilityServer], None] | None = None,
     lag_interval_s: float = LAG_INTERVAL_S,
 ) -> None:
@@ -143,7 +144,7 @@ def run_services(
             registry if registry is not None else metrics.REGISTRY,
             health,
             settings.metrics_port,
-            metrics_host,
+            metrics_host if metrics_host is not None else settings.metrics_host,
         ).start()
         groups = groups_for(settings.topic_prefix, services)
         if groups:

@@ -4,17 +4,27 @@ Output: ``{"status", "headers", "json"}`` when the response body is JSON, else
 ``{"status", "headers", "text"}``. The body is decoded strictly: a JSON body with lone surrogates,
 ``NaN``/infinities or more than 64 levels of nesting is not JSON here and comes back as ``text``
 (the server is not trusted: such values could not be written into run state). At most
-``MAX_RESPONSE_BYTES`` of body are read; a longer body fails with ``output_too_large`` (not
+``MAX_RESPONSE_BYTES`` of body are read; a longer body fails with ``response_too_large`` (not
 retryable) without being held in memory. A non-2xx status fails with error kind ``http_<status>``,
 retryable for 5xx and 429 only. Transport failures (connect, read, timeouts) are retryable, kind
 ``http_timeout`` or ``http_transport_error``. Unless the step sets them itself, the request carries
 ``Idempotency-Key`` and ``X-Correlation-Id`` headers, so that the receiving side can deduplicate
 the at-least-once attempts.
 
+Egress (:mod:`services.actions.egress`): the host is resolved once and the connection goes to
+an address the tenant's egress policy admits (:mod:`services.actions.egress_net`); loopback,
+private, link-local, multicast, unspecified and reserved addresses are refused with error kind
+``egress_denied`` (not retryable; the target was never contacted, so the circuit breaker does not
+count it as a failure) unless the tenant's allow-list (``TenantConfig.egress_allow``) or the
+engine-wide development switch ``SWITCHYARD_EGRESS_ALLOW_PRIVATE`` admits them. The executor
+passes both through :meth:`HttpRequest.configure_egress`. Redirects are never followed (a 3xx is
+an ``http_3xx`` failure), so no second host escapes the check.
+
 It is ``external``: calls wait for the tenant's external-call rate limit, and a circuit breaker per
 (tenant, URL host:port) fails calls fast while that host keeps failing.
 
-One ``httpx.AsyncClient`` (connection pool) is kept per event loop.
+One ``httpx.AsyncClient`` (connection pool) is kept per event loop and egress policy, so a
+connection opened under one tenant's allow-list never carries another tenant's request.
 """
 
 from __future__ import annotations
@@ -23,9 +33,12 @@ import asyncio
 import weakref
 from typing import Any, Literal
 
+import httpcore
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.actions.egress import EgressConfig, EgressDenied, EgressPolicy
+from services.actions.egress_net import Resolver, VettedBackend, VettedTransport, system_resolver
 from services.contracts import strict_json
 from services.contracts.text import utf8_safe
 from services.executor.plugins import ActionContext, ActionError, BaseAction
@@ -68,18 +81,37 @@ class HttpRequest(BaseAction):
     Input = HttpRequestInput
     external = True
 
-    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        egress: EgressConfig | None = None,
+        resolver: Resolver = system_resolver,
+        network_backend: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
+        """``transport`` replaces the network entirely, egress policy included (unit tests);
+        ``resolver`` and ``network_backend`` replace the resolver and the sockets under the policy."""
         self._transport = transport
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._egress = egress if egress is not None else EgressConfig()
+        self._resolver = resolver
+        self._network_backend = network_backend
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[EgressPolicy, httpx.AsyncClient]
+        ] = weakref.WeakKeyDictionary()
 
-    def _client(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
+    def configure_egress(self, egress: EgressConfig) -> None:
+        """The engine-wide switch and the tenants' allow-lists (the executor calls this at start)."""
+        self._egress = egress
+
+    def _client(self, policy: EgressPolicy) -> httpx.AsyncClient:
+        clients = self._clients.setdefault(asyncio.get_running_loop(), {})
+        client = clients.get(policy)
         if client is None:
-            client = httpx.AsyncClient(transport=self._transport, follow_redirects=False)
-            self._clients[loop] = client
+            transport = self._transport
+            if transport is None:
+                transport = VettedTransport(VettedBackend(policy, self._resolver, self._network_backend))
+            client = httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
+            clients[policy] = client
         return client
 
     def target(self, inputs: HttpRequestInput) -> str:
@@ -94,9 +126,13 @@ class HttpRequest(BaseAction):
         if inputs.json_body is not None:
             request["json"] = inputs.json_body
         try:
-            client = self._client()
+            client = self._client(self._egress.policy_for(ctx.tenant))
             async with client.stream(inputs.method, inputs.url, **request) as response:
                 body, complete = await _read_bounded(response, MAX_RESPONSE_BYTES)
+        except EgressDenied as exc:
+            raise ActionError(
+                "egress_denied", f"{inputs.method} {inputs.url}: {exc}", retryable=False
+            ) from exc
         except httpx.TimeoutException as exc:
             raise ActionError("http_timeout", f"{inputs.method} {inputs.url}: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:
@@ -106,7 +142,7 @@ class HttpRequest(BaseAction):
         status = response.status_code
         if not complete and 200 <= status < 300:
             raise ActionError(
-                "output_too_large",
+                "response_too_large",
                 f"{inputs.method} {inputs.url} returned more than {MAX_RESPONSE_BYTES} bytes of body",
                 retryable=False,
             )
@@ -128,8 +164,7 @@ class HttpRequest(BaseAction):
         return output
 
     async def aclose(self) -> None:
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
+        for client in self._clients.pop(asyncio.get_running_loop(), {}).values():
             await client.aclose()
 
 

@@ -49,6 +49,11 @@ def create(
     trigger_partitions: int = typer.Option(3, help="Partitions of the tenant's trigger topic."),
     scope: list[str] = typer.Option([], help="Granted permission scope (repeat), e.g. firm_data:write."),
     operator: list[str] = typer.Option([], help="Who may replay/cancel the tenant's runs (repeat)."),
+    egress_allow: list[str] = typer.Option(
+        [],
+        help="Host (api.acme.internal, *.acme.internal) or CIDR that http.request may reach although"
+        " private (repeat).",
+    ),
     public_key: Path | None = typer.Option(None, help="Public key file (from `workflow keygen`) to trust."),
     key_id: str | None = typer.Option(None, help="Key id of --public-key."),
     slices: int = typer.Option(1, help="Internal partitions the tenant's runs spread over (limits split)."),
@@ -81,6 +86,7 @@ def create(
             trigger_partitions=trigger_partitions,
             scopes=scope,
             operators=operator,
+            egress_allow=egress_allow,
             keyring=Keyring(tenant=tenant, keys=keys),
             slices=slices,
             base_partition=base_partition,
@@ -110,8 +116,10 @@ def update(
     slices: int | None = typer.Option(None, help="Internal partitions the tenant's runs spread over."),
     scope: list[str] = typer.Option([], help="Replace the granted scopes (repeat)."),
     operator: list[str] = typer.Option([], help="Replace the operators (repeat)."),
+    egress_allow: list[str] = typer.Option([], help="Replace the egress allow-list: host or CIDR (repeat)."),
+    clear_egress_allow: bool = typer.Option(False, help="Empty the egress allow-list."),
 ) -> None:
-    """Change a tenant's limits, scopes or operators (only the options given)."""
+    """Change a tenant's limits, scopes, operators or egress allow-list (only the options given)."""
     config = _get(tenant)
     changes: dict[str, object] = {
         name: value
@@ -124,6 +132,7 @@ def update(
             "slices": slices,
             "scopes": scope or None,
             "operators": operator or None,
+            "egress_allow": [] if clear_egress_allow else (egress_allow or None),
         }.items()
         if value is not None
     }

@@ -3,7 +3,8 @@
 By default the guardrails read the tenants registry (the compacted tenants topic, tailed in the
 background): a tenant's granted ``scopes`` for permission checks and its ``external_call_rate``
 for the external-call rate limit. A tenant missing from the registry holds no scopes and gets the
-default external-call rate.
+default external-call rate. ``http.request`` gets the engine-wide egress switch and each tenant's
+egress allow-list (:func:`configure_egress`).
 
 Attempts run up to their step's timeout, bounded by ``SWITCHYARD_MAX_STEP_TIMEOUT_S`` (which
 publishing enforces too). A :class:`~services.executor.cancellation.CancellationWatcher` tails the
@@ -17,6 +18,7 @@ import os
 import socket
 import threading
 
+from services.actions.egress import EgressConfig
 from services.bus.topics import Topics, TopicsNotReady, admin_client, check_topics, internal_specs
 from services.bus.txloop import TransactionalLoop
 from services.config import Settings
@@ -77,6 +79,7 @@ def run_executor(
         guardrails = tenant_guardrails(table)
     if grants is not None:
         guardrails.grants = grants
+    configure_egress(registry, settings, table)
     processor = ExecutorProcessor(
         registry,
         topics,
@@ -110,6 +113,23 @@ def run_executor(
         if table is not None:
             table.stop()
         log.info("executor stopped", extra={"instance_id": instance})
+
+
+def configure_egress(
+    registry: ActionRegistry, settings: Settings, table: CompactedTable[TenantConfig] | None
+) -> None:
+    """Give every action that has an egress policy (``http.request``) the engine-wide switch
+    ``SWITCHYARD_EGRESS_ALLOW_PRIVATE`` and, from the tenants registry, each tenant's allow-list."""
+
+    def allow(tenant: str) -> list[str]:
+        config = table.get(tenant) if table is not None else None
+        return [] if config is None else config.egress_allow
+
+    egress = EgressConfig(settings.egress_allow_private, allow if table is not None else None)
+    for action in registry:
+        configure = getattr(action, "configure_egress", None)
+        if callable(configure):
+            configure(egress)
 
 
 def tenant_guardrails(table: CompactedTable[TenantConfig]) -> Guardrails:

@@ -8,12 +8,17 @@ A stdlib ``ThreadingHTTPServer`` in a daemon thread; the Prometheus registry and
 * ``GET /readyz`` — 200 when every service is ready, the broker (and database) answer and no
   partition is stalled, else 503; the JSON body says which service, dependency or partitions
   (with for how long) are not.
+
+It listens on loopback unless told otherwise (``SWITCHYARD_METRICS_HOST``): the metrics carry
+every tenant's series, and nothing a tenant's workflow can reach should serve them
+(``http.request`` refuses loopback too).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -63,19 +68,28 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], registry: CollectorRegistry, health: Health) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         self.registry = registry
         self.health = health
         super().__init__(address, _Handler)
 
 
 class ObservabilityServer:
-    """Serves the three endpoints until :meth:`stop`. ``port=0`` binds a free port (see :attr:`port`)."""
+    """Serves the three endpoints until :meth:`stop`. ``port=0`` binds a free port (see :attr:`port`);
+    ``host`` is the address to listen on (loopback by default)."""
 
-    def __init__(self, registry: CollectorRegistry, health: Health, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104
+    def __init__(
+        self, registry: CollectorRegistry, health: Health, port: int, host: str = "127.0.0.1"
+    ) -> None:
         self._server = _Server((host, port), registry, health)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="metrics-http", daemon=True
         )
+
+    @property
+    def host(self) -> str:
+        return str(self._server.server_address[0])
 
     @property
     def port(self) -> int:
@@ -83,7 +97,7 @@ class ObservabilityServer:
 
     def start(self) -> ObservabilityServer:
         self._thread.start()
-        log.info("serving /metrics /healthz /readyz", extra={"port": self.port})
+        log.info("serving /metrics /healthz /readyz", extra={"host": self.host, "port": self.port})
         return self
 
     def stop(self) -> None:

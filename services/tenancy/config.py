@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.workflow.signing import Keyring
 
@@ -33,7 +33,24 @@ class TenantConfig(BaseModel):
     max_pending_runs: int = Field(10_000, ge=1, description="Pending runs before intake pauses the tenant.")
     scopes: list[str] = Field(default_factory=list, description="Permission scopes granted to the tenant.")
     operators: list[str] = Field(default_factory=list, description="Who may replay or cancel its runs.")
+    egress_allow: list[str] = Field(
+        default_factory=list,
+        description="Hosts (api.acme.internal, *.acme.internal) and CIDRs (10.1.0.0/16) http.request may "
+        "reach although their addresses are private, loopback, link-local or reserved.",
+    )
     keyring: Keyring | None = None
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _egress_entries(cls, entries: list[str]) -> list[str]:
+        # Imported here: services.actions loads the executor, which loads this module.
+        from services.actions.egress import MAX_ALLOW_ENTRIES, parse_allow_entry
+
+        if len(entries) > MAX_ALLOW_ENTRIES:
+            raise ValueError(f"at most {MAX_ALLOW_ENTRIES} egress allow entries")
+        for entry in entries:
+            parse_allow_entry(entry)  # ValueError says which entry and why
+        return [entry.strip() for entry in entries]
 
     def keyring_or_empty(self) -> Keyring:
         return self.keyring or Keyring(tenant=self.tenant, keys=[])

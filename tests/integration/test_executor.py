@@ -90,7 +90,10 @@ class Running:
 
 def make_settings(kafka_bootstrap: str, unique: str) -> Settings:
     settings = Settings(
-        topic_prefix=f"t{unique}", kafka_bootstrap_servers=kafka_bootstrap, internal_partitions=2
+        topic_prefix=f"t{unique}",
+        kafka_bootstrap_servers=kafka_bootstrap,
+        internal_partitions=2,
+        egress_allow_private=True,  # http.request calls test servers on 127.0.0.1
     )
     ensure_topics(admin_client(settings), internal_specs(settings))
     return settings

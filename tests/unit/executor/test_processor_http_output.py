@@ -53,7 +53,7 @@ def test_a_body_over_the_limit_fails_without_being_kept() -> None:
     result = call(json_response(b"x" * (MAX_RESPONSE_BYTES + 1), "text/plain"))
     assert (result["status"], result["error_kind"], result["retryable"]) == (
         "failed",
-        "output_too_large",
+        "response_too_large",
         False,
     )
 
