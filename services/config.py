@@ -16,6 +16,8 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from services.bus.kafka_logs import KAFKA_LOG
+
 
 def _text_list(value: Any) -> Any:
     """A list setting from the environment: a JSON list, or plain comma-separated values."""
@@ -174,7 +176,8 @@ class Settings(BaseSettings):
                 "No Kafka broker configured: set KAFKA_BOOTSTRAP_SERVERS, or run `switchyard dev up` "
                 "and use the address it prints."
             )
-        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap_servers}
+        # librdkafka logs through Python logging (services/bus/kafka_logs.py), not straight to stderr
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap_servers, "logger": KAFKA_LOG}
         conf.update(self.kafka_options)
         if self.kafka_sasl_password is not None:
             conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()

@@ -8,7 +8,7 @@ import time
 import uuid
 
 import typer
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
 from services.bus.clients import plain_producer_config
 from services.bus.topics import Topics, admin_client, ensure_topics, internal_specs
@@ -123,7 +123,12 @@ def trigger(
         "occurred_at": int(time.time() * 1000),
     }
     topic = Topics(settings.topic_prefix).tenant_triggers(tenant)
-    producer = Producer(plain_producer_config(settings))
+    # never create a tenant's topic by producing to it: tenants are made by `switchyard tenant create`
+    producer = Producer(plain_producer_config(settings, **{"allow.auto.create.topics": False}))
+    problem = missing_topic_problem(producer, topic, tenant, settings.topic_prefix)
+    if problem:
+        err.print(f"[red]error:[/] {esc(problem)}")
+        raise typer.Exit(1)
     failures: list[str] = []
     producer.produce(
         topic,
@@ -139,6 +144,28 @@ def trigger(
         )
         raise typer.Exit(1)
     err.print(f"sent {esc(event)} to {esc(topic)} with key {esc(record['idempotency_key'])}")
+
+
+def missing_topic_problem(
+    client: Producer, topic: str, tenant: str, prefix: str, timeout_s: float = 5.0
+) -> str:
+    """Why ``topic`` cannot take a record now, from one metadata request, else ``""``.
+
+    Producing to a missing topic would only fail after ``message.timeout.ms`` (30 s and more), so
+    the CLI asks first, for this topic only (a cluster may hold thousands); ``client`` must not
+    auto-create topics (``allow.auto.create.topics=false``).
+    """
+    try:
+        metadata = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    except KafkaException as exc:
+        return f"the broker did not answer within {timeout_s:g}s ({exc.args[0] if exc.args else exc})"
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        return (
+            f"topic {topic} does not exist: no tenant {tenant!r} under the topic prefix {prefix!r}. "
+            f"See `switchyard tenant list`; create it with `switchyard tenant create {tenant} …`, "
+            "or set SWITCHYARD_TOPIC_PREFIX"
+        )
+    return ""
 
 
 db_app = typer.Typer(help="The PostgreSQL schema of the run history.", no_args_is_help=True)

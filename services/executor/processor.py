@@ -437,12 +437,23 @@ class ExecutorProcessor:
         if self.loop.is_closed():
             return
         try:
+            asyncio.run_coroutine_threadsafe(_cancel_running(), self.loop).result(30)
             asyncio.run_coroutine_threadsafe(self.registry.aclose(), self.loop).result(30)
             asyncio.run_coroutine_threadsafe(self.loop.shutdown_asyncgens(), self.loop).result(30)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._loop_thread.join(30)
             self.loop.close()
+
+
+async def _cancel_running(grace_s: float = 10.0) -> None:
+    """Cancel the attempts still running on the loop and let them unwind (their commands are
+    redelivered to the partitions' next owner), so no task is destroyed pending when it closes."""
+    tasks = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=grace_s)
 
 
 def _raw_key(msg: Message) -> bytes | None:
