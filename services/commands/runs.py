@@ -129,6 +129,12 @@ def list_command(
     since: str | None = typer.Option(
         None, "--since", help="Only runs created since: ISO 8601 (UTC if naive) or a duration ago (6h, 2d)."
     ),
+    correlation_id: str | None = typer.Option(
+        None, "--correlation-id", help="Only runs with this correlation id (as in traces and logs)."
+    ),
+    idempotency_key: str | None = typer.Option(
+        None, "--idempotency-key", help="Only runs started by triggers with this idempotency key."
+    ),
     limit: int = typer.Option(50, "--limit", min=1, max=10_000, help="At most this many (newest first)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
@@ -143,6 +149,8 @@ def list_command(
             limit=limit,
             error_kind=error_kind,
             since=since_at,
+            correlation_id=correlation_id,
+            idempotency_key=idempotency_key,
         )
         if as_json:
             print(json.dumps([as_dict(r) for r in found], indent=2, default=str))
@@ -150,27 +158,72 @@ def list_command(
         if not found:
             _err().print("no runs match")
             return
-        _out().print(runs_table(found))
+        out = _out()
+        out.print(runs_table(found, out.width, hide_tenant=tenant is not None))
 
 
-def runs_table(found: list[Run]) -> Table:
-    """The ``runs list`` table; every stored string is shown literally."""
-    table = Table(title=f"{len(found)} run(s)", show_lines=False)
-    for column in ("run", "tenant", "workflow", "state", "created", "duration", "correlation", "error"):
-        wrap = column in ("workflow", "correlation", "error")
-        table.add_column(column, overflow="fold", no_wrap=not wrap)
+# Columns of `runs list` by priority: (name, narrowest terminal that shows it). The run id is
+# always whole (it is what `runs show` takes); below these widths a column is left out rather
+# than folded into an unreadable sliver, and names and errors are cut with an ellipsis (in full:
+# `runs show`, `runs list --json`).
+RUN_COLUMNS: tuple[tuple[str, int], ...] = (
+    ("run", 0),
+    ("state", 0),
+    ("workflow", 0),
+    ("created", 0),
+    ("duration", 100),
+    ("tenant", 110),
+    ("error", 120),
+    ("correlation", 170),
+)
+_FIXED = {"run": 36, "state": 9, "duration": 8, "correlation": 36}
+_SHARES = {"workflow": 2, "tenant": 1, "error": 3}  # how the width left over is shared
+
+
+def _created_format(width: int | None) -> str | None:
+    """strftime format of "created" at ``width`` (``None``: the full timestamp)."""
+    if width is None or width >= 150:
+        return None
+    return "%m-%d %H:%M:%S" if width >= 100 else "%m-%d %H:%M"
+
+
+def runs_table(found: list[Run], width: int | None = None, *, hide_tenant: bool = False) -> Table:
+    """The ``runs list`` table for a terminal ``width`` columns wide (``None``: every column,
+    nothing cut); every stored string is shown literally. ``hide_tenant``: a one-tenant list."""
+    shown = [
+        name
+        for name, needs in RUN_COLUMNS
+        if (width is None or width >= needs) and not (hide_tenant and name == "tenant")
+    ]
+    created_format = _created_format(width)
+    created_width = 23 if created_format is None else len(datetime(2000, 1, 1).strftime(created_format))
+    limits: dict[str, int | None] = dict.fromkeys(shown)
+    if width is not None:
+        fixed = sum(_FIXED.get(name, created_width if name == "created" else 0) for name in shown)
+        left = max(0, width - 2 * len(shown) - fixed)  # two spaces between and around columns
+        shares = sum(_SHARES.get(name, 0) for name in shown)
+        for name in shown:
+            if name in _SHARES:
+                limits[name] = max(6, left * _SHARES[name] // shares)
+    # no borders: two spaces between columns are the table's only chrome
+    table = Table(title=f"{len(found)} run(s)", box=None, pad_edge=False, header_style="bold underline")
+    for name in shown:
+        table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=limits[name])
     for run in found:
-        add_row(
-            table,
-            run.run_id,
-            run.tenant,
-            f"{run.workflow} v{run.version}",
-            _state(run.state),
-            _ts(run.created_at),
-            _duration(run.started_at or run.created_at, run.finished_at),
-            run.correlation_id,
-            _error(run.error_kind, run.error_message),
-        )
+        created = run.created_at
+        cells: dict[str, str | Text] = {
+            "run": run.run_id,
+            "tenant": run.tenant,
+            "workflow": f"{run.workflow} v{run.version}",
+            "state": _state(run.state),
+            "created": (
+                created.astimezone().strftime(created_format) if created_format and created else _ts(created)
+            ),
+            "duration": _duration(run.started_at or run.created_at, run.finished_at),
+            "correlation": run.correlation_id,
+            "error": _error(run.error_kind, run.error_message),
+        }
+        add_row(table, *(cells[name] for name in shown))
     return table
 
 

@@ -101,8 +101,11 @@ def list_runs(
     *,
     error_kind: str | None = None,
     since: datetime | None = None,
+    correlation_id: str | None = None,
+    idempotency_key: str | None = None,
 ) -> list[Run]:
-    """Newest runs first, filtered by tenant, workflow, state, error kind and creation time."""
+    """Newest runs first, filtered by tenant, workflow, state, error kind, creation time,
+    correlation id and idempotency key (both indexed)."""
     stmt = sa.select(Run)
     if tenant is not None:
         stmt = stmt.where(Run.tenant == tenant)
@@ -114,6 +117,10 @@ def list_runs(
         stmt = stmt.where(Run.error_kind == error_kind)
     if since is not None:
         stmt = stmt.where(Run.created_at >= since)
+    if correlation_id is not None:
+        stmt = stmt.where(Run.correlation_id == correlation_id)
+    if idempotency_key is not None:
+        stmt = stmt.where(Run.idempotency_key == idempotency_key)
     stmt = stmt.order_by(Run.created_at.desc(), Run.run_id).limit(max(1, limit))
     return list(session.scalars(stmt))
 
