@@ -111,7 +111,9 @@ def update(
     max_concurrent_runs: int | None = typer.Option(None, help="Runs running at once."),
     trigger_rate: float | None = typer.Option(None, help="Triggers accepted per second."),
     trigger_burst: int | None = typer.Option(None, help="Trigger burst (token bucket size)."),
-    external_call_rate: float | None = typer.Option(None, help="External calls per second."),
+    external_call_rate: float | None = typer.Option(
+        None, help="External calls per second per executor process."
+    ),
     max_pending_runs: int | None = typer.Option(None, help="Pending runs before intake pauses the tenant."),
     slices: int | None = typer.Option(None, help="Internal partitions the tenant's runs spread over."),
     scope: list[str] = typer.Option([], help="Replace the granted scopes (repeat)."),

@@ -29,7 +29,9 @@ class TenantConfig(BaseModel):
     max_concurrent_runs: int = Field(100, ge=1, description="Runs running at once, across all its workflows.")
     trigger_rate: float = Field(100.0, gt=0, description="Triggers accepted per second (token refill rate).")
     trigger_burst: int = Field(200, ge=1, description="Token bucket size for triggers.")
-    external_call_rate: float = Field(50.0, gt=0, description="External calls per second across executors.")
+    external_call_rate: float = Field(
+        50.0, gt=0, description="External calls per second per executor process (N executors: N times this)."
+    )
     max_pending_runs: int = Field(10_000, ge=1, description="Pending runs before intake pauses the tenant.")
     scopes: list[str] = Field(default_factory=list, description="Permission scopes granted to the tenant.")
     operators: list[str] = Field(default_factory=list, description="Who may replay or cancel its runs.")
