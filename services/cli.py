@@ -14,6 +14,7 @@ from services.commands import (
     demo,
     dev,
     engine,
+    operator,
     runs,
     status,
     tenant,
@@ -34,6 +35,7 @@ app.add_typer(dev.app, name="dev")
 workflow_registry.register(workflow.app)
 app.add_typer(workflow.app, name="workflow", help="Workflow definitions: validate, sign, publish, inspect.")
 app.add_typer(tenant.app, name="tenant")
+app.add_typer(operator.app, name="operator")
 app.add_typer(engine.topics_app, name="topics")
 app.add_typer(engine.db_app, name="db")
 app.add_typer(runs.app, name="runs", help="Run history from PostgreSQL.")

@@ -8,12 +8,21 @@ for Switchyard, its tests and the usual tooling. Extra librdkafka properties pas
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from functools import lru_cache
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from services.bus.kafka_logs import KAFKA_LOG
@@ -34,6 +43,19 @@ def _text_list(value: Any) -> Any:
 
 TextList = Annotated[list[str], NoDecode, BeforeValidator(_text_list)]
 """A list of strings read from the environment as ``a@x,b@y`` or as JSON ``["a@x", "b@y"]``."""
+
+
+def _public_keys(value: dict[str, str]) -> dict[str, str]:
+    """Each value must be the base64 of a raw 32-byte Ed25519 public key."""
+    for key_id, public in value.items():
+        try:
+            raw = base64.b64decode(public.encode("ascii"), validate=True)
+        except (ValueError, UnicodeEncodeError):
+            raw = b""
+        if len(raw) != 32:
+            raise ValueError(f"operator key {key_id!r} is not the base64 of a raw 32-byte Ed25519 key")
+    return value
+
 
 KAFKA_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
 STATE_RECORD_OVERHEAD = 96 * 1024  # run state besides trigger and outputs: 200 steps' records at most
@@ -97,7 +119,27 @@ class Settings(BaseSettings):
     )
     global_operators: TextList = Field(
         default_factory=list,
-        description="Requesters allowed to replay/cancel any tenant's runs (a@x,b@y or a JSON list).",
+        description="Ignored since control commands are signed: see operator_keys.",
+    )
+    operator_keys: Annotated[dict[str, str], AfterValidator(_public_keys)] = Field(
+        default_factory=dict,
+        description="Global operators' Ed25519 public keys (JSON object key id -> base64 raw key): "
+        "they may replay/cancel any tenant's runs, and a gateway among them (the console) may "
+        "act on behalf of a named operator.",
+    )
+    operator_key_file: str | None = Field(
+        default=None,
+        description="Default private key file signing `replay`/`cancel` (and the console's commands).",
+    )
+    operator_key_id: str | None = Field(
+        default=None, description="Key id of operator_key_file (default: the file name without .key)."
+    )
+    control_window_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=86400,
+        description="A control command issued further than this from the router's clock is refused "
+        "as stale; command ids are remembered for as long.",
     )
     secret_providers: TextList = Field(
         default_factory=lambda: ["env", "file"],

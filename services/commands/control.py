@@ -1,15 +1,14 @@
 """`switchyard replay` and `switchyard cancel`: operator commands through the control topic.
 
-The router authorises every command (the requester must be an operator of the run's tenant, or
-a global operator), bounds replays per run, and records the outcome; these commands wait for
+Every command is signed with an operator key (``--key FILE`` or ``SWITCHYARD_OPERATOR_KEY_FILE``);
+intake verifies it (an operator key of the run's tenant, or a global operator key), the router core
+applies each command id once, bounds replays per run, and records the outcome; these commands wait for
 that outcome in PostgreSQL (``--wait``) and say plainly whether it was accepted or refused, and why.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import getpass
-import socket
 import time
 import uuid
 from typing import Any
@@ -22,10 +21,20 @@ from services.commands.engine import _settings
 from services.commands.runs import _session
 from services.commands.text import console, esc
 from services.control.commands import ControlSender, Kind, command
+from services.control.keys import NoOperatorKey, OperatorKey, configured_key
 
 out = console()
 err = console(stderr=True)
-DEFAULT_REQUESTER = f"{getpass.getuser()}@{socket.gethostname()}"
+KEY_HELP = "Operator private key file (default: SWITCHYARD_OPERATOR_KEY_FILE)."
+KEY_ID_HELP = "Key id of --key as registered (default: the file name without .key)."
+
+
+def _key(path: str | None, key_id: str | None) -> OperatorKey:
+    try:
+        return configured_key(_settings(), path, key_id)
+    except NoOperatorKey as exc:
+        err.print(f"[red]error:[/] {esc(exc)}")
+        raise typer.Exit(2) from exc
 
 
 def _run_tenant(run_id: str) -> str:
@@ -78,10 +87,10 @@ def _report_one(cmd: dict[str, Any], wait: float) -> None:
 
 
 def _send_one(
-    kind: Kind, run_id: str, tenant: str | None, requester: str, reason: str, step: str | None, wait: float
+    kind: Kind, run_id: str, tenant: str | None, key: OperatorKey, reason: str, step: str | None, wait: float
 ) -> None:
     settings = _settings()
-    cmd = command(kind, tenant or _run_tenant(run_id), run_id, requester, reason, step_id=step)
+    cmd = command(kind, tenant or _run_tenant(run_id), run_id, key.key_id, reason, step_id=step, key=key)
     sender = ControlSender(settings)
     sender.send(cmd)
     sender.flush()
@@ -92,7 +101,8 @@ def cancel(
     run_id: str = typer.Argument(..., help="The run to cancel."),
     reason: str = typer.Option(..., help="Why (recorded in the run's history)."),
     tenant: str | None = typer.Option(None, help="The run's tenant (default: looked up in the history)."),
-    requester: str = typer.Option(DEFAULT_REQUESTER, help="Who asks (must be an operator of the tenant)."),
+    key: str | None = typer.Option(None, help=KEY_HELP),
+    key_id: str | None = typer.Option(None, help=KEY_ID_HELP),
     wait: float = typer.Option(
         30.0,
         callback=options.finite_seconds,
@@ -100,7 +110,7 @@ def cancel(
     ),
 ) -> None:
     """Cancel a pending or running run: open steps are cancelled, late results ignored."""
-    _send_one("cancel", run_id, tenant, requester, reason, None, wait)
+    _send_one("cancel", run_id, tenant, _key(key, key_id), reason, None, wait)
 
 
 def replay(
@@ -122,7 +132,8 @@ def replay(
     dry_run: bool = typer.Option(
         False, help="Bulk: report how many runs and steps would be replayed; send nothing."
     ),
-    requester: str = typer.Option(DEFAULT_REQUESTER, help="Who asks (must be an operator of the tenant)."),
+    key: str | None = typer.Option(None, help=KEY_HELP),
+    key_id: str | None = typer.Option(None, help=KEY_ID_HELP),
     wait: float = typer.Option(
         30.0,
         callback=options.finite_seconds,
@@ -139,12 +150,13 @@ def replay(
         raise typer.Exit(2)
     if run_id is not None:
         kind: Kind = "replay_step" if step_only else "replay_run"
-        _send_one(kind, run_id, tenant, requester, reason, from_step, wait)
+        _send_one(kind, run_id, tenant, _key(key, key_id), reason, from_step, wait)
         return
     if tenant is None:
         err.print("[red]error:[/] give a RUN id, or --tenant (with optional filters) for a bulk replay")
         raise typer.Exit(2)
-    _bulk(tenant, workflow, version, error_kind, since, dry_run, requester, reason, wait)
+    signer = None if dry_run else _key(key, key_id)
+    _bulk(tenant, workflow, version, error_kind, since, signer, reason, wait)
 
 
 def _bulk(
@@ -153,11 +165,11 @@ def _bulk(
     version: int | None,
     error_kind: str | None,
     since: str | None,
-    dry_run: bool,
-    requester: str,
+    signer: OperatorKey | None,
     reason: str,
     wait: float,
 ) -> None:
+    """``signer`` None: a dry run."""
     from services.projector.queries import failed_runs
 
     since_at = None
@@ -175,7 +187,7 @@ def _bulk(
         )
     steps = sum(len(failed) for _, failed in runs)
     err.print(f"{len(runs)} failed runs, {steps} failed steps match")
-    if dry_run or not runs:
+    if signer is None or not runs:
         return
     settings = _settings()
     bulk_id = str(uuid.uuid4())
@@ -185,7 +197,9 @@ def _bulk(
     with Progress(*columns, console=err) as progress:
         task = progress.add_task("sending replays", total=len(runs))
         for run_id, _ in runs:
-            cmd = command("replay_run", tenant, run_id, requester, reason, correlation_id=bulk_id)
+            cmd = command(
+                "replay_run", tenant, run_id, signer.key_id, reason, correlation_id=bulk_id, key=signer
+            )
             sender.send(cmd)
             ids.append(cmd["command_id"])
             progress.advance(task)

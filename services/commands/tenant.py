@@ -35,6 +35,28 @@ def _get(tenant: str) -> TenantConfig:
     return config
 
 
+def _operator_keys(specs: list[str]) -> list[KeyEntry]:
+    """``--operator-key KEY_ID=PUBLIC_KEY_FILE`` values as operator-role keyring entries."""
+    entries = []
+    for spec in specs:
+        key_id, sep, path = spec.partition("=")
+        try:
+            if not sep:
+                raise ValueError("expected KEY_ID=PUBLIC_KEY_FILE")
+            public = Path(path).read_text().strip()
+            entries.append(KeyEntry(key_id=key_id, public_key=public, role="operator"))
+        except (OSError, ValueError) as exc:
+            err.print(f"[red]error:[/] --operator-key {esc(spec)}: {esc(exc)}")
+            raise typer.Exit(2) from exc
+    return entries
+
+
+def _with_operator_keys(keyring: Keyring, added: list[KeyEntry]) -> Keyring:
+    """``keyring`` with ``added`` (an entry of the same id is replaced)."""
+    ids = {k.key_id for k in added}
+    return Keyring(tenant=keyring.tenant, keys=[*(k for k in keyring.keys if k.key_id not in ids), *added])
+
+
 def _save(config: TenantConfig) -> None:
     save_tenant(_settings(), config)
     out.print_json(json.dumps(config.model_dump(mode="json")))
@@ -49,6 +71,9 @@ def create(
     trigger_partitions: int = typer.Option(3, help="Partitions of the tenant's trigger topic."),
     scope: list[str] = typer.Option([], help="Granted permission scope (repeat), e.g. firm_data:write."),
     operator: list[str] = typer.Option([], help="Who may replay/cancel the tenant's runs (repeat)."),
+    operator_key: list[str] = typer.Option(
+        [], help="KEY_ID=PUBLIC_KEY_FILE: an operator key signing replay/cancel (repeat)."
+    ),
     egress_allow: list[str] = typer.Option(
         [],
         help="Host (api.acme.internal, *.acme.internal) or CIDR that http.request may reach although"
@@ -77,6 +102,7 @@ def create(
             err.print("[red]error:[/] --public-key needs --key-id")
             raise typer.Exit(2)
         keys.append(KeyEntry(key_id=key_id, public_key=public_key.read_text().strip()))
+    keys = _with_operator_keys(Keyring(tenant=tenant, keys=keys), _operator_keys(operator_key)).keys
     try:
         config = TenantConfig(
             tenant=tenant,
@@ -120,8 +146,13 @@ def update(
     operator: list[str] = typer.Option([], help="Replace the operators (repeat)."),
     egress_allow: list[str] = typer.Option([], help="Replace the egress allow-list: host or CIDR (repeat)."),
     clear_egress_allow: bool = typer.Option(False, help="Empty the egress allow-list."),
+    operator_key: list[str] = typer.Option(
+        [], help="KEY_ID=PUBLIC_KEY_FILE: add (or replace) an operator key signing replay/cancel (repeat)."
+    ),
 ) -> None:
-    """Change a tenant's limits, scopes, operators or egress allow-list (only the options given)."""
+    """Change a tenant's limits, scopes, operators, operator keys or egress allow-list (only the
+    options given)."""
+    added = _operator_keys(operator_key)
     config = _get(tenant)
     changes: dict[str, object] = {
         name: value
@@ -135,6 +166,7 @@ def update(
             "scopes": scope or None,
             "operators": operator or None,
             "egress_allow": [] if clear_egress_allow else (egress_allow or None),
+            "keyring": _with_operator_keys(config.keyring_or_empty(), added) if added else None,
         }.items()
         if value is not None
     }

@@ -1,9 +1,11 @@
 """What the console does to the engine: control commands (replay, cancel) and tenant triggers,
 both produced to Kafka exactly as ``switchyard replay``/``cancel``/``trigger`` produce them.
 
-Commands reuse :func:`services.control.commands.command` and :class:`ControlSender`; the router
-authorises and applies them, and the projector records the decision in ``control_commands``,
-which the console shows. The requester is the authenticated operator's name.
+Commands reuse :func:`services.control.commands.command` and :class:`ControlSender`. The console
+is a trusted gateway: it signs every command with its own key (``SWITCHYARD_OPERATOR_KEY_FILE``,
+registered as a global operator key in ``SWITCHYARD_OPERATOR_KEYS``) and names the authenticated
+operator as ``on_behalf_of``, which intake records as the requester; the router applies the
+command, and the projector records the decision in ``control_commands``, which the console shows.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from services.bus.topics import Topics
 from services.config import Settings
 from services.contracts import serde
 from services.control.commands import ControlSender, Kind, command
+from services.control.keys import NoOperatorKey, OperatorKey, configured_key
 
 
 class DeliveryFailed(RuntimeError):
@@ -35,6 +38,17 @@ class Gateway:
         self._lock = threading.Lock()
         self._control: ControlSender | None = None
         self._triggers: Producer | None = None
+        self._key: OperatorKey | None = None
+
+    def _signer(self) -> OperatorKey:
+        """The console's own operator key, read once."""
+        with self._lock:
+            if self._key is None:
+                try:
+                    self._key = configured_key(self.settings)
+                except NoOperatorKey as exc:
+                    raise DeliveryFailed(f"the console cannot sign commands: {exc}") from exc
+            return self._key
 
     def _sender(self) -> ControlSender:
         with self._lock:
@@ -62,7 +76,10 @@ class Gateway:
         reason: str,
         step_id: str | None = None,
     ) -> dict[str, Any]:
-        cmd = command(kind, tenant, run_id, requester, reason, step_id=step_id)
+        key = self._signer()
+        cmd = command(
+            kind, tenant, run_id, requester, reason, step_id=step_id, key=key, on_behalf_of=requester
+        )
         self.send_commands([cmd])
         return cmd
 
@@ -70,8 +87,20 @@ class Gateway:
         self, tenant: str, run_ids: list[str], requester: str, reason: str
     ) -> tuple[str, list[str]]:
         """One ``replay_run`` per run under a shared correlation id (as the CLI's bulk replay)."""
-        bulk_id = str(uuid.uuid4())
-        cmds = [command("replay_run", tenant, r, requester, reason, correlation_id=bulk_id) for r in run_ids]
+        bulk_id, key = str(uuid.uuid4()), self._signer()
+        cmds = [
+            command(
+                "replay_run",
+                tenant,
+                r,
+                requester,
+                reason,
+                correlation_id=bulk_id,
+                key=key,
+                on_behalf_of=requester,
+            )
+            for r in run_ids
+        ]
         self.send_commands(cmds)
         return bulk_id, [c["command_id"] for c in cmds]
 

@@ -1,6 +1,6 @@
-"""Building and sending `ControlCommand`s. The router authorises and applies them; the outcome
-(accepted or refused, with the reason) lands in the run's history or the DLQ, and the projector
-stores it in ``control_commands`` for audit."""
+"""Building, signing and sending `ControlCommand`s. Intake verifies the signature and the router
+core applies them; the outcome (accepted or refused, with the reason) lands in the run's history
+or the DLQ, and the projector stores it in ``control_commands`` for audit."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from services.bus.clients import headers_for, plain_producer_config
 from services.bus.topics import Topics
 from services.config import Settings
 from services.contracts import serde
+from services.control.keys import OperatorKey
+from services.control.signing import sign
 
 Kind = Literal["cancel", "replay_run", "replay_step"]
 
@@ -26,8 +28,13 @@ def command(
     reason: str,
     step_id: str | None = None,
     correlation_id: str | None = None,
+    *,
+    key: OperatorKey | None = None,
+    on_behalf_of: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    """A new command (fresh id, issued now), signed by ``key`` when given (the requester then
+    becomes the identity intake records: ``on_behalf_of`` or the key id)."""
+    cmd: dict[str, Any] = {
         "command_id": str(uuid.uuid4()),
         "kind": kind,
         "requester": requester,
@@ -39,7 +46,11 @@ def command(
         "issued_at": int(time.time() * 1000),
         "filter_json": None,
         "dry_run": False,
+        "key_id": None,
+        "signature": None,
+        "on_behalf_of": on_behalf_of,
     }
+    return cmd if key is None else sign(cmd, key.key_id, key.private_key)
 
 
 class ControlSender:

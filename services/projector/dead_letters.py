@@ -1,9 +1,10 @@
 """From a record of the dead-letter topic to a :class:`DeadLetter` (or a :class:`~.events.Rejected`).
 
-Pure: no I/O. A dead letter whose ``original_topic`` is the control topic is an operator command
-refused before it reached a run; its ``original_value`` is decoded as a ``ControlCommand`` when it
-can be (garbage, the very reason it was refused, stays ``None``), so that the refusal can be
-recorded in ``control_commands`` too (see :mod:`.control`).
+Pure: no I/O. A dead letter whose ``original_topic`` is the control topic (or the inbox: the
+router core's refusals) is an operator command refused before it reached a run; its
+``original_value`` is decoded as a ``ControlCommand`` when it can be (garbage, the very reason it
+was refused, stays ``None``), so that the refusal can be recorded in ``control_commands`` too (see
+:mod:`.control`).
 
 Total, like :func:`~.events.decode_event`: every field is made storable (see :mod:`.bounds`) —
 the engine's own dead letters are already bounded the same way, but the projector reads whatever
@@ -18,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from services.contracts.redaction import redact_text
-from services.contracts.serde import ContractError, decode
+from services.contracts.serde import ContractError, decode, decode_inbox
 from services.projector.bounds import (
     MAX_KIND,
     MAX_LONG_ID,
@@ -111,12 +112,21 @@ def _opt_int64(value: Any, what: str) -> int | None:
 
 
 def control_command_of(value: bytes | None) -> dict[str, Any] | None:
-    """The ``ControlCommand`` in a dead-lettered control record, or None when it does not decode."""
+    """The ``ControlCommand`` in a dead-lettered control record (bare, or in the inbox envelope the
+    router core refused), or None when it does not decode."""
     try:
-        _, command = decode(value, expected="ControlCommand")
+        name, command = decode(value)
+        if name == "InboxRecord":
+            name, command = decode_inbox(value)
     except Exception:  # garbage is the usual reason it was dead-lettered
         return None
-    return command if command.get("command_id") else None
+    return command if name == "ControlCommand" and command.get("command_id") else None
+
+
+def _inbox_beside(control_topic: str) -> str:
+    """The router core's inbox under the control topic's prefix: the core dead-letters the
+    commands it refuses (no such run of that tenant) with that topic as their origin."""
+    return control_topic.removesuffix(".control") + ".inbox"
 
 
 def dead_letter_from_record(
@@ -155,7 +165,7 @@ def _dead_letter_from_record(
     raw_topic = record.get("original_topic")
     original_value = _bytes(record.get("original_value"), "original_value")
     command = None
-    if control_topic is not None and raw_topic == control_topic:
+    if control_topic is not None and raw_topic in (control_topic, _inbox_beside(control_topic)):
         command = control_command_of(original_value)
     return DeadLetter(
         dlq_id=storable_id(str(record["dlq_id"]), MAX_LONG_ID),

@@ -43,7 +43,7 @@ from services.contracts import serde, strict_json
 from services.contracts.dead_letters import bounded_identity, encode_dead_letter
 from services.contracts.text import bounded_text
 from services.observability import metrics
-from services.router import machine, retention
+from services.router import command_log, machine, retention
 from services.router.history import HistoryPaused, HistoryUnavailable, KnownRun, NoHistory, RunHistory
 from services.router.load import TenantLoad
 from services.router.machine import Effects, Timer
@@ -507,9 +507,13 @@ class CoreProcessor:
         """Cancel or replay one run. Every command ends in the run's history (accepted or refused)
         or, when there is no such run of that tenant or its decision cannot be written, in the DLQ —
         never silently dropped."""
+        run = state.runs.get(body.get("run_id") or "")
+        decided = run.commands if run is not None else {}
         try:
             self._apply_control(state, body, out)
         except StepRejected as exc:
+            if run is not None:
+                run.commands = decided  # the decision was not written: nor is its command id
             exc.original = serde.encode("ControlCommand", body)  # what the operator sent
             raise
         finally:
@@ -536,6 +540,10 @@ class CoreProcessor:
                 write_rejects=True,
             )
 
+        why_not = command_log.admit(run, body, self.now_ms(), int(self.settings.control_window_s * 1000))
+        if why_not is not None:
+            refuse(why_not)
+            return
         if body["kind"] == "cancel":
             if run.status.terminal:
                 refuse(f"run is already {run.status.value}")

@@ -44,6 +44,7 @@ from services.config import Settings
 from services.contracts import serde
 from services.contracts.dead_letters import bounded_identity, encode_dead_letter
 from services.contracts.text import bounded_text
+from services.control.verify import CommandRefused, verify_command
 from services.observability import metrics
 from services.router import records
 from services.router.load import TenantLoad
@@ -66,6 +67,8 @@ HASHED_KEY_PREFIX = "sha256:"
 CONTROL_LIMITS = {
     "command_id": 128,
     "requester": 256,
+    "key_id": 128,
+    "on_behalf_of": 256,
     "run_id": 128,
     "step_id": 64,
     "reason": 4000,
@@ -514,19 +517,26 @@ class IntakeProcessor:
         refusal: str | None = None
         if tenant is None:
             refusal = f"{who}: tenant {tenant_id!r} is not registered"
-        elif (
-            command["requester"] not in tenant.operators
-            and command["requester"] not in self.settings.global_operators
-        ):
-            refusal = (
-                f"{who}: not an operator of tenant {tenant_id!r} (see `switchyard tenant update --operator`)"
-            )
         elif command["kind"] == "replay_bulk":
             refusal = (
                 f"{who}: bulk replays are expanded into one command per run by `switchyard replay --tenant`"
             )
         elif not command.get("run_id"):
             refusal = f"{who}: the command names no run"
+        else:
+            try:
+                verified = verify_command(
+                    command,
+                    tenant,
+                    self.settings.operator_keys,
+                    int(time.time() * 1000),
+                    int(self.settings.control_window_s * 1000),
+                    self._foreign_operator_key(tenant_id),
+                )
+                # The audit trail records who signed, never what the sender claimed.
+                command = {**command, "requester": verified.requester}
+            except CommandRefused as exc:
+                refusal = f"{exc.reason.value}: {who} (unverified): {exc.message}"
         if refusal is not None or tenant is None:
             self._dead(msg, out, "control_refused", refusal or who, tenant_id, trigger=False)
             return
@@ -540,6 +550,22 @@ class IntakeProcessor:
             ),
             headers=headers_for(tenant_id, run_id, command["correlation_id"]),
         )
+
+    def _foreign_operator_key(self, tenant_id: str) -> Callable[[str], bool]:
+        """Whether another tenant holds an operator key of a given id (to name a refusal)."""
+        items = getattr(self.tenants, "items", None)
+
+        def foreign(key_id: str) -> bool:
+            if items is None:
+                return False
+            return any(
+                other != tenant_id
+                and (entry := config.keyring_or_empty().get(key_id)) is not None
+                and entry.role == "operator"
+                for other, config in items()
+            )
+
+        return foreign
 
 
 def _implausible(command: dict[str, Any]) -> str | None:

@@ -26,7 +26,7 @@ import datetime as dt
 import enum
 import hashlib
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import rfc8785
 from cryptography.exceptions import InvalidSignature
@@ -44,7 +44,7 @@ from pydantic import (
 
 from services.workflow.models import WorkflowDefinition
 
-KeyId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+KeyId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
 TenantId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 
 
@@ -129,6 +129,10 @@ class KeyEntry(BaseModel):
 
     key_id: KeyId
     public_key: str = Field(description="Base64 of the raw 32-byte Ed25519 public key.")
+    role: Literal["signing", "operator"] = Field(
+        "signing",
+        description="signing: signs workflow definitions; operator: signs control commands (replay, cancel).",
+    )
     not_before: AwareDatetime | None = None
     not_after: AwareDatetime | None = None
     revoked_at: AwareDatetime | None = None
@@ -281,7 +285,7 @@ def verify_signed(
     if not signed.signature:
         raise SignatureError(Reason.UNSIGNED, f"{signed.name} v{signed.version} has no signature")
     entry = keyring.get(signed.key_id)
-    if entry is None:
+    if entry is None or entry.role != "signing":
         raise SignatureError(
             Reason.UNKNOWN_KEY, f"key {signed.key_id!r} is not in tenant {tenant!r}'s keyring"
         )

@@ -4,12 +4,15 @@ router, executor and projector running in threads."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -23,6 +26,7 @@ from services.projector.db import make_engine, upgrade_database
 from services.workflow.signing import generate_keypair
 from tests.fixtures.database import with_dbname
 from tests.fixtures.engine import Engine, EventLog, make_settings, register_tenant
+from tests.fixtures.operators import gateway_settings
 
 SECRET = "hunter2-SECRET-4242"
 FLAKY = """
@@ -99,8 +103,9 @@ def console_world(kafka_bootstrap: str, database_admin_url: str, *, failing: int
     with psycopg.connect(database_admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{dbname}"')
     database_url = with_dbname(database_admin_url, dbname)
+    keys = Path(tempfile.mkdtemp(prefix="console-keys-"))  # the console signs as a gateway
     settings = make_settings(
-        kafka_bootstrap, f"c{unique}", database_url=database_url, global_operators=["root@ops"]
+        kafka_bootstrap, f"c{unique}", database_url=database_url, **gateway_settings(keys)
     )
     ensure_topics(admin_client(settings), internal_specs(settings))
     private, public = generate_keypair()
@@ -168,6 +173,7 @@ def console_world(kafka_bootstrap: str, database_admin_url: str, *, failing: int
         for thread in eng.threads:
             thread.join(30)
         consumer.close()
+        shutil.rmtree(keys, ignore_errors=True)
         with psycopg.connect(database_admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 

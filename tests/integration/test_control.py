@@ -1,4 +1,8 @@
-"""Replay and cancel through the control topic, on a real broker: authorisation, bounds, audit."""
+"""Replay and cancel through the control topic, on a real broker: authorisation, bounds, audit.
+
+Commands are signed with the fixture's operator key (tests/fixtures/operators.py) as ``ops@acme``,
+the operator key ``register_tenant`` gives tenant acme; tests/integration/test_signed_commands.py
+covers what is refused (unsigned, forged, stale, replayed, another tenant's key)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from services.control.commands import ControlSender, command
 from services.tenancy.admin import read_tenants
 from tests.fixtures.engine import Engine, register_tenant
 from tests.fixtures.kafka import consume_until
+from tests.fixtures.operators import signed
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +56,7 @@ def send(
     step: str | None = None,
     reason: str = "upstream fixed",
 ) -> dict[str, Any]:
-    cmd = command(kind, tenant, run_id, requester, reason, step_id=step)
+    cmd = signed(command(kind, tenant, run_id, requester, reason, step_id=step), requester)
     sender = ControlSender(eng.settings)
     sender.send(cmd)
     sender.flush()
@@ -189,8 +194,8 @@ def test_unauthorised_and_cross_tenant_commands_are_refused_and_dead_lettered(
         for m in seen
         if serde.decode(m.value())[1]["error_kind"] == "control_refused"
     }
-    assert "not an operator of tenant 'acme'" in letters[stranger["command_id"]]["error_message"]
-    assert "not an operator of tenant 'acme'" in letters[other_operator["command_id"]]["error_message"]
+    assert letters[stranger["command_id"]]["error_message"].startswith("unknown_key: ")
+    assert letters[other_operator["command_id"]]["error_message"].startswith("foreign_key: ")
     assert f"no run {run_id} of tenant beta" in letters[cross_tenant["command_id"]]["error_message"]
     eng.log.pump()
     assert "run_replayed" not in types(eng.log.by_run[run_id])

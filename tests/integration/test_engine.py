@@ -13,6 +13,7 @@ from services.bus.clients import plain_producer_config
 from services.contracts import serde
 from tests.fixtures.engine import Engine
 from tests.fixtures.kafka import consume_until
+from tests.fixtures.operators import signed
 
 pytestmark = pytest.mark.integration
 
@@ -171,6 +172,7 @@ def _control(engine: Engine, kind: str, run_id: str, reason: str = "test") -> No
         "filter_json": None,
         "dry_run": False,
     }
+    command = signed(command, "ops@acme")  # the fixture's operator key (tests/fixtures/operators.py)
     producer = Producer(plain_producer_config(engine.settings))
     producer.produce(engine.topics.control, key=run_id, value=serde.encode("ControlCommand", command))
     assert producer.flush(30) == 0

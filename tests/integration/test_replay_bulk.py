@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from services.control.commands import ControlSender, command
 from tests.fixtures.engine import Engine
+from tests.fixtures.operators import signed, write_key
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +83,7 @@ def wait_sql(url: str, sql: str, expected: object, timeout_s: float = 180) -> No
 
 
 def test_bulk_replay_of_1000_failed_runs_then_audit_rebuild(
-    engine_factory: Callable[..., Engine], database_url: str
+    engine_factory: Callable[..., Engine], database_url: str, tmp_path: Path
 ) -> None:
     from services.executor.service import run_executor
     from services.projector.runner import run_projector
@@ -109,7 +111,7 @@ def test_bulk_replay_of_1000_failed_runs_then_audit_rebuild(
     slow_run = eng.run_id("slow", eng.trigger("slow", {}, key="to-cancel"))
     eng.wait_events(slow_run, lambda evs: any(e["type"] == "step_scheduled" for e in evs))
     sender = ControlSender(eng.settings)
-    sender.send(command("cancel", "acme", slow_run, "ops@acme", "client withdrew"))
+    sender.send(signed(command("cancel", "acme", slow_run, "ops@acme", "client withdrew"), "ops@acme"))
     sender.flush()
     for i in range(RUNS):
         eng.trigger("once", {"i": i}, key=f"bulk-{i}", flush=False)
@@ -121,6 +123,7 @@ def test_bulk_replay_of_1000_failed_runs_then_audit_rebuild(
     )
     wait_sql(database_url, "select count(*) from runs where workflow = 'retries' and state = 'succeeded'", 20)
 
+    key = write_key(tmp_path, "ops@acme")  # the fixture's operator key (tests/fixtures/operators.py)
     dry = cli(
         eng,
         database_url,
@@ -131,8 +134,8 @@ def test_bulk_replay_of_1000_failed_runs_then_audit_rebuild(
         "fails-once",
         "--reason",
         "bulk",
-        "--requester",
-        "ops@acme",
+        "--key",
+        str(key),
         "--dry-run",
     )
     print(f"1,000 runs failed after {time.monotonic() - t0:.1f}s")
@@ -150,8 +153,8 @@ def test_bulk_replay_of_1000_failed_runs_then_audit_rebuild(
         "upstream_down",
         "--reason",
         "upstream fixed",
-        "--requester",
-        "ops@acme",
+        "--key",
+        str(key),
         "--wait",
         "240",
     )

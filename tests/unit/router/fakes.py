@@ -270,7 +270,7 @@ class Harness:
             "step_id": step,
             "reason": "test",
             "correlation_id": "cc",
-            "issued_at": 0,
+            "issued_at": int(self.clock.now * 1000),
             "filter_json": None,
             "dry_run": False,
             **extra,

@@ -132,7 +132,7 @@ def control_command(draw: st.DrawFn, rid: Any = None) -> Record:
             "step_id": draw(st.one_of(st.none(), st.none(), st.sampled_from(STEPS), long_text)),
             "reason": draw(st.one_of(avro_text, avro_text, long_text)),
             "correlation_id": "cc",
-            "issued_at": 0,
+            "issued_at": draw(st.sampled_from([0, 1_000_000_000])),  # stale, or the harness clock
             "filter_json": None,
             "dry_run": False,
         },
