@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from services.commands import (
+    acl,
     audit,
     control,
     demo,
@@ -41,6 +42,7 @@ app.add_typer(engine.db_app, name="db")
 app.add_typer(runs.app, name="runs", help="Run history from PostgreSQL.")
 app.add_typer(triggers.app, name="triggers")
 app.add_typer(audit.app, name="audit", help="Audit the projection against the Kafka log.")
+app.add_typer(acl.app, name="acl")
 app.add_typer(console_cli.app, name="console")
 app.command()(engine.router)
 app.command()(engine.executor)

@@ -8,7 +8,7 @@ import typer
 
 from services.commands.text import console, esc
 from services.config import get_settings
-from services.devinfra import launcher
+from services.devinfra import kafka_secure, launcher
 from services.devinfra.kafka_local import LauncherError
 
 app = typer.Typer(
@@ -22,14 +22,61 @@ def _progress(msg: str) -> None:
     err.print(f"[cyan]•[/] {esc(msg)}")
 
 
+SECURE = typer.Option(
+    False, "--secure", help="The secured broker (SASL/SCRAM-SHA-512, ACLs) on its own ports, not the dev one."
+)
+ROLE = typer.Option(
+    "admin",
+    "--role",
+    help="With --secure: whose client settings to print (admin, router, executor, "
+    "projector, operator, tenant).",
+)
+PORT = typer.Option(kafka_secure.DEFAULT_PORT, "--port", help="With --secure: client (SASL) port.")
+CONTROLLER_PORT = typer.Option(
+    kafka_secure.DEFAULT_CONTROLLER_PORT, "--controller-port", help="With --secure: controller port."
+)
+
+
+def _secure_failed(exc: Exception) -> typer.Exit:
+    err.print(f"[red]error:[/] {esc(exc)}")
+    return typer.Exit(1)
+
+
 @app.command()
-def up() -> None:
+def up(
+    secure: bool = SECURE,
+    role: str = ROLE,
+    tenant: list[str] = typer.Option(
+        [], "--tenant", help="With --secure: also make this tenant's principal (User:<tenant>); repeatable."
+    ),
+    port: int = PORT,
+    controller_port: int = CONTROLLER_PORT,
+) -> None:
     """Start Kafka and PostgreSQL unless configured or already running; print how to reach them.
 
     Uses KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL when set; else Docker Compose when a Docker
     engine answers; else a local broker from the official Kafka jars (Java 17 + Maven) and an
     embedded PostgreSQL. Safe to run twice. Load the addresses with: eval "$(switchyard dev env)".
+
+    --secure starts a second broker from the same jars, beside the dev one, with SASL/SCRAM-SHA-512
+    and the standard authorizer (nothing allowed without an ACL), makes a principal per service
+    role (User:switchyard.router, .executor, .projector, .operator) and per --tenant, and prints
+    --role's client settings. Then `switchyard topics ensure` and `switchyard acl apply` as admin.
     """
+    if secure:
+        kafka = kafka_secure.secure_kafka(port, controller_port)
+        try:
+            kafka_secure.start(kafka, tenant, _progress)
+            username = kafka_secure.username_for(role, tenant[0] if tenant else None)
+            lines = kafka_secure.export_lines(kafka, username)
+        except (LauncherError, ValueError) as exc:
+            raise _secure_failed(exc) from exc
+        err.print(f"[green]Kafka (secured)[/] {kafka.bootstrap}  as User:{esc(username)}")
+        err.print(f"credentials of every principal: {esc(kafka.credentials_file)} (mode 0600)")
+        postgres = launcher.DevState.load().postgres
+        for line in lines + ([f"export DATABASE_URL='{postgres.address}'"] if postgres else []):
+            print(line)
+        return
     try:
         state = launcher.up(get_settings(), _progress)
     except LauncherError as exc:
@@ -43,15 +90,35 @@ def up() -> None:
 
 
 @app.command()
-def env() -> None:
+def env(
+    secure: bool = SECURE,
+    role: str = ROLE,
+    tenant: str | None = typer.Option(None, "--tenant", help="With --secure --role tenant: which tenant."),
+    port: int = PORT,
+    controller_port: int = CONTROLLER_PORT,
+) -> None:
     """Print `export` lines for the running services, for `eval "$(switchyard dev env)"`."""
-    for line in launcher.export_lines(launcher.DevState.load()):
+    state = launcher.DevState.load()
+    if not secure:
+        for line in launcher.export_lines(state):
+            print(line)
+        return
+    kafka = kafka_secure.secure_kafka(port, controller_port)
+    try:
+        lines = kafka_secure.export_lines(kafka, kafka_secure.username_for(role, tenant))
+    except LauncherError as exc:
+        raise _secure_failed(exc) from exc
+    for line in lines + ([f"export DATABASE_URL='{state.postgres.address}'"] if state.postgres else []):
         print(line)
 
 
 @app.command()
-def down() -> None:
-    """Stop what `dev up` started (and nothing else)."""
+def down(secure: bool = SECURE, port: int = PORT, controller_port: int = CONTROLLER_PORT) -> None:
+    """Stop what `dev up` started (and nothing else); --secure: only the secured broker."""
+    if secure:
+        kafka = kafka_secure.secure_kafka(port, controller_port)
+        err.print("stopped: " + (f"secured kafka ({kafka.bootstrap})" if kafka.stop() else "nothing"))
+        return
     stopped = launcher.down(get_settings(), _progress)
     err.print("stopped: " + (", ".join(stopped) if stopped else "nothing (dev up started nothing)"))
 

@@ -57,16 +57,30 @@ class LocalKafka:
     def running(self) -> bool:
         return pid_alive(self.pid())
 
+    # Hooks for a differently configured broker from the same jars (services/devinfra/kafka_secure.py).
+    def server_properties(self, data: Path) -> str:
+        return _server_properties(self, data)
+
+    def format_arguments(self) -> list[str]:
+        """Extra arguments of the one-time storage format (e.g. bootstrap SCRAM credentials)."""
+        return []
+
+    def answers(self) -> bool:
+        return broker_answers(self.bootstrap)
+
     def start(self, progress: Progress = print) -> bool:
         """Start the broker unless ours is already running. Returns True if this call started it."""
         if self.running():
-            wait_for_broker(self.bootstrap, timeout_s=90)
+            try:
+                wait_until(self.answers, 90, f"Kafka at {self.bootstrap}")
+            except TimeoutError as exc:
+                raise LauncherError(str(exc)) from exc
             return False
         java, libs = _require_tools(), ensure_jars(progress)
         self.home.mkdir(parents=True, exist_ok=True)
         data = self.home / "data"
         props = self.home / "server.properties"
-        props.write_text(_server_properties(self, data))
+        props.write_text(self.server_properties(data))
         if not (data / "meta.properties").exists():
             progress(f"formatting Kafka storage in {data}")
             subprocess.run(
@@ -81,6 +95,7 @@ class LocalKafka:
                     _cluster_id(),
                     "-c",
                     str(props),
+                    *self.format_arguments(),
                 ],
                 check=True,
                 capture_output=True,
@@ -110,7 +125,7 @@ class LocalKafka:
         self.pid_file.write_text(str(proc.pid))
         try:
             wait_until(
-                lambda: proc.poll() is not None or broker_answers(self.bootstrap),
+                lambda: proc.poll() is not None or self.answers(),
                 timeout_s=120,
                 what=f"Kafka on {self.bootstrap}",
             )
