@@ -363,7 +363,7 @@ def starved_budget(command: dict[str, Any], budget: float, max_attempt_s: float 
     spent before the attempt started. A timeout of such an attempt is not held against the target
     by the circuit breaker.
     """
-    allowed = (command["deadline"] - command.get("issued_at", command["deadline"])) / 1000
+    allowed: float = (command["deadline"] - command.get("issued_at", command["deadline"])) / 1000
     if max_attempt_s is not None:
         allowed = min(allowed, max_attempt_s)
     return allowed > 0 and budget < allowed / 2
