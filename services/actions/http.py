@@ -4,10 +4,12 @@ Output: ``{"status", "headers", "json"}`` when the response body is JSON, else
 ``{"status", "headers", "text"}``. The body is decoded strictly: a JSON body with lone surrogates,
 ``NaN``/infinities or more than 64 levels of nesting is not JSON here and comes back as ``text``
 (the server is not trusted: such values could not be written into run state). At most
-``MAX_RESPONSE_BYTES`` of body are read; a longer body fails with ``response_too_large`` (not
-retryable) without being held in memory. A non-2xx status fails with error kind ``http_<status>``,
-retryable for 5xx and 429 only. Transport failures (connect, read, timeouts) are retryable, kind
-``http_timeout`` or ``http_transport_error``. Unless the step sets them itself, the request carries
+``MAX_RESPONSE_BYTES`` of body are read, after decoding, and no more than that is ever inflated
+(:mod:`services.actions.body`); a longer body fails with ``response_too_large`` (not retryable)
+without being held in memory. A body that does not decode fails ``http_decoding_error``. A
+non-2xx status fails with error kind ``http_<status>``, retryable for 5xx and 429 only.
+Transport failures (connect, read, timeouts) are retryable, kind ``http_timeout`` or
+``http_transport_error``. Unless the step sets them itself, the request carries
 ``Idempotency-Key`` and ``X-Correlation-Id`` headers, so that the receiving side can deduplicate
 the at-least-once attempts.
 
@@ -37,6 +39,7 @@ import httpcore
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.actions.body import ACCEPT_ENCODING, UnsupportedEncoding, read_bounded
 from services.actions.egress import EgressConfig, EgressDenied, EgressPolicy
 from services.actions.egress_net import Resolver, VettedBackend, VettedTransport, system_resolver
 from services.contracts import strict_json
@@ -110,7 +113,12 @@ class HttpRequest(BaseAction):
             transport = self._transport
             if transport is None:
                 transport = VettedTransport(VettedBackend(policy, self._resolver, self._network_backend))
-            client = httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
+            client = httpx.AsyncClient(
+                transport=transport,
+                follow_redirects=False,
+                trust_env=False,
+                headers={"Accept-Encoding": ACCEPT_ENCODING},  # what read_bounded decodes
+            )
             clients[policy] = client
         return client
 
@@ -128,10 +136,16 @@ class HttpRequest(BaseAction):
         try:
             client = self._client(self._egress.policy_for(ctx.tenant))
             async with client.stream(inputs.method, inputs.url, **request) as response:
-                body, complete = await _read_bounded(response, MAX_RESPONSE_BYTES)
+                body, complete = await read_bounded(response, MAX_RESPONSE_BYTES)
         except EgressDenied as exc:
             raise ActionError(
                 "egress_denied", f"{inputs.method} {inputs.url}: {exc}", retryable=False
+            ) from exc
+        except (httpx.DecodingError, UnsupportedEncoding) as exc:
+            raise ActionError(
+                "http_decoding_error",
+                f"{inputs.method} {inputs.url}: {type(exc).__name__}: {exc}",
+                retryable=False,
             ) from exc
         except httpx.TimeoutException as exc:
             raise ActionError("http_timeout", f"{inputs.method} {inputs.url}: {type(exc).__name__}") from exc
@@ -166,19 +180,6 @@ class HttpRequest(BaseAction):
     async def aclose(self) -> None:
         for client in self._clients.pop(asyncio.get_running_loop(), {}).values():
             await client.aclose()
-
-
-async def _read_bounded(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    """(body, complete): reading stops past ``limit`` bytes; the part read is enough for an error
-    message."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return b"".join(chunks)[:limit], False
-    return b"".join(chunks), True
 
 
 def _text(response: httpx.Response, body: bytes) -> str:

@@ -286,7 +286,12 @@ from services.executor import run_executor
 from services.observability.logs import configure
 
 configure("WARNING", "text")
-settings = Settings(topic_prefix=sys.argv[1], kafka_bootstrap_servers=sys.argv[2], internal_partitions=2)
+settings = Settings(
+    topic_prefix=sys.argv[1],
+    kafka_bootstrap_servers=sys.argv[2],
+    internal_partitions=2,
+    egress_allow_private=True,  # its http.request steps call a server on 127.0.0.1
+)
 stop, ready = threading.Event(), threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
 threading.Thread(target=lambda: (ready.wait(), print("ready", flush=True)), daemon=True).start()

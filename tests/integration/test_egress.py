@@ -1,0 +1,265 @@
+"""Safe egress on real sockets: ``http.request`` on the real engine refuses a server on 127.0.0.1
+(``egress_denied``) unless the tenant's allow-list names it; the system resolver's ``localhost``
+is refused; a huge body (plain or gzip) fails ``response_too_large`` without the process growing;
+``/metrics`` and the health endpoints listen on loopback by default."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import psutil
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.actions.egress import EgressConfig
+from services.actions.http import HttpRequest
+from services.config import Settings
+from services.executor import ActionRegistry, execute_command
+from services.observability.health import Health
+from services.observability.server import ObservabilityServer
+from services.runtime import run_services
+from services.workflow.signing import private_key_from_b64, public_key_b64
+from tests.fixtures.engine import Engine, register_tenant
+from tests.unit.executor.helpers import command
+
+pytestmark = pytest.mark.integration
+
+HUGE = 300 * 1024 * 1024  # what the issue's executor was fed: 300 MB
+CHUNK = b"x" * 65536
+
+
+def gzip_bomb(mebibytes: int) -> bytes:
+    """A gzip body inflating to ``mebibytes`` MiB of zeros, about 1 KiB per MiB on the wire; each
+    MiB is a fully flushed block, so one block compressed once is repeated (no trailer: readers
+    stop long before the end)."""
+    zeros = b"\0" * (1 << 20)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 31)
+    first = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+    block = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+    return first + block * (mebibytes - 1)
+
+
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up mid-body is the point of these tests
+
+
+class Target:
+    """A server on 127.0.0.1 playing an internal service: a secret, huge bodies, and a hit log."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        self.sent = 0
+        target = self
+        bomb = gzip_bomb(HUGE >> 20)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                target.hits.append(self.path)
+                if self.path == "/huge":  # 300 MB in 64 KiB writes
+                    self._send(HUGE, {"Content-Type": "text/plain"}, [CHUNK] * (HUGE // len(CHUNK)))
+                elif self.path == "/bomb":  # 300 KB on the wire, 300 MiB inflated
+                    headers = {"Content-Type": "text/plain", "Content-Encoding": "gzip"}
+                    self._send(len(bomb), headers, [bomb[i : i + 65536] for i in range(0, len(bomb), 65536)])
+                else:
+                    self._send(6, {"Content-Type": "text/plain"}, [b"s3cr3t"])
+
+            def _send(self, length: int, headers: dict[str, str], pieces: list[bytes]) -> None:
+                self.send_response(200)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                try:
+                    for piece in pieces:
+                        self.wfile.write(piece)
+                        target.sent += len(piece)
+                except OSError:
+                    self.close_connection = True  # the client hung up: what a bounded reader does
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.httpd.server_address[1])
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def target() -> Iterator[Target]:
+    server = Target()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+FETCH = """
+name: fetch
+version: 1
+trigger: {event: fetch}
+steps:
+  - {id: get, action: http.request, inputs: {url: "${{ trigger.data.url }}"}}
+"""
+
+
+def test_the_engine_refuses_loopback_unless_the_tenant_lists_it(
+    engine_factory: Callable[..., Engine], target: Target
+) -> None:
+    from services.executor.service import run_executor
+    from services.router.service import run_router
+
+    eng = engine_factory()  # acme: no allow-list; the dev switch is off
+    public = public_key_b64(private_key_from_b64(eng.private_key))
+    register_tenant(eng.settings, "beta", public, egress_allow=["127.0.0.1"])
+    assert eng.start("router", run_router, instance_id="r1").wait(60)
+    assert eng.start("executor", run_executor, instance_id="e1").wait(60)
+    eng.publish(FETCH)
+    eng.publish(FETCH, tenant="beta")
+    base = f"127.0.0.1:{target.port}"
+    refused = {
+        f"http://{base}/admin/secret": "loopback",
+        f"http://localhost:{target.port}/admin/secret": "loopback",
+        f"http://0x7f000001:{target.port}/admin/secret": "loopback",
+        f"http://2130706433:{target.port}/admin/secret": "loopback",
+        f"http://[::ffff:127.0.0.1]:{target.port}/admin/secret": "loopback",
+        "http://169.254.169.254/latest/meta-data/": "link-local",
+        "http://10.0.0.5:5432/": "private",
+    }
+    runs = {eng.run_id("fetch", eng.trigger("fetch", {"url": url})): kind for url, kind in refused.items()}
+    allowed = eng.run_id(
+        "fetch", eng.trigger("fetch", {"url": f"http://{base}/admin/secret"}, tenant="beta"), "beta"
+    )
+    denied_beta = eng.run_id(
+        "fetch", eng.trigger("fetch", {"url": "http://10.0.0.5/"}, tenant="beta"), "beta"
+    )
+    events = eng.wait_terminal([*runs, allowed, denied_beta], timeout_s=90)
+
+    for run_id, kind in runs.items():
+        last = events[run_id][-1]
+        assert last["type"] == "run_failed", events[run_id]
+        failed = [e for e in events[run_id] if e["type"] == "step_failed"]
+        assert len(failed) == 1  # not retried
+        assert failed[0]["detail"]["error_kind"] == "egress_denied"
+        assert f"{kind} address" in failed[0]["detail"]["error_message"]
+    assert events[allowed][-1]["type"] == "run_succeeded", events[allowed]
+    output = next(e for e in events[allowed] if e["type"] == "step_succeeded")["detail"]["output"]
+    assert output["text"] == "s3cr3t"
+    assert events[denied_beta][-1]["type"] == "run_failed"  # beta's list names 127.0.0.1 only
+    assert target.hits == ["/admin/secret"]  # beta's call; acme's never reached the server
+
+
+def run_action(http: HttpRequest, url: str) -> dict[str, Any]:
+    registry = ActionRegistry.load(builtins=False, entry_points=False)
+    registry.register(http)
+
+    async def main() -> dict[str, Any]:
+        try:
+            return await execute_command(registry, command("http.request", {"url": url, "timeout": 60}))
+        finally:
+            await http.aclose()
+
+    return asyncio.run(main())
+
+
+def test_the_system_resolver_s_localhost_is_refused(target: Target) -> None:
+    result = run_action(HttpRequest(), f"http://localhost:{target.port}/admin/secret")
+    assert (result["error_kind"], result["retryable"]) == ("egress_denied", False)
+    assert "localhost (" in result["error_message"] and "loopback address" in result["error_message"]
+    assert target.hits == []
+
+
+@pytest.mark.parametrize("path", ["/huge", "/bomb"])
+def test_a_huge_body_fails_response_too_large_without_growing_the_process(target: Target, path: str) -> None:
+    process = psutil.Process()
+    http = HttpRequest(egress=EgressConfig(allow_private=True))
+    run_action(http, f"http://127.0.0.1:{target.port}/admin/secret")  # warm up: imports, TLS context, loop
+    target.sent = 0
+    before = peak = process.memory_info().rss
+    done = threading.Event()
+
+    def sample() -> None:  # the peak, not the end: a freed 64 MiB buffer leaves no trace in RSS
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = run_action(http, f"http://127.0.0.1:{target.port}{path}")
+    finally:
+        done.set()
+        sampler.join()
+    grown = peak - before
+    print(f"{path}: peak RSS +{grown / 2**20:.1f} MiB; the server wrote {target.sent / 2**20:.2f} MiB")
+    assert (result["error_kind"], result["retryable"]) == ("response_too_large", False)
+    assert grown < 16 * 2**20
+    assert target.sent < 32 * 2**20  # the reader hung up long before the end
+
+
+def non_loopback_address() -> str | None:
+    """An address of this machine other than loopback (UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = str(sock.getsockname()[0])
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def test_metrics_and_health_listen_on_loopback_by_default() -> None:
+    assert Settings().metrics_host == "127.0.0.1"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    settings = Settings(metrics_port=port)
+    stop, serving = threading.Event(), threading.Event()
+    servers: list[ObservabilityServer] = []
+
+    def service(settings: Settings, stop: threading.Event, *, ready: threading.Event) -> None:
+        ready.set()
+        stop.wait()
+
+    def on_serving(server: ObservabilityServer) -> None:
+        servers.append(server)
+        serving.set()
+
+    thread = threading.Thread(
+        target=run_services,
+        args=(settings, {"idle": service}, stop),
+        kwargs={
+            "registry": CollectorRegistry(),
+            "health": Health(),
+            "dependencies": {},
+            "on_serving": on_serving,
+        },
+    )
+    thread.start()
+    try:
+        assert serving.wait(10)
+        assert servers[0].host == "127.0.0.1"
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        other = non_loopback_address()
+        if other is not None:
+            with pytest.raises(OSError):
+                socket.create_connection((other, port), timeout=2).close()
+    finally:
+        stop.set()
+        thread.join(30)
+    exposed = ObservabilityServer(CollectorRegistry(), Health(), 0, "0.0.0.0").start()
+    try:
+        assert exposed.host == "0.0.0.0"  # an explicit choice (containers) still works
+    finally:
+        exposed.stop()
