@@ -8,7 +8,7 @@ bindings are made: with ``allow.everyone.if.no.acl.found=false`` anything not gr
 Kafka implies DESCRIBE from READ and WRITE, and IDEMPOTENT_WRITE from WRITE on a topic or a
 transactional id (KIP-679), so neither is granted separately. The names of groups and
 transactional ids mirror the services (``services/router/service.py``,
-``services/executor/service.py``, ``services/projector/runner.py``,
+``services/executor/service.py`` and ``cancellation.py``, ``services/projector/runner.py``,
 ``services/registry/compacted.py``); the secured-cluster tests run the engine under these ACLs, so
 a renamed group fails there.
 """
@@ -99,9 +99,11 @@ def plan(role: Role, topics: Topics, tenant: str | None = None) -> list[Grant]:
         ]
     elif role == "executor":
         grants = [
-            *_topics("READ", t.commands, t.tenants),
+            # events: the cancellation watcher tails them to stop attempts of cancelled runs
+            *_topics("READ", t.commands, t.tenants, t.events),
             *_topics("WRITE", t.inbox, t.dlq),  # step results go to the inbox
             *_groups(f"{p}.executor", registry_reader),
+            Grant("group", "prefixed", f"{p}.executor-cancellation.", "READ"),  # one per instance
             Grant("transactional_id", "prefixed", f"{p}.executor.", "WRITE"),
         ]
     elif role == "projector":

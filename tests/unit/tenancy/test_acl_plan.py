@@ -56,10 +56,11 @@ def test_router_reads_its_inputs_and_writes_its_outputs() -> None:
         assert allowed("router", "DESCRIBE_CONFIGS", "topic", compacted)
 
 
-def test_executor_reads_commands_and_writes_results_only() -> None:
-    assert readable("executor") == {T.commands, T.tenants}
+def test_executor_reads_commands_and_events_and_writes_results_only() -> None:
+    assert readable("executor") == {T.commands, T.tenants, T.events}
     assert writable("executor") == {T.inbox, T.dlq}
     assert allowed("executor", "READ", "group", "wf.executor")
+    assert allowed("executor", "READ", "group", "wf.executor-cancellation.e1")
     assert allowed("executor", "WRITE", "transactional_id", "wf.executor.e1")
     assert not allowed("executor", "WRITE", "transactional_id", "wf.router.core.r1")
     assert not allowed("executor", "READ", "group", "wf.router.core")
