@@ -77,6 +77,9 @@ def _decoder(response: httpx.Response) -> _Passthrough | _Inflate:
 async def read_bounded(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
     """(body, complete): the decoded body, at most ``limit`` bytes; ``complete`` is False when it
     was longer (reading stops there: what was read is enough for an error message)."""
+    if response.is_stream_consumed:  # built in memory (httpx.Response(content=...)): decoded already
+        held = response.content
+        return held[:limit], len(held) <= limit
     decoder = _decoder(response)
     body = bytearray()
     try:

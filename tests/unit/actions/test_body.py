@@ -111,3 +111,9 @@ def test_any_body_reads_as_its_first_limit_bytes(data: bytes, limit: int, size: 
     body, complete, _ = read(encoded, coding, limit=limit, size=size)
     assert body == data[:limit]
     assert complete == (len(data) <= limit)
+
+
+def test_a_response_built_in_memory_is_read_as_it_is() -> None:
+    """httpx.Response(content=...) (mock transports) holds its body already."""
+    assert asyncio.run(read_bounded(httpx.Response(503, content=b"e" * 10), 4)) == (b"eeee", False)
+    assert asyncio.run(read_bounded(httpx.Response(200, content=b"ok"), 4)) == (b"ok", True)
