@@ -30,6 +30,11 @@ _SECRET_NAME = re.compile(
     r"x[-_]?api[-_]?key|private[-_]?key|signature|sig|credentials?|auth|jwt|passphrase)($|[-_.])",
     re.IGNORECASE,
 )
+# "Bearer ${{ secrets.API_TOKEN }}" as the router writes it (services.secrets.references): data
+# spelling a reference reaches history encoded ("$${{ …"), which this does not match.
+_REFERENCES_ONLY = re.compile(
+    r"(?:(?i:Bearer|Basic|Digest|Token) )?(?:\$\{\{ secrets\.[A-Z][A-Z0-9_]{0,63} \}\} ?)+"
+)
 # A URL inside any text: scheme://[userinfo@]host... up to whitespace or a quote.
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s\"'<>]+")
 # "Bearer abc", "Basic abc" anywhere in a text (e.g. an echoed header line in an error message).
@@ -68,6 +73,9 @@ def redact(value: Any) -> Any:
 
 def _masked(key: Any, value: Any) -> bool:
     # Only scalar values under a secret name are masked: {"auth": {"type": "oauth"}} keeps its shape.
+    # A value that is only secret references (and a scheme) names secrets, holds none: it is kept.
+    if isinstance(value, str) and _REFERENCES_ONLY.fullmatch(value):
+        return False
     return isinstance(key, str) and secret_name(key) and not isinstance(value, dict | list)
 
 

@@ -102,3 +102,14 @@ def test_the_precheck_sees_every_planted_credential(doc: object, name: str) -> N
     text = json.dumps({"d": doc, name: SECRET})
     assert might_hold_credentials(text)
     assert SECRET not in json.dumps(redact(json.loads(text)))
+
+
+def test_a_value_that_only_references_secrets_is_kept_and_forged_ones_are_not() -> None:
+    kept = {"Authorization": "Bearer ${{ secrets.API_TOKEN }}", "X-Api-Key": "${{ secrets.K }}"}
+    assert redact(kept) == kept
+    for masked in (
+        "Bearer ${{ secrets.API_TOKEN }} extra",
+        "$${{ secrets.K }}",
+        f"{SECRET} ${{{{ secrets.K }}}}",
+    ):
+        assert redact({"Authorization": masked}) == {"Authorization": MASK}, masked
