@@ -104,6 +104,7 @@ class LagReader:
         self.admin = admin or AdminClient(settings.kafka_config())
 
     def read(self, groups: Sequence[GroupSpec]) -> list[PartitionLag]:
+        self.admin.poll(0)  # hands librdkafka's queued log lines to Python logging (bus/kafka_logs.py)
         metadata = self.admin.list_topics(timeout=self.timeout_s).topics
         wanted: dict[str, list[GroupSpec]] = {}
         partitions: list[TopicPartition] = []
