@@ -51,7 +51,7 @@ def _entries(roles: list[str], tenants: list[str], principals: list[str]) -> lis
         raise typer.BadParameter(f"unknown role {', '.join(bad)}: one of {', '.join(acl.SERVICE_ROLES)}")
     if bad := [t for t in tenants if not TENANT_ID.fullmatch(t)]:
         raise typer.BadParameter(f"not valid tenant ids: {', '.join(bad)}")
-    chosen = [r for r in known if r in roles] if roles or tenants else list(acl.SERVICE_ROLES)
+    chosen = [r for r in known if r in roles] if roles else list(acl.SERVICE_ROLES)
     entries: list[Entry] = [
         (role, overrides.get(role, acl.service_principal(role)), role, None) for role in chosen
     ]

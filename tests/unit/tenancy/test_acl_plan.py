@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AclOperation,
@@ -11,8 +13,10 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 from hypothesis import given
 from hypothesis import strategies as st
+from typer.testing import CliRunner, Result
 
 from services.bus.topics import TENANT_ID, Topics
+from services.config import Settings
 from services.tenancy import acl
 
 T = Topics("wf")
@@ -129,3 +133,38 @@ def test_tenant_acls_keep_their_signature() -> None:
         ResourcePatternType.LITERAL,
         AclOperation.WRITE,
     )
+
+
+def _plan_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> Result:
+    from services.commands import acl as acl_cli
+
+    monkeypatch.setattr(acl_cli, "get_settings", lambda: Settings(topic_prefix="t9"))
+    return CliRunner().invoke(acl_cli.app, ["plan", *args])
+
+
+def test_acl_plan_prints_every_service_role_and_the_named_tenants(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _plan_cli(monkeypatch, "--tenant", "acme", "--principal", "acme=User:acme-app", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["topic_prefix"] == "t9"
+    principals = {p["principal"]: p for p in doc["principals"]}
+    assert set(principals) == {
+        "User:switchyard.router",
+        "User:switchyard.executor",
+        "User:switchyard.projector",
+        "User:switchyard.operator",
+        "User:acme-app",
+    }
+    assert principals["User:acme-app"]["grants"] == [
+        {"resource": "topic", "pattern": "literal", "name": "t9.tenant.acme.triggers", "operation": "WRITE"}
+    ]
+    assert len(principals["User:switchyard.executor"]["grants"]) == len(acl.plan("executor", Topics("t9")))
+
+
+def test_acl_plan_refuses_unknown_roles_and_tenant_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _plan_cli(monkeypatch, "--role", "admin").exit_code == 2
+    assert _plan_cli(monkeypatch, "--tenant", "Not.A.Tenant").exit_code == 2
+    assert _plan_cli(monkeypatch, "--principal", "router=alice").exit_code == 2
+    only = _plan_cli(monkeypatch, "--role", "operator")
+    assert only.exit_code == 0 and "ALLOW WRITE topic t9.control" in only.output
+    assert "switchyard.router" not in only.output
