@@ -17,9 +17,12 @@ import pytest
 
 from services.actions.egress import EgressConfig, IPAddress
 from services.actions.http import MAX_RESPONSE_BYTES, HttpRequest
+from services.config import Settings
 from services.executor import ActionRegistry, execute_command
 from services.executor.breaker import BreakerPolicy, CircuitBreakers
 from services.executor.guardrails import Guardrails
+from services.executor.service import configure_egress
+from services.tenancy.config import TenantConfig
 from tests.unit.executor.helpers import command
 
 NAMES = {
@@ -237,3 +240,30 @@ def test_a_body_over_the_cap_fails_response_too_large() -> None:
     backend = Backend(response=[head] + [b"x" * 65536] * (size // 65536))
     result = call(action(backend), "http://api.example/")
     assert (result["error_kind"], result["retryable"]) == ("response_too_large", False)
+
+
+class Table:
+    """The tenants registry as the executor reads it."""
+
+    def __init__(self, configs: dict[str, TenantConfig]) -> None:
+        self.configs = configs
+
+    def get(self, tenant: str) -> TenantConfig | None:
+        return self.configs.get(tenant)
+
+
+def test_the_executor_hands_the_switch_and_each_tenant_s_list_to_the_action() -> None:
+    backend = Backend()
+    http = action(backend)
+    registry = ActionRegistry.load(builtins=False, entry_points=False)
+    registry.register(http)
+    table = Table({"acme": TenantConfig(tenant="acme", egress_allow=["10.0.0.0/8"])})
+    configure_egress(registry, Settings(), table)  # type: ignore[arg-type]
+    assert call(http, "http://10.0.0.5/", tenant="acme")["status"] == "succeeded"
+    assert call(http, "http://10.0.0.5/", tenant="other")["error_kind"] == "egress_denied"
+    table.configs["other"] = TenantConfig(tenant="other", egress_allow=["10.0.0.5"])  # read at each call
+    assert call(http, "http://10.0.0.5/", tenant="other")["status"] == "succeeded"
+    configure_egress(registry, Settings(egress_allow_private=True), None)
+    assert call(http, "http://127.0.0.1/", tenant="anyone")["status"] == "succeeded"
+    configure_egress(registry, Settings(), None)
+    assert call(http, "http://127.0.0.1/", tenant="anyone")["error_kind"] == "egress_denied"
