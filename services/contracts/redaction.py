@@ -41,18 +41,23 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s\"'<>]+")
 _SCHEME_CREDENTIAL = re.compile(r"\b(Bearer|Basic|Digest|Token)\s+[A-Za-z0-9._~+/=-]{4,}", re.IGNORECASE)
 
 
-# Cheap pre-check over raw JSON text: any text redact() could change contains one of these (keys and
-# values are matched after JSON unescaping, hence any backslash counts). ``idempotency_key``, in
-# every step_scheduled event, is not a credential and does not count.
-_MAYBE = re.compile(
-    r"auth|cookie|pass|pwd|secret|token|(?<!idempotency_)key|sig|credential|jwt|bearer|basic|digest|://|\\",
-    re.I,
-)
+# Cheap pre-check over raw JSON text (substring tests: the projector runs it on every event): any
+# text redact() could change contains one of these, lowercased. Keys and values are matched after
+# JSON unescaping, hence any backslash counts; non-ASCII text always counts (case-insensitive
+# matching folds a few non-ASCII letters, e.g. the Kelvin sign, onto ASCII ones). ``idempotency_key``,
+# in every step_scheduled event, is no credential and does not count.
+_WORDS = (
+    "auth", "cookie", "pass", "pwd", "secret", "token", "sig", "credential", "jwt", "bearer", "basic",
+    "digest", "://", "\\",
+)  # fmt: skip
 
 
 def might_hold_credentials(text: str) -> bool:
     """False only when :func:`redact` would leave the JSON (or plain) ``text`` unchanged."""
-    return _MAYBE.search(text) is not None
+    if not text.isascii():
+        return True
+    low = text.lower()
+    return any(word in low for word in _WORDS) or low.count("key") > low.count("idempotency_key")
 
 
 def secret_name(name: str) -> bool:

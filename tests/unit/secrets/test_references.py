@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from services.secrets.references import encode, encode_part, names_in, reference, resolve, resolve_text
+from services.workflow.loader import load_definition_text
+from services.workflow.problems import DefinitionError
 from services.workflow.templates import compile_inputs
 
 VALUES = {"API_TOKEN": "tok-123456", "B": "bee-value"}
@@ -101,3 +104,21 @@ def test_secrets_anywhere_but_a_whole_template_are_definition_errors() -> None:
         _, problems = compile_inputs({"x": bad})
         assert problems, bad
         assert "referenced only as a whole template" in str(problems[0].error), bad
+
+
+def test_a_definition_misusing_secrets_is_refused_at_load_naming_the_place() -> None:
+    text = """
+name: wf
+version: 1
+trigger: {event: go}
+steps:
+  - {id: ok, action: echo, inputs: {h: "Bearer ${{ secrets.API_TOKEN }}"}}
+  - {id: bad, action: echo, inputs: {h: "${{ secrets.api_token }}"}}
+  - {id: cond, action: echo, when: "secrets.A == 'x'"}
+"""
+    with pytest.raises(DefinitionError) as info:
+        load_definition_text(text)
+    problems = str(info.value)
+    assert "steps[1].inputs.h" in problems and "referenced only as a whole template" in problems
+    assert "steps[2].when" in problems and "unknown variable 'secrets'" in problems
+    assert "steps[0]" not in problems
