@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from services.config import Settings
-from services.devinfra import paths
+from services.devinfra import kafka_secure, paths
 from services.devinfra.kafka_local import LauncherError, LocalKafka, broker_answers, wait_for_broker
 from services.devinfra.postgres_local import LocalPostgres
 
@@ -179,6 +179,15 @@ def status(settings: Settings) -> dict[str, dict[str, Any]]:
         report["kafka"].update(asdict(kafka), reachable=broker_answers(kafka.address))
     local_kafka = _local_kafka(settings)
     report["kafka"].setdefault("log_file", str(local_kafka.log_file))
+    secure = kafka_secure.secure_kafka()  # `dev up --secure` on its default ports, shown only while it runs
+    if secure.running():
+        report["kafka-secure"] = {
+            "configured": True,
+            "address": secure.bootstrap,
+            "source": "local",
+            "reachable": secure.answers(),
+            "log_file": str(secure.log_file),
+        }
     pg = state.postgres or (Endpoint(settings.database_url, "environment") if settings.database_url else None)
     report["postgres"] = {"configured": pg is not None}
     if pg:
