@@ -32,6 +32,7 @@ connection opened under one tenant's allow-list never carries another tenant's r
 from __future__ import annotations
 
 import asyncio
+import ssl
 import weakref
 from typing import Any, Literal
 
@@ -91,10 +92,14 @@ class HttpRequest(BaseAction):
         egress: EgressConfig | None = None,
         resolver: Resolver = system_resolver,
         network_backend: httpcore.AsyncNetworkBackend | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """``transport`` replaces the network entirely, egress policy included (unit tests);
-        ``resolver`` and ``network_backend`` replace the resolver and the sockets under the policy."""
+        ``resolver`` and ``network_backend`` replace the resolver and the sockets under the policy;
+        ``ssl_context`` the TLS settings (default: certificates and host names verified against
+        certifi's CAs)."""
         self._transport = transport
+        self._ssl_context = ssl_context
         self._egress = egress if egress is not None else EgressConfig()
         self._resolver = resolver
         self._network_backend = network_backend
@@ -112,7 +117,8 @@ class HttpRequest(BaseAction):
         if client is None:
             transport = self._transport
             if transport is None:
-                transport = VettedTransport(VettedBackend(policy, self._resolver, self._network_backend))
+                backend = VettedBackend(policy, self._resolver, self._network_backend)
+                transport = VettedTransport(backend, self._ssl_context)
             client = httpx.AsyncClient(
                 transport=transport,
                 follow_redirects=False,

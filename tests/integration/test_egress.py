@@ -1,24 +1,33 @@
 """Safe egress on real sockets: ``http.request`` on the real engine refuses a server on 127.0.0.1
 (``egress_denied``) unless the tenant's allow-list names it; the system resolver's ``localhost``
 is refused; a huge body (plain or gzip) fails ``response_too_large`` without the process growing;
-``/metrics`` and the health endpoints listen on loopback by default."""
+TLS is verified for the URL's name while the vetted address is dialled; ``/metrics`` and the
+health endpoints listen on loopback by default."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import socket
+import ssl
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 
-from services.actions.egress import EgressConfig
+from services.actions.egress import EgressConfig, IPAddress
 from services.actions.http import HttpRequest
 from services.config import Settings
 from services.executor import ActionRegistry, execute_command
@@ -263,3 +272,84 @@ def test_metrics_and_health_listen_on_loopback_by_default() -> None:
         assert exposed.host == "0.0.0.0"  # an explicit choice (containers) still works
     finally:
         exposed.stop()
+
+
+def self_signed(name: str) -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM) for ``name``: its own CA, valid for an hour."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+@pytest.fixture
+def tls_target(tmp_path: Path) -> Iterator[tuple[int, bytes, list[str]]]:
+    """An HTTPS server on 127.0.0.1 whose certificate names ``egress.test``; yields its port, the
+    certificate, and the Host headers it received."""
+    cert, key = self_signed("egress.test")
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
+    hosts: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hosts.append(self.headers.get("Host", ""))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = QuietServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield int(server.server_address[1]), cert, hosts
+    server.shutdown()
+    server.server_close()
+
+
+def test_tls_is_verified_for_the_name_while_the_vetted_address_is_dialled(
+    tls_target: tuple[int, bytes, list[str]],
+) -> None:
+    port, cert, hosts = tls_target
+    looked_up: list[str] = []
+
+    async def resolver(host: str, _port: int) -> list[IPAddress]:
+        looked_up.append(host)
+        return [ipaddress.ip_address("127.0.0.1")]  # every name points at the test server
+
+    context = ssl.create_default_context(cadata=cert.decode())
+    egress = EgressConfig(tenant_allow=lambda tenant: ["egress.test", "other.test"])
+
+    def fetch(url: str) -> dict[str, Any]:
+        return run_action(HttpRequest(egress=egress, resolver=resolver, ssl_context=context), url)
+
+    good = fetch(f"https://egress.test:{port}/")
+    assert good["status"] == "succeeded", good
+    assert hosts == [f"egress.test:{port}"]
+    # Same address, a name the certificate does not carry: verification fails, nothing is sent.
+    wrong = fetch(f"https://other.test:{port}/")
+    assert (wrong["error_kind"], wrong["retryable"]) == ("http_transport_error", True)
+    assert "Hostname mismatch, certificate is not valid for 'other.test'" in wrong["error_message"]
+    assert hosts == [f"egress.test:{port}"]
+    assert looked_up == ["egress.test", "other.test"]
