@@ -218,8 +218,17 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+class _Wire(str):
+    """A rendered string already in wire form (it holds secret references)."""
+
+    __slots__ = ()
+
+
 def _encoded(value: Any) -> Any:
-    """A JSON value in wire form: no string of it can read as a secret reference."""
+    """A rendered JSON value in wire form: no string of it but the router's own references can read
+    as a secret reference."""
+    if isinstance(value, _Wire):
+        return str(value)
     if isinstance(value, str):
         return references.encode(value)
     if isinstance(value, list):
@@ -231,19 +240,21 @@ def _encoded(value: Any) -> Any:
 
 def _render(node: _Node, prepared: Mapping[int, Prepared]) -> Any:
     if isinstance(node, _Literal):
-        return _encoded(node.value)
+        return node.value
     if isinstance(node, _Whole):
-        return _encoded(node.expr.run(prepared[id(node.expr)], budget=math.inf))
+        return node.expr.run(prepared[id(node.expr)], budget=math.inf)
     if isinstance(node, _Interpolated):
         texts = [
             p if isinstance(p, str | _SecretRef) else _as_text(p.run(prepared[id(p)], budget=math.inf))
             for p in node.parts
         ]
         if not any(isinstance(t, _SecretRef) for t in texts):
-            return references.encode("".join(t for t in texts if isinstance(t, str)))
-        return "".join(
-            references.reference(t.name) if isinstance(t, _SecretRef) else references.encode_part(t)
-            for t in texts
+            return "".join(t for t in texts if isinstance(t, str))
+        return _Wire(
+            "".join(
+                references.reference(t.name) if isinstance(t, _SecretRef) else references.encode_part(t)
+                for t in texts
+            )
         )
     if isinstance(node, _ListNode):
         return [_render(item, prepared) for item in node.items]
@@ -284,7 +295,14 @@ class CompiledInputs:
                 reason = Estimate(total, costliest.estimate.reason).refusal()
                 raise ExpressionError(f"rendering the inputs: {reason}", expr.source)
         rendered: dict[str, Any] = _render(self._root, prepared)
-        size = len(json.dumps(rendered, separators=(",", ":"), ensure_ascii=False).encode())
+        text = json.dumps(rendered, separators=(",", ":"), ensure_ascii=False)
+        # Only a string holding "${{" (a reference, or text that looks like one) needs encoding;
+        # JSON never escapes those characters, so the text says whether there is one. Encoding
+        # doubles "$": the limit applies to what the command carries.
+        if references.OPEN in text:
+            rendered = _encoded(rendered)
+            text = json.dumps(rendered, separators=(",", ":"), ensure_ascii=False)
+        size = len(text.encode())
         if size > MAX_RENDERED_BYTES:
             raise ExpressionError(
                 f"rendered inputs are {size} bytes of JSON; the limit is {MAX_RENDERED_BYTES} "

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.secrets.references import encode, encode_part, names_in, reference, resolve, resolve_text
+from services.workflow.expressions import MAX_RENDERED_BYTES, ExpressionError
 from services.workflow.loader import load_definition_text
 from services.workflow.problems import DefinitionError
 from services.workflow.templates import compile_inputs
@@ -122,3 +123,10 @@ steps:
     assert "steps[1].inputs.h" in problems and "referenced only as a whole template" in problems
     assert "steps[2].when" in problems and "unknown variable 'secrets'" in problems
     assert "steps[0]" not in problems
+
+
+def test_the_size_limit_applies_to_the_encoded_inputs() -> None:
+    inputs, _ = compile_inputs({"v": "${{ trigger.data }}"})
+    dollars = "$" * (MAX_RENDERED_BYTES // 2 + 10) + "${{"  # fits as data, not once "$" is doubled
+    with pytest.raises(ExpressionError, match="the limit is"):
+        inputs.render({"trigger": {"data": dollars}, "steps": {}})
