@@ -149,7 +149,8 @@ class Step(BaseModel):
     inputs: dict[str, JsonValue] = Field(
         default_factory=dict,
         description="Action inputs. Strings may contain templates: a whole value `${{ expr }}` keeps the "
-        "native type of the CEL result; `text ${{ expr }} text` interpolates; `$${{` is a literal `${{`.",
+        "native type of the CEL result; `text ${{ expr }} text` interpolates; `$${{` is a literal `${{`; "
+        "`${{ secrets.NAME }}` is a tenant secret, resolved by the executor only (never stored).",
     )
     needs: list[StepId] = Field(
         default_factory=list, description="Ids of the steps that must finish before this one starts."
