@@ -214,18 +214,21 @@ def projects(events_topic: str) -> sa.ColumnElement[bool]:
     return sa.exists().where(ConsumerOffset.topic == events_topic)
 
 
-_IDS = sa.bindparam("ids", type_=ARRAY(sa.String))
+# Built once: the router asks this for every transaction batch that admits runs.
+_RUNS_IN_HISTORY = sa.select(Run.run_id, Run.tenant, Run.state, Run.finished_at).where(
+    Run.run_id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.String))),
+    sa.exists().where(ConsumerOffset.topic == sa.bindparam("topic")),
+)
 
 
 def runs_in_history(
     conn: sa.Connection, run_ids: Sequence[str], events_topic: str
 ) -> list[tuple[str, str, str, datetime | None]]:
-    """(run id, tenant, state, finished_at) of those of ``run_ids`` the history holds — one
-    statement whatever their number (``run_id = ANY(...)`` on the primary key)."""
-    stmt = sa.select(Run.run_id, Run.tenant, Run.state, Run.finished_at).where(
-        Run.run_id == sa.any_(_IDS), projects(events_topic)
-    )
-    return [(r[0], r[1], r[2], r[3]) for r in conn.execute(stmt, {"ids": list(run_ids)})]
+    """(run id, tenant, state, finished_at) of those of ``run_ids`` the history (of
+    ``events_topic``, see :func:`projects`) holds — one statement whatever their number
+    (``run_id = ANY(...)`` on the primary key)."""
+    rows = conn.execute(_RUNS_IN_HISTORY, {"ids": list(run_ids), "topic": events_topic})
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 @dataclass(frozen=True)

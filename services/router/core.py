@@ -621,6 +621,8 @@ class CoreProcessor:
                 "control_refused",
                 f"{body['kind']} by {body['requester']}: run {run_id} cannot be taken up again: {exc}",
             ) from exc
+        if run is not None:  # what memory knows beyond the history: the decided command ids
+            fresh.commands = dict(run.commands)
         state.arrivals += 1
         state.runs[run_id] = fresh
         assert fresh.finished_ms is not None
