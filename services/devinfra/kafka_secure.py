@@ -88,6 +88,9 @@ class SecureKafka(LocalKafka):
         tmp.replace(self.credentials_file)
 
     def _bootstrap_credentials(self) -> dict[str, str]:
+        # server.properties holds the admin's and the controller's passwords: owner only.
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.home.chmod(0o700)
         creds = self.credentials()
         if ADMIN not in creds or CONTROLLER not in creds:
             # The admin credential lives in the formatted storage: new credentials, new storage.

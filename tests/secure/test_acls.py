@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import stat
 import time
 import uuid
 from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from services.bus.clients import plain_producer_config
 from services.devinfra.kafka_secure import ADMIN, service_user
+from services.tenancy import acl
 from tests.secure.conftest import Secured
 
 pytestmark = pytest.mark.integration
@@ -160,3 +162,23 @@ def test_only_the_right_password_gets_in(secured: Secured) -> None:
     }
     with pytest.raises(KafkaException):
         AdminClient(unauthenticated).list_topics(timeout=5)
+
+
+def test_no_principal_but_the_admin_can_grant_itself_more(secured: Secured) -> None:
+    grab = acl.bindings("router", secured.topics, "User:acme")  # a tenant taking the router's rights
+    for username in ("acme", service_user("operator"), service_user("router")):
+        admin = AdminClient(secured.client(username))
+        with pytest.raises(KafkaException, match="CLUSTER_AUTHORIZATION_FAILED"):
+            acl.apply(admin, grab)
+        topic = NewTopic(f"{secured.prefix}.tenant.{username.replace('.', '-')}x.triggers", 1, 1)
+        with pytest.raises(KafkaException, match="AUTHORIZATION_FAILED"):
+            for future in admin.create_topics([topic]).values():
+                future.result(timeout=30)
+
+
+def test_the_secured_broker_keeps_its_passwords_out_of_its_log(secured: Secured) -> None:
+    log = secured.kafka.log_file.read_text(errors="replace")
+    leaked = [user for user, password in secured.kafka.credentials().items() if password in log]
+    assert leaked == []
+    assert stat.S_IMODE(secured.kafka.home.stat().st_mode) == 0o700
+    assert stat.S_IMODE(secured.kafka.credentials_file.stat().st_mode) == 0o600
