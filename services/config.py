@@ -105,7 +105,12 @@ class Settings(BaseSettings):
         default=None, description="Stable id of this process (transactional ids); default: hostname-pid."
     )
     finished_run_retention_s: float = Field(
-        default=6 * 3600, gt=0, description="How long finished runs stay in router state (dedupe window)."
+        default=6 * 3600,
+        gt=0,
+        description=(
+            "How long finished runs stay in router memory: the dedupe and replay window without"
+            " DATABASE_URL; with it, the most the projector may lag (the run history is read)."
+        ),
     )
     max_replays_per_run: int = Field(default=3, ge=0, description="Replays allowed per run (bound).")
     max_replay_state_bytes: int = Field(

@@ -239,6 +239,8 @@ class StoredRunRows:
     steps: list[sa.Row[Any]]
     replays: int
     trigger_omitted: bool
+    #: the run's last event number: ``runs.last_seq``, or a later event's if one is stored
+    last_seq: int
 
 
 def stored_run(conn: sa.Connection, run_id: str, events_topic: str) -> StoredRunRows | None:
@@ -254,15 +256,16 @@ def stored_run(conn: sa.Connection, run_id: str, events_topic: str) -> StoredRun
             ).where(Step.run_id == run_id)
         )
     )
-    replays = conn.execute(
-        sa.select(sa.func.count())
-        .select_from(RunEventRow)
-        .where(RunEventRow.run_id == run_id, RunEventRow.type == "run_replayed")
-    ).scalar_one()
+    replays, last_seq = conn.execute(
+        sa.select(
+            sa.func.count().filter(RunEventRow.type == "run_replayed"),
+            sa.func.coalesce(sa.func.max(RunEventRow.seq), 0),
+        ).where(RunEventRow.run_id == run_id)
+    ).one()
     omitted = conn.execute(
         sa.select(RunEventRow.detail["trigger_omitted"].isnot(None))
         .where(RunEventRow.run_id == run_id, RunEventRow.type == "run_pending")
         .order_by(RunEventRow.seq)
         .limit(1)
     ).scalar()
-    return StoredRunRows(run, steps, int(replays), bool(omitted))
+    return StoredRunRows(run, steps, int(replays), bool(omitted), max(run.last_seq, int(last_seq)))

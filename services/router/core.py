@@ -600,7 +600,7 @@ class CoreProcessor:
         if stored is None or stored.tenant != body["tenant"]:
             if run is None:
                 return None, None
-            return run, "the history does not hold it yet; retry in a few seconds"
+            return run, "the run history does not hold it (yet: retry in a few seconds if it just finished)"
         if run is not None and stored.last_seq < run.seq:
             return run, (
                 f"the history is not complete yet (it has {stored.last_seq} of the run's {run.seq}"

@@ -149,12 +149,15 @@ class PostgresHistory:
         self._paused_until = 0.0
 
     def known(self, run_ids: Collection[str]) -> dict[str, KnownRun]:
-        if not run_ids:
+        ids = [run_id for run_id in run_ids if queryable(run_id)]
+        if not ids:
             return {}
-        rows = self._read(lambda conn: queries.runs_in_history(conn, list(run_ids), self.events_topic))
+        rows = self._read(lambda conn: queries.runs_in_history(conn, ids, self.events_topic))
         return {r[0]: KnownRun(r[0], r[1], r[2], r[3]) for r in rows}
 
     def load(self, run_id: str) -> StoredRun | None:
+        if not queryable(run_id):
+            return None
         rows = self._read(lambda conn: queries.stored_run(conn, run_id, self.events_topic))
         if rows is None:
             return None
@@ -171,7 +174,7 @@ class PostgresHistory:
             trigger_data=run.trigger_data,
             trigger_omitted=rows.trigger_omitted,
             created_at=run.created_at,
-            last_seq=run.last_seq,
+            last_seq=rows.last_seq,
             replays=rows.replays,
             steps=tuple(
                 StoredStep(s.step_id, s.state, s.attempts, s.output, s.error_kind, s.error_message)
@@ -197,6 +200,19 @@ class PostgresHistory:
             self._paused_until = now + RETRY_AFTER_S
             self.engine.dispose()  # the connection may be broken: the next lookup opens a new one
             raise HistoryUnavailable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def queryable(run_id: str) -> bool:
+    """Whether PostgreSQL can take ``run_id`` as a parameter. One it cannot (a NUL, a lone
+    surrogate: only a forged inbox record holds one) is in no history — the projector stores such
+    ids escaped — and must not fail the lookup of the rest of its batch."""
+    if "\x00" in run_id:
+        return False
+    try:
+        run_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _undefined_table(exc: DBAPIError) -> bool:

@@ -9,7 +9,8 @@ reads it leniently and makes it writable (:func:`writable`).
 
 A finished run may be *compacted* (``compacted`` says why, see :mod:`services.router.retention`):
 it keeps its identity, outcome and history position — what deduplication, control decisions and
-late results need — and drops its trigger data and step records, so it can no longer be replayed.
+late results need — and drops its trigger data and step records, so it can be replayed only once
+read back from its history (:mod:`services.router.rehydrate`).
 """
 
 from __future__ import annotations

@@ -203,3 +203,56 @@ def test_runs_that_left_the_router_or_outlived_a_restart_are_replayed_from_their
         (last_run,),
         1,
     )
+
+
+def test_the_history_lookup_on_postgresql_answers_for_its_prefix_only_and_fails_fast(
+    database_url: str,
+) -> None:
+    from services.projector.db import upgrade_database
+    from services.router.history import HistoryPaused, HistoryUnavailable, PostgresHistory
+
+    unmigrated = PostgresHistory(database_url, "p.events")
+    with pytest.raises(HistoryUnavailable, match="no projection tables"):
+        unmigrated.known(["r1"])
+    with pytest.raises(HistoryPaused):  # not asked again at once
+        unmigrated.known(["r1"])
+    unmigrated.close()
+
+    upgrade_database(database_url)
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "insert into runs (run_id, tenant, workflow, version, state, correlation_id, idempotency_key,"
+            " event_type, trigger_data, created_at, finished_at, updated_at, last_seq)"
+            " values ('r1', 'acme', 'two-steps', 1, 'failed', 'c1', 'k1', 'go', '{\"message\": \"m\"}',"
+            " now(), now(), now(), 7)"
+        )
+        conn.execute(
+            "insert into steps (run_id, step_id, state, attempts, output) values"
+            " ('r1', 'first', 'succeeded', 1, '{\"message\": \"m\"}'), ('r1', 'second', 'failed', 2, null)"
+        )
+    history = PostgresHistory(database_url, "p.events")
+    assert history.known(["r1", "r2"]) == {}  # no projector of p.events stores offsets here yet
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "insert into consumer_offsets (consumer, topic, partition, next_offset)"
+            " values ('g', 'p.events', 0, 1)"
+        )
+    found = history.known(["r1", "r2", "bad\x00id", "\ud800"])  # unqueryable ids are skipped
+    assert list(found) == ["r1"] and found["r1"].state == "failed"
+    assert PostgresHistory(database_url, "other.events").known(["r1"]) == {}
+    stored = history.load("r1")
+    assert stored is not None and (stored.last_seq, stored.replays, stored.trigger_omitted) == (7, 0, False)
+    assert stored.trigger_data == {"message": "m"}
+    assert {s.step_id: (s.state, s.attempts) for s in stored.steps} == {
+        "first": ("succeeded", 1),
+        "second": ("failed", 2),
+    }
+    assert history.load("r2") is None and history.load("bad\x00id") is None
+    history.close()
+
+    unreachable = PostgresHistory("postgresql://nobody@127.0.0.1:1/none", "p.events")
+    started = time.monotonic()
+    with pytest.raises(HistoryUnavailable):
+        unreachable.known(["r1"])
+    assert time.monotonic() - started < 5
+    unreachable.close()
