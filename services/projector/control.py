@@ -13,6 +13,11 @@ history wins (a later ``control_refused`` of the same command, e.g. a resubmissi
 
 Every text is bounded to its column (see :mod:`.bounds`): a refused command is dead-lettered
 *because* a field is absurd (a 300,000-character tenant), and its decision must still be storable.
+
+A command intake refused because it could not be verified (unsigned, forged, unknown key, …: the
+refusal starts with a :class:`services.control.verify.Reason`) names a requester nobody vouched
+for; it is recorded as ``unverified: <the name it claimed>``, so the audit never shows a forged
+name as if it had acted.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from services.control.verify import Reason
 from services.projector.bounds import (
     MAX_KIND,
     MAX_LONG_ID,
@@ -46,6 +52,15 @@ def _kind(value: Any) -> str | None:
 
 def _message(value: Any) -> str | None:
     return storable_optional(value, MAX_MESSAGE)
+
+
+UNVERIFIED_REFUSALS = tuple(f"{reason.value}: " for reason in Reason)
+
+
+def _claimed(requester: Any, refusal: str) -> str:
+    if refusal.startswith(UNVERIFIED_REFUSALS):
+        return _name(f"unverified: {requester}") or "unverified"
+    return _name(requester) or "unknown"
 
 
 def control_from_event(ev: ProjectedEvent) -> dict[str, Any] | None:
@@ -83,7 +98,7 @@ def control_from_dead_letter(dl: DeadLetter) -> dict[str, Any] | None:
     return {
         "command_id": storable_id(str(command["command_id"])),
         "kind": _kind(command.get("kind")) or "unknown",
-        "requester": _name(command.get("requester")) or "unknown",
+        "requester": _claimed(command.get("requester"), dl.error_message),
         "tenant": _name(command.get("tenant")) or dl.tenant,
         "run_id": storable_optional_id(command.get("run_id")),
         "step_id": storable_optional_id(command.get("step_id")),

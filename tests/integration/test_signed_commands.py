@@ -135,6 +135,7 @@ def refusals_are_specific_and_recorded_and_an_id_applies_once(eng: Engine, datab
     ):
         outcome, _, refusal = got[cmd["command_id"]]
         assert outcome == "refused" and refusal is not None and refusal.startswith(reason), (reason, refusal)
+    assert got[forged["command_id"]][1] == "unverified: ops@acme"  # never the forged name as such
     assert re.search(
         r"issued 36\d\d s ago; commands are accepted within 300 s", str(got[stale["command_id"]][2])
     )

@@ -62,3 +62,11 @@ def test_an_inbox_record_that_is_not_a_command_is_not_a_decision() -> None:
         },
     )
     assert control_from_dead_letter(letter("wf.inbox", result)) is None
+
+
+def test_an_unverified_command_does_not_record_the_name_it_claims_as_the_requester() -> None:
+    forged = letter("wf.control", BARE, "bad_signature: replay_run by 'alice@acme' (unverified): ...")
+    row = control_from_dead_letter(forged)
+    assert row is not None and row["requester"] == "unverified: alice@acme"
+    core = control_from_dead_letter(letter("wf.inbox", BARE))  # verified by intake, refused by the core
+    assert core is not None and core["requester"] == "alice@acme"
