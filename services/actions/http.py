@@ -50,6 +50,9 @@ from services.executor.plugins import ActionContext, ActionError, BaseAction
 MAX_ERROR_BODY = 500
 #: Most body bytes read: the executor refuses outputs over 512 KiB anyway.
 MAX_RESPONSE_BYTES = 512 * 1024
+#: Connection pools kept per event loop, one per egress policy in use (tenants with equal
+#: allow-lists share one).
+MAX_POOLS = 64
 
 
 class HttpRequestInput(BaseModel):
@@ -103,6 +106,7 @@ class HttpRequest(BaseAction):
         self._egress = egress if egress is not None else EgressConfig()
         self._resolver = resolver
         self._network_backend = network_backend
+        self._closing: set[asyncio.Task[None]] = set()
         self._clients: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[EgressPolicy, httpx.AsyncClient]
         ] = weakref.WeakKeyDictionary()
@@ -113,7 +117,7 @@ class HttpRequest(BaseAction):
 
     def _client(self, policy: EgressPolicy) -> httpx.AsyncClient:
         clients = self._clients.setdefault(asyncio.get_running_loop(), {})
-        client = clients.get(policy)
+        client = clients.pop(policy, None)  # re-inserted below: the dict runs least recently used first
         if client is None:
             transport = self._transport
             if transport is None:
@@ -125,7 +129,14 @@ class HttpRequest(BaseAction):
                 trust_env=False,
                 headers={"Accept-Encoding": ACCEPT_ENCODING},  # what read_bounded decodes
             )
-            clients[policy] = client
+        clients[policy] = client
+        while len(clients) > MAX_POOLS:
+            # Allow-lists that changed leave pools behind. The least recently used is closed: a
+            # request still running on it (unlikely after MAX_POOLS others) fails retryably.
+            stale = clients.pop(next(iter(clients)))
+            task = asyncio.get_running_loop().create_task(stale.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         return client
 
     def target(self, inputs: HttpRequestInput) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import httpcore
 import pytest
 
+from services.actions import http as http_module
 from services.actions.egress import EgressConfig, IPAddress
 from services.actions.http import MAX_RESPONSE_BYTES, HttpRequest
 from services.config import Settings
@@ -267,3 +268,31 @@ def test_the_executor_hands_the_switch_and_each_tenant_s_list_to_the_action() ->
     assert call(http, "http://127.0.0.1/", tenant="anyone")["status"] == "succeeded"
     configure_egress(registry, Settings(), None)
     assert call(http, "http://127.0.0.1/", tenant="anyone")["error_kind"] == "egress_denied"
+
+
+def test_pools_of_policies_no_longer_used_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_module, "MAX_POOLS", 3)
+    closing = (
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n"  # no reuse of a canned stream
+    )
+    backend = Backend(response=[closing, b"ok"])
+    http = action(backend, EgressConfig(tenant_allow=lambda tenant: [f"10.0.0.{tenant}"]))
+
+    async def main() -> tuple[int, list[bool]]:
+        registry = ActionRegistry.load(builtins=False, entry_points=False)
+        registry.register(http)
+        opened = []
+        for tenant in ("1", "2", "3", "1", "4", "5"):  # 1 used again: 2 and 3 are the oldest
+            url = f"http://10.0.0.{tenant}/"
+            result = await execute_command(registry, command("http.request", {"url": url}, tenant=tenant))
+            assert result["status"] == "succeeded", result
+            opened.append(http._client(http._egress.policy_for(tenant)))
+        await asyncio.sleep(0)  # let the closing tasks run
+        pools = len(http._clients[asyncio.get_running_loop()])
+        closed = [client.is_closed for client in opened]
+        await http.aclose()
+        return pools, closed
+
+    pools, closed = asyncio.run(main())
+    assert pools == 3
+    assert closed == [False, True, True, False, False, False]
