@@ -25,8 +25,9 @@ an ``http_3xx`` failure), so no second host escapes the check.
 It is ``external``: calls wait for the tenant's external-call rate limit, and a circuit breaker per
 (tenant, URL host:port) fails calls fast while that host keeps failing.
 
-One ``httpx.AsyncClient`` (connection pool) is kept per event loop and egress policy, so a
-connection opened under one tenant's allow-list never carries another tenant's request.
+One ``httpx.AsyncClient`` (connection pool) is kept per event loop and egress policy (at most
+``MAX_POOLS``, least recently used closed first), so a connection opened under one tenant's
+allow-list never carries another tenant's request.
 """
 
 from __future__ import annotations
