@@ -68,6 +68,10 @@ class LocalKafka:
     def answers(self) -> bool:
         return broker_answers(self.bootstrap)
 
+    def jvm_options(self, tool: bool = False) -> list[str]:
+        """Heap and GC of the broker's JVM (``tool``: of the one-time storage format's)."""
+        return [] if tool else ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC"]
+
     def start(self, progress: Progress = print) -> bool:
         """Start the broker unless ours is already running. Returns True if this call started it."""
         if self.running():
@@ -86,6 +90,7 @@ class LocalKafka:
             subprocess.run(
                 [
                     java,
+                    *self.jvm_options(tool=True),
                     "-cp",
                     f"{libs}/*",
                     "kafka.tools.StorageTool",
@@ -107,9 +112,7 @@ class LocalKafka:
             proc = subprocess.Popen(
                 [
                     java,
-                    "-Xms256m",
-                    "-Xmx1g",
-                    "-XX:+UseG1GC",
+                    *self.jvm_options(),
                     "-Djava.awt.headless=true",
                     f"-Dlog4j2.configurationFile={log4j}",
                     "-cp",

@@ -161,6 +161,12 @@ share.coordinator.state.topic.min.isr=1
 log.retention.hours=168
 """
 
+    def jvm_options(self, tool: bool = False) -> list[str]:
+        # A test and development broker: quick start over peak throughput (C1 only, serial GC)
+        # halves its start on a loaded 2-core machine (29-38 s -> 14-22 s).
+        quick = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xshare:auto"]
+        return quick if tool else [*quick, "-Xms128m", "-Xmx512m"]
+
     def format_arguments(self) -> list[str]:
         password = self._bootstrap_credentials()[ADMIN]
         return ["--add-scram", f"{MECHANISM}=[name={ADMIN},password={password}]"]
