@@ -155,13 +155,13 @@ def test_the_projector_cannot_produce_at_all(secured: Secured) -> None:
 def test_only_the_right_password_gets_in(secured: Secured) -> None:
     wrong = {**secured.client("acme"), "sasl.password": "not-the-password"}
     with pytest.raises(KafkaException):
-        AdminClient(wrong).list_topics(timeout=5)
+        AdminClient(wrong).list_topics(timeout=3)
     unauthenticated: dict[str, str | int | float | bool] = {
         "bootstrap.servers": secured.kafka.bootstrap,
         "log_level": 0,
     }
     with pytest.raises(KafkaException):
-        AdminClient(unauthenticated).list_topics(timeout=5)
+        AdminClient(unauthenticated).list_topics(timeout=3)
 
 
 def test_no_principal_but_the_admin_can_grant_itself_more(secured: Secured) -> None:
