@@ -190,14 +190,21 @@ class PostgresHistory:
         if now < self._paused_until:
             raise HistoryPaused("the history database failed less than 5 s ago; not asked again yet")
         try:
-            with self.engine.connect() as conn:
-                return query(conn)
+            try:
+                with self.engine.connect() as conn:
+                    return query(conn)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # The kept connection died (the server restarted, an idle timeout): once more on a
+                # new one before calling the history unavailable.
+                with self.engine.connect() as conn:
+                    return query(conn)
         except (SQLAlchemyError, OSError) as exc:
+            self._paused_until = now + RETRY_AFTER_S
             if isinstance(exc, DBAPIError) and _undefined_table(exc):
                 # A database the projector never migrated holds no history of ours.
-                self._paused_until = now + RETRY_AFTER_S
                 raise HistoryUnavailable("the history database has no projection tables") from exc
-            self._paused_until = now + RETRY_AFTER_S
             self.engine.dispose()  # the connection may be broken: the next lookup opens a new one
             raise HistoryUnavailable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
 

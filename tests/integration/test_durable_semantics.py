@@ -239,7 +239,9 @@ def test_the_history_lookup_on_postgresql_answers_for_its_prefix_only_and_fails_
         )
     found = history.known(["r1", "r2", "bad\x00id", "\ud800"])  # unqueryable ids are skipped
     assert list(found) == ["r1"] and found["r1"].state == "failed"
-    assert PostgresHistory(database_url, "other.events").known(["r1"]) == {}
+    other_prefix = PostgresHistory(database_url, "other.events")
+    assert other_prefix.known(["r1"]) == {}
+    other_prefix.close()
     stored = history.load("r1")
     assert stored is not None and (stored.last_seq, stored.replays, stored.trigger_omitted) == (7, 0, False)
     assert stored.trigger_data == {"message": "m"}
@@ -248,6 +250,14 @@ def test_the_history_lookup_on_postgresql_answers_for_its_prefix_only_and_fails_
         "second": ("failed", 2),
     }
     assert history.load("r2") is None and history.load("bad\x00id") is None
+    # Its kept connection killed (as by a server restart): the next lookup reconnects and answers.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        killed = conn.execute(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity"
+            " where application_name = 'switchyard-router-history' and datname = current_database()"
+        ).fetchone()
+    assert killed == (1,)
+    assert list(history.known(["r1"])) == ["r1"]
     history.close()
 
     unreachable = PostgresHistory("postgresql://nobody@127.0.0.1:1/none", "p.events")
