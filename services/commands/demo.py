@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -30,6 +31,7 @@ from services.package_data import examples_dir
 from services.runtime import ServiceFn, install_signal_handlers, run_services, setup_logging
 from services.tenancy.admin import create_trigger_topic, read_tenants, save_tenant
 from services.tenancy.config import TenantConfig
+from services.workflow.keyfiles import write_keypair
 from services.workflow.loader import load_definition_file
 from services.workflow.signing import (
     KeyEntry,
@@ -43,6 +45,7 @@ out = console()
 err = console(stderr=True)
 TENANT = "demo"
 KEY_ID = "demo-key-1"
+OPERATOR_KEY_ID = "operator@demo"
 EXAMPLES = examples_dir()
 
 
@@ -61,9 +64,28 @@ def _demo_keys() -> tuple[str, str]:
     return private, public
 
 
-def _setup_tenant(settings: Settings, public: str) -> None:
+def _operator_key() -> tuple[Path, str]:
+    """The demo operator's key pair (made once, in the dev state directory): (private key file,
+    public key), so that the demo's runs can be replayed and cancelled with signed commands."""
+    directory = paths.state_dir() / "demo-operator"
+    private_path = directory / f"{OPERATOR_KEY_ID}.key"
+    public_path = directory / f"{OPERATOR_KEY_ID}.pub"
+    if not (private_path.exists() and public_path.exists()):
+        for stale in (private_path, public_path):
+            stale.unlink(missing_ok=True)
+        write_keypair(directory, OPERATOR_KEY_ID)
+    return private_path, public_path.read_text(encoding="ascii").strip()
+
+
+def _setup_tenant(settings: Settings, public: str, operator_public: str) -> None:
     existing = read_tenants(settings).get(TENANT)
-    keyring = Keyring(tenant=TENANT, keys=[KeyEntry(key_id=KEY_ID, public_key=public)])
+    keyring = Keyring(
+        tenant=TENANT,
+        keys=[
+            KeyEntry(key_id=KEY_ID, public_key=public),
+            KeyEntry(key_id=OPERATOR_KEY_ID, public_key=operator_public, role="operator"),
+        ],
+    )
     config = (existing or TenantConfig(tenant=TENANT, scopes=["firm_data:write", "email:send"])).model_copy(
         update={"keyring": keyring, "status": "active"}
     )
@@ -170,8 +192,9 @@ def demo(
     ensure_topics(admin_client(settings), internal_specs(settings), settings.replication_factor)
     upgrade_database(settings.database_url or "")
     private, public = _demo_keys()
-    _step(f"registering tenant {TENANT!r} with signing key {KEY_ID}")
-    _setup_tenant(settings, public)
+    operator_key_file, operator_public = _operator_key()
+    _step(f"registering tenant {TENANT!r} with signing key {KEY_ID} and operator key {OPERATOR_KEY_ID}")
+    _setup_tenant(settings, public, operator_public)
     known = set(ActionRegistry.load().names())
     published = _publish_examples(settings, private, known)
     _step(f"published signed workflows: {', '.join(sorted(published))}")
@@ -225,6 +248,11 @@ def demo(
     err.print(
         f"{len(finished)}/{len(rows)} runs finished in {time.monotonic() - started:.1f}s. "
         "Inspect one with: switchyard runs show RUN_ID"
+    )
+    err.print(
+        "Replay or cancel one (commands are signed with the demo operator's key): "
+        f"switchyard replay RUN_ID --reason 'try again' --key {esc(operator_key_file)}",
+        soft_wrap=True,
     )
     err.print(
         "Operator console: `switchyard console user add you@demo --global` (prints a token), then "
