@@ -154,7 +154,8 @@ class Settings(BaseSettings):
         ),
     )
     secrets_dir: str | None = Field(
-        default=None, description="Directory of per-tenant secret files <dir>/<tenant>/<NAME> (file provider)."
+        default=None,
+        description="Directory of per-tenant secret files <dir>/<tenant>/<NAME> (file provider).",
     )
     max_batch: int = Field(default=500, ge=1, description="Most input records per transaction.")
     poison_after_failures: int = Field(
