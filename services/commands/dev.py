@@ -8,7 +8,7 @@ import typer
 
 from services.commands.text import console, esc
 from services.config import get_settings
-from services.devinfra import kafka_secure, launcher
+from services.devinfra import kafka_cluster, kafka_secure, launcher
 from services.devinfra.kafka_local import LauncherError
 
 app = typer.Typer(
@@ -37,6 +37,42 @@ CONTROLLER_PORT = typer.Option(
 )
 
 
+BROKERS = typer.Option(
+    1,
+    "--brokers",
+    help="1: the dev broker; 3: a three-node cluster (replication 3, min ISR 2) on its own ports.",
+)
+CLUSTER_PORT = typer.Option(
+    kafka_cluster.DEFAULT_BASE_PORT,
+    "--cluster-port",
+    help="With --brokers 3: first node's client port (nodes use it, +2, +4; controllers one above).",
+)
+
+
+def _check_brokers(brokers: int, secure: bool) -> None:
+    if brokers not in (1, kafka_cluster.NODES) or (secure and brokers != 1):
+        err.print(f"[red]error:[/] --brokers is 1 or {kafka_cluster.NODES} (and 1 with --secure)")
+        raise typer.Exit(2)
+
+
+def _cluster_up(cluster_port: int) -> None:
+    cluster = kafka_cluster.local_cluster(cluster_port)
+    try:
+        cluster.start(_progress)
+    except LauncherError as exc:
+        raise _secure_failed(exc) from exc
+    err.print(f"[green]Kafka ({kafka_cluster.NODES}-node cluster)[/] {cluster.bootstrap}")
+    _print_cluster_env(cluster)
+
+
+def _print_cluster_env(cluster: kafka_cluster.LocalCluster) -> None:
+    postgres = launcher.DevState.load().postgres
+    for line in kafka_cluster.export_lines(cluster) + (
+        [f"export DATABASE_URL='{postgres.address}'"] if postgres else []
+    ):
+        print(line)
+
+
 def _secure_failed(exc: Exception) -> typer.Exit:
     err.print(f"[red]error:[/] {esc(exc)}")
     return typer.Exit(1)
@@ -51,6 +87,8 @@ def up(
     ),
     port: int = PORT,
     controller_port: int = CONTROLLER_PORT,
+    brokers: int = BROKERS,
+    cluster_port: int = CLUSTER_PORT,
 ) -> None:
     """Start Kafka and PostgreSQL unless configured or already running; print how to reach them.
 
@@ -62,7 +100,14 @@ def up(
     and the standard authorizer (nothing allowed without an ACL), makes a principal per service
     role (User:switchyard.router, .executor, .projector, .operator) and per --tenant, and prints
     --role's client settings. Then `switchyard topics ensure` and `switchyard acl apply` as admin.
+
+    --brokers 3 starts a three-node cluster from the same jars, beside the dev broker (replication
+    factor 3, min.insync.replicas 2, unclean leader election off) and prints its settings.
     """
+    _check_brokers(brokers, secure)
+    if brokers != 1:
+        _cluster_up(cluster_port)
+        return
     if secure:
         kafka = kafka_secure.secure_kafka(port, controller_port)
         try:
@@ -96,8 +141,14 @@ def env(
     tenant: str | None = typer.Option(None, "--tenant", help="With --secure --role tenant: which tenant."),
     port: int = PORT,
     controller_port: int = CONTROLLER_PORT,
+    brokers: int = BROKERS,
+    cluster_port: int = CLUSTER_PORT,
 ) -> None:
     """Print `export` lines for the running services, for `eval "$(switchyard dev env)"`."""
+    _check_brokers(brokers, secure)
+    if brokers != 1:
+        _print_cluster_env(kafka_cluster.local_cluster(cluster_port))
+        return
     state = launcher.DevState.load()
     if not secure:
         for line in launcher.export_lines(state):
@@ -113,8 +164,20 @@ def env(
 
 
 @app.command()
-def down(secure: bool = SECURE, port: int = PORT, controller_port: int = CONTROLLER_PORT) -> None:
-    """Stop what `dev up` started (and nothing else); --secure: only the secured broker."""
+def down(
+    secure: bool = SECURE,
+    port: int = PORT,
+    controller_port: int = CONTROLLER_PORT,
+    brokers: int = BROKERS,
+    cluster_port: int = CLUSTER_PORT,
+) -> None:
+    """Stop what `dev up` started (and nothing else); --secure: only the secured broker;
+    --brokers 3: only the cluster."""
+    _check_brokers(brokers, secure)
+    if brokers != 1:
+        nodes = kafka_cluster.local_cluster(cluster_port).stop()
+        err.print("stopped: " + (f"cluster nodes {nodes}" if nodes else "nothing"))
+        return
     if secure:
         kafka = kafka_secure.secure_kafka(port, controller_port)
         err.print("stopped: " + (f"secured kafka ({kafka.bootstrap})" if kafka.stop() else "nothing"))

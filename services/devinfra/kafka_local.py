@@ -65,6 +65,14 @@ class LocalKafka:
         """Extra arguments of the one-time storage format (e.g. bootstrap SCRAM credentials)."""
         return []
 
+    def quorum_arguments(self) -> list[str]:
+        """How the storage format learns the controller quorum: this node alone, by default."""
+        return ["--standalone"]
+
+    def cluster_id(self) -> str:
+        """The KRaft cluster id given to the storage format (every node of a cluster shares one)."""
+        return _cluster_id()
+
     def answers(self) -> bool:
         return broker_answers(self.bootstrap)
 
@@ -95,9 +103,9 @@ class LocalKafka:
                     f"{libs}/*",
                     "kafka.tools.StorageTool",
                     "format",
-                    "--standalone",
+                    *self.quorum_arguments(),
                     "-t",
-                    _cluster_id(),
+                    self.cluster_id(),
                     "-c",
                     str(props),
                     *self.format_arguments(),

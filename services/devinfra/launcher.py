@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from services.config import Settings
-from services.devinfra import kafka_secure, paths
+from services.devinfra import kafka_cluster, kafka_secure, paths
 from services.devinfra.kafka_local import LauncherError, LocalKafka, broker_answers, wait_for_broker
 from services.devinfra.postgres_local import LocalPostgres
 
@@ -187,6 +187,16 @@ def status(settings: Settings) -> dict[str, dict[str, Any]]:
             "source": "local",
             "reachable": secure.answers(),
             "log_file": str(secure.log_file),
+        }
+    cluster = kafka_cluster.local_cluster()  # `dev up --brokers 3` on its default ports, while it runs
+    if any(cluster.running()):
+        report["kafka-cluster"] = {
+            "configured": True,
+            "address": cluster.bootstrap,
+            "source": "local",
+            "reachable": cluster.brokers_seen() == kafka_cluster.NODES,
+            "nodes_running": sum(cluster.running()),
+            "log_file": str(cluster.home / "node-*" / "broker.log"),
         }
     pg = state.postgres or (Endpoint(settings.database_url, "environment") if settings.database_url else None)
     report["postgres"] = {"configured": pg is not None}
