@@ -85,7 +85,18 @@ class Settings(BaseSettings):
     )
     topic_prefix: str = Field(default="wf", description="Prefix of every internal topic name.")
     internal_partitions: int = Field(default=12, ge=1, description="Partitions of the internal topics.")
-    replication_factor: int = Field(default=1, ge=1, description="Replication factor of created topics.")
+    replication_factor: int = Field(
+        default=1,
+        ge=1,
+        description="Replication factor of created topics (3 on a cluster; `topics ensure` checks it"
+        " against the brokers).",
+    )
+    min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="min.insync.replicas of created topics when replicated (default 2): below 2,"
+        " `topics ensure` refuses (an acknowledged write could have one copy).",
+    )
     max_trigger_bytes: int = Field(default=256 * 1024, ge=1024, description="Largest accepted trigger.")
     max_run_output_bytes: int = Field(
         default=576 * 1024,

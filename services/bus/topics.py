@@ -1,4 +1,8 @@
-"""Topic names (all under one configurable prefix), their specs, and `topics ensure` / start-up checks."""
+"""Topic names (all under one configurable prefix), their specs, and `topics ensure` / start-up checks.
+
+Replication comes from the settings (``replication_factor``, ``min_insync_replicas``) and is judged
+against the cluster before topics are made (services/bus/replication.py).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     NewTopic,
 )
 
+from services.bus.replication import ClusterFacts, default_min_insync, judge, topic_config
 from services.config import Settings
 
 
@@ -76,20 +81,34 @@ class TopicSpec:
     name: str
     partitions: int
     config: dict[str, str] = field(default_factory=dict)
+    replication: int = 1
+
+
+def min_insync(settings: Settings) -> int:
+    return settings.min_insync_replicas or default_min_insync(settings.replication_factor)
+
+
+def replicated_config(settings: Settings) -> dict[str, str]:
+    """Topic configs every created topic carries for the settings' replication (tenant ones too)."""
+    return topic_config(settings.replication_factor, min_insync(settings))
 
 
 def internal_specs(settings: Settings) -> list[TopicSpec]:
     """Every internal topic. inbox, commands, events and router.state are co-partitioned."""
-    t, n = Topics(settings.topic_prefix), settings.internal_partitions
+    t, n, rf = Topics(settings.topic_prefix), settings.internal_partitions, settings.replication_factor
+    replicated = replicated_config(settings)
     return [
-        TopicSpec(t.inbox, n),
-        TopicSpec(t.commands, n),
-        TopicSpec(t.events, n),
-        TopicSpec(t.router_state, n, dict(COMPACTED)),
-        TopicSpec(t.dlq, 3, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
-        TopicSpec(t.control, 3),
-        TopicSpec(t.definitions, 1, dict(COMPACTED)),
-        TopicSpec(t.tenants, 1, dict(COMPACTED)),
+        TopicSpec(name, partitions, {**config, **replicated}, rf)
+        for name, partitions, config in [
+            (t.inbox, n, {}),
+            (t.commands, n, {}),
+            (t.events, n, {}),
+            (t.router_state, n, COMPACTED),
+            (t.dlq, 3, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+            (t.control, 3, {}),
+            (t.definitions, 1, COMPACTED),
+            (t.tenants, 1, COMPACTED),
+        ]
     ]
 
 
@@ -97,18 +116,49 @@ class TopicsNotReady(RuntimeError):
     """Raised at service start when an expected topic is missing or misconfigured."""
 
 
+class ReplicationUnsafe(RuntimeError):
+    """The settings' replication on this cluster cannot guarantee exactly-once (message: why)."""
+
+
+def cluster_facts(admin: AdminClient) -> ClusterFacts:
+    """The broker count, and the effective config of the lowest-numbered broker (empty if denied)."""
+    brokers = admin.list_topics(timeout=15).brokers
+    config: dict[str, str] = {}
+    if brokers:
+        resource = ConfigResource(ConfigResource.Type.BROKER, str(min(brokers)))
+        try:
+            entries = admin.describe_configs([resource])[resource].result(timeout=30)
+            config = {name: str(entry.value) for name, entry in entries.items() if entry.value is not None}
+        except Exception:  # e.g. no DescribeConfigs on the cluster: judged as unknown
+            config = {}
+    return ClusterFacts(len(brokers), config)
+
+
+def check_replication(admin: AdminClient, settings: Settings) -> list[str]:
+    """Raise :class:`ReplicationUnsafe` if exactly-once cannot hold on this cluster with these
+    settings; else return the warnings."""
+    verdict = judge(settings.replication_factor, min_insync(settings), cluster_facts(admin))
+    if verdict.problems:
+        raise ReplicationUnsafe(
+            "refusing to run exactly-once on this cluster:\n  " + "\n  ".join(verdict.problems)
+        )
+    return verdict.warnings
+
+
 def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(settings.kafka_config())
 
 
-def ensure_topics(admin: AdminClient, specs: list[TopicSpec], replication: int = 1) -> list[str]:
-    """Create missing topics; returns the names created. Existing topics are left as they are."""
+def ensure_topics(admin: AdminClient, specs: list[TopicSpec], replication: int | None = None) -> list[str]:
+    """Create missing topics (replication: each spec's unless given); returns the names created.
+    Existing topics are left as they are."""
     existing = set(admin.list_topics(timeout=15).topics)
     missing = [s for s in specs if s.name not in existing]
     if not missing:
         return []
     futures = admin.create_topics(
-        [NewTopic(s.name, s.partitions, replication, config=s.config) for s in missing], operation_timeout=30
+        [NewTopic(s.name, s.partitions, replication or s.replication, config=s.config) for s in missing],
+        operation_timeout=30,
     )
     created = []
     for name, future in futures.items():
@@ -134,6 +184,9 @@ def check_topics(admin: AdminClient, specs: list[TopicSpec]) -> None:
             problems.append(
                 f"{spec.name}: has {len(topic.partitions)} partitions, expected {spec.partitions}"
             )
+        replicas = min((len(p.replicas) for p in topic.partitions.values()), default=spec.replication)
+        if replicas < spec.replication:
+            problems.append(f"{spec.name}: has replication factor {replicas}, expected {spec.replication}")
     compacted = [s for s in specs if s.config.get("cleanup.policy") == "compact" and s.name in metadata]
     if compacted:
         resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in compacted]

@@ -11,7 +11,14 @@ import typer
 from confluent_kafka import KafkaException, Producer
 
 from services.bus.clients import plain_producer_config
-from services.bus.topics import Topics, admin_client, ensure_topics, internal_specs
+from services.bus.topics import (
+    ReplicationUnsafe,
+    Topics,
+    admin_client,
+    check_replication,
+    ensure_topics,
+    internal_specs,
+)
 from services.commands.text import console, esc
 from services.config import Settings, get_settings
 from services.contracts import serde
@@ -92,13 +99,24 @@ topics_app = typer.Typer(help="Create and check the internal Kafka topics.", no_
 
 @topics_app.command("ensure")
 def topics_ensure() -> None:
-    """Create every internal topic that is missing (partitions and configs from the settings)."""
+    """Create every internal topic that is missing (partitions, replication and configs from the
+    settings); refuses when the cluster cannot keep exactly-once with the replication settings."""
     settings = _settings()
     specs = internal_specs(settings)
-    created = ensure_topics(admin_client(settings), specs, settings.replication_factor)
+    admin = admin_client(settings)
+    try:
+        for warning in check_replication(admin, settings):
+            err.print(f"[yellow]warning:[/] {esc(warning)}")
+    except ReplicationUnsafe as exc:
+        err.print(f"[red]error:[/] {esc(exc)}")
+        raise typer.Exit(1) from exc
+    created = ensure_topics(admin, specs)
     for spec in specs:
         mark = "created" if spec.name in created else "exists"
-        err.print(f"{mark:8} {spec.name}  partitions={spec.partitions} {spec.config or ''}")
+        err.print(
+            f"{mark:8} {spec.name}  partitions={spec.partitions} replication={spec.replication}"
+            f" {spec.config or ''}"
+        )
 
 
 def trigger(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-from services.bus.topics import Topics, admin_client
+from services.bus.topics import Topics, admin_client, replicated_config
 from services.config import Settings
 from services.registry.compacted import wait_for
 from services.registry.tenants import put_tenant, tenants_table
@@ -18,7 +18,15 @@ def create_trigger_topic(settings: Settings, config: TenantConfig) -> bool:
     if topic in admin.list_topics(timeout=15).topics:
         return False
     futures = admin.create_topics(
-        [NewTopic(topic, config.trigger_partitions, settings.replication_factor)], operation_timeout=30
+        [
+            NewTopic(
+                topic,
+                config.trigger_partitions,
+                settings.replication_factor,
+                config=replicated_config(settings),
+            )
+        ],
+        operation_timeout=30,
     )
     for future in futures.values():
         future.result(timeout=60)
