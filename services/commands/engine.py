@@ -107,10 +107,18 @@ def topics_ensure() -> None:
     try:
         for warning in check_replication(admin, settings):
             err.print(f"[yellow]warning:[/] {esc(warning)}")
+        created = ensure_topics(admin, specs)
     except ReplicationUnsafe as exc:
         err.print(f"[red]error:[/] {esc(exc)}")
         raise typer.Exit(1) from exc
-    created = ensure_topics(admin, specs)
+    except KafkaException as exc:
+        # e.g. TOPIC_AUTHORIZATION_FAILED on a secured cluster: creating topics is the admin's job.
+        err.print(
+            f"[red]error:[/] the broker refused: {esc(exc.args[0] if exc.args else exc)}\n"
+            "creating topics needs a principal allowed to create them (on a secured cluster the "
+            "admin: `switchyard dev env --secure --role admin`, see `switchyard acl plan`)"
+        )
+        raise typer.Exit(1) from exc
     for spec in specs:
         mark = "created" if spec.name in created else "exists"
         err.print(
