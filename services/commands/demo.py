@@ -250,8 +250,9 @@ def demo(
         "Inspect one with: switchyard runs show RUN_ID"
     )
     err.print(
-        "Replay or cancel one (commands are signed with the demo operator's key): "
-        f"switchyard replay RUN_ID --reason 'try again' --key {esc(operator_key_file)}",
+        "Replay one while the engine runs (`switchyard run` in another terminal; commands are signed "
+        "with the demo operator's key): switchyard replay RUN_ID --from-step STEP --reason 'try again' "
+        f"--key {esc(operator_key_file)}",
         soft_wrap=True,
     )
     err.print(
