@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.devinfra import paths
-from services.devinfra.kafka_local import LauncherError, LocalKafka, Progress
+from services.devinfra.kafka_local import LauncherError, LocalKafka, Progress, storage_properties
 from services.devinfra.process import wait_until
 
 NODES = 3
@@ -63,22 +63,7 @@ advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
-log.dirs={data}
-num.partitions=1
-auto.create.topics.enable=false
-default.replication.factor={REPLICATION_FACTOR}
-min.insync.replicas={MIN_INSYNC_REPLICAS}
-unclean.leader.election.enable=false
-offsets.topic.replication.factor={REPLICATION_FACTOR}
-offsets.topic.num.partitions=10
-transaction.state.log.replication.factor={REPLICATION_FACTOR}
-transaction.state.log.min.isr={MIN_INSYNC_REPLICAS}
-transaction.state.log.num.partitions=10
-group.initial.rebalance.delay.ms=0
-share.coordinator.state.topic.replication.factor={REPLICATION_FACTOR}
-share.coordinator.state.topic.min.isr={MIN_INSYNC_REPLICAS}
-log.retention.hours=168
-"""
+{storage_properties(data, REPLICATION_FACTOR, MIN_INSYNC_REPLICAS)}"""
 
 
 @dataclass(frozen=True)

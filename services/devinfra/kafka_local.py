@@ -231,6 +231,30 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+def storage_properties(data: Path, replication: int = 1, min_insync: int = 1) -> str:
+    """The storage and internal-topic lines of a dev node's ``server.properties``, shared by the
+    single, secured and three-node brokers (only their listeners and node ids differ)."""
+    replicated = (
+        f"default.replication.factor={replication}\nmin.insync.replicas={min_insync}\n"
+        "unclean.leader.election.enable=false\n"
+        if replication > 1
+        else ""
+    )
+    return f"""log.dirs={data}
+num.partitions=1
+auto.create.topics.enable=false
+{replicated}offsets.topic.replication.factor={replication}
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor={replication}
+transaction.state.log.min.isr={min_insync}
+transaction.state.log.num.partitions=10
+group.initial.rebalance.delay.ms=0
+share.coordinator.state.topic.replication.factor={replication}
+share.coordinator.state.topic.min.isr={min_insync}
+log.retention.hours=168
+"""
+
+
 def _server_properties(kafka: LocalKafka, data: Path) -> str:
     return f"""# Written by `switchyard dev up`; regenerated at every start.
 process.roles=broker,controller
@@ -241,19 +265,7 @@ advertised.listeners=PLAINTEXT://127.0.0.1:{kafka.port}
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
-log.dirs={data}
-num.partitions=1
-auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=10
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=10
-group.initial.rebalance.delay.ms=0
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-log.retention.hours=168
-"""
+{storage_properties(data)}"""
 
 
 def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 
 from services.bus.topics import TENANT_ID
 from services.devinfra import paths
-from services.devinfra.kafka_local import LauncherError, LocalKafka, Progress
+from services.devinfra.kafka_local import LauncherError, LocalKafka, Progress, storage_properties
 from services.devinfra.process import wait_until
 from services.tenancy.acl import PRINCIPAL_PREFIX, SERVICE_ROLES
 
@@ -147,19 +147,7 @@ listener.name.controller.plain.sasl.jaas.config={plain_jaas}
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users=User:{ADMIN};User:{CONTROLLER}
 allow.everyone.if.no.acl.found=false
-log.dirs={data}
-num.partitions=1
-auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=10
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=10
-group.initial.rebalance.delay.ms=0
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-log.retention.hours=168
-"""
+{storage_properties(data)}"""
 
     def jvm_options(self, tool: bool = False) -> list[str]:
         # A test and development broker: quick start over peak throughput (C1 only, serial GC)
