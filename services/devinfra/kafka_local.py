@@ -7,6 +7,7 @@ so that transactions work on one node (replication factor 1, min ISR 1).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -76,6 +77,27 @@ class LocalKafka:
     def answers(self) -> bool:
         return broker_answers(self.bootstrap)
 
+    def partitions_on_disk(self) -> int:
+        """Partition directories in the data directory: a broker loads each one before it answers."""
+        try:
+            return sum(1 for entry in os.scandir(self.home / "data") if entry.is_dir())
+        except OSError:
+            return 0
+
+    def ready_timeout_s(self) -> float:
+        # A broker reopens every partition it holds before it answers (measured here: ~5 min for
+        # 17,600 partitions left by many test runs), so a fixed wait fails on a well-used machine.
+        return READY_TIMEOUT_S + READY_S_PER_PARTITION * self.partitions_on_disk()
+
+    def data_hint(self) -> str:
+        partitions = self.partitions_on_disk()
+        if partitions <= LARGE_DATA_PARTITIONS:
+            return ""
+        return (
+            f" (its data directory {self.home / 'data'} holds {partitions} partitions; to start "
+            "empty: `switchyard dev down`, delete that directory, `switchyard dev up`)"
+        )
+
     def jvm_options(self, tool: bool = False) -> list[str]:
         """Heap and GC of the broker's JVM (``tool``: of the one-time storage format's)."""
         return [] if tool else ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC"]
@@ -84,9 +106,9 @@ class LocalKafka:
         """Start the broker unless ours is already running. Returns True if this call started it."""
         if self.running():
             try:
-                wait_until(self.answers, 90, f"Kafka at {self.bootstrap}")
+                wait_until(self.answers, self.ready_timeout_s(), f"Kafka at {self.bootstrap}")
             except TimeoutError as exc:
-                raise LauncherError(str(exc)) from exc
+                raise LauncherError(f"{exc}{self.data_hint()}") from exc
             return False
         java, libs = _require_tools(), ensure_jars(progress)
         self.home.mkdir(parents=True, exist_ok=True)
@@ -115,6 +137,8 @@ class LocalKafka:
                 text=True,
             )
         progress(f"starting Kafka {KAFKA_VERSION} on {self.bootstrap} (log: {self.log_file})")
+        if (partitions := self.partitions_on_disk()) > LARGE_DATA_PARTITIONS:
+            progress(f"  loading {partitions} partitions kept from earlier runs{self.data_hint()}")
         log4j = paths.deploy_file("kafka", "log4j2.properties")
         with self.log_file.open("ab") as log:
             proc = subprocess.Popen(
@@ -137,11 +161,11 @@ class LocalKafka:
         try:
             wait_until(
                 lambda: proc.poll() is not None or self.answers(),
-                timeout_s=120,
+                timeout_s=self.ready_timeout_s(),
                 what=f"Kafka on {self.bootstrap}",
             )
         except TimeoutError as exc:
-            raise LauncherError(f"{exc}; last log lines:\n{tail(self.log_file)}") from exc
+            raise LauncherError(f"{exc}{self.data_hint()}; last log lines:\n{tail(self.log_file)}") from exc
         if proc.poll() is not None:
             raise LauncherError(
                 f"Kafka exited with code {proc.returncode}; "
@@ -229,6 +253,11 @@ def _cluster_id() -> str:
     import base64
 
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+READY_TIMEOUT_S = 120.0
+READY_S_PER_PARTITION = 0.03
+LARGE_DATA_PARTITIONS = 2_000
 
 
 def storage_properties(data: Path, replication: int = 1, min_insync: int = 1) -> str:
