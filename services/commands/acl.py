@@ -26,7 +26,9 @@ out = console()
 err = console(stderr=True)
 
 ROLE = typer.Option(
-    [], "--role", help="A service role (router, executor, projector, operator); repeat. Default: all four."
+    [],
+    "--role",
+    help="A service role (router, executor, projector, operator, console); repeat. Default: all five.",
 )
 TENANT = typer.Option([], "--tenant", help="A tenant whose principal may write its trigger topic; repeat.")
 PRINCIPAL = typer.Option(

@@ -1,6 +1,6 @@
 """Least-privilege Kafka ACLs for every principal of the engine: one pure plan, applied by the Admin API.
 
-:func:`plan` maps a role (router, executor, projector, operator, tenant) and the topic prefix to
+:func:`plan` maps a role (router, executor, projector, operator, console, tenant) and the topic prefix to
 the grants it needs: the topics it reads and writes, its consumer groups and its transactional
 ids, nothing else. `switchyard acl plan|apply` and `tenant create` all build on it. Only ALLOW
 bindings are made: with ``allow.everyone.if.no.acl.found=false`` anything not granted is refused.
@@ -30,9 +30,9 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from services.bus.topics import Topics
 
-Role = Literal["router", "executor", "projector", "operator", "tenant"]
+Role = Literal["router", "executor", "projector", "operator", "console", "tenant"]
 ROLES: tuple[Role, ...] = get_args(Role)
-SERVICE_ROLES: tuple[Role, ...] = ("router", "executor", "projector", "operator")
+SERVICE_ROLES: tuple[Role, ...] = ("router", "executor", "projector", "operator", "console")
 
 Resource = Literal["topic", "group", "transactional_id"]
 Pattern = Literal["literal", "prefixed"]
@@ -114,6 +114,16 @@ def plan(role: Role, topics: Topics, tenant: str | None = None) -> list[Grant]:
     elif role == "operator":
         # replay/cancel write commands; every outcome they report is read from PostgreSQL
         grants = _topics("WRITE", t.control)
+    elif role == "console":
+        # It acts only by producing: signed control commands, and webhook triggers for whichever
+        # tenant's token a request carries (it checks the token; Kafka cannot). It shows
+        # definitions from the registry (assign()-only); everything else comes from PostgreSQL.
+        grants = [
+            *_topics("WRITE", t.control),
+            Grant("topic", "prefixed", f"{p}.tenant.", "WRITE"),
+            *_topics("READ", t.definitions),
+            *_groups(registry_reader),
+        ]
     else:
         assert tenant is not None
         grants = _topics("WRITE", t.tenant_triggers(tenant))

@@ -138,6 +138,18 @@ def test_the_operator_writes_control_and_nothing_internal(secured: Secured) -> N
     assert read(secured.client(service_user("operator")), secured.topics.control) == DENIED
 
 
+def test_the_console_writes_control_and_triggers_and_reads_only_definitions(secured: Secured) -> None:
+    console = as_user(secured, service_user("console"))
+    topics = internal(secured)
+    assert produce(console, topics.pop("control")) == "ok"
+    assert produce(console, secured.topics.tenant_triggers("acme")) == "ok"
+    refused = {name: produce(console, topic) for name, topic in topics.items()}
+    assert refused == dict.fromkeys(refused, DENIED)
+    reader = secured.client(service_user("console"))
+    assert read(reader, secured.topics.events) == DENIED
+    assert read(reader, secured.topics.tenant_triggers("acme")) == DENIED
+
+
 def test_the_router_cannot_write_the_registries(secured: Secured) -> None:
     router = as_user(secured, service_user("router"))
     for topic in (secured.topics.definitions, secured.topics.tenants):

@@ -80,6 +80,13 @@ def test_operator_writes_control_and_nothing_else() -> None:
     assert acl.plan("operator", T) == [acl.Grant("topic", "literal", T.control, "WRITE")]
 
 
+def test_console_writes_control_and_triggers_and_reads_only_definitions() -> None:
+    # the webhook endpoint produces for whichever tenant's token a request carries
+    assert writable("console") == {T.control, T.tenant_triggers("acme"), T.tenant_triggers("globex")}
+    assert readable("console") == {T.definitions}
+    assert not any(g.resource == "transactional_id" for g in acl.plan("console", T))
+
+
 def test_nobody_but_the_admin_writes_definitions_or_tenants() -> None:
     for role in acl.SERVICE_ROLES:
         assert not allowed(role, "WRITE", "topic", T.definitions)
@@ -153,6 +160,7 @@ def test_acl_plan_prints_every_service_role_and_the_named_tenants(monkeypatch: p
         "User:switchyard.executor",
         "User:switchyard.projector",
         "User:switchyard.operator",
+        "User:switchyard.console",
         "User:acme-app",
     }
     assert principals["User:acme-app"]["grants"] == [
