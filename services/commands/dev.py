@@ -170,10 +170,18 @@ def down(
     controller_port: int = CONTROLLER_PORT,
     brokers: int = BROKERS,
     cluster_port: int = CLUSTER_PORT,
+    wipe: bool = typer.Option(
+        False,
+        "--wipe",
+        help="Also delete the local broker's and database's data (every topic, run history, "
+        "offsets): the next `dev up` starts empty. Only for the single local broker.",
+    ),
 ) -> None:
     """Stop what `dev up` started (and nothing else); --secure: only the secured broker;
     --brokers 3: only the cluster."""
     _check_brokers(brokers, secure)
+    if wipe and (secure or brokers != 1):
+        raise typer.BadParameter("--wipe is for the single local broker only", param_hint="--wipe")
     if brokers != 1:
         nodes = kafka_cluster.local_cluster(cluster_port).stop()
         err.print("stopped: " + (f"cluster nodes {nodes}" if nodes else "nothing"))
@@ -184,6 +192,13 @@ def down(
         return
     stopped = launcher.down(get_settings(), _progress)
     err.print("stopped: " + (", ".join(stopped) if stopped else "nothing (dev up started nothing)"))
+    if wipe:
+        try:
+            wiped = launcher.wipe(get_settings())
+        except LauncherError as exc:
+            err.print(f"[red]not wiped:[/] {esc(str(exc))}")
+            raise typer.Exit(1) from exc
+        err.print("deleted: " + (", ".join(wiped) if wiped else "nothing (no local data)"))
 
 
 @app.command()

@@ -95,7 +95,7 @@ class LocalKafka:
             return ""
         return (
             f" (its data directory {self.home / 'data'} holds {partitions} partitions; to start "
-            "empty: `switchyard dev down`, delete that directory, `switchyard dev up`)"
+            "empty: `switchyard dev down --wipe`, then `switchyard dev up`)"
         )
 
     def jvm_options(self, tool: bool = False) -> list[str]:

@@ -166,6 +166,26 @@ def down(settings: Settings, progress: Progress = print) -> list[str]:
     return stopped
 
 
+def wipe(settings: Settings) -> list[str]:
+    """Delete the local broker's and the embedded PostgreSQL's data, so the next `up` starts empty.
+
+    Refuses (LauncherError) while either still runs: `down` stops only what `up` started, and a
+    server deleted under its own feet would be worse than one left alone."""
+    kafka, postgres = _local_kafka(settings), LocalPostgres()
+    running = [name for name, up in (("Kafka", kafka.running()), ("PostgreSQL", postgres.running())) if up]
+    if running:
+        raise LauncherError(
+            f"{' and '.join(running)} still running (not started by `switchyard dev up`?): "
+            "stop it first, then wipe"
+        )
+    wiped = []
+    for name, path in (("kafka", kafka.home / "data"), ("postgres", postgres.data_dir)):
+        if path.exists():
+            shutil.rmtree(path)
+            wiped.append(f"{name} data ({path})")
+    return wiped
+
+
 def status(settings: Settings) -> dict[str, dict[str, Any]]:
     state = DevState.load()
     report: dict[str, dict[str, Any]] = {}

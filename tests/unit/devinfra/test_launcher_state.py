@@ -43,3 +43,23 @@ def test_environment_wins_over_the_launcher(state_home: Path) -> None:
     settings = Settings(database_url="postgresql://db.example/app")
     endpoint = launcher.ensure_postgres(settings, print, use_docker=False)
     assert endpoint == launcher.Endpoint("postgresql://db.example/app", "environment")
+
+
+def test_wipe_deletes_the_local_data_and_refuses_while_a_server_runs(state_home: Path) -> None:
+    import os
+
+    settings = Settings(dev_kafka_port=1, dev_kafka_controller_port=2)
+    kafka_data = state_home / "switchyard" / "kafka" / "data" / "wf.inbox-0"
+    postgres_data = state_home / "switchyard" / "postgres" / "base"
+    for path in (kafka_data, postgres_data):
+        path.mkdir(parents=True)
+    pid_file = state_home / "switchyard" / "kafka" / "broker.pid"
+    pid_file.write_text(str(os.getpid()))  # a live pid: "the broker still runs"
+    with pytest.raises(launcher.LauncherError, match="Kafka still running"):
+        launcher.wipe(settings)
+    assert kafka_data.exists() and postgres_data.exists()
+    pid_file.unlink()
+    wiped = launcher.wipe(settings)
+    assert [w.split(" ")[0] for w in wiped] == ["kafka", "postgres"]
+    assert not kafka_data.parent.exists() and not postgres_data.parent.exists()
+    assert launcher.wipe(settings) == []
