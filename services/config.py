@@ -123,6 +123,14 @@ class Settings(BaseSettings):
             " DATABASE_URL; with it, the most the projector may lag (the run history is read)."
         ),
     )
+    restore_deadline_s: float = Field(
+        default=300,
+        gt=0,
+        description=(
+            "Longest the router core may take to read a newly assigned partition back from its"
+            " changelog; past it the loop aborts, rewinds and tries again."
+        ),
+    )
     max_replays_per_run: int = Field(default=3, ge=0, description="Replays allowed per run (bound).")
     max_replay_state_bytes: int = Field(
         default=64 * 1024 * 1024,

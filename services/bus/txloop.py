@@ -142,7 +142,8 @@ class Processor(Protocol):
     # the wait for input while the processor has work completing in the background;
     # ``poison(msg, out, error_kind, message)`` dead-letters a record the poison-batch guard
     # isolated (in a transaction of its own; without it, or if it raises, the loop writes a
-    # bounded DeadLetter with error_kind ``poison_record`` itself).
+    # bounded DeadLetter with error_kind ``poison_record`` itself); ``on_committed()`` is called
+    # after each commit (a processor keeping undo state for ``on_abort`` drops it then).
 
 
 class _TickFault(Exception):
@@ -188,6 +189,7 @@ class TransactionalLoop:
         bind = getattr(processor, "bind", None)
         if bind is not None:
             bind(self.consumer)
+        self._on_committed: Callable[[], None] = getattr(processor, "on_committed", None) or (lambda: None)
         self.subscribe = subscribe
         self.assigned: set[tuple[str, int]] = set()
         self.ready = threading.Event()
@@ -324,6 +326,7 @@ class TransactionalLoop:
                 self._recover(error)
             return
         self._failures = 0
+        self._on_committed()
         self.poison.reset()
         metrics.TXN_COMMIT_SECONDS.labels(self.service).observe(time.monotonic() - started)
         metrics.TXN_RECORDS.labels(self.service, "in").inc(len(records))
@@ -500,6 +503,7 @@ class TransactionalLoop:
             self.processor.on_abort()
             return exc
         self._failures = 0
+        self._on_committed()
         metrics.TXN_RECORDS.labels(self.service, "out").inc(out.count)
         self.progress.committed(positions)
         return positions

@@ -6,10 +6,16 @@ run) and keeps, per owned partition, every run in memory, backed by the compacte
 of the runs it changed together with the commands and history events it emits, so state and
 output can never disagree; on assignment the partition's state is rebuilt from the changelog.
 
-The workflow semantics live in :mod:`services.router.machine`; this module maps its effects to
-Kafka records, enforces per-tenant and per-workflow concurrency (a run over a limit stays
-``pending`` and starts in arrival order when a slot frees), fires durable timers (retries,
-deadlines) and expires finished runs after the dedupe retention window.
+The workflow semantics live in :mod:`services.router.machine`; this module dispatches inbox
+records and timers to it and applies each change as a *step*. The rest has a module each: the run
+store (:mod:`services.router.run_store`: runs per partition, the dirty set, pre-images for aborts,
+expiry; reading the changelog back: :mod:`services.router.restore`), admission
+(:mod:`services.router.admission`: per-tenant and per-workflow slots, FIFO of pending runs,
+decided without calling back here) and the record mapping (:mod:`services.router.outgoing`).
+
+Restore runs in the loop: the rebalance callback only notes new partitions, and the next
+``process`` or ``tick`` reads them back before anything else. An aborted transaction puts back
+only the runs it touched (``on_abort``); ``on_committed`` makes the current memory the new base.
 
 Containment: nothing one record or one run does stops the loop. Every change to a run is a
 *step* whose records are encoded and size-checked before any is sent
@@ -26,13 +32,11 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from services.bus.placement import slice_limit, tenant_base
 from services.bus.record_budget import RecordTooLarge
@@ -44,21 +48,29 @@ from services.contracts.dead_letters import bounded_identity, encode_dead_letter
 from services.contracts.text import bounded_text
 from services.observability import metrics
 from services.router import command_log, machine, retention
+from services.router.admission import ACTIVE
 from services.router.history import HistoryPaused, HistoryUnavailable, KnownRun, NoHistory, RunHistory
 from services.router.load import TenantLoad
 from services.router.machine import Effects, Timer
-from services.router.outgoing import Outgoing, RecordMapper, StepRecords, checked, error_kind
+from services.router.outgoing import (
+    OutboxFailure,
+    Outgoing,
+    RecordMapper,
+    StepRecords,
+    checked,
+    error_kind,
+    send,
+)
 from services.router.rehydrate import NotRehydratable, rehydrate
-from services.router.retention import ReplayStateBudget
+from services.router.restore import read_changelog
+from services.router.run_store import PartitionState, RunStore, load_record, reindex
 from services.router.state import RunState, RunStatus
-from services.router.timers import TimerQueue
 from services.tenancy.config import TenantConfig
 from services.workflow.compiled import CompiledWorkflow
 
 log = logging.getLogger(__name__)
 SERVICE = "router.core"
-ACTIVE = (RunStatus.RUNNING, RunStatus.RETRYING)
-DefinitionKey = tuple[str, str, int]  # tenant, workflow, version
+__all__ = ["ACTIVE", "CoreProcessor", "OutboxFailure", "PartitionState", "StepRejected"]
 
 #: Longest run id, and longest correlation id, event type and source, a run request may carry:
 #: they are copied into every record of the run (headers included).
@@ -94,11 +106,6 @@ class StepRejected(Exception):
         self.original = original
 
 
-class OutboxFailure(RuntimeError):
-    """The outbox refused a record the core had already checked: the transaction's output is
-    incomplete, so it must abort. Never contained per record."""
-
-
 def describe(exc: BaseException) -> str:
     return bounded_text(f"{type(exc).__name__}: {exc}", FAILURE_MESSAGE_CHARS)
 
@@ -125,20 +132,6 @@ def _request_problem(body: dict[str, Any]) -> str | None:
     return None
 
 
-@dataclass
-class PartitionState:
-    partition: int
-    runs: dict[str, RunState] = field(default_factory=dict)
-    timers: TimerQueue = field(default_factory=TimerQueue)
-    pending: dict[str, list[str]] = field(default_factory=dict)  # tenant -> run ids in arrival order
-    active_by_tenant: dict[str, int] = field(default_factory=dict)
-    active_by_workflow: dict[tuple[str, str], int] = field(default_factory=dict)
-    finished: deque[tuple[int, str]] = field(default_factory=deque)
-    open_runs: dict[DefinitionKey, dict[str, None]] = field(default_factory=dict)  # not finished
-    replay_budget: ReplayStateBudget = field(default_factory=lambda: ReplayStateBudget(64 * 1024 * 1024))
-    arrivals: int = 0
-
-
 class CoreProcessor:
     def __init__(
         self,
@@ -162,145 +155,96 @@ class CoreProcessor:
         self.tenants = tenants
         self.clock = clock
         self.rand = rand
-        self.partitions: dict[int, PartitionState] = {}
-        self.dirty: dict[str, Outgoing] = {}  # run id -> its latest state record, checked
+        self.store = RunStore(self.mapper, settings.max_replay_state_bytes)
+        self.partitions: dict[int, PartitionState] = self.store.partitions
         self.retention_ms = int(settings.finished_run_retention_s * 1000)
-        self._admitting = False
-        self._admit_again = False
+        self._restoring: set[int] = set()  # assigned partitions not read back yet
+        self._wanted: dict[tuple[int, str], None] = {}  # (partition, tenant) queues to look at
+        self._out: Outbox | None = None  # the outbox of the transaction under way
         self._next_trust_check_ms = 0
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
     def new_partition(self, number: int) -> PartitionState:
-        state = PartitionState(number)
-        state.replay_budget.limit = self.settings.max_replay_state_bytes
-        return state
+        return self.store.new_partition(number)
 
-    # --- assignment and restore --------------------------------------------------------------------
+    # --- assignment, restore, transaction outcome ---------------------------------------------------
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
-        owned = [p.partition for p in partitions if p.topic == self.topics.inbox]
-        started = time.monotonic()
-        for number, state in self._restore(owned).items():
-            self.partitions[number] = state
-        metrics.ROUTER_RESTORE_SECONDS.observe(time.monotonic() - started)
-        metrics.ROUTER_STATE_RUNS.set(sum(len(p.runs) for p in self.partitions.values()))
-        self._publish_gauges()
+        """Note the new partitions; they are read back from the loop (``_restore_assigned``), not
+        from inside the rebalance callback."""
+        for tp in partitions:
+            if tp.topic == self.topics.inbox:
+                self.store.drop_partition(tp.partition)
+                self._restoring.add(tp.partition)
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             if tp.topic == self.topics.inbox:
-                self.partitions.pop(tp.partition, None)
+                self.store.drop_partition(tp.partition)
+                self._restoring.discard(tp.partition)
         self._publish_gauges()
 
     def on_abort(self) -> None:
-        """The batch's transaction was aborted: rebuild every owned partition from the changelog."""
-        self.dirty.clear()
-        owned = list(self.partitions)
-        self.partitions = self._restore(owned)
+        """The transaction was aborted: put back the runs it touched, from their pre-images."""
+        touched = self.store.touched
+        self.store.roll_back()
+        self._wanted.clear()
+        self._read_back.clear()
+        self._in_history = {}
+        log.info("aborted transaction rolled back in memory", extra={"runs": touched})
+        metrics.ROUTER_STATE_RUNS.set(self.store.run_count)
+        self._publish_gauges()
 
-    def _restore(self, numbers: list[int]) -> dict[int, PartitionState]:
-        states = {n: self.new_partition(n) for n in numbers}
-        if not numbers:
-            return states
+    def on_committed(self) -> None:
+        """The transaction committed: memory is what the changelog holds."""
+        self.store.committed()
+
+    def _begin(self, out: Outbox) -> None:
+        """Called first by ``process`` and ``tick``. A new outbox means a new transaction: the
+        previous one committed, or was aborted (and rolled back) or had nothing to write, so its
+        pre-images can go (``on_committed`` does it too, when the loop calls it). Then restore
+        what was assigned since the last call."""
+        if out is not self._out:
+            self._out = out
+            self.store.committed()
+        self._restore_assigned()
+
+    def _restore_assigned(self) -> None:
+        """Read the newly assigned partitions back from the changelog. Raises a
+        :class:`KafkaException` past ``SWITCHYARD_RESTORE_DEADLINE_S``: the loop aborts, rewinds
+        and comes back here."""
+        if not self._restoring:
+            return
+        numbers = sorted(self._restoring)
+        states = {n: self.store.new_partition(n) for n in numbers}
         sizes: dict[int, dict[str, int]] = {n: {} for n in numbers}
-        conf = self.settings.kafka_config()
-        conf.update(
-            {
-                "group.id": f"{self.settings.topic_prefix}.router-restore",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-            }
-        )
-        consumer = Consumer(conf)
-        try:
-            consumer.assign([TopicPartition(self.topics.router_state, n, OFFSET_BEGINNING) for n in numbers])
-            remaining = set(numbers)
-            deadline = time.monotonic() + 300
-            while remaining and time.monotonic() < deadline:
-                for msg in consumer.consume(1000, 0.5):
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            remaining.discard(msg.partition() or 0)
-                        continue
-                    number = msg.partition() or 0
-                    self.load_record(states[number], sizes[number], msg.key(), msg.value())
-            if remaining:
-                raise RuntimeError(f"router state restore did not finish for partitions {sorted(remaining)}")
-        finally:
-            consumer.close()
-        for state in states.values():
-            self.reindex(state, sizes[state.partition])
+
+        def load(number: int, key: bytes | None, value: bytes | None) -> None:
+            if number in states:
+                load_record(states[number], sizes[number], key, value)
+
+        started = time.monotonic()
+        read_changelog(self.settings, numbers, load, self.settings.restore_deadline_s)
+        for number, state in states.items():
+            reindex(state, sizes[number])
+            self.partitions[number] = state
+        self._restoring.clear()
+        metrics.ROUTER_RESTORE_SECONDS.observe(time.monotonic() - started)
+        metrics.ROUTER_STATE_RUNS.set(self.store.run_count)
+        self._publish_gauges()
         log.info(
             "router state restored",
-            extra={"partitions": numbers, "runs": sum(len(s.runs) for s in states.values())},
+            extra={
+                "partitions": numbers,
+                "runs": sum(len(s.runs) for s in states.values()),
+                "restore_s": round(time.monotonic() - started, 3),
+            },
         )
-        return states
-
-    def load_record(
-        self, state: PartitionState, sizes: dict[str, int], key: bytes | None, value: bytes | None
-    ) -> None:
-        """Apply one changelog record read back on restore (``sizes``: bytes of each run's record)."""
-        run_id = (key or b"").decode("utf-8", "replace")
-        if value is None:
-            state.runs.pop(run_id, None)
-            sizes.pop(run_id, None)
-            return
-        try:
-            _, record = serde.decode(value, expected="RouterState")
-            run = RunState.from_json(record["snapshot_json"])
-        except Exception as exc:  # the run is forgotten (loudly) rather than the partition stalled
-            state.runs.pop(run_id, None)
-            sizes.pop(run_id, None)
-            log.error(
-                "unreadable router state record skipped",
-                extra={
-                    "run_id": bounded_text(run_id, 256),
-                    "partition": state.partition,
-                    "error": describe(exc),
-                },
-            )
-            return
-        state.runs[run_id] = run
-        sizes[run_id] = len(value)
-
-    def reindex(self, state: PartitionState, sizes: dict[str, int]) -> None:
-        """Rebuild queues, counts, timers and retention accounting from the restored runs."""
-        pending: list[RunState] = []
-        kept: list[tuple[int, str, int]] = []
-        for run in state.runs.values():
-            state.arrivals = max(state.arrivals, run.arrival)
-            if not run.status.terminal:
-                state.open_runs.setdefault((run.tenant, run.workflow, run.version), {})[run.run_id] = None
-            if run.status == RunStatus.PENDING:
-                pending.append(run)
-            elif run.status in ACTIVE:
-                self._count(state, run, +1)
-                for step_id, rec in run.steps.items():
-                    if rec.status == "running" and rec.deadline_ms is not None:
-                        state.timers.add(Timer(rec.deadline_ms, run.run_id, step_id, rec.attempt, "deadline"))
-                    elif rec.status == "retrying" and rec.retry_at_ms is not None:
-                        state.timers.add(Timer(rec.retry_at_ms, run.run_id, step_id, rec.attempt, "retry"))
-            elif run.finished_ms is not None:
-                state.finished.append((run.finished_ms, run.run_id))
-                # State written before finished runs shrank: shrink it in memory now; the
-                # changelog follows with the run's next write (a restore stays write-free).
-                if run.compacted is None and run.status == RunStatus.SUCCEEDED:
-                    retention.compact(run, retention.SUCCEEDED)
-                elif run.compacted is None:
-                    kept.append((run.finished_ms, run.run_id, sizes.get(run.run_id, 0)))
-        for run in sorted(pending, key=lambda r: r.arrival):
-            state.pending.setdefault(run.tenant, []).append(run.run_id)
-        state.finished = deque(sorted(state.finished))
-        for _, run_id, size in sorted(kept):
-            run = state.runs[run_id]
-            for victim in state.replay_budget.add(run.tenant, run_id, size):
-                retention.compact(state.runs[victim], retention.BUDGET)
 
     # --- processing ----------------------------------------------------------------------------------
     def process(self, messages: Sequence[Message], out: Outbox) -> None:
+        self._begin(out)
         decoded = [_decode(msg) for msg in messages]
         self._look_up_history(messages, decoded)
         for msg, item in zip(messages, decoded, strict=True):
@@ -323,6 +267,7 @@ class CoreProcessor:
                     self._control(state, body, out)
                 else:
                     raise StepRejected("wrong_schema", f"{kind} is not an inbox record the core applies")
+                self._admit_wanted(out)
             except serde.ContractError as exc:
                 self._dead_message(msg, out, exc.kind, exc.message)
             except StepRejected as exc:
@@ -379,12 +324,15 @@ class CoreProcessor:
             metrics.ROUTER_HISTORY_LOOKUP_SECONDS.labels("known").observe(time.perf_counter() - started)
 
     def tick(self, out: Outbox) -> None:
+        self._begin(out)
         now = self.now_ms()
         for state in list(self.partitions.values()):
             for timer in state.timers.pop_due(now):
                 self._contained(self._fire, state, timer, out)
+                self._contained(self._admit_wanted, out)
             self._contained(self._expire, state, now, out)
         self._contained(self._end_untrusted, now, out)
+        self._contained(self._admit_wanted, out)
         self._flush_dirty(out)
 
     def _contained(self, work: Callable[..., None], *args: Any) -> None:
@@ -400,6 +348,7 @@ class CoreProcessor:
         run = state.runs.get(timer.run_id)
         if run is None or run.status.terminal:
             return
+        self.store.touch(state, run.run_id)  # an abort gives the timer back with the run
         workflow = self._workflow(run)
         if workflow is None:  # untrusted now: the trust check ends the run
             return
@@ -440,6 +389,7 @@ class CoreProcessor:
             data = strict_json.loads(body["data_json"], "run request data_json")
         except strict_json.StrictJSONError as exc:
             raise StepRejected(exc.kind, str(exc)) from exc
+        self.store.touch(state, run_id)
         state.arrivals += 1
         run = RunState(
             run_id=run_id,
@@ -540,6 +490,7 @@ class CoreProcessor:
                 write_rejects=True,
             )
 
+        self.store.touch(state, run.run_id)
         why_not = command_log.admit(run, body, self.now_ms(), int(self.settings.control_window_s * 1000))
         if why_not is not None:
             refuse(why_not)
@@ -623,6 +574,7 @@ class CoreProcessor:
             ) from exc
         if run is not None:  # what memory knows beyond the history: the decided command ids
             fresh.commands = dict(run.commands)
+        self.store.touch(state, run_id)
         state.arrivals += 1
         state.runs[run_id] = fresh
         assert fresh.finished_ms is not None
@@ -671,6 +623,7 @@ class CoreProcessor:
         ``router_error``. If the step's records cannot be written, the run is rolled back; then
         with ``write_rejects`` a :class:`StepRejected` goes to the caller, else the run fails
         with the specific kind (``record_too_large``, ``unencodable``, …)."""
+        self.store.touch(state, run.run_id)
         before = None if new else run.status
         mark = run.checkpoint()
         now = self.now_ms()
@@ -711,6 +664,7 @@ class CoreProcessor:
         step that could not be applied or written; ``lead`` events come first."""
         if run.status.terminal:  # a finished run cannot end twice: the input is dead-lettered
             raise StepRejected(kind, message)
+        self.store.touch(state, run.run_id)
         mark = run.checkpoint()
         now = self.now_ms()
         try:
@@ -727,25 +681,11 @@ class CoreProcessor:
         self._commit(state, run, before, effects, records, changelog, out)
 
     def _encode(self, run: RunState, effects: Effects, now: int, out: Outbox) -> tuple[StepRecords, Outgoing]:
-        """Every record of the step, checked; the run's seq advanced and, once it finished, its
-        state shrunk as retention says. Raises before anything is sent."""
-        limit = out.max_record_bytes
         scopes: list[str] = []
         if effects.commands:
             workflow = self._workflow(run)
             scopes = list(workflow.definition.scopes) if workflow else []
-        records = self.mapper.effects(run, effects, scopes, now, limit)
-        run.seq = records.last_seq
-        if run.status == RunStatus.SUCCEEDED and run.compacted is None:
-            retention.compact(run, retention.SUCCEEDED)
-        try:
-            changelog = self.mapper.changelog(run, now, limit)
-        except RecordTooLarge:
-            if not run.status.terminal or run.compacted is not None:
-                raise
-            retention.compact(run, retention.TOO_LARGE)  # a finished run can do without replay state
-            changelog = self.mapper.changelog(run, now, limit)
-        return records, changelog
+        return self.mapper.step(run, effects, scopes, now, out.max_record_bytes)
 
     def _commit(
         self,
@@ -758,8 +698,8 @@ class CoreProcessor:
         out: Outbox,
     ) -> None:
         for record in records.records:
-            self._send(out, record)
-        self.dirty[run.run_id] = changelog
+            send(out, record)
+        self.store.write(run.run_id, changelog)
         for event in effects.events:
             if event.type == "step_retrying" or (
                 event.type == "step_timed_out" and event.state == "retrying"
@@ -778,37 +718,20 @@ class CoreProcessor:
     def _transition(
         self, state: PartitionState, run: RunState, before: RunStatus | None, state_bytes: int, out: Outbox
     ) -> None:
-        """Bookkeeping of a status change: slots, the pending queue, open runs, retention."""
+        """Bookkeeping of a status change: open runs, retention, slots and the pending queue. A
+        queue that may start a run now is noted; ``_admit_wanted`` looks at it once the step is
+        done (admission never runs inside a step)."""
         after = run.status
-        admit = False
-        definition = (run.tenant, run.workflow, run.version)
         if not after.terminal and (before is None or before.terminal):  # new, or replayed
-            state.open_runs.setdefault(definition, {})[run.run_id] = None
+            state.opened(run)
             state.replay_budget.discard(run.tenant, run.run_id)
         if after.terminal and (before is None or not before.terminal):
-            self._finished(state, run, definition, state_bytes, out)
-        if before in ACTIVE and after not in ACTIVE:
-            self._count(state, run, -1)
-            admit = True
-        elif before not in ACTIVE and after in ACTIVE:
-            self._count(state, run, +1)
-        if after == RunStatus.PENDING and before != RunStatus.PENDING:
-            state.pending.setdefault(run.tenant, []).append(run.run_id)
-            admit = True
-        elif before == RunStatus.PENDING and after.terminal:
-            self._drop_pending(state, run)
-            admit = True
-        if admit:
-            self._admit(state, run.tenant, out)
+            self._finished(state, run, state_bytes, out)
+        if state.admission.moved(run, before, after):
+            self._wanted[(state.partition, run.tenant)] = None
 
-    def _finished(
-        self, state: PartitionState, run: RunState, definition: DefinitionKey, size: int, out: Outbox
-    ) -> None:
-        runs = state.open_runs.get(definition)
-        if runs is not None:
-            runs.pop(run.run_id, None)
-            if not runs:
-                del state.open_runs[definition]
+    def _finished(self, state: PartitionState, run: RunState, size: int, out: Outbox) -> None:
+        state.closed(run)
         if run.finished_ms is not None:
             state.finished.append((run.finished_ms, run.run_id))
         metrics.RUNS_FINISHED.labels(run.tenant, run.workflow, run.status.value).inc()
@@ -826,80 +749,46 @@ class CoreProcessor:
         run = state.runs.get(run_id)
         if run is None or not run.status.terminal or run.compacted is not None:
             return
+        self.store.touch(state, run_id)
         retention.compact(run, reason)
         try:
-            self.dirty[run_id] = self.mapper.changelog(run, self.now_ms(), out.max_record_bytes)
+            self.store.write(run_id, self.mapper.changelog(run, self.now_ms(), out.max_record_bytes))
         except Exception as exc:  # a dedupe record always fits; if not, memory is still freed
             self._log_run(run, "compacted run state cannot be written", exc)
 
-    # --- concurrency -----------------------------------------------------------------------------------
-    def _count(self, state: PartitionState, run: RunState, delta: int) -> None:
-        state.active_by_tenant[run.tenant] = state.active_by_tenant.get(run.tenant, 0) + delta
-        key = (run.tenant, run.workflow)
-        state.active_by_workflow[key] = state.active_by_workflow.get(key, 0) + delta
-
-    def _limits(
-        self, state: PartitionState, tenant: str, workflow: CompiledWorkflow
-    ) -> tuple[int, int | None]:
-        config = self.tenants.get(tenant)
+    # --- admission ------------------------------------------------------------------------------------
+    def _limits(self, state: PartitionState, run: RunState) -> tuple[int, int | None] | None:
+        """The run's tenant and workflow limits on this partition (None: its definition is not
+        trusted now, so it waits for the trust check to end it)."""
+        workflow = self._workflow(run)
+        if workflow is None:
+            return None
+        config = self.tenants.get(run.tenant)
         partitions = self.settings.internal_partitions
         slices = max(1, min(config.slices if config else 1, partitions))
         pinned = config.base_partition if config else None
-        index = (state.partition - tenant_base(tenant, partitions, pinned)) % partitions
+        index = (state.partition - tenant_base(run.tenant, partitions, pinned)) % partitions
         tenant_limit = slice_limit(config.max_concurrent_runs, slices, index) if config else 0
         wf_limit = workflow.definition.concurrency
         return tenant_limit, slice_limit(wf_limit, slices, index) if wf_limit else None
 
-    def _drop_pending(self, state: PartitionState, run: RunState) -> None:
-        """A pending run ended before it started: out of the queue (a running admission pass skips
-        it; the pass that follows drops it)."""
-        if self._admitting:
-            self._admit_again = True
-            return
-        queue = state.pending.get(run.tenant)
-        if queue and run.run_id in queue:
-            queue.remove(run.run_id)
-
-    def _admit(self, state: PartitionState, tenant: str, out: Outbox) -> None:
-        """Start pending runs of ``tenant`` in arrival order while slots are free."""
-        if self._admitting:
-            self._admit_again = True  # a run finished while starting another: rescan after this pass
-            return
-        self._admitting = True
-        try:
-            self._admit_again = True
-            while self._admit_again:
-                self._admit_again = False
-                self._admit_pass(state, tenant, out)
-        finally:
-            self._admitting = False
-
-    def _admit_pass(self, state: PartitionState, tenant: str, out: Outbox) -> None:
-        queue = state.pending.get(tenant)
-        if not queue:
-            return
-        kept: list[str] = []
-        for run_id in queue:
-            run = state.runs.get(run_id)
-            if run is None or run.status != RunStatus.PENDING:
+    def _admit_wanted(self, out: Outbox) -> None:
+        """Start the pending runs admission decides on, for every queue a step noted. A start
+        that ends in a failure frees the slot it was counted in: it notes its queue again."""
+        while self._wanted:
+            number, tenant = next(iter(self._wanted))
+            del self._wanted[(number, tenant)]
+            state = self.partitions.get(number)
+            if state is None:
                 continue
-            workflow = self._workflow(run)
-            if workflow is None:  # untrusted: the trust check ends it
-                kept.append(run_id)
-                continue
-            tenant_limit, wf_limit = self._limits(state, tenant, workflow)
-            if state.active_by_tenant.get(tenant, 0) >= tenant_limit:
-                kept.append(run_id)
-                kept.extend(queue[queue.index(run_id) + 1 :])
-                break
-            if wf_limit is not None and state.active_by_workflow.get((tenant, run.workflow), 0) >= wf_limit:
-                kept.append(run_id)
-                continue
-            try:
-                self._step(state, run, partial(machine.start, run, workflow, self.now_ms()), out)
-            except StepRejected as exc:  # not even a failure could be written: leave it, loudly
-                self._log_run(run, "pending run could not be started nor failed", exc)
-        state.pending[tenant] = kept
+            for run in state.admission.decide(tenant, state.runs, partial(self._limits, state)):
+                workflow = self._workflow(run)
+                if workflow is None:  # lost its trust since the decision: the trust check ends it
+                    continue
+                try:
+                    self._step(state, run, partial(machine.start, run, workflow, self.now_ms()), out)
+                except StepRejected as exc:  # not even a failure could be written: leave it, loudly
+                    self._log_run(run, "pending run could not be started nor failed", exc)
 
     # --- definitions that lost their trust -----------------------------------------------------------
     def _end_untrusted(self, now: int, out: Outbox) -> None:
@@ -927,23 +816,17 @@ class CoreProcessor:
 
     # --- retention --------------------------------------------------------------------------------------
     def _expire(self, state: PartitionState, now: int, out: Outbox) -> None:
-        while state.finished and state.finished[0][0] + self.retention_ms <= now:
-            finished_at, run_id = state.finished.popleft()
-            run = state.runs.get(run_id)
-            if run is not None and run.status.terminal and run.finished_ms == finished_at:
-                del state.runs[run_id]
-                state.replay_budget.discard(run.tenant, run_id)
-                state.timers.drop_run(run_id)
-                self.dirty.pop(run_id, None)
-                self._send(out, self.mapper.tombstone(run_id, state.partition))
+        for tombstone in self.store.expire(state, now, self.retention_ms):
+            send(out, tombstone)
 
     def _flush_dirty(self, out: Outbox) -> None:
-        if not self.dirty:
+        """Write the state record of every run changed since the last flush: one per run, however
+        often it changed."""
+        if not self.store.dirty:
             return
-        for record in self.dirty.values():
-            self._send(out, record)
-        self.dirty.clear()
-        metrics.ROUTER_STATE_RUNS.set(sum(len(p.runs) for p in self.partitions.values()))
+        for record in self.store.take_dirty():
+            send(out, record)
+        metrics.ROUTER_STATE_RUNS.set(self.store.run_count)
         self._publish_gauges()
 
     # --- helpers -------------------------------------------------------------------------------------------
@@ -955,16 +838,6 @@ class CoreProcessor:
         if not isinstance(tenant, str):
             return ""
         return metrics.tenant_label(tenant, bool(tenant) and self.tenants.get(tenant) is not None)
-
-    def _send(self, out: Outbox, record: Outgoing) -> None:
-        try:
-            out.send(
-                record.topic, record.value, key=record.key, partition=record.partition, headers=record.headers
-            )
-        except KafkaException:
-            raise
-        except Exception as exc:
-            raise OutboxFailure(f"the outbox refused a checked {record.topic} record: {exc}") from exc
 
     def _log_run(self, run: RunState, what: str, exc: BaseException) -> None:
         log.error(
@@ -1008,7 +881,7 @@ class CoreProcessor:
             note = f"{message} (copy of the original omitted: {describe(exc)})"
             letter = encode_dead_letter(SERVICE, kind, note, self.now_ms(), **common)
             record = Outgoing(self.topics.dlq, letter, tenant_field)
-        self._send(out, record)
+        send(out, record)
         metrics.DLQ_RECORDS.labels(SERVICE, kind, label).inc()
         log.warning(
             "inbox record dead-lettered: %s",
@@ -1030,9 +903,9 @@ class CoreProcessor:
         running: dict[str, int] = {}
         pending: dict[str, int] = {}
         for state in self.partitions.values():
-            for tenant, count in state.active_by_tenant.items():
+            for tenant, count in state.admission.active_by_tenant.items():
                 running[tenant] = running.get(tenant, 0) + count
-            for tenant, queue in state.pending.items():
+            for tenant, queue in state.admission.pending.items():
                 pending[tenant] = pending.get(tenant, 0) + len(queue)
         for tenant, count in running.items():
             metrics.RUNS_IN_FLIGHT.labels(tenant).set(count)

@@ -7,20 +7,27 @@ budget (:mod:`services.bus.record_budget`), and only then does the core hand the
 So a record that cannot be written (too large, or holding what cannot be encoded) is known
 before anything of the step was produced, and the core can replace the step with a small,
 final failure instead of leaving a gap in the run's history or failing the transaction forever.
+
+:meth:`RecordMapper.step` is the whole mapping of one step: its records, the run's ``seq``
+advanced, a finished run shrunk as retention says, and its state record. :func:`send` hands a
+checked record to the outbox.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from confluent_kafka import KafkaException
+
 from services.bus.clients import headers_for
 from services.bus.record_budget import Headers, RecordTooLarge, record_size
 from services.bus.topics import Topics
+from services.bus.txloop import Outbox
 from services.contracts.dead_letters import encode_dead_letter
 from services.contracts.strict_json import StrictJSONError
-from services.router import records
+from services.router import records, retention
 from services.router.machine import Effects
-from services.router.state import RunState
+from services.router.state import RunState, RunStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +45,22 @@ def checked(record: Outgoing, limit: int) -> Outgoing:
     if size > limit:
         raise RecordTooLarge(record.topic, size, limit)
     return record
+
+
+class OutboxFailure(RuntimeError):
+    """The outbox refused a record the core had already checked: the transaction's output is
+    incomplete, so it must abort. Never contained per record."""
+
+
+def send(out: Outbox, record: Outgoing) -> None:
+    try:
+        out.send(
+            record.topic, record.value, key=record.key, partition=record.partition, headers=record.headers
+        )
+    except KafkaException:
+        raise
+    except Exception as exc:
+        raise OutboxFailure(f"the outbox refused a checked {record.topic} record: {exc}") from exc
 
 
 def error_kind(exc: BaseException) -> str:
@@ -104,6 +127,26 @@ class RecordMapper:
             )
             out.append(checked(Outgoing(self.topics.dlq, value, run.run_id, None, headers), limit))
         return StepRecords(out, seq)
+
+    def step(
+        self, run: RunState, effects: Effects, scopes: list[str], now_ms: int, limit: int
+    ) -> tuple[StepRecords, Outgoing]:
+        """Every record of a step, checked, and the run's state record after it: ``run.seq``
+        advanced and, once the run succeeded, its state shrunk (a finished run whose state record
+        would be too large shrinks too). Raises before anything is sent (the caller rolls the run
+        back)."""
+        encoded = self.effects(run, effects, scopes, now_ms, limit)
+        run.seq = encoded.last_seq
+        if run.status == RunStatus.SUCCEEDED and run.compacted is None:
+            retention.compact(run, retention.SUCCEEDED)
+        try:
+            state = self.changelog(run, now_ms, limit)
+        except RecordTooLarge:
+            if not run.status.terminal or run.compacted is not None:
+                raise
+            retention.compact(run, retention.TOO_LARGE)  # a finished run can do without replay state
+            state = self.changelog(run, now_ms, limit)
+        return encoded, state
 
     def changelog(self, run: RunState, now_ms: int, limit: int) -> Outgoing:
         """The run's state record, checked (same exceptions as :meth:`effects`)."""

@@ -80,6 +80,18 @@ class ReplayStateBudget:
         self._forget_if_empty(tenant)
         return evicted
 
+    def size_of(self, tenant: str, run_id: str) -> int | None:
+        """Bytes of replay state the run keeps here (None: it keeps none)."""
+        runs = self._runs.get(tenant)
+        return None if runs is None else runs.get(run_id)
+
+    def put_back(self, tenant: str, run_id: str, size: int) -> None:
+        """Count a run again after an abort undid its removal (the total was within the limit
+        then, so nothing is evicted; it is now the newest of its tenant's)."""
+        runs = self._runs.setdefault(tenant, OrderedDict())
+        self._totals[tenant] = self._totals.get(tenant, 0) - runs.pop(run_id, 0) + size
+        runs[run_id] = size
+
     def discard(self, tenant: str, run_id: str) -> None:
         """The run no longer keeps finished-run state here (replayed, expired or compacted)."""
         runs = self._runs.get(tenant)

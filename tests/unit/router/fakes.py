@@ -197,11 +197,14 @@ class Harness:
         return Message(topic=TOPICS.inbox, partition=0, offset=self.offset, key=key, value=value)
 
     def feed(self, *values: bytes | None) -> None:
+        """One batch, committed (as the loop would: process, tick, commit)."""
         self.core.process([self.message(v) for v in values], self.out)
+        self.core.on_committed()
 
     def tick(self, advance_s: float = 0.0) -> None:
         self.clock.advance(advance_s)
         self.core.tick(self.out)
+        self.core.on_committed()
 
     # --- inbox records ----------------------------------------------------------------------------
     def request(

@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError, KafkaException
 from services.contracts import serde
 from services.router import core as core_module
 from services.router import machine
+from services.router.run_store import load_record, reindex
 from services.router.state import RunState, RunStatus
 from tests.unit.router.fakes import (
     LINEAR,
@@ -107,7 +108,9 @@ def test_a_long_key_is_kept_once_and_a_state_that_outgrows_the_record_fails_the_
     run = h.state.runs[run_id]  # back to its state before the output: that fits, and is kept
     assert run.status == RunStatus.FAILED and run.compacted is None
     assert h.out.state_records(run_id)[-1].size < len(key) + 3000
-    assert h.state.timers.of_run(run_id) == [] and h.state.active_by_tenant[TENANT] == 1  # only "after"
+    assert (
+        h.state.timers.of_run(run_id) == [] and h.state.admission.active_by_tenant[TENANT] == 1
+    )  # only "after"
     assert h.out.types(run_id_for(TENANT, LINEAR.name, "after"))[:2] == ["run_pending", "run_started"]
     assert not h.out.dead_letters()
 
@@ -164,7 +167,7 @@ def test_an_exception_while_starting_a_run_fails_that_run(monkeypatch: pytest.Mo
     events = h.out.events(run_id)
     assert [e["type"] for e in events] == ["run_pending", "run_failed"]
     assert events[-1]["detail"]["error_kind"] == "router_error"
-    assert h.state.active_by_tenant.get(TENANT, 0) == 0 and not h.state.pending[TENANT]
+    assert h.state.admission.active_by_tenant.get(TENANT, 0) == 0 and not h.state.admission.pending[TENANT]
 
 
 def test_undecodable_and_unknown_records_are_dead_lettered_with_their_kind() -> None:
@@ -237,9 +240,9 @@ def test_state_written_by_older_versions_restores_and_becomes_writable() -> None
     )
     state = h.core.new_partition(0)
     sizes: dict[str, int] = {}
-    h.core.load_record(state, sizes, b"r1", value)
-    h.core.load_record(state, sizes, b"r2", b"\x00broken")
-    h.core.reindex(state, sizes)
+    load_record(state, sizes, b"r1", value)
+    load_record(state, sizes, b"r2", b"\x00broken")
+    reindex(state, sizes)
     run = state.runs["r1"]
     assert "r2" not in state.runs
     assert run.trigger == {"event": "go", "data": {"note": "\\ud800", "n": 1e30}}

@@ -225,9 +225,9 @@ def check_invariants(h: Harness) -> None:
         assert RunState.from_json(serde.decode(latest.value)[1]["snapshot_json"]) == run
         assert run.seq == len(lives[run_id][-1])
     active = sum(1 for r in state.runs.values() if r.status in ACTIVE)
-    assert state.active_by_tenant.get(TENANT, 0) == active
+    assert state.admission.active_by_tenant.get(TENANT, 0) == active
     pending = {r.run_id for r in state.runs.values() if r.status == RunStatus.PENDING}
-    assert pending <= set(state.pending.get(TENANT, []))
+    assert pending <= set(state.admission.pending.get(TENANT, []))
     open_runs = {r.run_id for r in state.runs.values() if not r.status.terminal}
     assert {rid for runs in state.open_runs.values() for rid in runs} == open_runs
     live_steps = sum(

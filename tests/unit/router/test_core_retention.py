@@ -7,6 +7,7 @@ import json
 
 from services.contracts import serde
 from services.router import retention
+from services.router.run_store import load_record, reindex
 from services.router.state import RunState, RunStatus
 from services.router.timers import SWEEP_SLACK
 from tests.unit.router.fakes import ONE_STEP, TENANT, Harness, history_problems, run_id_for, workflow
@@ -156,12 +157,12 @@ def test_restore_shrinks_succeeded_runs_of_older_versions_and_applies_the_budget
     state = h.core.new_partition(0)
     sizes: dict[str, int] = {}
     for r in runs:
-        h.core.load_record(state, sizes, r.encode(), h.out.state_records(r)[-1].value)
+        load_record(state, sizes, r.encode(), h.out.state_records(r)[-1].value)
     record = serde.encode(
         "RouterState", {"run_id": done, "tenant": TENANT, "snapshot_json": full.to_json(), "updated_at": 0}
     )
-    h.core.load_record(state, sizes, done.encode(), record)
-    h.core.reindex(state, sizes)
+    load_record(state, sizes, done.encode(), record)
+    reindex(state, sizes)
     assert state.runs[done].compacted == retention.SUCCEEDED and state.runs[done].trigger == {}
     assert state.runs[runs[0]].compacted is None and state.replay_budget.total(TENANT) == sizes[runs[0]]
 

@@ -49,7 +49,7 @@ def test_active_and_pending_runs_of_an_untrusted_definition_fail_and_free_their_
         assert h.state.timers.of_run(run_id) == []
     # The slot the active run held went to the next pending run, of a trusted definition.
     assert h.out.types(other)[:2] == ["run_pending", "run_started"]
-    assert h.state.active_by_tenant[TENANT] == 1 and h.state.pending[TENANT] == []
+    assert h.state.admission.active_by_tenant[TENANT] == 1 and h.state.admission.pending[TENANT] == []
     assert h.state.open_runs.get((TENANT, ONE_STEP.name, 1)) is None
     # Checked again a while later: nothing more to end, nothing written twice.
     sent = len(h.out.sent)

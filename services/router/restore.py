@@ -1,0 +1,62 @@
+"""Reading owned partitions back from the router-state changelog (the run store's I/O edge).
+
+The core calls :func:`read_changelog` from its loop, never from the rebalance callback: the
+callback only notes the new partitions, and the first ``process`` or ``tick`` after it restores
+them before any of their records is applied. The read has its own consumer (no group
+membership: partitions are assigned by hand, read committed, from the beginning to the end seen
+on assignment) and a deadline (``SWITCHYARD_RESTORE_DEADLINE_S``); past it, a
+:class:`~confluent_kafka.KafkaException` of the infrastructure kind makes the loop abort, rewind
+and try again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from services.bus.topics import Topics
+from services.config import Settings
+
+#: Applies one record: partition, key, value (None: a tombstone).
+Load = Callable[[int, bytes | None, bytes | None], None]
+
+
+def read_changelog(settings: Settings, numbers: list[int], load: Load, deadline_s: float) -> None:
+    """Feed every committed record of the changelog partitions ``numbers`` to ``load``, in order."""
+    if not numbers:
+        return
+    conf = settings.kafka_config()
+    conf.update(
+        {
+            "group.id": f"{settings.topic_prefix}.router-restore",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    topic = Topics(settings.topic_prefix).router_state
+    consumer = Consumer(conf)
+    try:
+        consumer.assign([TopicPartition(topic, n, OFFSET_BEGINNING) for n in numbers])
+        remaining = set(numbers)
+        deadline = time.monotonic() + deadline_s
+        while remaining and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        remaining.discard(msg.partition() or 0)
+                    continue
+                load(msg.partition() or 0, msg.key(), msg.value())
+        if remaining:
+            raise KafkaException(
+                KafkaError(
+                    KafkaError._TIMED_OUT,
+                    f"router state restore did not finish within {deadline_s:g} s for partitions"
+                    f" {sorted(remaining)}",
+                )
+            )
+    finally:
+        consumer.close()
