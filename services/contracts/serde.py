@@ -13,7 +13,8 @@ from typing import Any
 
 import fastavro
 
-from services.contracts.catalog import catalog
+from services.contracts.avro_writer import Unsupported, Writer, compile_writer
+from services.contracts.catalog import SchemaVersion, catalog
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
@@ -26,9 +27,32 @@ class ContractError(ValueError):
         self.message = message
 
 
+#: Per schema id: its framing header and compiled writer (None: fastavro writes it).
+_WRITERS: dict[int, tuple[bytes, Writer | None]] = {}
+
+
+def _writer(version: SchemaVersion) -> tuple[bytes, Writer | None]:
+    known = _WRITERS.get(version.schema_id)
+    if known is None:
+        known = _WRITERS[version.schema_id] = (
+            _HEADER.pack(MAGIC, version.schema_id),
+            compile_writer(version.parsed),
+        )
+    return known
+
+
 def encode(name: str, record: dict[str, Any]) -> bytes:
-    """Serialise ``record`` with the current schema ``name``, framed with its schema id."""
+    """Serialise ``record`` with the current schema ``name``, framed with its schema id.
+
+    The compiled writer (:mod:`.avro_writer`) writes what it can; a record it refuses or cannot
+    place is written (or refused, with fastavro's own words) by fastavro."""
     version = catalog().current[name]
+    header, fast = _writer(version)
+    if fast is not None:
+        try:
+            return header + fast(record)
+        except (Unsupported, TypeError, ValueError, AttributeError):
+            pass
     buf = io.BytesIO()
     buf.write(_HEADER.pack(MAGIC, version.schema_id))
     fastavro.schemaless_writer(buf, version.parsed, record)
