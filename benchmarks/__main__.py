@@ -3,6 +3,9 @@
 ``python -m benchmarks projector [--before REV]``: the projector alone (see
 :mod:`benchmarks.projector`), before and after a change, in one run.
 
+``python -m benchmarks idle [--before REV]``: trigger → succeeded in PostgreSQL after 5 s, 30 s
+and 120 s of idle, against the warm latency (see :mod:`benchmarks.idle_latency`).
+
 Starts what it needs (Kafka and PostgreSQL through the local launcher unless
 ``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL`` are set; a throw-away Redis from ``redis-server``,
 installed with apt-get when missing and running as root), runs every workload on Switchyard and
@@ -66,6 +69,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     proj.add_argument("--load-seconds", type=float, default=20.0, help="seconds of paced load")
     proj.add_argument("--partitions", type=int, default=4, help="partitions of the history topic")
     proj.add_argument("--output", type=Path, default=RESULTS_DIR, help="where the JSON goes")
+    idle = sub.add_parser("idle", help="trigger → succeeded latency after idle, against warm")
+    idle.add_argument("--before", help="git revision to measure first, from a temporary worktree")
+    idle.add_argument("--idle", default="5,30,120", help="comma list of idle seconds before a trigger")
+    idle.add_argument("--warm-runs", type=int, default=12, help="runs back to back for the warm latency")
+    idle.add_argument("--output", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     return parser.parse_args(argv)
 
 
@@ -256,6 +264,21 @@ def _projector(args: argparse.Namespace) -> None:
     _progress(f"wrote {path}")
 
 
+def _idle(args: argparse.Namespace) -> None:
+    from benchmarks.idle_latency import markdown as idle_markdown
+    from benchmarks.idle_latency import run_idle_benchmark
+
+    idles = [float(x) for x in args.idle.split(",") if x.strip()]
+    doc = run_idle_benchmark(args.before, idles, args.warm_runs, _progress)
+    doc["command"] = "python -m benchmarks " + shlex.join(sys.argv[1:])
+    args.output.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    path = args.output / f"{stamp}-idle.json"
+    path.write_text(json.dumps(doc, indent=2, default=str))
+    print(idle_markdown(doc))
+    _progress(f"wrote {path}")
+
+
 def _progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
@@ -265,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "projector":
             _projector(args)
+        elif args.command == "idle":
+            _idle(args)
         else:
             run(args)
     except KeyboardInterrupt:
