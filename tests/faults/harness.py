@@ -104,7 +104,7 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         args = [sys.executable, "-c", "from services.cli import main; main()", self.role]
-        if self.instance_id:
+        if self.instance_id and self.role != "projector":  # projectors have no transactional id
             args += ["--instance-id", self.instance_id]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.starts += 1
@@ -515,6 +515,7 @@ class EventTail:
                     if msg.error():
                         continue
                     event = _decode_event(msg.value())
+                    event["_partition"] = msg.partition()  # for per-partition recovery times
                     with self.lock:
                         self.events.append(event)
                         if event["type"] in TERMINAL:

@@ -103,8 +103,12 @@ def run_scenario(
     rate: float = 4.0,
     seed: int | None = None,
     drain_timeout_s: float = 240,
+    instances: int = 1,
 ) -> dict[str, Any]:
-    """Run one scenario and assert its invariants; returns the figures (also written as JSON)."""
+    """Run one scenario and assert its invariants; returns the figures (also written as JSON).
+
+    ``instances`` routers (``r1``...), executors (``e1``...) and projectors (``projector``,
+    ``projector-p2``...) share the work through their consumer groups."""
     seed = seed if seed is not None else random.randrange(1 << 30)
     started = time.monotonic()
     sink = Sink().start()
@@ -113,9 +117,10 @@ def run_scenario(
     tail = EventTail(settings).start()
     load: LoadGenerator | None = None
     try:
-        cluster.start("projector", None)
-        cluster.start("router", "r1")
-        cluster.start("executor", "e1")
+        for i in range(1, instances + 1):
+            cluster.start("projector", None if i == 1 else f"p{i}")
+            cluster.start("router", f"r{i}")
+            cluster.start("executor", f"e{i}")
         load = LoadGenerator(workload, rate, seed).start()
         ctx = Context(settings, database_url, cluster, tail, load, random.Random(seed))
         wait_for(lambda: tail.finished(load.triggered()) > 0, 120, "the first run to finish (warm-up)")
