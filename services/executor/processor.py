@@ -2,7 +2,10 @@
 
 Actions run as tasks on one asyncio event loop in a background thread (one loop for the
 process's lifetime, so connection pools survive), each under its deadline and the guardrails
-(permissions, circuit breakers, the per-tenant external-call rate limit). The processor never
+(permissions, circuit breakers, the per-tenant external-call rate limit). A batch crosses to that
+thread once: one coroutine starts the batch's tasks and waits a moment (``QUICK_WAIT_S``) for the
+quick ones; each task hands its finished attempt back through a queue the Kafka thread drains —
+no future, no cross-thread wake-up per command. The processor never
 waits for a batch to finish: every transaction produces the results of the attempts that have
 completed since the last one, in whatever order they complete, and commits, per partition, the
 offset of the oldest command still running. So a slow step — say a two-minute call — delays no
@@ -83,10 +86,13 @@ IDENTITY_LIMITS = {"run_id": 128, "step_id": 64, "correlation_id": 512, "idempot
 class _InFlight:
     offset: int
     command: dict[str, Any] | None  # None: dead-lettered in the transaction that consumed it
-    future: concurrent.futures.Future[dict[str, Any]] | None
     started: float
     sent: bool = False
     key: bytes | None = None  # the command's Kafka key, for a dead letter of its result
+    # Set on the event loop's thread when the attempt ends (then the entry is queued in
+    # ExecutorProcessor._finished): its StepResult, or what the task raised.
+    result: dict[str, Any] | None = None
+    error: BaseException | None = None
 
 
 @dataclass
@@ -144,6 +150,9 @@ class ExecutorProcessor:
         # The entries still running, apart from the sent ones waiting behind them in ``_work``
         # (a long attempt holds every later entry of its partition): what each poll looks at.
         self._pending: dict[_InFlight, tuple[str, int]] = {}
+        # Entries whose attempt ended, appended on the loop's thread, drained by _publish (deque
+        # appends and pops are atomic: the queue needs no lock and wakes nobody).
+        self._finished: deque[_InFlight] = deque()
         self._consumer: Consumer | None = None
         self._paused: list[TopicPartition] = []
         self.loop = asyncio.new_event_loop()
@@ -195,22 +204,22 @@ class ExecutorProcessor:
         self._pending.clear()
 
     def process(self, messages: Sequence[Message], out: Outbox) -> None:
-        submitted: list[concurrent.futures.Future[dict[str, Any]]] = []
+        submitted: list[_InFlight] = []
+        now = time.monotonic()
         for msg in messages:
             key = (msg.topic() or "", msg.partition() or 0)
             command = self._accept(msg, out)
-            future = None
-            if command is not None:
-                future = asyncio.run_coroutine_threadsafe(self._run(command), self.loop)
-                submitted.append(future)
-            entry = _InFlight(
-                msg.offset() or 0, command, future, time.monotonic(), sent=command is None, key=_raw_key(msg)
-            )
+            entry = _InFlight(msg.offset() or 0, command, now, sent=command is None, key=_raw_key(msg))
             self._work.setdefault(key, _PartitionWork()).entries.append(entry)
-            if future is not None:
+            if command is not None:
                 self._pending[entry] = key
+                submitted.append(entry)
         if submitted:
-            concurrent.futures.wait(submitted, timeout=QUICK_WAIT_S)
+            # One hop to the loop's thread for the whole batch; back once its quick actions ended.
+            # The wait is bounded here too: an action that blocks the loop's thread must not hold
+            # the consumer (its attempts' results then come in a later transaction).
+            batch = asyncio.run_coroutine_threadsafe(self._start(submitted), self.loop)
+            concurrent.futures.wait((batch,), timeout=QUICK_WAIT_S)
         self._publish(out)
         if self.in_flight() >= self.max_in_flight and self._consumer is not None and not self._paused:
             self._paused = [TopicPartition(t, p) for (t, p) in self._work]
@@ -224,6 +233,28 @@ class ExecutorProcessor:
             raise RuntimeError("the dead letter could not be written")  # the loop writes its own
 
     # --- internals ---------------------------------------------------------------------------
+    async def _start(self, entries: list[_InFlight]) -> None:
+        """Start one task per attempt; return when all ended or after ``QUICK_WAIT_S``, so that
+        no-op steps leave in the transaction that consumed their commands."""
+        loop = asyncio.get_running_loop()
+        tasks = []
+        for entry in entries:
+            assert entry.command is not None
+            task = loop.create_task(self._run(entry.command))
+            task.add_done_callback(lambda t, e=entry: self._ended(e, t))  # type: ignore[misc]
+            tasks.append(task)
+        await asyncio.wait(tasks, timeout=QUICK_WAIT_S)
+
+    def _ended(self, entry: _InFlight, task: asyncio.Task[dict[str, Any]]) -> None:
+        """On the loop's thread: record the attempt's outcome and queue it for the Kafka thread."""
+        if task.cancelled():
+            entry.error = asyncio.CancelledError()
+        elif (exc := task.exception()) is not None:
+            entry.error = exc
+        else:
+            entry.result = task.result()
+        self._finished.append(entry)
+
     async def _run(self, command: dict[str, Any]) -> dict[str, Any]:
         task = asyncio.current_task()
         assert task is not None
@@ -261,15 +292,19 @@ class ExecutorProcessor:
     def _publish(self, out: Outbox) -> None:
         """Produce completed results; commit each partition up to its oldest running command."""
         now = time.monotonic()
-        done = [(e, key) for e, key in self._pending.items() if e.future is not None and e.future.done()]
-        for entry, (topic, partition) in done:
+        finished = self._finished
+        while finished:
+            entry = finished.popleft()
+            where = self._pending.pop(entry, None)
+            if where is None:  # forgotten on abort or revocation: its command comes again
+                continue
+            topic, partition = where
             command = entry.command
             assert command is not None
             self._send_result(out, topic, partition, entry, command)
             entry.sent = True
-            entry.future = None  # a sent entry may wait behind a long attempt: keep only its offset
-            entry.command = None
-            del self._pending[entry]
+            entry.command = entry.result = None  # a sent entry may wait behind a long attempt
+            entry.error = None
             metrics.HANDLER_SECONDS.labels(
                 SERVICE, "StepCommand", tenant_label(self.guardrails, command["tenant"])
             ).observe(now - entry.started)
@@ -286,15 +321,15 @@ class ExecutorProcessor:
     ) -> None:
         """Produce the attempt's result. What cannot be encoded or does not fit becomes a failed
         result that can; what cannot be written at all becomes a dead letter."""
-        assert entry.future is not None
-        try:
-            result = entry.future.result()
-        except Exception as exc:  # execute_command is total; a bug of ours must not stop the loop
+        if entry.result is not None:
+            result = entry.result
+        else:  # execute_command is total; a bug of ours (or a stray cancel) must not stop the loop
+            crash = entry.error or RuntimeError("the attempt ended without a result")
             log.error(
-                "attempt crashed", exc_info=exc, extra=logs.ids(command["tenant"], command["run_id"], None)
+                "attempt crashed", exc_info=crash, extra=logs.ids(command["tenant"], command["run_id"], None)
             )
             result = _failed(
-                command, self.executor_id, "executor_error", f"{type(exc).__name__}: {exc}", True
+                command, self.executor_id, "executor_error", f"{type(crash).__name__}: {crash}", True
             )
         headers = clients.headers_for(command["tenant"], command["run_id"], command["correlation_id"])
         for _ in range(3):
