@@ -12,7 +12,7 @@ import base64
 import json
 import re
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -114,6 +114,14 @@ class Settings(BaseSettings):
     )
     instance_id: str | None = Field(
         default=None, description="Stable id of this process (transactional ids); default: hostname-pid."
+    )
+    group_protocol: Literal["auto", "classic", "consumer"] = Field(
+        default="auto",
+        description=(
+            "Consumer group protocol: consumer (KIP-848; the broker's group.consumer.session.timeout.ms"
+            " bounds kill recovery), classic (session.timeout.ms 10 s), or auto: consumer when the"
+            " broker offers it with a session of at most 10 s and heartbeat of at most 1 s."
+        ),
     )
     finished_run_retention_s: float = Field(
         default=6 * 3600,

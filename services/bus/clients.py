@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.bus.group_protocol import (
+    CLASSIC_HEARTBEAT_INTERVAL_MS,
+    CLASSIC_SESSION_TIMEOUT_MS,
+    group_protocol,
+)
 from services.config import Settings
 
 
 def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    """A group consumer's configuration, for the group protocol chosen for the cluster
+    (:func:`services.bus.group_protocol.group_protocol`: with ``auto``, the broker is asked once)."""
+    chosen = group_protocol(settings)
     conf = settings.kafka_config()
     conf.update(
         {
@@ -16,13 +24,22 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
             "max.poll.interval.ms": 300_000,
-            "session.timeout.ms": 10_000,
-            "heartbeat.interval.ms": 1_000,
             "topic.metadata.refresh.interval.ms": 10_000,  # regex subscriptions see new tenants fast
         }
     )
+    if chosen == "consumer":
+        # KIP-848: the broker assigns (incrementally) and owns session timeout and heartbeat;
+        # librdkafka refuses the classic settings below with this protocol.
+        conf["group.protocol"] = "consumer"
+    else:
+        conf.update(
+            {
+                "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": CLASSIC_SESSION_TIMEOUT_MS,
+                "heartbeat.interval.ms": CLASSIC_HEARTBEAT_INTERVAL_MS,
+            }
+        )
     conf.update(overrides)
     return conf
 

@@ -260,6 +260,17 @@ READY_S_PER_PARTITION = 0.03
 LARGE_DATA_PARTITIONS = 2_000
 
 
+# The KIP-848 consumer group protocol (``SWITCHYARD_GROUP_PROTOCOL=consumer``) takes its session
+# timeout and heartbeat interval from the broker, not the client. Kafka's defaults (45 s, 5 s) would
+# leave a killed process's partitions idle for 45 s; at 2 s / 0.5 s a dead member is expelled 2 s
+# after its last heartbeat and survivors learn their new partitions within one more heartbeat.
+CONSUMER_GROUP_PROPERTIES = """group.consumer.session.timeout.ms=2000
+group.consumer.min.session.timeout.ms=1000
+group.consumer.heartbeat.interval.ms=500
+group.consumer.min.heartbeat.interval.ms=250
+"""
+
+
 def storage_properties(data: Path, replication: int = 1, min_insync: int = 1) -> str:
     """The storage and internal-topic lines of a dev node's ``server.properties``, shared by the
     single, secured and three-node brokers (only their listeners and node ids differ)."""
@@ -278,7 +289,7 @@ transaction.state.log.replication.factor={replication}
 transaction.state.log.min.isr={min_insync}
 transaction.state.log.num.partitions=10
 group.initial.rebalance.delay.ms=0
-share.coordinator.state.topic.replication.factor={replication}
+{CONSUMER_GROUP_PROPERTIES}share.coordinator.state.topic.replication.factor={replication}
 share.coordinator.state.topic.min.isr={min_insync}
 log.retention.hours=168
 """
