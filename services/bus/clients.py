@@ -44,6 +44,12 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
     return conf
 
 
+#: A transactional producer's idle connections close after this long (see the comment below).
+PRODUCER_IDLE_CLOSE_MS = 5_000
+#: Longest reconnect backoff of a transactional producer: under half of PRODUCER_IDLE_CLOSE_MS.
+PRODUCER_RECONNECT_BACKOFF_MAX_MS = 1_000
+
+
 def transactional_producer_config(
     settings: Settings, transactional_id: str, **overrides: Any
 ) -> dict[str, Any]:
@@ -62,7 +68,16 @@ def transactional_producer_config(
             # connection died in a broker restart (librdkafka #5456/#5511) until some broker
             # changes state. Idle connections closing provide such changes; the loop also replaces
             # a producer that lost the cluster (services/bus/txloop.py).
-            "connections.max.idle.ms": 5_000,
+            "connections.max.idle.ms": PRODUCER_IDLE_CLOSE_MS,
+            # The cost of that: an idle producer's connections (the transaction coordinator's
+            # above all) close and reconnect every few seconds, and librdkafka doubles a broker's
+            # reconnect backoff on every attempt unless the last one is more than
+            # reconnect.backoff.max.ms old. With the default (10 s) the backoff grows to seconds
+            # and the first transaction after idle waits for it ("Delaying next reconnect by
+            # 4679ms": a 5.2 s commit; 4-9 s from trigger to done over three hops). Below half the
+            # idle close, every reconnect after an idle close starts from the initial backoff,
+            # i.e. at once (and a broker outage is retried every second at most).
+            "reconnect.backoff.max.ms": PRODUCER_RECONNECT_BACKOFF_MAX_MS,
         }
     )
     conf.update(overrides)
