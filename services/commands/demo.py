@@ -26,6 +26,7 @@ from services.commands import options
 from services.commands.text import add_row, console, esc
 from services.config import Settings, get_settings
 from services.contracts import serde
+from services.contracts.vocabulary import RUN_TERMINAL
 from services.devinfra import launcher, paths
 from services.package_data import examples_dir
 from services.runtime import ServiceFn, install_signal_handlers, run_services, setup_logging
@@ -149,7 +150,7 @@ def _wait_for_runs(
             )
             names = [c.name for c in cur.description or []]
             rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-        if len(rows) >= expected and all(r["state"] in ("succeeded", "failed", "cancelled") for r in rows):
+        if len(rows) >= expected and all(r["state"] in RUN_TERMINAL for r in rows):
             return rows
         time.sleep(0.3)
     return rows
@@ -244,7 +245,7 @@ def demo(
             str(row["correlation_id"])[:8],
         )
     out.print(table)
-    finished = [r for r in rows if r["state"] in ("succeeded", "failed", "cancelled")]
+    finished = [r for r in rows if r["state"] in RUN_TERMINAL]
     err.print(
         f"{len(finished)}/{len(rows)} runs finished in {time.monotonic() - started:.1f}s. "
         "Inspect one with: switchyard runs show RUN_ID"

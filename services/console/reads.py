@@ -16,11 +16,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from services.contracts.vocabulary import RunStatus
 from services.projector.models import DeadLetterRow, Run, TenantRow
 from services.projector.queries import RunTimeline, run_timeline
 
-RUN_STATES = ("pending", "running", "retrying", "succeeded", "failed", "cancelled")
-IN_FLIGHT = ("running", "retrying")
+RUN_STATES: tuple[str, ...] = tuple(s.value for s in RunStatus)
+IN_FLIGHT = (RunStatus.RUNNING, RunStatus.RETRYING)
 MAX_PAGE = 500
 
 

@@ -19,11 +19,11 @@ from services.console import dag, present, reads
 from services.console.accounts import principal_for_token
 from services.console.api import Filter, act, grafana_link, tenant_view
 from services.console.auth import State, UiPrincipal, check_csrf, csrf_token
+from services.contracts.vocabulary import RUN_TERMINAL
 from services.control.commands import Kind
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 TEMPLATES.env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
-TERMINAL = ("succeeded", "failed", "cancelled")
 router = APIRouter(include_in_schema=False)
 
 
@@ -130,7 +130,7 @@ def _run_context(state_: State, principal: Any, run_id: str) -> dict[str, Any]:
         "dag_known": entry is not None,
         "step_ids": [n.step_id for n in nodes],
         "can_act": principal.can_act(found.run.tenant),
-        "terminal": found.run.state in TERMINAL,
+        "terminal": found.run.state in RUN_TERMINAL,
     }
 
 

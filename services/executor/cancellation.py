@@ -39,12 +39,13 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from services.config import Settings
 from services.contracts import serde
+from services.contracts.vocabulary import EventType
 from services.observability import logs
 
 log = logging.getLogger("services.executor")
 
 #: History events that end a running attempt, whatever the executor is still doing with it.
-CANCELLING_EVENTS = frozenset({"step_cancelled", "step_timed_out"})
+CANCELLING_EVENTS = frozenset({EventType.STEP_CANCELLED, EventType.STEP_TIMED_OUT})
 #: Longest the watcher's consumer blocks, so that stop() is prompt.
 POLL_S = 0.2
 #: Records taken per poll.
@@ -157,7 +158,7 @@ def _run_id_header(msg: Message) -> str | None:
 
 
 def _reason(event: dict[str, Any]) -> str:
-    if event["type"] == "step_timed_out":
+    if event["type"] == EventType.STEP_TIMED_OUT:
         return "the router timed the attempt out (no result by its deadline)"
     detail = event.get("detail_json") or ""
     if '"run_failed"' in detail:

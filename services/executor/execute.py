@@ -35,6 +35,9 @@ kind                   retryable   when
                                    :mod:`.cancellation`) and its task was cancelled
 =====================  ==========  ===============================================================
 
+The kinds, their ``retryable`` flags and meanings are defined once in
+:mod:`services.contracts.vocabulary` (a unit test checks that the flags here agree).
+
 Every text a result carries (error messages, kinds) is bounded and valid UTF-8, so the result
 record can always be encoded.
 
@@ -59,6 +62,7 @@ from pydantic import ValidationError
 from services.contracts import strict_json
 from services.contracts.redaction import redact_text
 from services.contracts.text import bounded_text
+from services.contracts.vocabulary import ErrorKind
 from services.executor import permissions
 from services.executor.breaker import CircuitBreaker, CircuitOpenError
 from services.executor.guardrails import (
@@ -87,7 +91,7 @@ MAX_INPUT_DEPTH = 256
 #: The error kinds a retry policy can name (services.workflow.models.ERROR_KIND_PATTERN).
 ERROR_KIND = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 #: Failure kinds that are outcomes of their own in ``switchyard_action_seconds``.
-_OUTCOMES = frozenset({"timeout", "cancelled"})
+_OUTCOMES = frozenset({ErrorKind.TIMEOUT, ErrorKind.CANCELLED})
 #: Label of actions that are not registered (their names come from definitions, not from us).
 UNREGISTERED_ACTION = "_unregistered"
 #: Secrets when the caller configures none: the environment provider only.
@@ -198,10 +202,10 @@ async def execute_command(
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()  # handled here: nothing later in this task is to be cancelled
-        error = _Failure("cancelled", reason, False)
+        error = _Failure(ErrorKind.CANCELLED, reason, False)
     except Exception as exc:  # a bug of ours must not take the batch down
         bound.exception("executor failure")
-        error = _Failure("executor_error", f"{type(exc).__name__}: {exc}", True)
+        error = _Failure(ErrorKind.EXECUTOR_ERROR, f"{type(exc).__name__}: {exc}", True)
     else:
         error = None
     finished = clock()
@@ -226,7 +230,7 @@ async def execute_command(
     }
     if error is None:
         bound.debug("attempt succeeded", extra={"duration_s": round(finished - started, 4)})
-    elif error.kind == "permission_denied":
+    elif error.kind == ErrorKind.PERMISSION_DENIED:
         PERMISSION_DENIED.labels(label, action_name).inc()
         bound.warning(
             "permission denied",
@@ -262,11 +266,13 @@ async def _resolve_secrets(
             async with asyncio.timeout(max(0.0, budget)):
                 values = await secrets.lookup_all(tenant, names)
         except SecretMissing as exc:
-            raise _Failure("secret_missing", str(exc), False) from exc
+            raise _Failure(ErrorKind.SECRET_MISSING, str(exc), False) from exc
         except SecretProviderError as exc:
-            raise _Failure("secret_unavailable", str(exc), True) from exc
+            raise _Failure(ErrorKind.SECRET_UNAVAILABLE, str(exc), True) from exc
         except TimeoutError as exc:
-            raise _Failure("timeout", f"secret lookup did not finish within {budget:.3f}s", True) from exc
+            raise _Failure(
+                ErrorKind.TIMEOUT, f"secret lookup did not finish within {budget:.3f}s", True
+            ) from exc
         revealed.extend(values.values())
     resolved: dict[str, Any] = references.resolve(raw, values)
     return resolved
@@ -288,15 +294,19 @@ async def _attempt(
     deadline = command["deadline"] / 1000
     remaining = deadline - started
     if remaining <= 0:
-        raise _Failure("timeout", f"deadline passed {-remaining:.3f}s before the attempt started", True)
+        raise _Failure(
+            ErrorKind.TIMEOUT, f"deadline passed {-remaining:.3f}s before the attempt started", True
+        )
     action = registry.get(command["action"])
     if action is None:
-        raise _Failure("unknown_action", f"no action named {command['action']!r} is registered", False)
+        raise _Failure(
+            ErrorKind.UNKNOWN_ACTION, f"no action named {command['action']!r} is registered", False
+        )
     declared = frozenset(command.get("scopes") or ())
     try:
         permissions.check(action, command["tenant"], declared, guards.grants)
     except permissions.PermissionDenied as exc:
-        raise _Failure("permission_denied", str(exc), False) from exc
+        raise _Failure(ErrorKind.PERMISSION_DENIED, str(exc), False) from exc
     try:
         raw = (
             strict_json.loads(command["inputs_json"], "inputs_json", MAX_INPUT_DEPTH)
@@ -304,16 +314,18 @@ async def _attempt(
             else {}
         )
     except strict_json.StrictJSONError as exc:
-        raise _Failure("invalid_input", str(exc), False) from exc
+        raise _Failure(ErrorKind.INVALID_INPUT, str(exc), False) from exc
     if not isinstance(raw, dict):
-        raise _Failure("invalid_input", f"inputs must be a JSON object, not {type(raw).__name__}", False)
+        raise _Failure(
+            ErrorKind.INVALID_INPUT, f"inputs must be a JSON object, not {type(raw).__name__}", False
+        )
     raw = await _resolve_secrets(secrets, command["tenant"], raw, revealed, deadline - clock())
     try:
         inputs = action.Input.model_validate(raw)
     except ValidationError as exc:
-        raise _Failure("invalid_input", f"{action.name}: {_describe_validation(exc)}", False) from exc
+        raise _Failure(ErrorKind.INVALID_INPUT, f"{action.name}: {_describe_validation(exc)}", False) from exc
     except Exception as exc:  # a validator that raises something pydantic does not wrap
-        raise _Failure("invalid_input", f"{action.name}: {type(exc).__name__}: {exc}", False) from exc
+        raise _Failure(ErrorKind.INVALID_INPUT, f"{action.name}: {type(exc).__name__}: {exc}", False) from exc
 
     ctx = ActionContext(
         tenant=command["tenant"],
@@ -374,10 +386,12 @@ def encode_output(action_name: str, output: Any, max_output_bytes: int = MAX_OUT
     ``output_too_large``). Strict: what an action returns may come from a remote server, and
     everything downstream (run state, later steps' inputs, Avro) must be able to encode it."""
     if not isinstance(output, dict):
-        raise _Failure("invalid_output", f"{action_name} returned {type(output).__name__}, not a dict", False)
+        raise _Failure(
+            ErrorKind.INVALID_OUTPUT, f"{action_name} returned {type(output).__name__}, not a dict", False
+        )
     if strict_json.depth(output, MAX_OUTPUT_DEPTH) > MAX_OUTPUT_DEPTH:
         raise _Failure(
-            "invalid_output",
+            ErrorKind.INVALID_OUTPUT,
             f"{action_name} returned output nested deeper than {MAX_OUTPUT_DEPTH} levels",
             False,
         )
@@ -386,15 +400,17 @@ def encode_output(action_name: str, output: Any, max_output_bytes: int = MAX_OUT
         encoded = text.encode("utf-8")  # refuses lone surrogates
     except UnicodeEncodeError as exc:
         raise _Failure(
-            "invalid_output",
+            ErrorKind.INVALID_OUTPUT,
             f"{action_name} returned text that is not valid Unicode (a lone surrogate)",
             False,
         ) from exc
     except (TypeError, ValueError, RecursionError) as exc:
-        raise _Failure("invalid_output", f"{action_name} returned non-JSON output: {exc}", False) from exc
+        raise _Failure(
+            ErrorKind.INVALID_OUTPUT, f"{action_name} returned non-JSON output: {exc}", False
+        ) from exc
     if len(encoded) > max_output_bytes:
         raise _Failure(
-            "output_too_large",
+            ErrorKind.OUTPUT_TOO_LARGE,
             f"{action_name} returned {len(encoded)} bytes of output; the limit is {max_output_bytes}",
             False,
         )
@@ -411,7 +427,7 @@ def _admit(guards: Guardrails, action: Any, inputs: Any, tenant: str) -> Circuit
         breaker.admit()
     except CircuitOpenError as exc:
         BREAKER_REJECTIONS.labels(*exc.key[:2]).inc()  # tenant, action: no per-target series
-        raise _Failure("circuit_open", str(exc), True) from exc
+        raise _Failure(ErrorKind.CIRCUIT_OPEN, str(exc), True) from exc
     return breaker
 
 
@@ -433,7 +449,7 @@ async def _guarded_run(
                 try:
                     await guards.limiter.acquire(ctx.tenant, max(0.0, until - loop.time()))
                 except RateLimitTimeout as exc:
-                    raise _Failure("timeout", str(exc), True, called=False) from exc
+                    raise _Failure(ErrorKind.TIMEOUT, str(exc), True, called=False) from exc
             return await action.run(ctx, inputs)
     except _Failure:
         raise
@@ -446,16 +462,16 @@ async def _guarded_run(
                 " SWITCHYARD_MAX_STEP_TIMEOUT_S)"
             )
             raise _Failure(
-                "timeout", f"{action.name} did not finish within {budget:.3f}s{capped}", True
+                ErrorKind.TIMEOUT, f"{action.name} did not finish within {budget:.3f}s{capped}", True
             ) from exc
-        raise _Failure("timeout", f"{action.name}: {type(exc).__name__}: {exc}", True) from exc
+        raise _Failure(ErrorKind.TIMEOUT, f"{action.name}: {type(exc).__name__}: {exc}", True) from exc
     except ActionError as exc:
         kind, message = exc.kind, str(exc.message)
         if not isinstance(kind, str) or not ERROR_KIND.fullmatch(kind):
             # A kind a retry policy cannot name, and that would become a metric label and a column
             # value as it is: say what it was, report the generic kind.
             message = f"(error kind {bounded_text(str(kind), 100)!r} is not valid) {message}"
-            kind = "action_error"
+            kind = ErrorKind.ACTION_ERROR
         raise _Failure(kind, message, bool(exc.retryable)) from exc
     except asyncio.CancelledError:
         raise
@@ -463,4 +479,4 @@ async def _guarded_run(
         # SystemExit / KeyboardInterrupt from a plugin would escape the task and stop the event
         # loop every attempt runs on (signals reach the main thread, never this one).
         ctx.log.warning("action raised", exc_info=True)
-        raise _Failure("action_error", f"{type(exc).__name__}: {exc}", True) from exc
+        raise _Failure(ErrorKind.ACTION_ERROR, f"{type(exc).__name__}: {exc}", True) from exc

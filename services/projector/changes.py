@@ -27,6 +27,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from services.contracts.vocabulary import (
+    RUN_TERMINAL,
+    STEP_TERMINAL,
+    ErrorKind,
+    EventType,
+    RunStatus,
+    StepStatus,
+)
 from services.projector.bounds import (
     MAX_KIND,
     MAX_LONG_ID,
@@ -37,9 +45,6 @@ from services.projector.bounds import (
     storable_text,
 )
 from services.projector.events import ProjectedEvent, parse_time
-
-RUN_TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-STEP_TERMINAL = frozenset({"succeeded", "failed", "skipped", "cancelled"})
 
 Merge = Literal["set", "coalesce", "greatest"]
 
@@ -74,7 +79,7 @@ def run_skeleton(ev: ProjectedEvent) -> dict[str, Any]:
     if ev.is_run_event and ev.state:
         state = ev.state
     else:
-        state = "running" if ev.type.startswith("step_") else "pending"
+        state = RunStatus.RUNNING if ev.type.startswith("step_") else RunStatus.PENDING
     return {
         "run_id": ev.run_id,
         "tenant": ev.tenant,
@@ -91,7 +96,7 @@ def run_skeleton(ev: ProjectedEvent) -> dict[str, Any]:
 def run_update(ev: ProjectedEvent) -> dict[str, Any]:
     """Columns of ``runs`` set by ``ev`` when it is newer than ``runs.last_seq``."""
     values: dict[str, Any] = {"last_seq": ev.seq, "updated_at": ev.at}
-    if ev.type == "run_pending":
+    if ev.type == EventType.RUN_PENDING:
         trigger = ev.detail.get("trigger")
         trigger = trigger if isinstance(trigger, dict) else {}
         values.update(
@@ -107,9 +112,9 @@ def run_update(ev: ProjectedEvent) -> dict[str, Any]:
         values["finished_at"] = ev.at
     else:
         values.update(finished_at=None, error_kind=None, error_message=None)
-    if ev.type == "run_failed" or (ev.state == "failed" and "error_kind" in ev.detail):
+    if ev.type == EventType.RUN_FAILED or (ev.state == RunStatus.FAILED and "error_kind" in ev.detail):
         values.update(
-            error_kind=_kind(ev.detail.get("error_kind")) or "failed",
+            error_kind=_kind(ev.detail.get("error_kind")) or ErrorKind.FAILED,
             error_message=_message(ev.detail.get("error_message")),
         )
     return values
@@ -117,7 +122,7 @@ def run_update(ev: ProjectedEvent) -> dict[str, Any]:
 
 def run_started_at(ev: ProjectedEvent) -> bool:
     """Whether ``ev`` starts the run (``started_at`` is set once, by the first such event)."""
-    return ev.is_run_event and ev.state == "running"
+    return ev.is_run_event and ev.state == RunStatus.RUNNING
 
 
 def _timeout_message(ev: ProjectedEvent) -> str:
@@ -138,12 +143,12 @@ def step_change(ev: ProjectedEvent) -> RowChange | None:
     base: dict[str, Any] = {"attempts": attempts, "started_at": None, "finished_at": None}
     merge: dict[str, Merge] = {"state": "set", "attempts": "greatest"}
     kind = ev.type
-    if kind == "step_scheduled":
-        state = ev.state or "running"
+    if kind == EventType.STEP_SCHEDULED:
+        state = ev.state or StepStatus.RUNNING
         values = {**base, "state": state, "started_at": ev.at, "finished_at": None}
         merge.update(started_at="coalesce", finished_at="set")
-    elif kind == "step_succeeded":
-        state = ev.state or "succeeded"
+    elif kind == EventType.STEP_SUCCEEDED:
+        state = ev.state or StepStatus.SUCCEEDED
         values = {
             **base,
             "state": state,
@@ -156,29 +161,29 @@ def step_change(ev: ProjectedEvent) -> RowChange | None:
         merge.update(
             started_at="coalesce", finished_at="set", output="set", error_kind="set", error_message="set"
         )
-    elif kind in ("step_failed", "step_retrying", "step_timed_out"):
-        default = {"step_failed": "failed", "step_retrying": "retrying", "step_timed_out": "failed"}[kind]
+    elif kind in (EventType.STEP_FAILED, EventType.STEP_RETRYING, EventType.STEP_TIMED_OUT):
+        default = StepStatus.RETRYING if kind == EventType.STEP_RETRYING else StepStatus.FAILED
         state = ev.state or default
-        timed_out = kind == "step_timed_out"
+        timed_out = kind == EventType.STEP_TIMED_OUT
         values = {
             **base,
             "state": state,
             "started_at": parse_time(d.get("started_at")) or ev.at,
             "finished_at": (parse_time(d.get("finished_at")) or ev.at) if state in STEP_TERMINAL else None,
-            "error_kind": _kind(d.get("error_kind")) or ("timeout" if timed_out else "error"),
+            "error_kind": _kind(d.get("error_kind")) or (ErrorKind.TIMEOUT if timed_out else ErrorKind.ERROR),
             "error_message": _timeout_message(ev) if timed_out else _message(d.get("error_message")),
         }
         merge.update(started_at="coalesce", finished_at="set", error_kind="set", error_message="set")
-    elif kind == "step_reset":
+    elif kind == EventType.STEP_RESET:
         values = {
             **base,
-            "state": ev.state or "pending",
+            "state": ev.state or StepStatus.PENDING,
             "output": None,
             "error_kind": None,
             "error_message": None,
         }
         merge.update(finished_at="set", output="set", error_kind="set", error_message="set")
-    elif kind in ("step_skipped", "step_cancelled"):
+    elif kind in (EventType.STEP_SKIPPED, EventType.STEP_CANCELLED):
         state = ev.state or kind.removeprefix("step_")
         values = {**base, "state": state, "finished_at": ev.at}
         merge.update(finished_at="set")
@@ -197,22 +202,22 @@ def attempt_change(ev: ProjectedEvent) -> RowChange | None:
     d = ev.detail
     key = {"run_id": ev.run_id, "step_id": ev.step_id, "attempt": ev.attempt}
     executor = storable_optional(d.get("executor_id"), MAX_NAME)
-    if ev.type == "step_scheduled":
+    if ev.type == EventType.STEP_SCHEDULED:
         return RowChange(
             key,
             {
-                "state": ev.state or "running",
+                "state": ev.state or StepStatus.RUNNING,
                 "idempotency_key": storable_optional_id(d.get("idempotency_key"), MAX_LONG_ID),
                 "inputs": d.get("inputs"),
                 "scheduled_at": ev.at,
             },
             {"idempotency_key": "coalesce", "inputs": "coalesce", "scheduled_at": "coalesce"},
         )
-    if ev.type == "step_succeeded":
+    if ev.type == EventType.STEP_SUCCEEDED:
         return RowChange(
             key,
             {
-                "state": "succeeded",
+                "state": StepStatus.SUCCEEDED,
                 "started_at": parse_time(d.get("started_at")),
                 "finished_at": parse_time(d.get("finished_at")) or ev.at,
                 "output": d.get("output"),
@@ -230,14 +235,14 @@ def attempt_change(ev: ProjectedEvent) -> RowChange | None:
                 "executor_id": "coalesce",
             },
         )
-    if ev.type in ("step_failed", "step_retrying"):
+    if ev.type in (EventType.STEP_FAILED, EventType.STEP_RETRYING):
         return RowChange(
             key,
             {
-                "state": "failed",
+                "state": StepStatus.FAILED,
                 "started_at": parse_time(d.get("started_at")),
                 "finished_at": parse_time(d.get("finished_at")) or ev.at,
-                "error_kind": _kind(d.get("error_kind")) or "error",
+                "error_kind": _kind(d.get("error_kind")) or ErrorKind.ERROR,
                 "error_message": _message(d.get("error_message")),
                 "executor_id": executor,
             },
@@ -245,24 +250,26 @@ def attempt_change(ev: ProjectedEvent) -> RowChange | None:
                 "state": "set",
                 "started_at": "coalesce",
                 "finished_at": "coalesce",
-                "error_kind": "coalesce" if ev.type == "step_retrying" else "set",
-                "error_message": "coalesce" if ev.type == "step_retrying" else "set",
+                "error_kind": "coalesce" if ev.type == EventType.STEP_RETRYING else "set",
+                "error_message": "coalesce" if ev.type == EventType.STEP_RETRYING else "set",
                 "executor_id": "coalesce",
             },
         )
-    if ev.type == "step_timed_out":
+    if ev.type == EventType.STEP_TIMED_OUT:
         return RowChange(
             key,
             {
                 "state": "timed_out",
                 "finished_at": ev.at,
-                "error_kind": "timeout",
+                "error_kind": ErrorKind.TIMEOUT,
                 "error_message": _timeout_message(ev),
             },
             {"state": "set", "finished_at": "coalesce", "error_kind": "set", "error_message": "set"},
         )
-    if ev.type == "step_cancelled":
+    if ev.type == EventType.STEP_CANCELLED:
         return RowChange(
-            key, {"state": "cancelled", "finished_at": ev.at}, {"state": "set", "finished_at": "coalesce"}
+            key,
+            {"state": StepStatus.CANCELLED, "finished_at": ev.at},
+            {"state": "set", "finished_at": "coalesce"},
         )
     return None

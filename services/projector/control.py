@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from services.contracts.vocabulary import EventType
 from services.control.verify import Reason
 from services.projector.bounds import (
     MAX_KIND,
@@ -38,7 +39,10 @@ from services.projector.bounds import (
 from services.projector.dead_letters import DeadLetter
 from services.projector.events import ProjectedEvent
 
-CONTROL_EVENTS = {"control_accepted": "accepted", "control_refused": "refused"}
+CONTROL_EVENTS: dict[str, str] = {
+    EventType.CONTROL_ACCEPTED: "accepted",
+    EventType.CONTROL_REFUSED: "refused",
+}
 SOURCE_HISTORY, SOURCE_DLQ = "run_history", "dlq"
 
 

@@ -44,6 +44,7 @@ from services.config import Settings
 from services.contracts import serde
 from services.contracts.dead_letters import bounded_identity, encode_dead_letter
 from services.contracts.text import bounded_text
+from services.contracts.vocabulary import ErrorKind
 from services.control.verify import CommandRefused, verify_command
 from services.observability import metrics
 from services.router import records
@@ -143,8 +144,8 @@ class IntakeProcessor:
             if config is None or self._over_pending(tenant, config):
                 continue
             bucket = self._bucket(tenant, config, now)
-            # Resume with a tenth of a second of tokens, not one: a resume costs a fetch round trip,
-            # and resuming per token would cap the tenant far below its rate.
+            # Resume with half a second of tokens (at least one, at most the burst), not one: a resume
+            # costs a fetch round trip, and resuming per token would cap the tenant far below its rate.
             if reason == "pending" or bucket.available(now, min(bucket.burst, max(1.0, bucket.rate / 2))):
                 self._unpause(tenant, resume=True)
 
@@ -200,7 +201,7 @@ class IntakeProcessor:
             self._dead(
                 msg,
                 out,
-                "intake_error",
+                ErrorKind.INTAKE_ERROR,
                 f"{type(exc).__name__}: {exc}",
                 tenant,
                 trigger=msg.topic() != self.topics.control,
@@ -320,28 +321,35 @@ class IntakeProcessor:
         tenant_id = self.topics.tenant_of(msg.topic() or "")
         if tenant_id is None:
             self._dead(
-                msg, out, "bad_topic", f"{bounded_text(msg.topic() or '', 300)} is not a tenant trigger topic"
+                msg,
+                out,
+                ErrorKind.BAD_TOPIC,
+                f"{bounded_text(msg.topic() or '', 300)} is not a tenant trigger topic",
             )
             return
         tenant = self.tenants.get(tenant_id)
         if tenant is None:
-            self._dead(msg, out, "unknown_tenant", f"tenant {tenant_id!r} is not registered", tenant_id)
+            self._dead(
+                msg, out, ErrorKind.UNKNOWN_TENANT, f"tenant {tenant_id!r} is not registered", tenant_id
+            )
             return
         if tenant.status != "active":
-            self._dead(msg, out, "tenant_suspended", f"tenant {tenant_id!r} is suspended", tenant_id)
+            self._dead(msg, out, ErrorKind.TENANT_SUSPENDED, f"tenant {tenant_id!r} is suspended", tenant_id)
             return
         try:
             raw_headers = msg.headers() or []
             headers = list(raw_headers.items()) if isinstance(raw_headers, dict) else raw_headers
             size = record_size(msg.key(), msg.value(), headers)
         except UnicodeDecodeError as exc:  # the client decodes header names as UTF-8
-            self._dead(msg, out, "invalid_utf8", f"a header name is not valid UTF-8: {exc}", tenant_id)
+            self._dead(
+                msg, out, ErrorKind.INVALID_UTF8, f"a header name is not valid UTF-8: {exc}", tenant_id
+            )
             return
         if size > self.settings.max_trigger_bytes:
             self._dead(
                 msg,
                 out,
-                "oversized",
+                ErrorKind.OVERSIZED,
                 f"trigger is {size} bytes (value, key and headers); the limit is "
                 f"{self.settings.max_trigger_bytes}",
                 tenant_id,
@@ -368,7 +376,7 @@ class IntakeProcessor:
             self._dead(
                 msg,
                 out,
-                "oversized",
+                ErrorKind.OVERSIZED,
                 f"trigger data re-encodes to {trigger.data_size} bytes (the trigger was {size} bytes): its "
                 f"run request ({request_size} bytes) would "
                 f"pass the limit of {budget} (SWITCHYARD_MAX_TRIGGER_BYTES {self.settings.max_trigger_bytes} "
@@ -392,7 +400,7 @@ class IntakeProcessor:
                 self._dead(
                     msg,
                     out,
-                    "oversized",
+                    ErrorKind.OVERSIZED,
                     f"run request: {exc}{started_runs}",
                     tenant_id,
                     correlation_id=correlation_id,
@@ -414,7 +422,7 @@ class IntakeProcessor:
             self._dead(
                 msg,
                 out,
-                "filter_error",
+                ErrorKind.FILTER_ERROR,
                 "; ".join(failures) + (f" ({_runs_of(sent)} requested)" if sent else ""),
                 tenant_id,
                 trigger=not sent,
@@ -508,7 +516,12 @@ class IntakeProcessor:
         if problem is not None:
             tenant_id = command["tenant"] if TENANT_ID.fullmatch(command["tenant"]) else None
             self._dead(
-                msg, out, "invalid_field", f"control command refused: {problem}", tenant_id, trigger=False
+                msg,
+                out,
+                ErrorKind.INVALID_FIELD,
+                f"control command refused: {problem}",
+                tenant_id,
+                trigger=False,
             )
             return
         tenant_id = command["tenant"]
@@ -538,7 +551,7 @@ class IntakeProcessor:
             except CommandRefused as exc:
                 refusal = f"{exc.reason.value}: {who} (unverified): {exc.message}"
         if refusal is not None or tenant is None:
-            self._dead(msg, out, "control_refused", refusal or who, tenant_id, trigger=False)
+            self._dead(msg, out, ErrorKind.CONTROL_REFUSED, refusal or who, tenant_id, trigger=False)
             return
         run_id = command["run_id"]
         out.send(

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.contracts import strict_json
+from services.contracts.vocabulary import RUN_END_EVENTS, ErrorKind, EventType, RunStatus, StepStatus
 from services.router import retention
-from services.router.state import RunState, RunStatus, StepRecord
-from services.workflow.compiled import CompiledWorkflow, StepStatus
+from services.router.state import RunState, StepRecord
+from services.workflow.compiled import CompiledWorkflow
 from services.workflow.expressions import EvalContext, ExpressionError
 
 #: The router waits this long past a step's deadline before declaring it timed out, so that the
@@ -27,7 +28,7 @@ DEADLINE_GRACE_MS = 2_000
 
 @dataclass(frozen=True)
 class Event:
-    type: str
+    type: EventType
     step_id: str | None = None
     attempt: int | None = None
     state: str | None = None
@@ -64,7 +65,7 @@ class Effects:
 
     @property
     def finished(self) -> bool:
-        return any(e.type in ("run_succeeded", "run_failed", "run_cancelled") for e in self.events)
+        return any(e.type in RUN_END_EVENTS for e in self.events)
 
 
 def context(run: RunState) -> EvalContext:
@@ -96,13 +97,13 @@ def admitted(run: RunState, source: str, omitted: str | None = None) -> Effects:
     detail: dict[str, Any] = {"trigger": trigger, "source": source}
     if omitted is not None:
         detail["trigger_omitted"] = omitted
-    return Effects(events=[Event("run_pending", state=RunStatus.PENDING.value, detail=detail)])
+    return Effects(events=[Event(EventType.RUN_PENDING, state=RunStatus.PENDING.value, detail=detail)])
 
 
 def start(run: RunState, workflow: CompiledWorkflow, now_ms: int) -> Effects:
     effects = Effects()
     run.status = RunStatus.RUNNING
-    effects.events.append(Event("run_started", state=RunStatus.RUNNING.value))
+    effects.events.append(Event(EventType.RUN_STARTED, state=RunStatus.RUNNING.value))
     _advance(run, workflow, now_ms, effects)
     return effects
 
@@ -136,7 +137,7 @@ def on_result(
     size = len(text.encode("utf-8", "surrogatepass")) if text else 0
     kept = sum(r.output_bytes for sid, r in run.steps.items() if sid != step_id)
     if (
-        result["status"] == "succeeded"
+        result["status"] == StepStatus.SUCCEEDED
         and max_run_output_bytes is not None
         and kept + size > max_run_output_bytes
     ):
@@ -149,7 +150,7 @@ def on_result(
             run,
             workflow,
             step_id,
-            "run_output_too_large",
+            ErrorKind.RUN_OUTPUT_TOO_LARGE,
             message,
             False,
             now_ms,
@@ -159,14 +160,14 @@ def on_result(
             timing,
         )
         return effects
-    if result["status"] == "succeeded":
+    if result["status"] == StepStatus.SUCCEEDED:
         rec.status = StepStatus.SUCCEEDED
         rec.output = _loads(text)
         rec.output_bytes = size
         rec.deadline_ms = None
         effects.events.append(
             Event(
-                "step_succeeded",
+                EventType.STEP_SUCCEEDED,
                 step_id,
                 attempt,
                 StepStatus.SUCCEEDED.value,
@@ -175,7 +176,7 @@ def on_result(
         )
         _advance(run, workflow, now_ms, effects)
     else:
-        kind = result.get("error_kind") or "action_error"
+        kind = result.get("error_kind") or ErrorKind.ACTION_ERROR
         _failed_attempt(
             run,
             workflow,
@@ -200,7 +201,7 @@ def stale_result(run: RunState, result: dict[str, Any]) -> Effects | None:
     reason = _stale_reason(run, run.steps.get(step_id), attempt)
     if reason is None:
         return None
-    return Effects(events=[Event("result_ignored", step_id, attempt, detail={"reason": reason})])
+    return Effects(events=[Event(EventType.RESULT_IGNORED, step_id, attempt, detail={"reason": reason})])
 
 
 def timer_is_live(run: RunState, timer: Timer) -> bool:
@@ -237,13 +238,13 @@ def on_timer(run: RunState, workflow: CompiledWorkflow, timer: Timer, now_ms: in
             run,
             workflow,
             timer.step_id,
-            "timeout",
+            ErrorKind.TIMEOUT,
             f"no result for attempt {rec.attempt} by its deadline",
             True,
             now_ms,
             rand,
             effects,
-            event_type="step_timed_out",
+            event_type=EventType.STEP_TIMED_OUT,
         )
     return effects
 
@@ -257,12 +258,12 @@ def cancel(run: RunState, requester: str, reason: str) -> Effects:
             rec.status = StepStatus.CANCELLED
             rec.deadline_ms = rec.retry_at_ms = None
             effects.events.append(
-                Event("step_cancelled", step_id, rec.attempt or None, StepStatus.CANCELLED.value)
+                Event(EventType.STEP_CANCELLED, step_id, rec.attempt or None, StepStatus.CANCELLED.value)
             )
     run.status = RunStatus.CANCELLED
     effects.events.append(
         Event(
-            "run_cancelled",
+            EventType.RUN_CANCELLED,
             state=RunStatus.CANCELLED.value,
             detail={"requester": requester, "reason": reason},
         )
@@ -282,7 +283,7 @@ def control_event(command: dict[str, Any], refusal: str | None = None) -> Event:
     }
     if refusal is not None:
         detail["refusal"] = refusal
-    return Event("control_refused" if refusal else "control_accepted", detail=detail)
+    return Event(EventType.CONTROL_REFUSED if refusal else EventType.CONTROL_ACCEPTED, detail=detail)
 
 
 def steps_to_replay(run: RunState, workflow: CompiledWorkflow, kind: str, from_step: str | None) -> list[str]:
@@ -330,7 +331,11 @@ def replay(run: RunState, steps: list[str], command: dict[str, Any]) -> Effects:
         rec.retry_base = rec.attempt
         effects.events.append(
             Event(
-                "step_reset", step_id, None, StepStatus.PENDING.value, {"command_id": command["command_id"]}
+                EventType.STEP_RESET,
+                step_id,
+                None,
+                StepStatus.PENDING.value,
+                {"command_id": command["command_id"]},
             )
         )
     run.replays += 1
@@ -338,7 +343,7 @@ def replay(run: RunState, steps: list[str], command: dict[str, Any]) -> Effects:
     run.finished_ms = None
     effects.events.append(
         Event(
-            "run_replayed",
+            EventType.RUN_REPLAYED,
             state=RunStatus.PENDING.value,
             detail={
                 "command_id": command["command_id"],
@@ -391,7 +396,7 @@ def _failed_attempt(
     now_ms: int,
     rand: float,
     effects: Effects,
-    event_type: str | None,
+    event_type: EventType | None,
     extra: dict[str, Any] | None = None,
 ) -> None:
     rec = run.steps[step_id]
@@ -405,7 +410,9 @@ def _failed_attempt(
         rec.retry_at_ms = now_ms + delay_ms
         detail.update(retry_at=rec.retry_at_ms, next_attempt=rec.attempt + 1)
         effects.events.append(
-            Event(event_type or "step_retrying", step_id, rec.attempt, StepStatus.RETRYING.value, detail)
+            Event(
+                event_type or EventType.STEP_RETRYING, step_id, rec.attempt, StepStatus.RETRYING.value, detail
+            )
         )
         effects.timers.append(Timer(rec.retry_at_ms, run.run_id, step_id, rec.attempt, "retry"))
         _refresh_status(run, effects)
@@ -413,7 +420,7 @@ def _failed_attempt(
     rec.status = StepStatus.FAILED
     detail["retries_exhausted"] = retryable
     effects.events.append(
-        Event(event_type or "step_failed", step_id, rec.attempt, StepStatus.FAILED.value, detail)
+        Event(event_type or EventType.STEP_FAILED, step_id, rec.attempt, StepStatus.FAILED.value, detail)
     )
     effects.dead_letters.append(
         {
@@ -435,21 +442,21 @@ def _schedule(run: RunState, workflow: CompiledWorkflow, step_id: str, now_ms: i
         inputs = workflow.render_inputs(step_id, context(run))
     except ExpressionError as exc:
         rec.status = StepStatus.FAILED
-        rec.error_kind, rec.error_message = "expression_error", str(exc)[:STATE_ERROR_CHARS]
+        rec.error_kind, rec.error_message = ErrorKind.EXPRESSION_ERROR, str(exc)[:STATE_ERROR_CHARS]
         effects.events.append(
             Event(
-                "step_failed",
+                EventType.STEP_FAILED,
                 step_id,
                 rec.attempt,
                 StepStatus.FAILED.value,
-                {"error_kind": "expression_error", "error_message": str(exc)},
+                {"error_kind": ErrorKind.EXPRESSION_ERROR, "error_message": str(exc)},
             )
         )
         effects.dead_letters.append(
             {
                 "step_id": step_id,
                 "attempt": rec.attempt,
-                "error_kind": "expression_error",
+                "error_kind": ErrorKind.EXPRESSION_ERROR,
                 "error_message": str(exc),
             }
         )
@@ -462,7 +469,7 @@ def _schedule(run: RunState, workflow: CompiledWorkflow, step_id: str, now_ms: i
     effects.timers.append(Timer(rec.deadline_ms, run.run_id, step_id, rec.attempt, "deadline"))
     effects.events.append(
         Event(
-            "step_scheduled",
+            EventType.STEP_SCHEDULED,
             step_id,
             rec.attempt,
             StepStatus.RUNNING.value,
@@ -483,12 +490,14 @@ def _advance(run: RunState, workflow: CompiledWorkflow, now_ms: int, effects: Ef
         try:
             advance = workflow.advance(statuses, context(run))
         except ExpressionError as exc:  # a `when` that fails to evaluate fails the run
-            _fail_run(run, None, "expression_error", str(exc), effects)
+            _fail_run(run, None, ErrorKind.EXPRESSION_ERROR, str(exc), effects)
             return
         for step_id in advance.skip:
             run.steps[step_id].status = StepStatus.SKIPPED
             effects.events.append(
-                Event("step_skipped", step_id, None, StepStatus.SKIPPED.value, {"reason": "condition"})
+                Event(
+                    EventType.STEP_SKIPPED, step_id, None, StepStatus.SKIPPED.value, {"reason": "condition"}
+                )
             )
         for failure in advance.fail:
             rec = run.steps[failure.step_id]
@@ -496,7 +505,7 @@ def _advance(run: RunState, workflow: CompiledWorkflow, now_ms: int, effects: Ef
             rec.error_kind, rec.error_message = failure.error_kind, failure.message[:STATE_ERROR_CHARS]
             effects.events.append(
                 Event(
-                    "step_failed",
+                    EventType.STEP_FAILED,
                     failure.step_id,
                     None,
                     StepStatus.FAILED.value,
@@ -515,7 +524,7 @@ def _advance(run: RunState, workflow: CompiledWorkflow, now_ms: int, effects: Ef
             _schedule(run, workflow, step_id, now_ms, effects)
         if advance.outcome == "succeeded":
             run.status = RunStatus.SUCCEEDED
-            effects.events.append(Event("run_succeeded", state=RunStatus.SUCCEEDED.value))
+            effects.events.append(Event(EventType.RUN_SUCCEEDED, state=RunStatus.SUCCEEDED.value))
             return
         if advance.outcome == "failed":
             failed = next((s for s, r in run.steps.items() if r.status == StepStatus.FAILED), None)
@@ -523,7 +532,7 @@ def _advance(run: RunState, workflow: CompiledWorkflow, now_ms: int, effects: Ef
             _fail_run(
                 run,
                 failed,
-                failed_rec.error_kind if failed_rec else "failed",
+                failed_rec.error_kind if failed_rec else ErrorKind.FAILED,
                 failed_rec.error_message if failed_rec else "",
                 effects,
             )
@@ -542,13 +551,17 @@ def _fail_run(
             rec.deadline_ms = rec.retry_at_ms = None
             effects.events.append(
                 Event(
-                    "step_cancelled", sid, rec.attempt, StepStatus.CANCELLED.value, {"reason": "run_failed"}
+                    EventType.STEP_CANCELLED,
+                    sid,
+                    rec.attempt,
+                    StepStatus.CANCELLED.value,
+                    {"reason": "run_failed"},
                 )
             )
     run.status = RunStatus.FAILED
     effects.events.append(
         Event(
-            "run_failed",
+            EventType.RUN_FAILED,
             state=RunStatus.FAILED.value,
             detail={"step_id": step_id, "error_kind": kind, "error_message": message},
         )
@@ -562,4 +575,6 @@ def _refresh_status(run: RunState, effects: Effects) -> None:
     wanted = RunStatus.RETRYING if waiting else RunStatus.RUNNING
     if wanted != run.status:
         run.status = wanted
-        effects.events.append(Event("run_retrying" if waiting else "run_running", state=wanted.value))
+        effects.events.append(
+            Event(EventType.RUN_RETRYING if waiting else EventType.RUN_RUNNING, state=wanted.value)
+        )

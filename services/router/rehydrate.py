@@ -22,11 +22,12 @@ from __future__ import annotations
 from typing import Any
 
 from services.contracts import strict_json
+from services.contracts.vocabulary import RunStatus, StepStatus
 from services.router import retention
 from services.router.history import StoredRun, StoredStep
 from services.router.machine import STATE_ERROR_CHARS, new_run_steps
-from services.router.state import RunState, RunStatus, StepRecord, writable
-from services.workflow.compiled import CompiledWorkflow, StepStatus
+from services.router.state import RunState, StepRecord, writable
+from services.workflow.compiled import CompiledWorkflow
 
 _STEP_STATES = frozenset(s.value for s in StepStatus)
 #: Step states that mean an attempt was open; a finished run has none (its end cancelled them).

@@ -12,11 +12,12 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from services.contracts.vocabulary import ErrorKind
+from services.contracts.vocabulary import StepStatus as StepStatus  # part of services.workflow's API
 from services.workflow.dag import Dag
 from services.workflow.expressions import CompiledExpression, EvalContext, ExpressionError
 from services.workflow.models import RetryPolicy, Step, WorkflowDefinition
@@ -24,31 +25,12 @@ from services.workflow.problems import DefinitionError
 from services.workflow.templates import CompiledInputs
 from services.workflow.validation import check_definition
 
-
-class StepStatus(enum.StrEnum):
-    """The state of one step within one run."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    RETRYING = "retrying"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_terminal(self) -> bool:
-        """Whether the step will not change again (succeeded, failed, skipped, cancelled)."""
-        return self in _TERMINAL
-
-
-_TERMINAL = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED})
 _DONE_OK = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED})
 
 RunOutcome = Literal["succeeded", "failed", "cancelled"]
 
 #: Error kind for a step whose condition or inputs cannot be evaluated.
-EXPRESSION_ERROR = "expression_error"
+EXPRESSION_ERROR = ErrorKind.EXPRESSION_ERROR
 
 
 @dataclass(frozen=True, slots=True)

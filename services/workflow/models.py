@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from services.contracts.vocabulary import ALWAYS_NON_RETRYABLE
+
 #: Reserved words of CEL; a step id must not be one, or ``steps.<id>`` would not parse.
 CEL_RESERVED_WORDS = frozenset(
     {
@@ -34,8 +36,6 @@ CEL_RESERVED_WORDS = frozenset(
 MAX_SAFE_INTEGER = 2**53 - 1
 #: Upper bound of a step timeout: one day.
 MAX_TIMEOUT_SECONDS = 24 * 60 * 60.0
-#: Error kinds that are never retried, whatever the policy says: retrying cannot change them.
-ALWAYS_NON_RETRYABLE = frozenset({"expression_error"})
 
 STEP_ID_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
