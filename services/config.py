@@ -107,7 +107,12 @@ class Settings(BaseSettings):
         ),
     )
     commit_interval_ms: int = Field(
-        default=100, ge=1, description="Longest a transaction stays open while input keeps arriving."
+        default=100,
+        ge=1,
+        description=(
+            "Longest a loop waits for a first record before its periodic tick; a batch is committed"
+            " as soon as it is taken (at once when idle, what was fetched meanwhile when busy)."
+        ),
     )
     transaction_timeout_ms: int = Field(
         default=15_000, ge=1000, description="Kafka transaction timeout; bounds the stall after a crash."
