@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import socket
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
@@ -212,6 +214,19 @@ class Settings(BaseSettings):
             " longer one, and the executor ends any attempt at this limit (kind timeout)."
         ),
     )
+    deadline_grace_ms: int = Field(
+        default=2_000,
+        ge=0,
+        description=(
+            "How long the router waits past a step attempt's deadline before timing it out itself,"
+            " so that the executor's own timeout report (sent at the deadline) normally wins."
+        ),
+    )
+    executor_max_in_flight: int = Field(
+        default=2_000,
+        ge=1,
+        description="Running attempts at which an executor pauses its partitions (resumes below half).",
+    )
     metrics_port: int = Field(default=0, ge=0, description="Port of /metrics, /healthz, /readyz (0: off).")
     metrics_host: str = Field(
         default="127.0.0.1",
@@ -299,6 +314,11 @@ def load_settings() -> Settings:
         return Settings()
     except (ValidationError, SettingsError) as exc:
         raise SettingsInvalid(settings_error_message(exc)) from None
+
+
+def default_instance_id(settings: Settings) -> str:
+    """This process's instance id: ``SWITCHYARD_INSTANCE_ID``, else hostname-pid."""
+    return settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
 @lru_cache(maxsize=1)

@@ -66,29 +66,25 @@ def executor(instance_id: str | None = typer.Option(None, help=INSTANCE_HELP)) -
 
 def projector() -> None:
     """Run the state projector: run history → PostgreSQL (exactly once, offsets stored with the data)."""
-    from services.projector.db import upgrade_database
     from services.projector.runner import run_projector
 
     settings = _settings()
     if not settings.database_url:
         err.print("[red]error:[/] DATABASE_URL is not set (`switchyard dev up` starts a local PostgreSQL).")
         raise typer.Exit(2)
-    upgrade_database(settings.database_url)
-    _serve({"projector": run_projector}, None)
+    _serve({"projector": run_projector}, None)  # it migrates the database as it starts
 
 
 def run(instance_id: str | None = typer.Option(None, help=INSTANCE_HELP)) -> None:
     """Run router, executor and projector in one process (development)."""
     from services.executor.service import run_executor
-    from services.projector.db import upgrade_database
     from services.projector.runner import run_projector
     from services.router.service import run_router
 
     settings = _settings()
     services: dict[str, object] = {"router": run_router, "executor": run_executor}
     if settings.database_url:
-        upgrade_database(settings.database_url)
-        services["projector"] = run_projector
+        services["projector"] = run_projector  # it migrates the database as it starts
     else:
         err.print("[yellow]DATABASE_URL is not set: running without the projector[/]")
     _serve(services, instance_id)

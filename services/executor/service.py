@@ -14,14 +14,12 @@ events topic and cancels the attempts of runs the router cancelled or failed.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 
 from services.actions.egress import EgressConfig
 from services.bus.topics import Topics, TopicsNotReady, admin_client, check_topics, internal_specs
 from services.bus.txloop import TransactionalLoop
-from services.config import Settings
+from services.config import Settings, default_instance_id
 from services.executor.cancellation import CancellationWatcher
 from services.executor.execute import GrantsLookup
 from services.executor.guardrails import Guardrails
@@ -35,10 +33,6 @@ from services.tenancy.config import TenantConfig
 DEFAULT_EXTERNAL_CALL_RATE: float = TenantConfig.model_fields["external_call_rate"].default
 
 log = logging.getLogger("services.executor")
-
-
-def default_instance_id(settings: Settings) -> str:
-    return settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def run_executor(
@@ -88,6 +82,7 @@ def run_executor(
         guardrails=guardrails,
         max_attempt_s=settings.max_step_timeout_s if max_attempt_s is None else max_attempt_s,
         ready=ready,
+        max_in_flight=settings.executor_max_in_flight,
     )
     processor.secrets = load_resolver(settings)  # fails fast on a provider that cannot start
     watcher: CancellationWatcher | None = None

@@ -352,7 +352,15 @@ class CoreProcessor:
         workflow = self._workflow(run)
         if workflow is None:  # untrusted now: the trust check ends the run
             return
-        compute = partial(machine.on_timer, run, workflow, timer, self.now_ms(), self.rand())
+        compute = partial(
+            machine.on_timer,
+            run,
+            workflow,
+            timer,
+            self.now_ms(),
+            self.rand(),
+            deadline_grace_ms=self.settings.deadline_grace_ms,
+        )
         self._step(state, run, compute, out)
 
     # --- inbox records -----------------------------------------------------------------------------
@@ -450,6 +458,7 @@ class CoreProcessor:
             self.now_ms(),
             self.rand(),
             max_run_output_bytes=self.settings.max_run_output_bytes,
+            deadline_grace_ms=self.settings.deadline_grace_ms,
         )
         self._step(state, run, compute, out, rejects=True)
 
@@ -786,7 +795,14 @@ class CoreProcessor:
                 if workflow is None:  # lost its trust since the decision: the trust check ends it
                     continue
                 try:
-                    self._step(state, run, partial(machine.start, run, workflow, self.now_ms()), out)
+                    start = partial(
+                        machine.start,
+                        run,
+                        workflow,
+                        self.now_ms(),
+                        deadline_grace_ms=self.settings.deadline_grace_ms,
+                    )
+                    self._step(state, run, start, out)
                 except StepRejected as exc:  # not even a failure could be written: leave it, loudly
                     self._log_run(run, "pending run could not be started nor failed", exc)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.config import Settings
 from services.contracts import strict_json
 from services.contracts.vocabulary import RUN_END_EVENTS, ErrorKind, EventType, RunStatus, StepStatus
 from services.router import retention
@@ -21,9 +22,10 @@ from services.router.state import RunState, StepRecord
 from services.workflow.compiled import CompiledWorkflow
 from services.workflow.expressions import EvalContext, ExpressionError
 
-#: The router waits this long past a step's deadline before declaring it timed out, so that the
-#: executor's own timeout report (sent at the deadline) normally wins the race.
-DEADLINE_GRACE_MS = 2_000
+#: Default of ``deadline_grace_ms`` (``SWITCHYARD_DEADLINE_GRACE_MS``): the router waits this long
+#: past a step's deadline before declaring it timed out, so that the executor's own timeout report
+#: (sent at the deadline) normally wins the race.
+DEADLINE_GRACE_MS: int = Settings.model_fields["deadline_grace_ms"].default
 
 
 @dataclass(frozen=True)
@@ -100,11 +102,13 @@ def admitted(run: RunState, source: str, omitted: str | None = None) -> Effects:
     return Effects(events=[Event(EventType.RUN_PENDING, state=RunStatus.PENDING.value, detail=detail)])
 
 
-def start(run: RunState, workflow: CompiledWorkflow, now_ms: int) -> Effects:
+def start(
+    run: RunState, workflow: CompiledWorkflow, now_ms: int, *, deadline_grace_ms: int = DEADLINE_GRACE_MS
+) -> Effects:
     effects = Effects()
     run.status = RunStatus.RUNNING
     effects.events.append(Event(EventType.RUN_STARTED, state=RunStatus.RUNNING.value))
-    _advance(run, workflow, now_ms, effects)
+    _advance(run, workflow, now_ms, effects, deadline_grace_ms)
     return effects
 
 
@@ -116,6 +120,7 @@ def on_result(
     rand: float,
     *,
     max_run_output_bytes: int | None = None,
+    deadline_grace_ms: int = DEADLINE_GRACE_MS,
 ) -> Effects:
     """Apply one StepResult. Stale or duplicate results are reported, never applied.
 
@@ -158,6 +163,7 @@ def on_result(
             effects,
             None,
             timing,
+            deadline_grace_ms,
         )
         return effects
     if result["status"] == StepStatus.SUCCEEDED:
@@ -174,7 +180,7 @@ def on_result(
                 {"output": rec.output, **timing},
             )
         )
-        _advance(run, workflow, now_ms, effects)
+        _advance(run, workflow, now_ms, effects, deadline_grace_ms)
     else:
         kind = result.get("error_kind") or ErrorKind.ACTION_ERROR
         _failed_attempt(
@@ -189,6 +195,7 @@ def on_result(
             effects,
             event_type=None,
             extra=timing,
+            deadline_grace_ms=deadline_grace_ms,
         )
     return effects
 
@@ -225,13 +232,21 @@ def fail_run(run: RunState, kind: str, message: str) -> Effects:
     return effects
 
 
-def on_timer(run: RunState, workflow: CompiledWorkflow, timer: Timer, now_ms: int, rand: float) -> Effects:
+def on_timer(
+    run: RunState,
+    workflow: CompiledWorkflow,
+    timer: Timer,
+    now_ms: int,
+    rand: float,
+    *,
+    deadline_grace_ms: int = DEADLINE_GRACE_MS,
+) -> Effects:
     effects = Effects()
     rec = run.steps.get(timer.step_id)
     if run.status.terminal or rec is None or rec.attempt != timer.attempt:
         return effects  # superseded timer
     if timer.kind == "retry" and rec.status == StepStatus.RETRYING:
-        _schedule(run, workflow, timer.step_id, now_ms, effects)
+        _schedule(run, workflow, timer.step_id, now_ms, effects, deadline_grace_ms)
         _refresh_status(run, effects)
     elif timer.kind == "deadline" and rec.status == StepStatus.RUNNING:
         _failed_attempt(
@@ -245,6 +260,7 @@ def on_timer(run: RunState, workflow: CompiledWorkflow, timer: Timer, now_ms: in
             rand,
             effects,
             event_type=EventType.STEP_TIMED_OUT,
+            deadline_grace_ms=deadline_grace_ms,
         )
     return effects
 
@@ -398,6 +414,7 @@ def _failed_attempt(
     effects: Effects,
     event_type: EventType | None,
     extra: dict[str, Any] | None = None,
+    deadline_grace_ms: int = DEADLINE_GRACE_MS,
 ) -> None:
     rec = run.steps[step_id]
     policy = workflow.definition.step(step_id).retry
@@ -430,10 +447,12 @@ def _failed_attempt(
             "error_message": f"step {step_id} failed after {rec.attempt} attempt(s): {message}",
         }
     )
-    _advance(run, workflow, now_ms, effects)
+    _advance(run, workflow, now_ms, effects, deadline_grace_ms)
 
 
-def _schedule(run: RunState, workflow: CompiledWorkflow, step_id: str, now_ms: int, effects: Effects) -> None:
+def _schedule(
+    run: RunState, workflow: CompiledWorkflow, step_id: str, now_ms: int, effects: Effects, grace_ms: int
+) -> None:
     rec = run.steps[step_id]
     step = workflow.definition.step(step_id)
     rec.attempt += 1
@@ -463,7 +482,7 @@ def _schedule(run: RunState, workflow: CompiledWorkflow, step_id: str, now_ms: i
         return
     deadline = now_ms + int(step.timeout * 1000)
     rec.status = StepStatus.RUNNING
-    rec.deadline_ms = deadline + DEADLINE_GRACE_MS
+    rec.deadline_ms = deadline + grace_ms
     command = Command(step_id, rec.attempt, step.action, inputs, deadline)
     effects.commands.append(command)
     effects.timers.append(Timer(rec.deadline_ms, run.run_id, step_id, rec.attempt, "deadline"))
@@ -483,7 +502,7 @@ def _schedule(run: RunState, workflow: CompiledWorkflow, step_id: str, now_ms: i
     )
 
 
-def _advance(run: RunState, workflow: CompiledWorkflow, now_ms: int, effects: Effects) -> None:
+def _advance(run: RunState, workflow: CompiledWorkflow, now_ms: int, effects: Effects, grace_ms: int) -> None:
     """Skip, start and finish until nothing changes (a start can fail at once on a bad expression)."""
     while not run.status.terminal:
         statuses = {sid: StepStatus(rec.status) for sid, rec in run.steps.items()}
@@ -521,7 +540,7 @@ def _advance(run: RunState, workflow: CompiledWorkflow, now_ms: int, effects: Ef
                 }
             )
         for step_id in advance.start:
-            _schedule(run, workflow, step_id, now_ms, effects)
+            _schedule(run, workflow, step_id, now_ms, effects, grace_ms)
         if advance.outcome == "succeeded":
             run.status = RunStatus.SUCCEEDED
             effects.events.append(Event(EventType.RUN_SUCCEEDED, state=RunStatus.SUCCEEDED.value))

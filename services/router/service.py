@@ -7,13 +7,11 @@ while router memory does (:mod:`services.router.history`)."""
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 
 from services.bus.topics import Topics, admin_client, check_topics, internal_specs
 from services.bus.txloop import TransactionalLoop
-from services.config import Settings
+from services.config import Settings, default_instance_id
 from services.registry.definitions import DefinitionCatalog, definitions_table
 from services.registry.tenants import tenants_table
 from services.router.core import CoreProcessor
@@ -24,10 +22,6 @@ from services.router.load import TenantLoad
 log = logging.getLogger(__name__)
 
 
-def default_instance_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
 def run_router(
     settings: Settings,
     stop: threading.Event,
@@ -36,7 +30,7 @@ def run_router(
     ready: threading.Event | None = None,
 ) -> None:
     """Run intake and core until ``stop`` is set. Blocks."""
-    instance = instance_id or settings.instance_id or default_instance_id()
+    instance = instance_id or default_instance_id(settings)
     topics = Topics(settings.topic_prefix)
     check_topics(admin_client(settings), internal_specs(settings))
     tenants = tenants_table(settings).start()
