@@ -38,17 +38,6 @@ class Admission:
     def enqueue(self, run: RunState) -> None:
         self.pending.setdefault(run.tenant, []).append(run.run_id)
 
-    def insert(self, run: RunState, runs: Mapping[str, RunState]) -> None:
-        """Queue ``run`` at its place in arrival order (a run put back after an abort)."""
-        queue = self.pending.setdefault(run.tenant, [])
-        at = len(queue)
-        for index, run_id in enumerate(queue):
-            other = runs.get(run_id)
-            if other is not None and other.arrival > run.arrival:
-                at = index
-                break
-        queue.insert(at, run.run_id)
-
     def drop(self, run: RunState) -> None:
         queue = self.pending.get(run.tenant)
         if queue and run.run_id in queue:

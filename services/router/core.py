@@ -348,7 +348,7 @@ class CoreProcessor:
         run = state.runs.get(timer.run_id)
         if run is None or run.status.terminal:
             return
-        self.store.touch(state, run.run_id)  # an abort gives the timer back with the run
+        self.store.touch(state, run.run_id, run.tenant)  # an abort gives the timer back with the run
         workflow = self._workflow(run)
         if workflow is None:  # untrusted now: the trust check ends the run
             return
@@ -397,7 +397,7 @@ class CoreProcessor:
             data = strict_json.loads(body["data_json"], "run request data_json")
         except strict_json.StrictJSONError as exc:
             raise StepRejected(exc.kind, str(exc)) from exc
-        self.store.touch(state, run_id)
+        self.store.touch(state, run_id, body["tenant"])
         state.arrivals += 1
         run = RunState(
             run_id=run_id,
@@ -499,7 +499,7 @@ class CoreProcessor:
                 write_rejects=True,
             )
 
-        self.store.touch(state, run.run_id)
+        self.store.touch(state, run.run_id, run.tenant)
         why_not = command_log.admit(run, body, self.now_ms(), int(self.settings.control_window_s * 1000))
         if why_not is not None:
             refuse(why_not)
@@ -583,7 +583,7 @@ class CoreProcessor:
             ) from exc
         if run is not None:  # what memory knows beyond the history: the decided command ids
             fresh.commands = dict(run.commands)
-        self.store.touch(state, run_id)
+        self.store.touch(state, run_id, fresh.tenant)
         state.arrivals += 1
         state.runs[run_id] = fresh
         assert fresh.finished_ms is not None
@@ -632,7 +632,7 @@ class CoreProcessor:
         ``router_error``. If the step's records cannot be written, the run is rolled back; then
         with ``write_rejects`` a :class:`StepRejected` goes to the caller, else the run fails
         with the specific kind (``record_too_large``, ``unencodable``, …)."""
-        self.store.touch(state, run.run_id)
+        self.store.touch(state, run.run_id, run.tenant)
         before = None if new else run.status
         mark = run.checkpoint()
         now = self.now_ms()
@@ -673,7 +673,7 @@ class CoreProcessor:
         step that could not be applied or written; ``lead`` events come first."""
         if run.status.terminal:  # a finished run cannot end twice: the input is dead-lettered
             raise StepRejected(kind, message)
-        self.store.touch(state, run.run_id)
+        self.store.touch(state, run.run_id, run.tenant)
         mark = run.checkpoint()
         now = self.now_ms()
         try:
@@ -758,7 +758,7 @@ class CoreProcessor:
         run = state.runs.get(run_id)
         if run is None or not run.status.terminal or run.compacted is not None:
             return
-        self.store.touch(state, run_id)
+        self.store.touch(state, run_id, run.tenant)
         retention.compact(run, reason)
         try:
             self.store.write(run_id, self.mapper.changelog(run, self.now_ms(), out.max_record_bytes))
@@ -790,6 +790,7 @@ class CoreProcessor:
             state = self.partitions.get(number)
             if state is None:
                 continue
+            self.store.touch_queue(state, tenant)
             for run in state.admission.decide(tenant, state.runs, partial(self._limits, state)):
                 workflow = self._workflow(run)
                 if workflow is None:  # lost its trust since the decision: the trust check ends it

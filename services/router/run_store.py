@@ -149,6 +149,8 @@ class RunStore:
         self._before: dict[tuple[int, str], PreImage] = {}
         self._arrivals: dict[int, int] = {}  # partition -> its arrival counter at the last commit
         self._expired: dict[int, list[FinishedEntry]] = {}  # expiry entries taken since then
+        # (partition, tenant) -> its pending queue at the last commit (None: it had none)
+        self._queues: dict[tuple[int, str], list[str] | None] = {}
 
     def new_partition(self, number: int) -> PartitionState:
         state = PartitionState(number)
@@ -160,25 +162,35 @@ class RunStore:
         self._before = {key: pre for key, pre in self._before.items() if key[0] != number}
         self._arrivals.pop(number, None)
         self._expired.pop(number, None)
+        self._queues = {key: queue for key, queue in self._queues.items() if key[0] != number}
 
     @property
     def run_count(self) -> int:
         return sum(len(p.runs) for p in self.partitions.values())
 
     # --- pre-images -------------------------------------------------------------------------------
-    def touch(self, state: PartitionState, run_id: str) -> None:
-        """Keep the run's pre-image unless it changed already since the last commit. Called before
-        anything of a run changes (or a run is created, replaced or removed)."""
+    def touch(self, state: PartitionState, run_id: str, tenant: str) -> None:
+        """Keep the run's pre-image unless it changed already since the last commit, and its
+        tenant's queue. Called before anything of a run changes (or a run is created, replaced
+        or removed): only a change to a run of the tenant changes the tenant's queue."""
         key = (state.partition, run_id)
         if key in self._before:
             return
         self._arrivals.setdefault(state.partition, state.arrivals)
+        self.touch_queue(state, tenant)
         run = state.runs.get(run_id)
         if run is None:
             self._before[key] = PreImage(None, None, {}, None)
         else:
             size = state.replay_budget.size_of(run.tenant, run_id)
             self._before[key] = PreImage(run, run.checkpoint(), run.commands, size)
+
+    def touch_queue(self, state: PartitionState, tenant: str) -> None:
+        """Keep the tenant's pending queue as it was at the last commit (before an admission
+        decision changes it)."""
+        if (state.partition, tenant) not in self._queues:
+            queue = state.admission.pending.get(tenant)
+            self._queues[(state.partition, tenant)] = None if queue is None else list(queue)
 
     @property
     def touched(self) -> int:
@@ -189,10 +201,12 @@ class RunStore:
         self._before.clear()
         self._arrivals.clear()
         self._expired.clear()
+        self._queues.clear()
 
     def roll_back(self) -> None:
         """Undo everything since the last commit: the touched runs are put back as they were, with
-        their timers, slots, queue places, open-run and budget entries; expired ones return."""
+        their timers, slots, open-run and budget entries (a put-back budget entry counts as its
+        tenant's newest), their tenants' queues as they were; expired ones return."""
         self.dirty.clear()
         for (number, run_id), pre in self._before.items():
             state = self.partitions.get(number)
@@ -210,6 +224,14 @@ class RunStore:
             state = self.partitions.get(number)
             if state is not None:
                 state.finished = deque(heapq.merge(sorted(entries), state.finished))
+        for (number, tenant), queue in self._queues.items():
+            state = self.partitions.get(number)
+            if state is None:
+                continue
+            if queue is None:
+                state.admission.pending.pop(tenant, None)
+            else:
+                state.admission.pending[tenant] = queue
         for number, arrivals in self._arrivals.items():
             state = self.partitions.get(number)
             if state is not None:
@@ -236,7 +258,7 @@ class RunStore:
             finished_at, run_id = entry
             run = state.runs.get(run_id)
             if run is not None and run.status.terminal and run.finished_ms == finished_at:
-                self.touch(state, run_id)
+                self.touch(state, run_id, run.tenant)
                 del state.runs[run_id]
                 state.replay_budget.discard(run.tenant, run_id)
                 state.timers.drop_run(run_id)
@@ -246,12 +268,11 @@ class RunStore:
 
 
 def _unindex(state: PartitionState, run: RunState) -> None:
-    """Take a run out of everything derived from it (its finished entry stays: stale entries are
-    skipped at expiry)."""
+    """Take a run out of everything derived from it but its tenant's queue (put back whole) and
+    its finished entry (stale entries are skipped at expiry)."""
     state.closed(run)
     if run.status in ACTIVE:
         state.admission.count(run, -1)
-    state.admission.drop(run)
     state.timers.drop_run(run.run_id)
     state.replay_budget.discard(run.tenant, run.run_id)
 
@@ -259,9 +280,7 @@ def _unindex(state: PartitionState, run: RunState) -> None:
 def _index(state: PartitionState, run: RunState, budget: int | None) -> None:
     if not run.status.terminal:
         state.opened(run)
-    if run.status == RunStatus.PENDING:
-        state.admission.insert(run, state.runs)
-    elif run.status in ACTIVE:
+    if run.status in ACTIVE:
         state.admission.count(run, +1)
         for timer in step_timers(run):
             state.timers.add(timer)
