@@ -24,6 +24,7 @@ figures compare in one run.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -159,9 +160,10 @@ def measure_variant(
             result = probe.one()
             result["idle_s"] = idle
             result["x_warm"] = round(result["latency_s"] / warm_s, 2)
+            result["load_1m"] = round(os.getloadavg()[0], 1)  # a shared box: say how busy it was
             log(
                 f"{variant.name}: after {idle:g} s idle: {result['latency_s'] * 1000:.0f} ms"
-                f" ({result['x_warm']}x warm)"
+                f" ({result['x_warm']}x warm; load average {result['load_1m']})"
             )
             after.append(result)
         return {
@@ -209,7 +211,10 @@ def markdown(doc: dict[str, Any]) -> str:
     head = "| variant | warm (median) | " + " | ".join(f"after {i:g} s idle" for i in idles) + " |"
     lines = [head, "| --- " * (2 + len(idles)) + "|"]
     for r in doc["results"]:
-        cells = [f"{a['latency_s'] * 1000:,.0f} ms ({a['x_warm']}x)" for a in r["after_idle"]]
+        cells = [
+            f"{a['latency_s'] * 1000:,.0f} ms ({a['x_warm']}x, load {a.get('load_1m', '?')})"
+            for a in r["after_idle"]
+        ]
         lines.append(f"| {r['variant']} | {r['warm_s'] * 1000:,.0f} ms | " + " | ".join(cells) + " |")
     for r in doc["results"]:
         lines += ["", f"Per hop, {r['variant']} (ms): warm run, then each idle run", ""]
