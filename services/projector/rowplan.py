@@ -27,6 +27,7 @@ from services.projector.events import ProjectedEvent
 
 Op = Literal["keep", "set", "coalesce", "greatest"]
 OP_CODES: dict[Op, int] = {"keep": 0, "set": 1, "coalesce": 2, "greatest": 3}
+_KEEP: tuple[Op, Any] = ("keep", None)
 
 
 def pg_greatest(a: Any, b: Any) -> Any:
@@ -82,23 +83,30 @@ class RowPlan:
     @classmethod
     def start(cls, change: RowChange, columns: Iterable[str]) -> RowPlan:
         """The plan of one change; ``columns`` are the table's non-key columns."""
-        insert = {c: change.values.get(c) for c in columns}
-        ops: dict[str, tuple[Op, Any]] = {c: ("keep", None) for c in insert}
+        values = change.values
+        insert = dict.fromkeys(columns)
+        for column, value in values.items():
+            if column in insert:
+                insert[column] = value
+        ops: dict[str, tuple[Op, Any]] = dict.fromkeys(insert, _KEEP)
         for column, how in change.merge.items():
-            ops[column] = (how, change.values.get(column))
+            ops[column] = (how, values.get(column))
         return cls(dict(change.key), insert, ops)
 
     def extend(self, change: RowChange) -> bool:
         """Fold ``change`` (applied after this plan) into it; False (plan unchanged) if impossible."""
-        ops = dict(self.ops)
+        ops = self.ops
+        values = change.values
+        composed: list[tuple[str, tuple[Op, Any]]] = []
         for column, how in change.merge.items():
-            composed = compose(ops[column], (how, change.values.get(column)))
-            if composed is None:
+            op = compose(ops[column], (how, values.get(column)))
+            if op is None:
                 return False
-            ops[column] = composed
+            composed.append((column, op))
+        insert = self.insert
         for column, how in change.merge.items():
-            self.insert[column] = apply_op(how, self.insert[column], change.values.get(column))
-        self.ops = ops
+            insert[column] = apply_op(how, insert[column], values.get(column))
+        ops.update(composed)
         return True
 
     def apply(self, existing: dict[str, Any] | None) -> dict[str, Any]:

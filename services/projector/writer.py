@@ -10,7 +10,8 @@ and dead letters in ``control_commands`` (see :mod:`.control`), store the reject
 
 Set-based: the applied events' changes are coalesced per row in memory (:mod:`.rowplan`; the
 events of a partition are ordered) and each table is written by one statement per batch, built
-once at import, whose parameters are one array per column read with ``unnest`` (``run_events``:
+once at import, whose one parameter is the rows as a jsonb array of arrays, serialised by orjson
+and read with ``jsonb_array_elements`` (``run_events``:
 one ``INSERT … SELECT``; ``runs``: skeletons, then one ``UPDATE … FROM``; ``steps`` and
 ``attempts``: ``UPDATE … FROM`` of the existing rows, then ``INSERT … ON CONFLICT DO NOTHING`` of
 the new ones). The hot path speaks psycopg directly on the SQLAlchemy connection's transaction.
@@ -32,10 +33,13 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, cast
 
+import orjson
 import psycopg
 import sqlalchemy as sa
+from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from services.projector.bounds import MAX_KIND, MAX_MESSAGE, storable_bytes, storable_text
@@ -116,30 +120,44 @@ def _raw(conn: sa.Connection) -> psycopg.Connection[Any]:
     return cast("psycopg.Connection[Any]", conn.connection.driver_connection)
 
 
-def _json(value: Any) -> str | None:
-    # Python None is SQL NULL (as the models' JSONB(none_as_null=True)), not the JSON null.
-    # allow_nan=False: NaN is not JSON (jsonb refuses it); values are storable (see .bounds)
-    # already, so this only fails on a bug, which then fails its record, not the batch forever.
-    return None if value is None else json.dumps(value, allow_nan=False)
-
-
-# Every hot statement takes one array per column and reads them with unnest(): one statement
-# (one round trip, one plan) per table per batch, however many rows. JSON travels as text.
-_SQL_ARRAY = {"text": "text[]", "integer": "int[]", "bigint": "bigint[]", "timestamptz": "timestamptz[]",
-              "jsonb": "text[]", "boolean": "bool[]"}  # fmt: skip
-
-
-def _unnest(columns: dict[str, str], *, ordinality: bool = False) -> str:
-    """``unnest(%b::t1[], …) AS s(c1, …)`` for ``columns`` (name → SQL type); ``ord`` numbers rows."""
-    # %b: arrays go in binary (no per-element quoting and escaping on either side)
-    arrays = ", ".join(f"%b::{_SQL_ARRAY[t]}" for t in columns.values())
+# Every hot statement takes its rows as one jsonb array of row arrays (serialised by orjson, in C)
+# and reads them with jsonb_array_elements(): one statement (one round trip, one plan) per table
+# per batch, however many rows, and no per-value work in Python on the way out. A JSON null in a
+# jsonb column is SQL NULL, as Python None always was (JSONB(none_as_null=True) in the models).
+def _rows(columns: dict[str, str], *, ordinality: bool = False) -> str:
+    """``(SELECT … FROM jsonb_array_elements(%b) …) AS s`` naming ``columns`` (name → SQL type) in
+    the order of each row array; ``ord`` numbers the rows."""
+    fields = ", ".join(
+        f"nullif(r.j->{i}, 'null') AS {c}" if t == "jsonb" else f"(r.j->>{i})::{t} AS {c}"
+        for i, (c, t) in enumerate(columns.items())
+    )
     if ordinality:
-        return f"unnest({arrays}) WITH ORDINALITY AS s({', '.join(columns)}, ord)"
-    return f"unnest({arrays}) AS s({', '.join(columns)})"
+        return f"(SELECT {fields}, r.ord FROM jsonb_array_elements(%b) WITH ORDINALITY AS r(j, ord)) AS s"  # noqa: S608
+    return f"(SELECT {fields} FROM jsonb_array_elements(%b) AS r(j)) AS s"  # noqa: S608
 
 
-def _value(column: str, types: dict[str, str]) -> str:
-    return f"s.{column}::jsonb" if types[column] == "jsonb" else f"s.{column}"
+def _plain(value: Any) -> Any:
+    """A value orjson writes as is; any other (a JSON value orjson refuses: an integer beyond 64
+    bits) as the standard library writes it."""
+    if value is None or isinstance(value, str | int | float | datetime | orjson.Fragment):
+        return value
+    try:
+        return orjson.Fragment(orjson.dumps(value))
+    except orjson.JSONEncodeError:
+        # allow_nan=False: NaN is not JSON (jsonb refuses it); values are storable (see .bounds)
+        # already, so this only fails on a bug, which then fails its record, not the batch forever.
+        return orjson.Fragment(json.dumps(value, allow_nan=False))
+
+
+def _dump_rows(rows: Sequence[Sequence[Any]]) -> bytes:
+    try:
+        return orjson.dumps(rows)
+    except orjson.JSONEncodeError:  # rare: redo value by value (see _plain)
+        return orjson.dumps([[_plain(v) for v in row] for row in rows])
+
+
+def _param(rows: Sequence[Sequence[Any]]) -> Jsonb:
+    return Jsonb(rows, dumps=_dump_rows)
 
 
 _STEP_KEYS = {"run_id": "text", "step_id": "text"}
@@ -165,7 +183,6 @@ _ATTEMPT_TYPES = {
     "error_message": "text",
     "executor_id": "text",
 }
-_JSON_COLUMNS = frozenset({"output", "inputs", "trigger_data", "detail"})
 
 
 def _plan_sql(table: str, keys: dict[str, str], types: dict[str, str]) -> tuple[bytes, bytes]:
@@ -177,19 +194,17 @@ def _plan_sql(table: str, keys: dict[str, str], types: dict[str, str]) -> tuple[
     ins = {f"i_{c}": t for c, t in types.items()}
     ops = {f"o_{c}": "integer" for c in types}
     args = {f"a_{c}": t for c, t in types.items()}
-    all_types = {**keys, **ins, **ops, **args}
     sets = ", ".join(
-        f"{c} = CASE s.o_{c} WHEN 1 THEN {_value('a_' + c, all_types)} "
-        f"WHEN 2 THEN coalesce(t.{c}, {_value('a_' + c, all_types)}) "
-        f"WHEN 3 THEN greatest(t.{c}, {_value('a_' + c, all_types)}) ELSE t.{c} END"
+        f"{c} = CASE s.o_{c} WHEN 1 THEN s.a_{c} WHEN 2 THEN coalesce(t.{c}, s.a_{c}) "
+        f"WHEN 3 THEN greatest(t.{c}, s.a_{c}) ELSE t.{c} END"
         for c in types
     )
     match = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-    update = f"UPDATE {table} AS t SET {sets} FROM {_unnest({**keys, **ops, **args})} WHERE {match}"  # noqa: S608
+    update = f"UPDATE {table} AS t SET {sets} FROM {_rows({**keys, **ops, **args})} WHERE {match}"  # noqa: S608
     cols = (*keys, *types)
-    values = ", ".join([*(f"s.{k}" for k in keys), *(_value(f"i_{c}", all_types) for c in types)])
+    values = ", ".join([*(f"s.{k}" for k in keys), *(f"s.i_{c}" for c in types)])
     insert = (
-        f"INSERT INTO {table} ({', '.join(cols)}) SELECT {values} FROM {_unnest({**keys, **ins})} "  # noqa: S608
+        f"INSERT INTO {table} ({', '.join(cols)}) SELECT {values} FROM {_rows({**keys, **ins})} "  # noqa: S608
         f"ON CONFLICT ({', '.join(keys)}) DO NOTHING"
     )
     return update.encode(), insert.encode()
@@ -210,7 +225,7 @@ _RUN_SKELETON = {
     "last_seq": "integer",
 }
 _SKELETONS_SQL = (
-    f"INSERT INTO runs ({', '.join(_RUN_SKELETON)}) SELECT * FROM {_unnest(_RUN_SKELETON)} "  # noqa: S608
+    f"INSERT INTO runs ({', '.join(_RUN_SKELETON)}) SELECT * FROM {_rows(_RUN_SKELETON)} "  # noqa: S608
     "ON CONFLICT (run_id) DO NOTHING"
 ).encode()
 _RUN_TYPES = {
@@ -234,10 +249,8 @@ _RUN_PLAN = {
 }
 _RUN_UPDATE_SQL = (
     "UPDATE runs AS t SET last_seq = s.last_seq, updated_at = s.updated_at, "  # noqa: S608
-    + ", ".join(
-        f"{c} = CASE WHEN s.h_{c} THEN {_value('v_' + c, _RUN_PLAN)} ELSE t.{c} END" for c in _RUN_TYPES
-    )
-    + f", started_at = coalesce(t.started_at, s.started_at) FROM {_unnest(_RUN_PLAN)} "
+    + ", ".join(f"{c} = CASE WHEN s.h_{c} THEN s.v_{c} ELSE t.{c} END" for c in _RUN_TYPES)
+    + f", started_at = coalesce(t.started_at, s.started_at) FROM {_rows(_RUN_PLAN)} "
     "WHERE t.run_id = s.run_id AND t.last_seq < s.after_seq RETURNING t.run_id"
 ).encode()
 
@@ -263,15 +276,10 @@ _EVENT_TYPES = {
 # keeps the batch's order, so of two records with one (run_id, seq) the first read is the one kept.
 _EVENTS_SQL = (
     f"INSERT INTO run_events ({', '.join(_EVENT_TYPES)}) "  # noqa: S608
-    f"SELECT {', '.join(_value(c, _EVENT_TYPES) for c in _EVENT_TYPES)} "
-    f"FROM {_unnest(_EVENT_TYPES, ordinality=True)} ORDER BY ord "
+    f"SELECT {', '.join(f's.{c}' for c in _EVENT_TYPES)} "
+    f"FROM {_rows(_EVENT_TYPES, ordinality=True)} ORDER BY ord "
     "ON CONFLICT DO NOTHING RETURNING event_id"
 ).encode()
-
-
-def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
-    """Row-major → one list per column (the arrays unnest() reads)."""
-    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
 def _insert_skeletons(conn: sa.Connection, events: Sequence[ProjectedEvent]) -> None:
@@ -280,7 +288,7 @@ def _insert_skeletons(conn: sa.Connection, events: Sequence[ProjectedEvent]) -> 
         first.setdefault(ev.run_id, ev)
     if first:
         rows = [tuple(run_skeleton(ev)[c] for c in _RUN_SKELETON) for ev in first.values()]
-        _raw(conn).execute(_SKELETONS_SQL, _columns(rows, len(_RUN_SKELETON)))
+        _raw(conn).execute(_SKELETONS_SQL, (_param(rows),))
 
 
 def _event_row(ev: ProjectedEvent) -> tuple[Any, ...]:
@@ -297,7 +305,7 @@ def _event_row(ev: ProjectedEvent) -> tuple[Any, ...]:
         ev.state,
         ev.at,
         ev.correlation_id,
-        ev.detail_text if ev.detail_text is not None else _json(ev.raw_detail),
+        orjson.Fragment(ev.detail_text) if ev.detail_text is not None else ev.raw_detail,
         ev.where.topic,
         ev.where.partition,
         ev.where.offset,
@@ -308,7 +316,7 @@ def _insert_events(conn: sa.Connection, events: Sequence[ProjectedEvent]) -> set
     if not events:
         return set()
     rows = [_event_row(ev) for ev in events]
-    cur = _raw(conn).execute(_EVENTS_SQL, _columns(rows, len(_EVENT_TYPES)))
+    cur = _raw(conn).execute(_EVENTS_SQL, (_param(rows),))
     return {row[0] for row in cur.fetchall()}
 
 
@@ -320,30 +328,20 @@ def _write_plans(
 ) -> None:
     update, insert = sql
     for plans in rounds:
-        keys = [tuple(p.key.values()) for p in plans]
-        updates: list[tuple[Any, ...]] = []
-        inserts: list[tuple[Any, ...]] = []
-        for key, plan in zip(keys, plans, strict=True):
+        updates: list[list[Any]] = []
+        inserts: list[list[Any]] = []
+        for plan in plans:
+            key = list(plan.key.values())
             ops = [plan.ops[c] for c in types]
-            inserted = [plan.insert[c] for c in types]
-            if _JSON_COLUMNS.intersection(types):
-                ops = [
-                    (op, _json(arg)) if c in _JSON_COLUMNS else (op, arg)
-                    for c, (op, arg) in zip(types, ops, strict=True)
-                ]
-                inserted = [
-                    _json(v) if c in _JSON_COLUMNS else v for c, v in zip(types, inserted, strict=True)
-                ]
-            updates.append((*key, *(OP_CODES[op] for op, _ in ops), *(arg for _, arg in ops)))
-            inserts.append((*key, *inserted))
-        width = len(keys[0])
-        conn.execute(update, _columns(updates, width + 2 * len(types)))
-        conn.execute(insert, _columns(inserts, width + len(types)))
+            updates.append([*key, *(OP_CODES[op] for op, _ in ops), *(arg for _, arg in ops)])
+            inserts.append([*key, *(plan.insert[c] for c in types)])
+        conn.execute(update, (_param(updates),))
+        conn.execute(insert, (_param(inserts),))
 
 
 def _run_row(plan: RunPlan) -> tuple[Any, ...]:
     present = [c in plan.sets for c in _RUN_TYPES]
-    values = [_json(plan.sets.get(c)) if c in _JSON_COLUMNS else plan.sets.get(c) for c in _RUN_TYPES]
+    values = [plan.sets.get(c) for c in _RUN_TYPES]
     return (plan.run_id, plan.after_seq, plan.last_seq, plan.updated_at, plan.started_at, *present, *values)
 
 
@@ -366,11 +364,11 @@ def _update_runs(conn: psycopg.Connection[Any], events: Sequence[ProjectedEvent]
             composites.append(plan)
     if composites:
         rows = [_run_row(p) for p in composites]
-        updated = {row[0] for row in conn.execute(_RUN_UPDATE_SQL, _columns(rows, len(_RUN_PLAN))).fetchall()}
+        updated = {row[0] for row in conn.execute(_RUN_UPDATE_SQL, (_param(rows),)).fetchall()}
         sequential.extend(p.run_id for p in composites if p.run_id not in updated)
     for run_id in sequential:
         for plan in run_sequence(per_run[run_id]):
-            conn.execute(_RUN_UPDATE_SQL, _columns([_run_row(plan)], len(_RUN_PLAN)))
+            conn.execute(_RUN_UPDATE_SQL, (_param([_run_row(plan)]),))
 
 
 def _apply_events(conn: sa.Connection, events: Sequence[ProjectedEvent]) -> None:
