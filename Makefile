@@ -1,10 +1,19 @@
 # Switchyard developer entry points. `make demo` and `make test` are the README's two commands:
 # each creates the virtualenv on first use, and the local Kafka/PostgreSQL start on demand.
+#
+# `make test` is the fast suite, every scenario but the slow ones: unit, integration, packaging,
+# secured broker and three-node cluster tests, first on PYTEST_WORKERS pytest-xdist workers
+# (most of a test's time is waiting on the broker, so more workers than cores still help), then
+# the `serial` tests alone (they assert wall-clock bounds that other workers' load would break).
+# `make test-slow` is the fault suite (tests/faults: kills, restarts, a hostile tenant) and the
+# benchmark smoke, one at a time: minutes each, and timing-sensitive. CI (.ci/run) runs both;
+# `python -m pytest` alone still runs everything serially. Markers: tests/conftest.py.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+PYTEST_WORKERS ?= 4
 
-.PHONY: demo test lint install clean-venv
+.PHONY: demo test test-slow lint install clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +26,15 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/switchyard demo
 
+# Both parts always run; the target fails with the first part's failing exit code.
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest
+	rc=0; \
+	$(BIN)/python -m pytest -m "not slow and not serial" -n $(PYTEST_WORKERS) --dist loadgroup || rc=$$?; \
+	$(BIN)/python -m pytest -m "serial and not slow" || { s=$$?; [ "$$rc" -ne 0 ] || rc=$$s; }; \
+	exit $$rc
+
+test-slow: $(BIN)/.installed
+	$(BIN)/python -m pytest -m slow
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -25,6 +25,7 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, kafka_bootstrap: str, unique: str) 
     get_settings.cache_clear()
 
 
+@pytest.mark.serial  # wall-clock bound: run alone (tests/conftest.py)
 def test_trigger_for_an_unknown_tenant_fails_fast(cli_env: str, capfd: pytest.CaptureFixture[str]) -> None:
     runner = CliRunner()
     started = time.monotonic()
@@ -36,6 +37,7 @@ def test_trigger_for_an_unknown_tenant_fails_fast(cli_env: str, capfd: pytest.Ca
     assert "%" not in capfd.readouterr().err
 
 
+@pytest.mark.serial  # wall-clock bound: run alone (tests/conftest.py)
 def test_trigger_with_no_broker_fails_within_the_metadata_timeout(
     monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -205,6 +205,7 @@ def test_runs_that_left_the_router_or_outlived_a_restart_are_replayed_from_their
     )
 
 
+@pytest.mark.serial  # wall-clock bound: run alone (tests/conftest.py)
 def test_the_history_lookup_on_postgresql_answers_for_its_prefix_only_and_fails_fast(
     database_url: str,
 ) -> None:

@@ -277,6 +277,7 @@ def test_two_routers_and_two_executors_survive_a_rebalance(
         assert [e["step_id"] for e in events if e["type"] == "step_succeeded"] == ["a", "b", "c"], run_id
 
 
+@pytest.mark.serial  # wall-clock bound: run alone (tests/conftest.py)
 def test_a_slow_step_does_not_hold_up_other_steps_on_its_partition(engine: Engine) -> None:
     engine.publish("""
 name: slowpoke

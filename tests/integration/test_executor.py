@@ -172,6 +172,7 @@ def test_outputs_and_failures(executor: Executor, make_consumer: Callable[..., C
     assert results[invalid["run_id"]][1]["error_kind"] == "invalid_input"
 
 
+@pytest.mark.serial  # wall-clock bound: run alone (tests/conftest.py)
 def test_deadlines(executor: Executor, make_consumer: Callable[..., Consumer]) -> None:
     now_ms = int(time.time() * 1000)
     slow = executor.send("sleep", {"seconds": 30}, deadline=now_ms + 500)
@@ -218,6 +219,7 @@ def test_undecodable_records_are_dead_lettered(
     assert results[good["run_id"]][1]["status"] == "succeeded"
 
 
+@pytest.mark.serial  # wall-clock bound: run alone (tests/conftest.py)
 def test_many_slow_actions_run_concurrently(
     executor: Executor, make_consumer: Callable[..., Consumer]
 ) -> None:

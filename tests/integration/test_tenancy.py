@@ -105,6 +105,7 @@ def test_concurrency_limit_is_never_exceeded_and_pending_runs_start_in_arrival_o
     assert all(evs[-1]["type"] == "run_succeeded" for evs in runs.values())
 
 
+@pytest.mark.serial  # wall-clock bound: run alone (tests/conftest.py)
 def test_trigger_rate_limit_holds_and_no_trigger_is_lost(engine_factory: Callable[..., Engine]) -> None:
     rate, burst, count = 20.0, 5, 80
     eng = start_engine(engine_factory, trigger_rate=rate, trigger_burst=burst)
@@ -175,6 +176,7 @@ def test_suspended_tenant_is_refused_and_payload_tenant_is_ignored(
     assert "suspended" in suspended[0]["error_message"]
 
 
+@pytest.mark.serial  # wall-clock bound: run alone (tests/conftest.py)
 def test_noisy_neighbour_does_not_slow_the_quiet_tenant(engine_factory: Callable[..., Engine]) -> None:
     eng = start_engine(engine_factory, trigger_rate=50.0, trigger_burst=50)
     public_key = read_tenants(eng.settings)["acme"].keyring_or_empty().keys[0].public_key
