@@ -14,8 +14,8 @@ from services.commands import (
     control,
     demo,
     dev,
-    engine,
     operator,
+    processes,
     runs,
     status,
     tenant,
@@ -37,18 +37,18 @@ workflow_registry.register(workflow.app)
 app.add_typer(workflow.app, name="workflow", help="Workflow definitions: validate, sign, publish, inspect.")
 app.add_typer(tenant.app, name="tenant")
 app.add_typer(operator.app, name="operator")
-app.add_typer(engine.topics_app, name="topics")
-app.add_typer(engine.db_app, name="db")
+app.add_typer(processes.topics_app, name="topics")
+app.add_typer(processes.db_app, name="db")
 app.add_typer(runs.app, name="runs", help="Run history from PostgreSQL.")
 app.add_typer(triggers.app, name="triggers")
 app.add_typer(audit.app, name="audit", help="Audit the projection against the Kafka log.")
 app.add_typer(acl.app, name="acl")
 app.add_typer(console_cli.app, name="console")
-app.command()(engine.router)
-app.command()(engine.executor)
-app.command()(engine.projector)
-app.command()(engine.run)
-app.command()(engine.trigger)
+app.command()(processes.router)
+app.command()(processes.executor)
+app.command()(processes.projector)
+app.command()(processes.run)
+app.command()(processes.trigger)
 app.command()(control.replay)
 app.command()(control.cancel)
 app.command()(demo.demo)

@@ -14,7 +14,7 @@ import typer
 from confluent_kafka.admin import AclBinding  # type: ignore[attr-defined]
 
 from services.bus.topics import TENANT_ID, Topics, admin_client
-from services.commands.engine import _settings
+from services.commands.connections import kafka_settings
 from services.commands.text import console, esc
 from services.config import get_settings
 from services.tenancy import acl
@@ -117,7 +117,7 @@ def apply(
     as_json: bool = AS_JSON,
 ) -> None:
     """Create the bindings of `acl plan` on the cluster (idempotent; run as the cluster's admin)."""
-    settings = _settings()
+    settings = kafka_settings()
     planned = _bindings(_entries(role, tenant, principal), Topics(settings.topic_prefix))
     everything = [b for _, _, bindings in planned for b in bindings]
     if not acl.apply(admin_client(settings), everything):

@@ -17,8 +17,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.commands import options
-from services.commands.engine import _settings
-from services.commands.runs import _session
+from services.commands.connections import db_session, kafka_settings
 from services.commands.text import console, esc
 from services.control.commands import ControlSender, Kind, command
 from services.control.keys import NoOperatorKey, OperatorKey, configured_key
@@ -31,7 +30,7 @@ KEY_ID_HELP = "Key id of --key as registered (default: the file name without .ke
 
 def _key(path: str | None, key_id: str | None) -> OperatorKey:
     try:
-        return configured_key(_settings(), path, key_id)
+        return configured_key(kafka_settings(), path, key_id)
     except NoOperatorKey as exc:
         err.print(f"[red]error:[/] {esc(exc)}")
         raise typer.Exit(2) from exc
@@ -40,7 +39,7 @@ def _key(path: str | None, key_id: str | None) -> OperatorKey:
 def _run_tenant(run_id: str) -> str:
     from services.projector.models import Run
 
-    with _session() as session:
+    with db_session() as session:
         run = session.get(Run, run_id)
     if run is None:
         err.print(
@@ -56,7 +55,7 @@ def _wait_outcomes(command_ids: list[str], timeout_s: float) -> dict[str, Any]:
     outcomes: dict[str, Any] = {}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and len(outcomes) < len(command_ids):
-        with _session() as session:
+        with db_session() as session:
             for cid in command_ids:
                 if cid not in outcomes:
                     row = control_outcome(session, cid)
@@ -89,7 +88,7 @@ def _report_one(cmd: dict[str, Any], wait: float) -> None:
 def _send_one(
     kind: Kind, run_id: str, tenant: str | None, key: OperatorKey, reason: str, step: str | None, wait: float
 ) -> None:
-    settings = _settings()
+    settings = kafka_settings()
     cmd = command(kind, tenant or _run_tenant(run_id), run_id, key.key_id, reason, step_id=step, key=key)
     sender = ControlSender(settings)
     sender.send(cmd)
@@ -181,7 +180,7 @@ def _bulk(
             raise typer.BadParameter(problem, param_hint="'--since'") from None
         if since_at.tzinfo is None:
             since_at = since_at.replace(tzinfo=dt.UTC)
-    with _session() as session:
+    with db_session() as session:
         runs = failed_runs(
             session, tenant, workflow=workflow, version=version, error_kind=error_kind, since=since_at
         )
@@ -189,7 +188,7 @@ def _bulk(
     err.print(f"{len(runs)} failed runs, {steps} failed steps match")
     if signer is None or not runs:
         return
-    settings = _settings()
+    settings = kafka_settings()
     bulk_id = str(uuid.uuid4())
     sender = ControlSender(settings)
     ids = []

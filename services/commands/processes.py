@@ -1,4 +1,5 @@
-"""`switchyard router | executor | projector | run | topics | trigger`: the engine's processes, plumbing."""
+"""`switchyard router | executor | projector | run`: the engine's processes (the projector migrates
+the database as it starts); `topics`, `db`, `trigger`: their plumbing."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from services.bus.topics import (
     ensure_topics,
     internal_specs,
 )
+from services.commands.connections import kafka_settings
 from services.commands.text import console, esc
-from services.config import Settings, get_settings
+from services.config import get_settings
 from services.contracts import serde
 from services.runtime import install_signal_handlers, run_services, setup_logging
 
@@ -29,19 +31,8 @@ INSTANCE_HELP = "Stable id of this instance (keeps its transactional id across r
 INSTANCE_HELP += "its predecessor at once). Default: SWITCHYARD_INSTANCE_ID, else hostname-pid."
 
 
-def _settings() -> Settings:
-    settings = get_settings()
-    if not settings.kafka_bootstrap_servers:
-        err.print(
-            "[red]error:[/] KAFKA_BOOTSTRAP_SERVERS is not set. Start a local broker with "
-            '`switchyard dev up` and `eval "$(switchyard dev env)"`.'
-        )
-        raise typer.Exit(2)
-    return settings
-
-
 def _serve(services: dict[str, object], instance_id: str | None) -> None:
-    settings = _settings()
+    settings = kafka_settings()
     if instance_id:
         settings = settings.model_copy(update={"instance_id": instance_id})
     setup_logging(settings)
@@ -68,7 +59,7 @@ def projector() -> None:
     """Run the state projector: run history → PostgreSQL (exactly once, offsets stored with the data)."""
     from services.projector.runner import run_projector
 
-    settings = _settings()
+    settings = kafka_settings()
     if not settings.database_url:
         err.print("[red]error:[/] DATABASE_URL is not set (`switchyard dev up` starts a local PostgreSQL).")
         raise typer.Exit(2)
@@ -81,7 +72,7 @@ def run(instance_id: str | None = typer.Option(None, help=INSTANCE_HELP)) -> Non
     from services.projector.runner import run_projector
     from services.router.service import run_router
 
-    settings = _settings()
+    settings = kafka_settings()
     services: dict[str, object] = {"router": run_router, "executor": run_executor}
     if settings.database_url:
         services["projector"] = run_projector  # it migrates the database as it starts
@@ -97,7 +88,7 @@ topics_app = typer.Typer(help="Create and check the internal Kafka topics.", no_
 def topics_ensure() -> None:
     """Create every internal topic that is missing (partitions, replication and configs from the
     settings); refuses when the cluster cannot keep exactly-once with the replication settings."""
-    settings = _settings()
+    settings = kafka_settings()
     specs = internal_specs(settings)
     admin = admin_client(settings)
     try:
@@ -131,7 +122,7 @@ def trigger(
     correlation_id: str | None = typer.Option(None, help="Correlation id (default: derived from the key)."),
 ) -> None:
     """Produce one trigger event to a tenant's trigger topic (as any tenant app would)."""
-    settings = _settings()
+    settings = kafka_settings()
     try:
         json.loads(data)
     except ValueError as exc:

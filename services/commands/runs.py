@@ -7,12 +7,9 @@ Reads the projector's tables in PostgreSQL (``DATABASE_URL``); nothing here touc
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
 import typer
 from rich.console import Console
@@ -21,9 +18,8 @@ from rich.text import Text
 from sqlalchemy.orm import Session
 
 from services.commands import options
+from services.commands.connections import db_session
 from services.commands.text import add_row, console, esc, plain
-from services.config import load_settings
-from services.projector.db import make_engine
 from services.projector.models import Run
 from services.projector.queries import RunTimeline, as_dict, list_runs, run_timeline
 
@@ -53,35 +49,6 @@ STATE_STYLES = {
     "accepted": "green",
     "refused": "red",
 }
-
-
-@contextmanager
-def _session() -> Iterator[Session]:
-    url = load_settings().database_url  # not cached: tests point it at their own database
-    if not url:
-        _err().print(
-            "[red]error:[/] no database configured: set DATABASE_URL (or SWITCHYARD_DATABASE_URL), "
-            'or run `switchyard dev up` and `eval "$(switchyard dev env)"`.'
-        )
-        raise typer.Exit(2)
-    engine = make_engine(url)
-    try:
-        with Session(engine) as session:
-            yield session
-    except sa.exc.ProgrammingError as exc:
-        if not isinstance(exc.orig, psycopg.errors.UndefinedTable):
-            raise
-        _err().print(
-            "[red]error:[/] the database has no run history tables yet: migrate it "
-            "(`switchyard db upgrade`) or start the projector, which migrates on start."
-        )
-        raise typer.Exit(2) from exc
-    except sa.exc.OperationalError as exc:
-        _err().print(f"[red]error:[/] cannot reach PostgreSQL: {esc(str(exc.orig).strip())}")
-        _err().print("Is it running? `switchyard dev status`; start it with `switchyard dev up`.")
-        raise typer.Exit(2) from exc
-    finally:
-        engine.dispose()
 
 
 def _state(value: str | None) -> Text:
@@ -140,7 +107,7 @@ def list_command(
 ) -> None:
     """List runs, newest first."""
     since_at = options.since(since)
-    with _session() as session:
+    with db_session() as session:
         found = list_runs(
             session,
             tenant=tenant,
@@ -340,7 +307,7 @@ def show(
 ) -> None:
     """Show one run: steps, attempts, timings, errors, operator commands (who, why, outcome) and
     the full event timeline, replays included."""
-    with _session() as session:
+    with db_session() as session:
         run_id = _resolve_prefix(session, run_id)
         timeline = run_timeline(session, run_id)
         if timeline is None:

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from services.bus.topics import Topics, admin_client
-from services.commands.engine import _settings
+from services.commands.connections import kafka_settings
 from services.commands.text import add_row, console, esc
 from services.tenancy.acl import ensure_tenant_acls
 from services.tenancy.admin import create_trigger_topic, read_tenants, save_tenant
@@ -25,7 +25,7 @@ err = console(stderr=True)
 
 
 def _get(tenant: str) -> TenantConfig:
-    config = read_tenants(_settings()).get(tenant)
+    config = read_tenants(kafka_settings()).get(tenant)
     if config is None:
         name = esc(repr(tenant))
         err.print(
@@ -58,7 +58,7 @@ def _with_operator_keys(keyring: Keyring, added: list[KeyEntry]) -> Keyring:
 
 
 def _save(config: TenantConfig) -> None:
-    save_tenant(_settings(), config)
+    save_tenant(kafka_settings(), config)
     out.print_json(json.dumps(config.model_dump(mode="json")))
 
 
@@ -92,7 +92,7 @@ def create(
     """Register a tenant and create its trigger topic (and ACLs on secured clusters).
 
     Fails if the tenant exists (use `update`)."""
-    settings = _settings()
+    settings = kafka_settings()
     if tenant in read_tenants(settings):
         err.print(f"[red]error:[/] tenant {esc(repr(tenant))} exists; use `switchyard tenant update`")
         raise typer.Exit(1)
@@ -218,7 +218,7 @@ def show(tenant: str) -> None:
 def list_() -> None:
     """List tenants with their status and limits."""
     table = Table("tenant", "status", "max runs", "trigger rate", "scopes", "keys")
-    for name, config in sorted(read_tenants(_settings()).items()):
+    for name, config in sorted(read_tenants(kafka_settings()).items()):
         add_row(
             table,
             name,

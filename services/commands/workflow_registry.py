@@ -10,7 +10,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from services.commands.engine import _settings
+from services.commands.connections import kafka_settings
 from services.commands.text import add_row, console, esc
 from services.registry.publishing import PublishRefused, publish_signed, read_definitions
 from services.workflow.signing import SignedDefinition
@@ -31,7 +31,7 @@ def publish_cmd(
         err.print(f"[red]error:[/] {esc(file)} is not a signed definition envelope: {esc(exc)}")
         raise typer.Exit(1) from exc
     try:
-        changed = publish_signed(_settings(), signed, publisher)
+        changed = publish_signed(kafka_settings(), signed, publisher)
     except PublishRefused as exc:
         err.print(f"[red]refused:[/] {esc(exc)}")
         raise typer.Exit(1) from exc
@@ -42,7 +42,7 @@ def publish_cmd(
 def list_cmd(tenant: str | None = typer.Option(None, help="Only this tenant.")) -> None:
     """List published definitions."""
     table = Table("tenant", "workflow", "version", "steps", "key", "publisher", "content hash")
-    for _, entry in sorted(read_definitions(_settings()).items()):
+    for _, entry in sorted(read_definitions(kafka_settings()).items()):
         if tenant and entry.tenant != tenant:
             continue
         d = entry.signed.definition
@@ -66,7 +66,7 @@ def show_cmd(
 ) -> None:
     """Print a published definition (JSON)."""
     entries = [
-        e for e in read_definitions(_settings()).values() if e.tenant == tenant and e.signed.name == name
+        e for e in read_definitions(kafka_settings()).values() if e.tenant == tenant and e.signed.name == name
     ]
     if version is not None:
         entries = [e for e in entries if e.signed.version == version]

@@ -14,7 +14,7 @@ from services.tenancy.config import TenantConfig
 def saved(monkeypatch: pytest.MonkeyPatch) -> list[TenantConfig]:
     stored = {"acme": TenantConfig(tenant="acme", egress_allow=["10.0.0.0/8"])}
     writes: list[TenantConfig] = []
-    monkeypatch.setattr(tenant_cmd, "_settings", lambda: Settings(kafka_bootstrap_servers="unused:9092"))
+    monkeypatch.setattr(tenant_cmd, "kafka_settings", lambda: Settings(kafka_bootstrap_servers="unused:9092"))
     monkeypatch.setattr(tenant_cmd, "read_tenants", lambda settings: dict(stored))
     monkeypatch.setattr(tenant_cmd, "save_tenant", lambda settings, config: writes.append(config))
     return writes

@@ -93,7 +93,7 @@ def test_runs_list_cli_at_80_columns_passes_the_new_filters(monkeypatch: pytest.
         yield object()
 
     monkeypatch.setattr(runs, "list_runs", fake_list_runs)
-    monkeypatch.setattr(runs, "_session", no_session)
+    monkeypatch.setattr(runs, "db_session", no_session)
     result = CliRunner().invoke(
         runs.app,
         ["list", "--tenant", "acme", "--correlation-id", "c-1", "--idempotency-key", "k-1"],

@@ -12,7 +12,7 @@ from confluent_kafka import KafkaError, KafkaException
 from typer.testing import CliRunner
 
 from services.cli import app
-from services.commands import engine
+from services.commands import processes
 from services.config import get_settings
 
 
@@ -55,7 +55,7 @@ def _trigger(monkeypatch: pytest.MonkeyPatch, producer: FakeProducer, tenant: st
         assert conf["allow.auto.create.topics"] is False
         return producer
 
-    monkeypatch.setattr(engine, "Producer", make)
+    monkeypatch.setattr(processes, "Producer", make)
     return CliRunner().invoke(
         app, ["trigger", "--tenant", tenant, "--event", "demo.linear"], env={"COLUMNS": "300"}
     )

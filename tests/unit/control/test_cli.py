@@ -23,7 +23,7 @@ def saved(monkeypatch: pytest.MonkeyPatch) -> list[TenantConfig]:
     stored = {"acme": TenantConfig(tenant="acme", keyring=Keyring(tenant="acme", keys=[SIGNING]))}
     writes: list[TenantConfig] = []
     settings = Settings(kafka_bootstrap_servers="unused:9092")
-    monkeypatch.setattr(tenant_cmd, "_settings", lambda: settings)
+    monkeypatch.setattr(tenant_cmd, "kafka_settings", lambda: settings)
     monkeypatch.setattr(tenant_cmd, "read_tenants", lambda _settings: dict(stored))
     monkeypatch.setattr(tenant_cmd, "save_tenant", lambda _settings, config: writes.append(config))
     monkeypatch.setattr(tenant_cmd, "create_trigger_topic", lambda _settings, _config: True)
@@ -68,7 +68,9 @@ def test_a_bad_operator_key_option_is_refused(saved: list[TenantConfig], spec: s
 
 
 def test_replay_and_cancel_refuse_to_send_unsigned(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(control_cmd, "_settings", lambda: Settings(kafka_bootstrap_servers="unused:9092"))
+    monkeypatch.setattr(
+        control_cmd, "kafka_settings", lambda: Settings(kafka_bootstrap_servers="unused:9092")
+    )
     app = typer.Typer()
     app.command()(control_cmd.cancel)
     result = CliRunner().invoke(app, ["run-1", "--reason", "x", "--tenant", "acme"])
