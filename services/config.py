@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SWITCHYARD_DATABASE_URL", "DATABASE_URL"),
         description="PostgreSQL URL (postgresql://...). Unset: the local launcher's server.",
     )
+    firm_database_url: str | None = Field(
+        default=None, description="Database of the firm.update_record action; unset: database_url."
+    )
     kafka_options: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra librdkafka properties merged into every client (JSON object).",

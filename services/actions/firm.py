@@ -30,7 +30,6 @@ the connection broke), retryable; ``firm_db_unconfigured`` (no URL), non-retryab
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from typing import Any, Literal
 
@@ -38,7 +37,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.config import Settings
+from services.config import load_settings
 from services.executor.permissions import FIRM_DATA_WRITE
 from services.executor.plugins import ActionContext, ActionError, BaseAction
 
@@ -90,8 +89,10 @@ class UpdateRecordInput(BaseModel):
 
 
 def firm_database_url() -> str | None:
-    """``SWITCHYARD_FIRM_DATABASE_URL``, else ``DATABASE_URL`` (via Settings)."""
-    return os.environ.get(FIRM_DATABASE_ENV) or Settings().database_url
+    """``SWITCHYARD_FIRM_DATABASE_URL``, else ``DATABASE_URL``: read at each call, not cached, as the
+    engine's process may learn its database after it started (the demo's local server)."""
+    settings = load_settings()
+    return settings.firm_database_url or settings.database_url
 
 
 class UpdateRecord(BaseAction):
