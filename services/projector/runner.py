@@ -1,8 +1,12 @@
 """The projector's Kafka loop: events and dead-letter topics → batches → one PostgreSQL transaction each.
 
-One consumer subscribes to both ``<prefix>.events`` (run history) and ``<prefix>.dlq`` (dead
-letters, including control commands refused before they reached a run): a batch may mix records
-of both, and their rows and offsets commit in the same transaction.
+Two consumers feed one loop: one subscribes to ``<prefix>.events`` (run history) in the group
+``<group>``, the other to ``<prefix>.dlq`` (dead letters, including control commands refused
+before they reached a run) in its own group ``<group>.dead-letters``. In one group, the
+cooperative-sticky assignor balances the *total* partition count and could leave one instance
+every history partition; in two, each topic is shared across the instances on its own. A batch
+may mix records of both, and their rows and offsets commit in the same transaction (stored
+under ``<group>`` for both topics).
 
 Exactly-once into PostgreSQL without Kafka transactions: the consumer is a plain
 ``read_committed`` consumer (cooperative-sticky, no auto commit) and the *database* is the
@@ -123,13 +127,18 @@ class Projector:
         self.dlq_topic = topics.dlq
         self.control_topic = topics.control
         self.topics = [self.topic, self.dlq_topic] if dead_letters else [self.topic]
+        self.dead_letters = dead_letters
         self.group_id = group_id or default_group_id(settings)
+        self.dead_letters_group_id = (
+            f"{self.group_id}.dead-letters"  # Kafka only: offsets stay under group_id
+        )
         self.batch_size = batch_size or DEFAULT_MAX_RECORDS
         self.max_batch_bytes = max_batch_bytes
         self.poll_timeout_s = poll_timeout_s
         self.migrate = migrate
         self.engine: sa.Engine | None = None
         self._consumer: Consumer | None = None
+        self._letters: Consumer | None = None
         self._stop = threading.Event()
         self._ready: threading.Event | None = None
         self._assigned: set[PartitionKey] = set()
@@ -159,12 +168,23 @@ class Projector:
         self._consumer = consumer
         self._board.register(self.progress)
         consumer.subscribe(
-            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
+        letters: Consumer | None = None
+        if self.dead_letters:
+            letters = self._letters = Consumer(consumer_config(self.settings, self.dead_letters_group_id))
+            letters.subscribe(
+                [self.dlq_topic],
+                on_assign=self._on_assign_letters,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
         log.info("projector started", extra={"topic": self.topic, "group_id": self.group_id})
         try:
             while not stop.is_set():
                 messages = self.next_batch(consumer)
+                if letters is not None:  # rare: never waited for, the events consumer waits
+                    messages.extend(self.next_letters(letters))
                 if not messages:
                     for partition in self.assigned_partitions:
                         metrics.LAG_SECONDS.labels(str(partition)).set(0)
@@ -173,11 +193,14 @@ class Projector:
                 self.observe(consumer)
         finally:
             try:
-                consumer.close()
+                with contextlib.ExitStack() as closing:
+                    closing.callback(consumer.close)
+                    if letters is not None:
+                        closing.callback(letters.close)
             finally:
                 self._board.unregister(self.progress)
                 engine.dispose()
-                self._consumer = None
+                self._consumer = self._letters = None
                 metrics.ASSIGNED_PARTITIONS.set(0)
                 log.info("projector stopped", extra={"topic": self.topic, "group_id": self.group_id})
 
@@ -200,7 +223,11 @@ class Projector:
                     return None
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(
+        self, consumer: Consumer, partitions: list[TopicPartition], *, any_events: bool = True
+    ) -> None:
+        """Position ``partitions`` at their stored offsets; the first events assignment (even an
+        empty one) makes the instance ready."""
         stored = self._stored_offsets() if partitions else {}
         for tp in partitions:
             tp.offset = (stored or {}).get((tp.topic, tp.partition), OFFSET_BEGINNING)
@@ -213,8 +240,11 @@ class Projector:
                 "partitions assigned",
                 extra={"positions": {f"{tp.topic}[{tp.partition}]": tp.offset for tp in partitions}},
             )
-        if self._ready is not None:
+        if self._ready is not None and any_events:
             self._ready.set()
+
+    def _on_assign_letters(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._on_assign(consumer, partitions, any_events=False)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         self.progress.revoked((tp.topic, tp.partition) for tp in partitions)
@@ -260,6 +290,11 @@ class Projector:
             size += sum(len(m.value() or b"") for m in more)
         return [m for m in batch if m.error() is not None or (m.topic(), m.partition()) in self._assigned]
 
+    def next_letters(self, letters: Consumer) -> list[Message]:
+        """Dead letters already fetched (never waits), at most ``batch_size``, of owned partitions."""
+        batch = letters.consume(num_messages=self.batch_size, timeout=0)
+        return [m for m in batch if m.error() is not None or (m.topic(), m.partition()) in self._assigned]
+
     def process(self, consumer: Consumer, messages: Sequence[Message]) -> BatchResult | None:
         """Decode, write and account for one batch; returns None if ``stop`` interrupted retries."""
         with gc_paused():
@@ -290,13 +325,19 @@ class Projector:
             return None
         self.progress.committed(next_offsets)
         self._account(result, len(items))
-        try:
-            consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()], asynchronous=True
-            )
-        except KafkaException as exc:  # informational only: the database holds the real offsets
-            log.debug("kafka offset commit failed: %s", exc)
+        for owner, offsets in ((consumer, self._offsets_of(next_offsets, True)),
+                               (self._letters, self._offsets_of(next_offsets, False))):  # fmt: skip
+            if owner is None or not offsets:
+                continue
+            try:
+                owner.commit(offsets=offsets, asynchronous=True)
+            except KafkaException as exc:  # informational only: the database holds the real offsets
+                log.debug("kafka offset commit failed: %s", exc)
         return result
+
+    def _offsets_of(self, next_offsets: dict[PartitionKey, int], events: bool) -> list[TopicPartition]:
+        """The offsets of the events topic (``events``) or of the dead letters (not ``events``)."""
+        return [TopicPartition(t, p, o) for (t, p), o in next_offsets.items() if (t == self.topic) == events]
 
     def observe(self, consumer: Consumer) -> None:
         """After an iteration that went through, at most once per ``OBSERVE_INTERVAL_S``: where the
@@ -305,16 +346,20 @@ class Projector:
         if now - self._observed_at < OBSERVE_INTERVAL_S:
             return
         self._observed_at = now
-        try:
-            assignment = consumer.assignment()
-            positions = {(p.topic, p.partition): p.offset for p in consumer.position(assignment)}
-        except KafkaException as exc:  # an observation missed is no reason to stop the loop
-            log.debug("progress observation failed: %s", exc, extra={"topic": self.topic})
-            return
+        positions: dict[PartitionKey, int] = {}
         ends: dict[PartitionKey, int] = {}
-        for tp in assignment:
-            with contextlib.suppress(KafkaException):
-                ends[(tp.topic, tp.partition)] = consumer.get_watermark_offsets(tp, cached=True)[1]
+        for each in (consumer, self._letters):
+            if each is None:
+                continue
+            try:
+                assignment = each.assignment()
+                positions.update({(p.topic, p.partition): p.offset for p in each.position(assignment)})
+            except KafkaException as exc:  # an observation missed is no reason to stop the loop
+                log.debug("progress observation failed: %s", exc, extra={"topic": self.topic})
+                return
+            for tp in assignment:
+                with contextlib.suppress(KafkaException):
+                    ends[(tp.topic, tp.partition)] = each.get_watermark_offsets(tp, cached=True)[1]
         self.progress.observe(positions, ends, ())  # the projector never pauses a partition
 
     def _consumer_error(self, error: KafkaError) -> None:

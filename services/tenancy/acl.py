@@ -109,7 +109,7 @@ def plan(role: Role, topics: Topics, tenant: str | None = None) -> list[Grant]:
     elif role == "projector":
         grants = [
             *_topics("READ", t.events, t.dlq, t.tenants),
-            *_groups(f"{p}.projector", registry_reader),
+            *_groups(f"{p}.projector", f"{p}.projector.dead-letters", registry_reader),
         ]
     elif role == "operator":
         # replay/cancel write commands; every outcome they report is read from PostgreSQL

@@ -4,9 +4,9 @@ Instance A starts alone; B joins while the load is being produced (A gives up pa
 mid-stream), then A leaves while the load goes on (B takes everything). Afterwards every record
 of the log is in ``run_events`` exactly once, at its own coordinates, the stored offsets are the
 log's ends, and re-projecting the log from scratch (``audit rebuild``) gives the same tables.
-The instances read the history topic only (``dead_letters=False``): with the dlq topic too, the
-cooperative-sticky assignor balances the *total* partition count and may leave one instance
-every history partition.
+The instances read the dead-letter topic too, in a group of its own: each topic is shared on its
+own, so both instances own history partitions (one group for both topics would balance the
+*total* partition count and could leave one instance every history partition).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from services.projector.rebuild import (
 from services.projector.runner import Projector
 from tests.integration.test_projector_support import (
     RunHistory,
-    create_events_topic,
+    create_projector_topics,
     encoded,
     produce,
     rows,
@@ -112,27 +112,32 @@ def test_two_instances_with_rebalances_mid_load_project_the_log_exactly_once(
     kafka_bootstrap: str, database_url: str, unique: str, engine: sa.Engine
 ) -> None:
     settings = settings_for(kafka_bootstrap, database_url, unique, partitions=PARTITIONS)
-    events_topic = create_events_topic(settings)
+    events_topic, dlq_topic = create_projector_topics(settings)
     group = f"scale-{unique}"
     histories = [[chain() for _ in range(RUNS_PER_CHUNK)] for _ in range(CHUNKS)]
     total = sum(len(h.events) for chunk in histories for h in chunk)
 
-    a = Instance(Projector(settings, group_id=group, batch_size=7, poll_timeout_s=0.2, dead_letters=False))
+    a = Instance(Projector(settings, group_id=group, batch_size=7, poll_timeout_s=0.2))
     b: Instance | None = None
     try:
         assert a.ready.wait(30), "first instance never got its assignment"
         for chunk in histories[:2]:
             produce(settings, events_topic, encoded(*chunk))
         # B joins mid-load: A's partitions are split while it is still writing (7 records a batch).
-        second = b = Instance(
-            Projector(settings, group_id=group, batch_size=7, poll_timeout_s=0.2, dead_letters=False)
-        )
+        second = b = Instance(Projector(settings, group_id=group, batch_size=7, poll_timeout_s=0.2))
+
+        def owned(instance: Instance, topic: str) -> set[int]:
+            return {p for t, p in instance.projector.assigned if t == topic}
+
         wait_for(
-            lambda: bool(a.projector.assigned_partitions) and bool(second.projector.assigned_partitions),
+            lambda: all(owned(i, t) for i in (a, second) for t in (events_topic, dlq_topic)),
             timeout_s=60,
-            what="partitions split between the two instances",
+            what="history and dead-letter partitions split between the two instances",
         )
-        assert not a.projector.assigned_partitions & second.projector.assigned_partitions
+        # Each topic is balanced on its own: two history partitions each, whatever the dlq holds.
+        assert len(owned(a, events_topic)) == len(owned(second, events_topic)) == PARTITIONS // 2
+        assert not owned(a, events_topic) & owned(second, events_topic)
+        assert not owned(a, dlq_topic) & owned(second, dlq_topic)
         for chunk in histories[2:4]:
             produce(settings, events_topic, encoded(*chunk))
         # A leaves mid-load: B takes its partitions over from the offsets stored in PostgreSQL.

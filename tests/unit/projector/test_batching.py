@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any, cast
 
 from confluent_kafka import Consumer
 
 from services.config import Settings
-from services.projector.runner import Projector
+from services.projector.runner import Projector, gc_paused
 
 
 class Msg:
@@ -101,3 +102,16 @@ def test_records_of_a_partition_revoked_while_gathering_are_dropped() -> None:
     got = batch(p, consumer)
     assert got and {m.partition() for m in got} == {0}
     assert len(got) == 75
+
+
+def test_the_collector_is_paused_per_batch_and_restored_by_the_last_one_out() -> None:
+    assert gc.isenabled()
+    outer = gc_paused()
+    inner = gc_paused()  # a second instance's batch overlapping the first
+    outer.__enter__()
+    inner.__enter__()
+    assert not gc.isenabled()
+    outer.__exit__(None, None, None)
+    assert not gc.isenabled()  # the other batch is still being written
+    inner.__exit__(None, None, None)
+    assert gc.isenabled()
