@@ -104,6 +104,7 @@ def run_scenario(
     seed: int | None = None,
     drain_timeout_s: float = 240,
     instances: int = 1,
+    warmup_timeout_s: float = 120,
 ) -> dict[str, Any]:
     """Run one scenario and assert its invariants; returns the figures (also written as JSON).
 
@@ -123,7 +124,9 @@ def run_scenario(
             cluster.start("executor", f"e{i}")
         load = LoadGenerator(workload, rate, seed).start()
         ctx = Context(settings, database_url, cluster, tail, load, random.Random(seed))
-        wait_for(lambda: tail.finished(load.triggered()) > 0, 120, "the first run to finish (warm-up)")
+        wait_for(
+            lambda: tail.finished(load.triggered()) > 0, warmup_timeout_s, "the first run to finish (warm-up)"
+        )
         wait_for(lambda: pg_event_count(database_url) > 0, 60, "the projector's first rows (warm-up)")
         warmup_s = time.monotonic() - started
         fault_started = time.monotonic()
