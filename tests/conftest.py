@@ -74,6 +74,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = xdist_group(item)
         if group is not None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(group))
+    if hasattr(config, "workerinput"):
+        # xdist hands out work in collection order: a group (a minute or more on one worker: a
+        # broker or a cluster to start) handed out last would finish alone after everything else.
+        items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
 
 
 def utf8_safe(value: Any) -> Any:

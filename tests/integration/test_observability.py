@@ -19,6 +19,13 @@ from tests.integration.test_observability_support import Samples, Served, serve,
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture
+def database_url(migrated_database_url: str) -> str:
+    """Already migrated (a template copy): the projector's start-up migration is a no-op here."""
+    return migrated_database_url
+
+
 CHAIN = """
 name: obs-chain
 version: 1

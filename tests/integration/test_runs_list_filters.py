@@ -19,6 +19,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
+def database_url(migrated_database_url: str) -> str:
+    """Already migrated (a template copy): the projector's start-up migration is a no-op here."""
+    return migrated_database_url
+
+
+@pytest.fixture
 def engine(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[sa.Engine]:
     upgrade_database(database_url)
     engine = make_engine(database_url)

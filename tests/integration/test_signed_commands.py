@@ -27,6 +27,13 @@ from tests.fixtures.operators import signed
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture
+def database_url(migrated_database_url: str) -> str:
+    """Already migrated (a template copy): the projector's start-up migration is a no-op here."""
+    return migrated_database_url
+
+
 FLAKY = """
 name: flaky
 version: 1
