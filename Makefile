@@ -3,7 +3,7 @@
 #
 # `make test` is the fast suite, every scenario but the slow ones: unit, integration, packaging,
 # secured broker and three-node cluster tests, first on PYTEST_WORKERS pytest-xdist workers
-# (most of a test's time is waiting on the broker, so more workers than cores still help), then
+# (default 4: most of a test's time is waiting on the broker; `make test PYTEST_WORKERS=2`), then
 # the `serial` tests alone (they assert wall-clock bounds that other workers' load would break).
 # `make test-slow` is the fault suite (tests/faults: kills, restarts, a hostile tenant) and the
 # benchmark smoke, one at a time: minutes each, and timing-sensitive. CI (.ci/run) runs both;
