@@ -122,7 +122,7 @@ def harness() -> Harness:
     )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_an_abort_leaves_the_state_as_it_was_before_the_batch(data: st.DataObject) -> None:
     h = harness()
