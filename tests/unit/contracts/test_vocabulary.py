@@ -9,6 +9,7 @@ what functions named ``*kind*`` return — and the ``type`` of every machine ``E
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,11 +103,16 @@ def _event_types_in(tree: ast.AST) -> Iterator[tuple[str, int]]:
             yield from ((k, node.lineno) for k in _literal(node.args[0]))
 
 
+@functools.cache
+def _trees() -> tuple[tuple[Path, ast.Module], ...]:
+    """Every module of ``services/``, parsed once for all the scans."""
+    return tuple((p, ast.parse(p.read_text(encoding="utf-8"))) for p in sorted(SOURCE.rglob("*.py")))
+
+
 def _scan(found: type[ErrorKind] | type[EventType], collect: object) -> list[str]:
     assert callable(collect)
     missing = []
-    for path in sorted(SOURCE.rglob("*.py")):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+    for path, tree in _trees():
         for value, line in collect(tree):
             if value not in NOT_KINDS and value not in found.__members__.values():
                 missing.append(f"{path.relative_to(SOURCE.parent)}:{line}: {value!r}")
