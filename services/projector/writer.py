@@ -327,14 +327,18 @@ def _write_plans(
     types: dict[str, str],
 ) -> None:
     update, insert = sql
+    columns = tuple(types)
+    codes = OP_CODES
     for plans in rounds:
         updates: list[list[Any]] = []
         inserts: list[list[Any]] = []
         for plan in plans:
             key = list(plan.key.values())
-            ops = [plan.ops[c] for c in types]
-            updates.append([*key, *(OP_CODES[op] for op, _ in ops), *(arg for _, arg in ops)])
-            inserts.append([*key, *(plan.insert[c] for c in types)])
+            ops = plan.ops
+            pairs = [ops[c] for c in columns]
+            updates.append(key + [codes[op] for op, _ in pairs] + [arg for _, arg in pairs])
+            values = plan.insert
+            inserts.append(key + [values[c] for c in columns])
         conn.execute(update, (_param(updates),))
         conn.execute(insert, (_param(inserts),))
 
