@@ -123,6 +123,7 @@ class Engine:
                 msgs.append(Message(topic=self.topics.inbox, partition=0, offset=self.offset, value=value))
             self.core.process(msgs, self.out)
             self.core.tick(self.out)
+            getattr(self.core, "on_committed", lambda: None)()  # as the loop does after each commit
 
 
 def request(key: str, data: Any) -> bytes:
