@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 
 pytest_plugins = [
@@ -109,11 +110,18 @@ def pytest_configure_node(node: Any) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """A worker's environment's ``COLUMNS`` as the controller's: workers start with ``COLUMNS=80``,
-    which rich consoles made at import keep, so CLI messages wrap where a serial run's do not."""
+    """On an xdist worker: Hypothesis without its timing checks, and ``COLUMNS`` as the
+    controller's (workers start with ``COLUMNS=80``, which rich consoles made at import keep, so
+    CLI messages would wrap where a serial run's do not)."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:
         return
+    # Hypothesis's timing checks (per-example deadline, slow generation) fail on a core shared
+    # with other workers; the examples and properties checked stay the same.
+    hypothesis.settings.register_profile(
+        "xdist-worker", deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow]
+    )
+    hypothesis.settings.load_profile("xdist-worker")
     columns = workerinput.get("controller_columns")
     if columns is None:
         os.environ.pop("COLUMNS", None)
