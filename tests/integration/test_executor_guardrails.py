@@ -224,6 +224,7 @@ RATE = 10.0
 CALLS = 40
 
 
+@pytest.mark.serial  # wall-clock bound: run alone (tests/conftest.py)
 def test_external_call_rate_limit_holds_over_kafka(
     kafka_bootstrap: str, unique: str, stamps: Stamps, make_consumer: Callable[..., Consumer]
 ) -> None:
