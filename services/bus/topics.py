@@ -7,6 +7,7 @@ against the cluster before topics are made (services/bus/replication.py).
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
@@ -149,6 +150,10 @@ def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(settings.kafka_config())
 
 
+#: How long `ensure_topics` waits for topics it created to show in the broker's metadata.
+VISIBLE_TIMEOUT_S = 30.0
+
+
 def ensure_topics(admin: AdminClient, specs: list[TopicSpec], replication: int | None = None) -> list[str]:
     """Create missing topics (replication: each spec's unless given); returns the names created.
     Existing topics are left as they are."""
@@ -168,7 +173,40 @@ def ensure_topics(admin: AdminClient, specs: list[TopicSpec], replication: int |
         except Exception as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
+    await_visible(admin, [s for s in missing if s.name in created])
     return created
+
+
+def await_visible(admin: AdminClient, specs: list[TopicSpec], timeout_s: float = VISIBLE_TIMEOUT_S) -> None:
+    """Wait until the broker's metadata lists every topic of ``specs`` with all its partitions led.
+
+    CreateTopics returns once the controller has committed the topics; a broker's metadata cache
+    catches up a moment later (measured: a process started right after `ensure_topics` under load
+    was told its four topics were missing). Returning only when they are visible means a
+    `topics ensure` followed at once by the engine, or a test, never meets that window."""
+    if not specs:
+        return
+    deadline = time.monotonic() + timeout_s
+    pending = {s.name: s.partitions for s in specs}
+    while True:
+        topics = admin.list_topics(timeout=max(1.0, min(10.0, deadline - time.monotonic()))).topics
+        for name, partitions in list(pending.items()):
+            topic = topics.get(name)
+            if (
+                topic is not None
+                and topic.error is None
+                and len(topic.partitions) == partitions
+                and all(p.leader >= 0 for p in topic.partitions.values())
+            ):
+                del pending[name]
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    if pending:
+        raise TimeoutError(
+            f"created, but not yet visible in the broker's metadata after {timeout_s:.0f}s: "
+            + ", ".join(sorted(pending))
+        )
 
 
 def check_topics(admin: AdminClient, specs: list[TopicSpec]) -> None:
