@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 import time
 import uuid
@@ -34,7 +35,11 @@ def produce(config: dict[str, Any], topic: str) -> str:
     try:
         producer.flush(30)
     except KafkaException as exc:  # a fatal refusal: e.g. no WRITE anywhere, so no producer id
-        return str(exc.args[0].name())
+        try:
+            return str(exc.args[0].name())
+        except SystemError:  # seen once: confluent-kafka failing to name the fatal error it raised
+            named = re.search(r"code=(\w+)", str(exc))
+            return named.group(1) if named else str(exc)
     assert outcome, f"no delivery report for {topic}"
     return outcome[0]
 
