@@ -44,6 +44,19 @@ steps:
   - {id: a, action: echo, inputs: {x: "${{ trigger.data }}"}, timeout: 5}
 """
 )
+# A retried step then a dependent one; with LINEAR and ONE_STEP, the property tests' workflows.
+RETRYING = workflow(
+    """
+name: retrying
+version: 1
+trigger: {event: go}
+steps:
+  - {id: a, action: echo, inputs: {v: "${{ trigger.data }}"}, timeout: 2,
+     retry: {max_attempts: 3, initial_backoff: 1, max_backoff: 1, jitter: 0}}
+  - {id: b, action: echo, needs: [a], inputs: {v: "${{ steps.a.output }}"}}
+"""
+)
+WORKFLOWS = [ONE_STEP, LINEAR, RETRYING]
 
 
 @dataclass(frozen=True)

@@ -19,20 +19,8 @@ from services.contracts import serde
 from services.router.records import run_id_for
 from services.router.run_store import PartitionState
 from services.router.state import RunState, RunStatus
-from tests.unit.router.fakes import LINEAR, ONE_STEP, TENANT, TOPICS, Harness, workflow
+from tests.unit.router.fakes import ONE_STEP, RETRYING, TENANT, TOPICS, WORKFLOWS, Harness
 
-RETRYING = workflow(
-    """
-name: retrying
-version: 1
-trigger: {event: go}
-steps:
-  - {id: a, action: echo, inputs: {v: "${{ trigger.data }}"}, timeout: 2,
-     retry: {max_attempts: 3, initial_backoff: 1, max_backoff: 1, jitter: 0}}
-  - {id: b, action: echo, needs: [a], inputs: {v: "${{ steps.a.output }}"}}
-"""
-)
-WORKFLOWS = [ONE_STEP, LINEAR, RETRYING]
 KEYS = ["k1", "k2", "k3", "k4", "k5"]
 
 

@@ -22,20 +22,14 @@ from services.contracts import serde
 from services.contracts.catalog import catalog
 from services.router.core import ACTIVE
 from services.router.state import RunState, RunStatus
-from tests.unit.router.fakes import LINEAR, ONE_STEP, TENANT, TOPICS, Harness, history_problems, workflow
-
-RETRYING = workflow(
-    """
-name: retrying
-version: 1
-trigger: {event: go}
-steps:
-  - {id: a, action: echo, inputs: {v: "${{ trigger.data }}"}, timeout: 2,
-     retry: {max_attempts: 3, initial_backoff: 1, max_backoff: 1, jitter: 0}}
-  - {id: b, action: echo, needs: [a], inputs: {v: "${{ steps.a.output }}"}}
-"""
+from tests.unit.router.fakes import (
+    TENANT,
+    TOPICS,
+    WORKFLOWS,
+    Harness,
+    history_problems,
 )
-WORKFLOWS = [ONE_STEP, LINEAR, RETRYING]
+
 RUN_IDS = ["r1", "r2", "r3", "r4"]
 STEPS = ["a", "b", "receive", "enrich", "pause", "done"]
 LIMIT = 32 * 1024
