@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from services.bus.clients import plain_producer_config
@@ -24,24 +24,42 @@ DENIED = "TOPIC_AUTHORIZATION_FAILED"
 
 def produce(config: dict[str, Any], topic: str) -> str:
     """'ok' when the record was delivered, else the name of the error Kafka answered with."""
-    outcome: list[str] = []
+    reports: list[KafkaError | None] = []
     producer = Producer({**config, "message.timeout.ms": 15_000})
+    # The callback only keeps the error: naming it there runs while a fatal refusal may already be
+    # pending in the client, and confluent-kafka then raises SystemError out of flush().
     producer.produce(
         topic,
         key=b"k",
         value=b'{"event_type": "probe", "data": {}}',
-        on_delivery=lambda err, _msg: outcome.append("ok" if err is None else err.name()),
+        on_delivery=lambda err, _msg: reports.append(err),
     )
     try:
         producer.flush(30)
-    except KafkaException as exc:  # a fatal refusal: e.g. no WRITE anywhere, so no producer id
-        try:
-            return str(exc.args[0].name())
-        except SystemError:  # seen once: confluent-kafka failing to name the fatal error it raised
-            named = re.search(r"code=(\w+)", str(exc))
-            return named.group(1) if named else str(exc)
-    assert outcome, f"no delivery report for {topic}"
-    return outcome[0]
+    except (KafkaException, SystemError) as exc:  # a fatal refusal: e.g. no WRITE anywhere, so no producer id
+        return refusal_name(exc)
+    assert reports, f"no delivery report for {topic}"
+    return "ok" if reports[0] is None else error_name(reports[0])
+
+
+def refusal_name(exc: BaseException) -> str:
+    """The Kafka error code a failed flush() stands for (a SystemError carries it as its cause)."""
+    if isinstance(exc, SystemError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return error_name(exc.args[0])
+    named = re.search(r"code=(\w+)", str(exc))
+    if named is None:
+        raise AssertionError(f"flush failed with something that is not a Kafka refusal: {exc!r}") from exc
+    return named.group(1)
+
+
+def error_name(err: KafkaError) -> str:
+    try:
+        return str(err.name())
+    except SystemError:  # seen under parallel workers: the client failing to name a fatal error
+        named = re.search(r"code=(\w+)", str(err))
+        return named.group(1) if named else str(err)
 
 
 def read(config: dict[str, Any], topic: str, subscribe: bool = False, timeout_s: float = 20) -> str:
