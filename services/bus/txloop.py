@@ -184,6 +184,7 @@ class TransactionalLoop:
         self._clock = clock
         self._sleep = sleep
         self.consumer = consumer_factory(consumer_config(settings, group_id, **(consumer_overrides or {})))
+        self._cluster_lost = False  # set by _on_producer_error, which the first producer may call
         self.producer = self._new_producer()
         self.guard = HangGuard(service, overdue_after_s=CALL_BUDGET_S + 5)
         bind = getattr(processor, "bind", None)
@@ -200,7 +201,6 @@ class TransactionalLoop:
         self._observed_at = float("-inf")
 
     def _new_producer(self) -> Producer:
-        self._cluster_lost = False
         producer = self._producer_factory(
             transactional_producer_config(
                 self.settings, self.transactional_id, error_cb=self._on_producer_error
@@ -209,14 +209,26 @@ class TransactionalLoop:
         retrying(
             producer.init_transactions, budget_s=INIT_BUDGET_S, what="init_transactions", service=self.service
         )
+        # What the producer reported while it initialised is over: it reached its coordinator. Those
+        # reports are served (and forgotten) here, not by the first transaction, which would throw
+        # the new producer away for them.
+        producer.poll(0)
+        self._cluster_lost = False
         return producer
 
     def _on_producer_error(self, error: KafkaError) -> None:
-        """Served by the producer's polls. A lost broker connection marks the producer stale: after
-        a broker restart librdkafka may keep a dead group-coordinator handle cached and block
+        """Served by the producer's polls. Losing *every* broker marks the producer stale: after a
+        broker restart librdkafka may keep a dead group-coordinator handle cached and block
         ``send_offsets_to_transaction`` (librdkafka #5511), so the loop replaces the producer at
-        the next transaction boundary instead of calling it."""
-        lost = error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
+        the next transaction boundary instead of calling it.
+
+        One broker's lost connection (``_TRANSPORT``) does not: on a cluster it is routine (a node
+        restarts, leaders move) and the client follows the new leaders and coordinators itself;
+        replacing every producer then rewound every batch and waited in ``init_transactions`` for
+        a coordinator that moves only once the cluster fenced the node. A call that does hang on a
+        dead handle is still bounded: it fails after its budget, and a failed abort replaces the
+        producer."""
+        lost = error.code() == KafkaError._ALL_BROKERS_DOWN
         if lost and self._cluster_lost:
             log.debug("producer error", extra={"service": self.service, "error": str(error)})
             return  # already marked stale: one warning per outage is enough

@@ -456,3 +456,38 @@ def test_bisection_isolates_the_failing_record_and_commits_prefixes(
     assert steps <= 2 * max(1, len(records)).bit_length() + 1
     for partition, last in offsets.items():
         assert plan.committed[("t", partition)] == last + 1
+
+
+def test_one_broker_lost_is_not_the_cluster_lost() -> None:
+    """On a cluster a node going away is routine: its ``_TRANSPORT`` reports (the client follows the
+    new leaders and coordinators itself) leave the producer in place; only losing every broker
+    marks it stale."""
+    broker = FakeBroker()
+    fill(broker, 10)
+    h = harness(EchoProcessor(), broker=broker, service=SERVICE)
+    h.drive(until=lambda: h.committed_offset("t.in") == 10)
+    h.producer.reports.append(
+        KafkaError(KafkaError._TRANSPORT, "127.0.0.1:39093/2: Connect to ipv4#127.0.0.1:39093 failed")
+    )
+    fill(broker, 5)
+    h.drive(until=lambda: h.committed_offset("t.in") == 15)
+    assert len(h.producers) == 1 and h.producers[0].aborts == 0
+
+    h.producer.reports.append(KafkaError(KafkaError._ALL_BROKERS_DOWN, "3/3 brokers are down"))
+    fill(broker, 5)
+    h.drive(until=lambda: h.committed_offset("t.in") == 20)
+    assert len(h.producers) == 2
+    assert outputs(h) == expected(range(20)) and dead_letters(h) == []
+
+
+def test_what_a_new_producer_reported_while_it_initialised_does_not_replace_it() -> None:
+    """A new producer may report every broker down while it initialises (its bootstrap list names
+    the node that just went): once ``init_transactions`` has returned it reached its coordinator,
+    so the first transaction goes through it instead of throwing it away."""
+    broker = FakeBroker()
+    fill(broker, 10)
+    down = KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down")
+    h = harness(EchoProcessor(), broker=broker, service=SERVICE, init_reports=[down])
+    h.drive(until=lambda: h.committed_offset("t.in") == 10)
+    assert len(h.producers) == 1 and h.producers[0].commits >= 1
+    assert outputs(h) == expected(range(10))

@@ -91,8 +91,13 @@ def kafka_exception(
 class FakeProducer:
     """Transactional: records and offsets are applied to the broker at commit only."""
 
-    def __init__(self, broker: FakeBroker) -> None:
+    def __init__(self, broker: FakeBroker, error_cb: Callable[[KafkaError], None] | None = None) -> None:
         self.broker = broker
+        self.error_cb = error_cb
+        #: errors the client reports (through ``error_cb``) at its next poll
+        self.reports: list[KafkaError] = []
+        #: errors it reports while ``init_transactions`` runs (e.g. a bootstrap broker that is down)
+        self.reports_on_init: list[KafkaError] = []
         self.in_txn = False
         self.pending: list[tuple[str, int, bytes | None, bytes | None, Headers]] = []
         self.offsets: list[TopicPartition] = []
@@ -111,6 +116,7 @@ class FakeProducer:
 
     def init_transactions(self, timeout: float = -1) -> None:
         self._fault("init_transactions")
+        self.reports.extend(self.reports_on_init)
 
     def begin_transaction(self) -> None:
         self._fault("begin_transaction")
@@ -163,7 +169,11 @@ class FakeProducer:
         self.offsets = []
 
     def poll(self, timeout: float = -1) -> int:
-        return 0
+        served, self.reports = self.reports, []
+        for error in served:
+            if self.error_cb is not None:
+                self.error_cb(error)
+        return len(served)
 
     def purge(self, *args: Any, **kwargs: Any) -> None:
         self._clear()
@@ -297,6 +307,7 @@ def harness(
     partitions: Iterable[Key] = (("t.in", 0),),
     broker: FakeBroker | None = None,
     service: str = "test.loop",
+    init_reports: Sequence[KafkaError] = (),
     **setting_overrides: Any,
 ) -> Harness:
     broker = broker if broker is not None else FakeBroker()
@@ -304,7 +315,8 @@ def harness(
     producers: list[FakeProducer] = []
 
     def new_producer(conf: dict[str, Any]) -> FakeProducer:
-        producers.append(FakeProducer(broker))
+        producers.append(FakeProducer(broker, conf.get("error_cb")))
+        producers[-1].reports_on_init = list(init_reports)
         return producers[-1]
 
     board = ProgressBoard()
