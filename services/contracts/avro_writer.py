@@ -19,10 +19,10 @@ never writes a half-valid record.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-Writer = Callable[[dict[str, Any]], bytes]
+Writer = Callable[[Mapping[str, Any]], bytes]
 
 _INT_RANGE = (-(2**31), 2**31 - 1)
 _LONG_RANGE = (-(2**63), 2**63 - 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 import fastavro
@@ -41,7 +42,7 @@ def _writer(version: SchemaVersion) -> tuple[bytes, Writer | None]:
     return known
 
 
-def encode(name: str, record: dict[str, Any]) -> bytes:
+def encode(name: str, record: Mapping[str, Any]) -> bytes:
     """Serialise ``record`` with the current schema ``name``, framed with its schema id.
 
     The compiled writer (:mod:`.avro_writer`) writes what it can; a record it refuses or cannot
@@ -95,7 +96,7 @@ def decode(data: bytes | None, expected: str | None = None) -> tuple[str, dict[s
     return writer.name, record
 
 
-def encode_inbox(kind: str, body: dict[str, Any]) -> bytes:
+def encode_inbox(kind: str, body: Mapping[str, Any]) -> bytes:
     """Wrap a RunRequested / StepResult / ControlCommand for the router's inbox."""
     return encode("InboxRecord", {"body": (f"switchyard.{kind}", body)})
 
