@@ -13,9 +13,13 @@ Decoding checks the schema before a record is typed: the ``decode_*`` helpers ra
 
 from __future__ import annotations
 
-from typing import Literal, TypeAlias, TypedDict, cast
+from typing import Any, Literal, TypeAlias, TypedDict, cast
 
 from services.contracts import serde
+
+#: Tenant-controlled JSON (trigger data, step inputs and outputs, definition documents): its shape
+#: is the tenant's, so it stays untyped, but says what it is.
+JsonObject: TypeAlias = dict[str, Any]
 
 AttemptStatus: TypeAlias = Literal["succeeded", "failed"]
 ControlKind: TypeAlias = Literal["cancel", "replay_run", "replay_step", "replay_bulk"]
