@@ -12,8 +12,7 @@ Pure: no I/O. One call site in the core (:func:`admit`, before a command is appl
 
 from __future__ import annotations
 
-from typing import Any
-
+from services.contracts.records import ControlCommand
 from services.control.verify import Reason, stale_message
 from services.router.state import RunState
 
@@ -21,7 +20,7 @@ from services.router.state import RunState
 MAX_COMMANDS = 64
 
 
-def admit(run: RunState, command: dict[str, Any], now_ms: int, window_ms: int) -> str | None:
+def admit(run: RunState, command: ControlCommand, now_ms: int, window_ms: int) -> str | None:
     """Record ``command``'s id on ``run`` and return None, or return why it must be refused
     (``duplicate_command``, ``stale_command``, ``too_many_commands``: the first word)."""
     run.commands = {cid: at for cid, at in run.commands.items() if now_ms - at <= window_ms}

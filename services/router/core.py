@@ -34,7 +34,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypedDict, cast
 
 from confluent_kafka import KafkaException, Message, TopicPartition
 
@@ -45,6 +45,7 @@ from services.bus.txloop import Outbox
 from services.config import Settings
 from services.contracts import serde, strict_json
 from services.contracts.dead_letters import bounded_identity, encode_dead_letter
+from services.contracts.records import ControlCommand, InboxBody, RunRequested, StepResult, decode_inbox
 from services.contracts.text import bounded_text
 from services.observability import metrics
 from services.router import command_log, machine, retention
@@ -106,27 +107,43 @@ class StepRejected(Exception):
         self.original = original
 
 
+class _DeadLetterOrigin(TypedDict):
+    """Where a dead-lettered inbox record came from (keyword arguments of ``encode_dead_letter``)."""
+
+    topic: str | None
+    partition: int | None
+    offset: int | None
+    tenant: str | None
+    max_bytes: int
+
+
 def describe(exc: BaseException) -> str:
     return bounded_text(f"{type(exc).__name__}: {exc}", FAILURE_MESSAGE_CHARS)
 
 
-Decoded = tuple[str, dict[str, Any]] | Exception
+Decoded = tuple[str, InboxBody] | Exception
+#: The run request's fields bounded by ``MAX_REQUEST_FIELD``.
+_BOUNDED_REQUEST_FIELDS: tuple[Literal["correlation_id", "event_type", "source"], ...] = (
+    "correlation_id",
+    "event_type",
+    "source",
+)
 
 
 def _decode(msg: Message) -> Decoded:
     """An inbox record decoded (once per batch), or what decoding raised (raised again when the
     record is processed, so it is contained there)."""
     try:
-        return serde.decode_inbox(msg.value())
+        return decode_inbox(msg.value())
     except Exception as exc:
         return exc
 
 
-def _request_problem(body: dict[str, Any]) -> str | None:
+def _request_problem(body: RunRequested) -> str | None:
     run_id = body["run_id"]
     if not run_id or len(run_id) > MAX_RUN_ID:
         return f"run request: run_id must be 1 to {MAX_RUN_ID} characters, not {len(run_id)}"
-    for name in ("correlation_id", "event_type", "source"):
+    for name in _BOUNDED_REQUEST_FIELDS:
         if len(body[name]) > MAX_REQUEST_FIELD:
             return f"run request: {name} is {len(body[name])} characters; the limit is {MAX_REQUEST_FIELD}"
     return None
@@ -253,18 +270,19 @@ class CoreProcessor:
                 continue
             started = time.perf_counter()
             kind, tenant = "invalid", None
-            body: dict[str, Any] = {}
+            body: InboxBody | None = None
             try:
                 if isinstance(item, Exception):
                     raise item
                 kind, body = item
                 tenant = body.get("tenant")
+                # The kind names the body's schema (decode_inbox): narrowed here, once.
                 if kind == "RunRequested":
-                    self._requested(state, body, out)
+                    self._requested(state, cast(RunRequested, body), out)
                 elif kind == "StepResult":
-                    self._result(state, body, out)
+                    self._result(state, cast(StepResult, body), out)
                 elif kind == "ControlCommand":
-                    self._control(state, body, out)
+                    self._control(state, cast(ControlCommand, body), out)
                 else:
                     raise StepRejected("wrong_schema", f"{kind} is not an inbox record the core applies")
                 self._admit_wanted(out)
@@ -279,8 +297,8 @@ class CoreProcessor:
                     "inbox record failed",
                     extra={
                         "tenant": bounded_text(str(tenant), 256),
-                        "run_id": bounded_text(str(body.get("run_id")), 256),
-                        "correlation_id": bounded_text(str(body.get("correlation_id")), 256),
+                        "run_id": bounded_text(str(body and body.get("run_id")), 256),
+                        "correlation_id": bounded_text(str(body and body.get("correlation_id")), 256),
                     },
                 )
                 self._dead_message(msg, out, "router_error", describe(exc), tenant)
@@ -364,7 +382,7 @@ class CoreProcessor:
         self._step(state, run, compute, out)
 
     # --- inbox records -----------------------------------------------------------------------------
-    def _requested(self, state: PartitionState, body: dict[str, Any], out: Outbox) -> None:
+    def _requested(self, state: PartitionState, body: RunRequested, out: Outbox) -> None:
         problem = _request_problem(body)
         if problem is not None:
             raise StepRejected("invalid_request", problem)
@@ -430,7 +448,7 @@ class CoreProcessor:
             raise
         metrics.RUNS_STARTED.labels(run.tenant, run.workflow).inc()
 
-    def _result(self, state: PartitionState, body: dict[str, Any], out: Outbox) -> None:
+    def _result(self, state: PartitionState, body: StepResult, out: Outbox) -> None:
         run = state.runs.get(body["run_id"])
         if run is None:
             metrics.STALE_RESULTS.labels(self._label(body["tenant"]), "unknown_run").inc()
@@ -443,7 +461,8 @@ class CoreProcessor:
             )
         stale = machine.stale_result(run, body)
         if stale is not None:
-            reason = (stale.events[0].detail or {}).get("reason", "")
+            detail = stale.events[0].detail
+            reason = str(detail.get("reason", "")) if detail is not None else ""
             metrics.STALE_RESULTS.labels(run.tenant, reason).inc()
             self._step(state, run, lambda: stale, out, rejects=True, write_rejects=True)
             return
@@ -462,7 +481,7 @@ class CoreProcessor:
         )
         self._step(state, run, compute, out, rejects=True)
 
-    def _control(self, state: PartitionState, body: dict[str, Any], out: Outbox) -> None:
+    def _control(self, state: PartitionState, body: ControlCommand, out: Outbox) -> None:
         """Cancel or replay one run. Every command ends in the run's history (accepted or refused)
         or, when there is no such run of that tenant or its decision cannot be written, in the DLQ —
         never silently dropped."""
@@ -478,7 +497,7 @@ class CoreProcessor:
         finally:
             self._shrink_read_back(state, out)
 
-    def _apply_control(self, state: PartitionState, body: dict[str, Any], out: Outbox) -> None:
+    def _apply_control(self, state: PartitionState, body: ControlCommand, out: Outbox) -> None:
         run = state.runs.get(body.get("run_id") or "")
         run, not_read_back = self._take_up(state, body, run)
         if run is None or run.tenant != body["tenant"]:
@@ -538,7 +557,7 @@ class CoreProcessor:
 
     # --- runs read back from history -------------------------------------------------------------
     def _take_up(
-        self, state: PartitionState, body: dict[str, Any], run: RunState | None
+        self, state: PartitionState, body: ControlCommand, run: RunState | None
     ) -> tuple[RunState | None, str | None]:
         """The run a command is about: from memory, or read back from its history when memory does
         not hold it or (for a replay) holds it compacted. Also returns why it was not read back
@@ -850,7 +869,7 @@ class CoreProcessor:
     def _workflow(self, run: RunState) -> CompiledWorkflow | None:
         return self.catalog.get(run.tenant, run.workflow, run.version)
 
-    def _label(self, tenant: Any) -> str:
+    def _label(self, tenant: object) -> str:
         """The metrics label of a tenant an input names (one shared value for unregistered names)."""
         if not isinstance(tenant, str):
             return ""
@@ -871,7 +890,7 @@ class CoreProcessor:
         out: Outbox,
         kind: str,
         message: str,
-        tenant: Any = None,
+        tenant: object = None,
         original: bytes | None = None,
     ) -> None:
         """Dead-letter an inbox record; ``original`` replaces its value (e.g. the bare ControlCommand,
@@ -881,7 +900,7 @@ class CoreProcessor:
         label = self._label(claimed)
         tenant_field, _, _ = bounded_identity(claimed)
         limit = out.max_record_bytes
-        common: dict[str, Any] = {
+        common: _DeadLetterOrigin = {
             "topic": msg.topic(),
             "partition": msg.partition(),
             "offset": msg.offset(),
@@ -909,9 +928,9 @@ class CoreProcessor:
     def poison(self, msg: Message, out: Outbox, error_kind: str, message: str) -> None:
         """The loop's poison-batch guard isolated ``msg`` (its batch kept failing): dead-letter it.
         The per-record containment above should leave nothing for the guard; this is its hook."""
-        tenant: Any = None
+        tenant: object = None
         try:
-            tenant = serde.decode_inbox(msg.value())[1].get("tenant")
+            tenant = decode_inbox(msg.value())[1].get("tenant")
         except Exception:  # undecodable: no tenant to name
             tenant = None
         self._dead_message(msg, out, error_kind, message, tenant)

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
@@ -43,12 +43,14 @@ from services.bus.txloop import Outbox
 from services.config import Settings
 from services.contracts import serde
 from services.contracts.dead_letters import bounded_identity, encode_dead_letter
+from services.contracts.records import ControlCommand, RunRequested, decode_control_command
 from services.contracts.text import bounded_text
 from services.contracts.vocabulary import ErrorKind
 from services.control.verify import CommandRefused, verify_command
 from services.observability import metrics
 from services.router import records
 from services.router.load import TenantLoad
+from services.router.state import TriggerView
 from services.router.triggers import MAX_ID_LENGTH, Trigger, TriggerError, parse_trigger
 from services.tenancy.config import TenantConfig
 from services.tenancy.limits import TokenBucket
@@ -449,7 +451,12 @@ class IntakeProcessor:
         anything else the evaluation raises) does not start a run: the trigger is dead-lettered
         ``filter_error`` with the reason, because it was addressed to that workflow (its event
         type matched) and silently not running it would look like success."""
-        ctx = {"event": trigger.event_type, "data": trigger.data, "key": key, "tenant": tenant_id}
+        ctx: TriggerView = {
+            "event": trigger.event_type,
+            "data": trigger.data,
+            "key": key,
+            "tenant": tenant_id,
+        }
         matched: list[CompiledWorkflow] = []
         failures: list[str] = []
         for workflow in self.catalog.latest_for(tenant_id):
@@ -478,7 +485,7 @@ class IntakeProcessor:
         correlation_id: str,
     ) -> _Request:
         run_id = records.run_id_for(tenant.tenant, workflow.name, key)
-        body: dict[str, Any] = {
+        body: RunRequested = {
             "run_id": run_id,
             "tenant": tenant.tenant,
             "workflow": workflow.name,
@@ -508,7 +515,7 @@ class IntakeProcessor:
     # --- control -----------------------------------------------------------------------------------
     def _control(self, msg: Message, out: Outbox) -> None:
         try:
-            _, command = serde.decode(msg.value(), expected="ControlCommand")
+            command = decode_control_command(msg.value())
         except serde.ContractError as exc:
             self._dead(msg, out, exc.kind, f"control command: {exc.message}", trigger=False)
             return
@@ -526,6 +533,7 @@ class IntakeProcessor:
             return
         tenant_id = command["tenant"]
         tenant = self.tenants.get(tenant_id)
+        run_id = command["run_id"]
         who = f"{command['kind']} by {command['requester']!r}"
         refusal: str | None = None
         if tenant is None:
@@ -534,7 +542,7 @@ class IntakeProcessor:
             refusal = (
                 f"{who}: bulk replays are expanded into one command per run by `switchyard replay --tenant`"
             )
-        elif not command.get("run_id"):
+        elif not run_id:
             refusal = f"{who}: the command names no run"
         else:
             try:
@@ -550,10 +558,9 @@ class IntakeProcessor:
                 command = {**command, "requester": verified.requester}
             except CommandRefused as exc:
                 refusal = f"{exc.reason.value}: {who} (unverified): {exc.message}"
-        if refusal is not None or tenant is None:
+        if refusal is not None or tenant is None or not run_id:  # no run id: refused above
             self._dead(msg, out, ErrorKind.CONTROL_REFUSED, refusal or who, tenant_id, trigger=False)
             return
-        run_id = command["run_id"]
         out.send(
             self.topics.inbox,
             serde.encode_inbox("ControlCommand", command),
@@ -581,7 +588,7 @@ class IntakeProcessor:
         return foreign
 
 
-def _implausible(command: dict[str, Any]) -> str | None:
+def _implausible(command: ControlCommand) -> str | None:
     """Why a control command's fields cannot be what an operator sent, or None.
 
     Checked before anything is looked up or written: every field of a command ends up in a dead

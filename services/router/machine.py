@@ -12,12 +12,22 @@ Run status: ``pending`` (admitted, waiting for a concurrency slot) → ``running
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeAlias, TypedDict
 
 from services.config import Settings
 from services.contracts import strict_json
+from services.contracts.records import ControlCommand, JsonObject, StepResult
 from services.contracts.vocabulary import RUN_END_EVENTS, ErrorKind, EventType, RunStatus, StepStatus
 from services.router import retention
+from services.router.event_details import (
+    AttemptTiming,
+    ControlDetail,
+    EventDetail,
+    RunPendingDetail,
+    StepFailureDetail,
+    StepSucceededDetail,
+    TriggerSummary,
+)
 from services.router.state import RunState, StepRecord
 from services.workflow.compiled import CompiledWorkflow
 from services.workflow.expressions import EvalContext, ExpressionError
@@ -34,7 +44,7 @@ class Event:
     step_id: str | None = None
     attempt: int | None = None
     state: str | None = None
-    detail: dict[str, Any] | None = None
+    detail: EventDetail | None = None
 
 
 @dataclass(frozen=True)
@@ -42,11 +52,14 @@ class Command:
     step_id: str
     attempt: int
     action: str
-    inputs: dict[str, Any]
+    inputs: JsonObject
     deadline_ms: int
 
     def idempotency_key(self, run_id: str) -> str:
         return f"{run_id}:{self.step_id}:{self.attempt}"
+
+
+TimerKind: TypeAlias = Literal["retry", "deadline"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +68,16 @@ class Timer:
     run_id: str
     step_id: str
     attempt: int
-    kind: str  # "retry" | "deadline"
+    kind: TimerKind
+
+
+class DeadLetterRequest(TypedDict):
+    """A failed step the core dead-letters (with the run's identity) once the step is written."""
+
+    step_id: str
+    attempt: int | None  # None: the step failed before any attempt (e.g. its `when` failed)
+    error_kind: str
+    error_message: str
 
 
 @dataclass
@@ -63,7 +85,7 @@ class Effects:
     events: list[Event] = field(default_factory=list)
     commands: list[Command] = field(default_factory=list)
     timers: list[Timer] = field(default_factory=list)
-    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[DeadLetterRequest] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -89,14 +111,14 @@ def admitted(run: RunState, source: str, omitted: str | None = None) -> Effects:
     With ``omitted`` (why), the lean form: the trigger's data is left out (and a long key cut),
     for a run whose full first event cannot be written; it still names the run's source."""
     key = run.idempotency_key
-    trigger: dict[str, Any] = {
+    trigger: TriggerSummary = {
         "event_type": run.trigger.get("event"),
         "data": run.trigger.get("data") if omitted is None else None,
         "idempotency_key": key
         if omitted is None or len(key) <= LEAN_KEY_CHARS
         else key[:LEAN_KEY_CHARS] + "…",
     }
-    detail: dict[str, Any] = {"trigger": trigger, "source": source}
+    detail: RunPendingDetail = {"trigger": trigger, "source": source}
     if omitted is not None:
         detail["trigger_omitted"] = omitted
     return Effects(events=[Event(EventType.RUN_PENDING, state=RunStatus.PENDING.value, detail=detail)])
@@ -115,7 +137,7 @@ def start(
 def on_result(
     run: RunState,
     workflow: CompiledWorkflow,
-    result: dict[str, Any],
+    result: StepResult,
     now_ms: int,
     rand: float,
     *,
@@ -133,7 +155,7 @@ def on_result(
     effects = Effects()
     step_id, attempt = result["step_id"], result["attempt"]
     rec = run.steps[step_id]
-    timing = {
+    timing: AttemptTiming = {
         "started_at": result.get("started_at"),
         "finished_at": result.get("finished_at"),
         "executor_id": result.get("executor_id"),
@@ -142,7 +164,7 @@ def on_result(
     size = len(text.encode("utf-8", "surrogatepass")) if text else 0
     kept = sum(r.output_bytes for sid, r in run.steps.items() if sid != step_id)
     if (
-        result["status"] == StepStatus.SUCCEEDED
+        result["status"] == StepStatus.SUCCEEDED.value
         and max_run_output_bytes is not None
         and kept + size > max_run_output_bytes
     ):
@@ -166,18 +188,19 @@ def on_result(
             deadline_grace_ms,
         )
         return effects
-    if result["status"] == StepStatus.SUCCEEDED:
+    if result["status"] == StepStatus.SUCCEEDED.value:
         rec.status = StepStatus.SUCCEEDED
         rec.output = _loads(text)
         rec.output_bytes = size
         rec.deadline_ms = None
+        succeeded: StepSucceededDetail = {"output": rec.output, **timing}
         effects.events.append(
             Event(
                 EventType.STEP_SUCCEEDED,
                 step_id,
                 attempt,
                 StepStatus.SUCCEEDED.value,
-                {"output": rec.output, **timing},
+                succeeded,
             )
         )
         _advance(run, workflow, now_ms, effects, deadline_grace_ms)
@@ -200,7 +223,7 @@ def on_result(
     return effects
 
 
-def stale_result(run: RunState, result: dict[str, Any]) -> Effects | None:
+def stale_result(run: RunState, result: StepResult) -> Effects | None:
     """The effects of a result that must not be applied (reported in the run's history: a late,
     duplicate or unknown attempt, or a finished run), or ``None`` when it applies. Needs no
     workflow: a finished run's definition may be gone."""
@@ -287,9 +310,9 @@ def cancel(run: RunState, requester: str, reason: str) -> Effects:
     return effects
 
 
-def control_event(command: dict[str, Any], refusal: str | None = None) -> Event:
+def control_event(command: ControlCommand, refusal: str | None = None) -> Event:
     """The history entry for an operator's command: who asked, why, and whether it was accepted."""
-    detail: dict[str, Any] = {
+    detail: ControlDetail = {
         "command_id": command["command_id"],
         "kind": command["kind"],
         "requester": command["requester"],
@@ -335,7 +358,7 @@ def steps_to_replay(run: RunState, workflow: CompiledWorkflow, kind: str, from_s
     return failed
 
 
-def replay(run: RunState, steps: list[str], command: dict[str, Any]) -> Effects:
+def replay(run: RunState, steps: list[str], command: ControlCommand) -> Effects:
     """Reset ``steps`` to pending and put the run back in the queue; attempts continue numbering."""
     effects = Effects(events=[control_event(command)])
     for step_id in steps:
@@ -413,19 +436,24 @@ def _failed_attempt(
     rand: float,
     effects: Effects,
     event_type: EventType | None,
-    extra: dict[str, Any] | None = None,
+    extra: AttemptTiming | None = None,
     deadline_grace_ms: int = DEADLINE_GRACE_MS,
 ) -> None:
     rec = run.steps[step_id]
     policy = workflow.definition.step(step_id).retry
     # The state keeps a bounded message (it counts toward the run's record); events keep it all.
     rec.error_kind, rec.error_message, rec.deadline_ms = kind, message[:STATE_ERROR_CHARS], None
-    detail = {"error_kind": kind, "error_message": message, **(extra or {})}
+    detail: StepFailureDetail = {"error_kind": kind, "error_message": message}
+    if extra is not None:
+        detail["started_at"] = extra["started_at"]
+        detail["finished_at"] = extra["finished_at"]
+        detail["executor_id"] = extra["executor_id"]
     if retryable and policy.should_retry(rec.attempt - rec.retry_base, kind):
         delay_ms = int(policy.backoff(rec.attempt - rec.retry_base, rand) * 1000)
         rec.status = StepStatus.RETRYING
         rec.retry_at_ms = now_ms + delay_ms
-        detail.update(retry_at=rec.retry_at_ms, next_attempt=rec.attempt + 1)
+        detail["retry_at"] = rec.retry_at_ms
+        detail["next_attempt"] = rec.attempt + 1
         effects.events.append(
             Event(
                 event_type or EventType.STEP_RETRYING, step_id, rec.attempt, StepStatus.RETRYING.value, detail

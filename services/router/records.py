@@ -8,11 +8,12 @@ raises :class:`~services.contracts.strict_json.StrictJSONError`, never a half-wr
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import orjson
 
 from services.contracts import serde, strict_json
+from services.contracts.records import RouterState, RunEvent, StepCommand
+from services.router.event_details import EventDetail
 from services.router.machine import Command, Event
 from services.router.state import RunState
 
@@ -33,7 +34,7 @@ def event_id(run_id: str, seq: int) -> str:
     return f"{run_id}:{seq}"
 
 
-def detail_json(detail: dict[str, Any]) -> str:
+def detail_json(detail: EventDetail) -> str:
     """An event's detail: values JSON cannot hold are written as text (as they always were)."""
     try:
         return orjson.dumps(detail, default=str, option=orjson.OPT_NON_STR_KEYS).decode("utf-8")
@@ -44,50 +45,49 @@ def detail_json(detail: dict[str, Any]) -> str:
 def run_event(run: RunState, event: Event, seq: int, now_ms: int) -> bytes:
     """The ``RunEvent`` numbered ``seq`` (the caller advances ``run.seq`` once the step's records
     are all written)."""
-    return serde.encode(
-        "RunEvent",
-        {
-            "event_id": event_id(run.run_id, seq),
-            "run_id": run.run_id,
-            "tenant": run.tenant,
-            "workflow": run.workflow,
-            "version": run.version,
-            "seq": seq,
-            "type": event.type,
-            "step_id": event.step_id,
-            "attempt": event.attempt,
-            "state": event.state,
-            "at": now_ms,
-            "correlation_id": run.correlation_id,
-            "detail_json": detail_json(event.detail) if event.detail is not None else None,
-        },
-    )
+    record: RunEvent = {
+        "event_id": event_id(run.run_id, seq),
+        "run_id": run.run_id,
+        "tenant": run.tenant,
+        "workflow": run.workflow,
+        "version": run.version,
+        "seq": seq,
+        "type": event.type,
+        "step_id": event.step_id,
+        "attempt": event.attempt,
+        "state": event.state,
+        "at": now_ms,
+        "correlation_id": run.correlation_id,
+        "detail_json": detail_json(event.detail) if event.detail is not None else None,
+    }
+    return serde.encode("RunEvent", record)
 
 
 def step_command(run: RunState, command: Command, scopes: list[str], now_ms: int) -> bytes:
-    return serde.encode(
-        "StepCommand",
-        {
-            "run_id": run.run_id,
-            "tenant": run.tenant,
-            "workflow": run.workflow,
-            "version": run.version,
-            "step_id": command.step_id,
-            "attempt": command.attempt,
-            "action": command.action,
-            "inputs_json": strict_json.dumps_str(command.inputs),
-            "idempotency_key": command.idempotency_key(run.run_id),
-            "deadline": command.deadline_ms,
-            "scopes": scopes,
-            "correlation_id": run.correlation_id,
-            "issued_at": now_ms,
-            "reply_partition": run.partition,
-        },
-    )
+    record: StepCommand = {
+        "run_id": run.run_id,
+        "tenant": run.tenant,
+        "workflow": run.workflow,
+        "version": run.version,
+        "step_id": command.step_id,
+        "attempt": command.attempt,
+        "action": command.action,
+        "inputs_json": strict_json.dumps_str(command.inputs),
+        "idempotency_key": command.idempotency_key(run.run_id),
+        "deadline": command.deadline_ms,
+        "scopes": scopes,
+        "correlation_id": run.correlation_id,
+        "issued_at": now_ms,
+        "reply_partition": run.partition,
+    }
+    return serde.encode("StepCommand", record)
 
 
 def changelog(run: RunState, now_ms: int) -> bytes:
-    return serde.encode(
-        "RouterState",
-        {"run_id": run.run_id, "tenant": run.tenant, "snapshot_json": run.to_json(), "updated_at": now_ms},
-    )
+    record: RouterState = {
+        "run_id": run.run_id,
+        "tenant": run.tenant,
+        "snapshot_json": run.to_json(),
+        "updated_at": now_ms,
+    }
+    return serde.encode("RouterState", record)

@@ -23,7 +23,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
-from services.contracts import serde
+from services.contracts.records import decode_router_state
 from services.contracts.text import bounded_text
 from services.router import retention
 from services.router.admission import ACTIVE, Admission
@@ -80,7 +80,7 @@ def load_record(state: PartitionState, sizes: dict[str, int], key: bytes | None,
         sizes.pop(run_id, None)
         return
     try:
-        _, record = serde.decode(value, expected="RouterState")
+        record = decode_router_state(value)
         run = RunState.from_json(record["snapshot_json"])
     except Exception as exc:  # the run is forgotten (loudly) rather than the partition stalled
         state.runs.pop(run_id, None)

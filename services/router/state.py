@@ -26,13 +26,28 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import orjson
 
 from services.contracts import strict_json
+from services.contracts.records import JsonObject
 from services.contracts.text import utf8_safe
 from services.contracts.vocabulary import RunStatus as RunStatus  # re-exported for existing importers
+
+
+class RunTrigger(TypedDict, total=False):
+    """The trigger a run keeps (empty once the run is compacted)."""
+
+    event: str | None  # the event type (None only for a run read back without it)
+    data: Any  # the tenant's trigger data
+
+
+class TriggerView(RunTrigger):
+    """The trigger as expressions see it (the CEL variable ``trigger``)."""
+
+    key: str
+    tenant: str
 
 
 @dataclass(slots=True)
@@ -69,7 +84,7 @@ class Checkpoint:
     seq: int
     finished_ms: int | None
     replays: int
-    trigger: dict[str, Any]
+    trigger: RunTrigger
     idempotency_key: str
     compacted: str | None
     steps: dict[str, StepRecord]
@@ -84,7 +99,7 @@ class RunState:
     partition: int
     correlation_id: str
     idempotency_key: str
-    trigger: dict[str, Any]  # {"event", "data"}; expressions see trigger_view()
+    trigger: RunTrigger  # expressions see trigger_view()
     arrival: int  # FIFO order of admission within the partition
     created_ms: int
     status: RunStatus = RunStatus.PENDING
@@ -100,9 +115,10 @@ class RunState:
         # The idempotency key and the tenant are fields of their own; older snapshots also kept
         # them in the trigger, which stored a (possibly huge) key twice.
         if "key" in self.trigger or "tenant" in self.trigger:
-            self.trigger = {k: v for k, v in self.trigger.items() if k not in ("key", "tenant")}
+            kept = {k: v for k, v in self.trigger.items() if k not in ("key", "tenant")}
+            self.trigger = cast(RunTrigger, kept)
 
-    def trigger_view(self) -> dict[str, Any]:
+    def trigger_view(self) -> TriggerView:
         """The trigger as expressions see it: ``event``, ``data``, ``key``, ``tenant``."""
         return {**self.trigger, "key": self.idempotency_key, "tenant": self.tenant}
 
@@ -256,7 +272,7 @@ _STEP_FIELDS = (
 )
 
 
-def _step_record(data: dict[str, Any]) -> StepRecord:
+def _step_record(data: JsonObject) -> StepRecord:
     try:
         return StepRecord(**data)
     except TypeError:

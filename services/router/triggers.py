@@ -17,10 +17,12 @@ step inputs will hold.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from services.contracts import serde, strict_json
+from services.contracts.records import decode_trigger_event
 
 MAX_JSON_DEPTH = strict_json.MAX_DEPTH
 MAX_ID_LENGTH = 512
@@ -58,7 +60,7 @@ def _dump_json(value: Any, what: str) -> bytes:
         raise TriggerError("invalid_json", f"{what}: {exc}") from exc
 
 
-def _opt_str(record: dict[str, Any], name: str) -> str | None:
+def _opt_str(record: Mapping[str, object], name: str) -> str | None:
     value = record.get(name)
     if value is None:
         return None
@@ -72,12 +74,13 @@ def _opt_str(record: dict[str, Any], name: str) -> str | None:
 def parse_trigger(value: bytes | None) -> Trigger:
     if not value:
         raise TriggerError("empty_record", "empty trigger (tombstone or zero bytes)")
+    record: Mapping[str, object]  # a TriggerEvent, or a JSON trigger's fields (checked below)
     if value[0] == serde.MAGIC:
         try:
-            _, record = serde.decode(value, expected="TriggerEvent")
+            event = decode_trigger_event(value)
         except serde.ContractError as exc:
             raise TriggerError(exc.kind, exc.message) from exc
-        data_json = record["data_json"]
+        record, data_json = event, event["data_json"]
         data = _load_json(data_json, "data_json")
         data_size = max(len(data_json.encode("utf-8")), len(_dump_json(data, "data_json")))
     else:

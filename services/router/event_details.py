@@ -1,0 +1,117 @@
+"""The ``detail`` of each history event the run state machine writes, as types.
+
+An event's detail is written as ``RunEvent.detail_json`` and read back by the projector and the
+console, so its field names are a contract like the record's own. Each event type has its shape
+here (plain dicts at run time); :data:`EventDetail` is any of them. Values that are the tenant's
+(trigger data, step inputs and outputs) stay ``Any``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypeAlias, TypedDict
+
+from services.contracts.records import JsonObject
+
+
+class TriggerSummary(TypedDict):
+    """The trigger a run started from, as its ``run_pending`` event shows it."""
+
+    event_type: str | None
+    data: Any  # None in the lean form
+    idempotency_key: str
+
+
+class RunPendingDetail(TypedDict):
+    trigger: TriggerSummary
+    source: str
+    trigger_omitted: NotRequired[str]  # why the lean form left the trigger's data out
+
+
+class AttemptTiming(TypedDict):
+    """When and where an attempt ran, as its executor reported it."""
+
+    started_at: int | None
+    finished_at: int | None
+    executor_id: str | None
+
+
+class StepSucceededDetail(TypedDict):
+    output: Any
+    started_at: int | None
+    finished_at: int | None
+    executor_id: str | None
+
+
+class StepFailureDetail(TypedDict):
+    """``step_failed`` / ``step_retrying`` / ``step_timed_out``: why, and what happens next."""
+
+    error_kind: str
+    error_message: str
+    started_at: NotRequired[int | None]
+    finished_at: NotRequired[int | None]
+    executor_id: NotRequired[str | None]
+    retry_at: NotRequired[int]
+    next_attempt: NotRequired[int]
+    retries_exhausted: NotRequired[bool]
+
+
+class StepScheduledDetail(TypedDict):
+    action: str
+    inputs: JsonObject
+    deadline: int
+    idempotency_key: str
+
+
+class ReasonDetail(TypedDict):
+    """``result_ignored``, ``step_skipped``, ``step_cancelled``: one reason."""
+
+    reason: str
+
+
+class RunCancelledDetail(TypedDict):
+    requester: str
+    reason: str
+
+
+class RunFailedDetail(TypedDict):
+    step_id: str | None
+    error_kind: str | None
+    error_message: str | None
+
+
+class ControlDetail(TypedDict):
+    """``control_accepted`` / ``control_refused``: an operator's command and its decision."""
+
+    command_id: str
+    kind: str
+    requester: str
+    reason: str
+    step_id: str | None
+    command_correlation_id: str | None
+    refusal: NotRequired[str]
+
+
+class StepResetDetail(TypedDict):
+    command_id: str
+
+
+class RunReplayedDetail(TypedDict):
+    command_id: str
+    requester: str
+    reason: str
+    replay: int
+    steps: list[str]
+
+
+EventDetail: TypeAlias = (
+    RunPendingDetail
+    | StepSucceededDetail
+    | StepFailureDetail
+    | StepScheduledDetail
+    | ReasonDetail
+    | RunCancelledDetail
+    | RunFailedDetail
+    | ControlDetail
+    | StepResetDetail
+    | RunReplayedDetail
+)
