@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.bus.topics import Topics
 from services.config import Settings
+from services.contracts.records import JsonObject
 from services.tenancy.config import TENANT_PATTERN
 from services.triggers.emitter import KafkaEmitter
 from services.triggers.plugins import Emitter, TriggerPlugin, TriggerRegistry
@@ -39,7 +40,7 @@ class TriggerInstance(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,99}$")
     type: str = Field(min_length=1)
     tenant: str = Field(pattern=TENANT_PATTERN)
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: JsonObject = Field(default_factory=dict)  # the plugin's own settings
 
 
 class TriggerConfigError(ValueError):

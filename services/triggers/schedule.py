@@ -34,11 +34,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.contracts.records import JsonObject
 from services.observability import logs
 from services.triggers.plugins import Emission, EmitError, Emitter
 
@@ -52,7 +52,7 @@ class ScheduleConfig(BaseModel):
 
     event_type: str = Field(min_length=1, max_length=200)
     cron: str = Field(description="Five-field cron expression, in UTC.")
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: JsonObject = Field(default_factory=dict)
     catch_up_s: float = Field(
         default=3600.0, ge=0, le=7 * 24 * 3600, description="Missed ticks at most this old are emitted."
     )

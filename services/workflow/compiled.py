@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from services.contracts.vocabulary import ErrorKind
 from services.contracts.vocabulary import StepStatus as StepStatus  # part of services.workflow's API
@@ -24,6 +24,9 @@ from services.workflow.models import RetryPolicy, Step, WorkflowDefinition
 from services.workflow.problems import DefinitionError
 from services.workflow.templates import CompiledInputs
 from services.workflow.validation import check_definition
+
+if TYPE_CHECKING:
+    from services.contracts.records import JsonObject
 
 _DONE_OK = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED})
 
@@ -124,7 +127,7 @@ class CompiledWorkflow:
         expr = self._when.get(step_id)
         return True if expr is None else expr.evaluate_bool(ctx.variables())
 
-    def render_inputs(self, step_id: str, ctx: EvalContext) -> dict[str, Any]:
+    def render_inputs(self, step_id: str, ctx: EvalContext) -> JsonObject:
         """The step's inputs with templates evaluated; :class:`ExpressionError` on failure."""
         return self._inputs[step_id].render(ctx.variables())
 
@@ -153,7 +156,7 @@ class CompiledWorkflow:
         start: list[str] = []
         skip: list[str] = []
         failures: list[StepFailure] = []
-        variables: dict[str, Any] | None = None
+        variables: JsonObject | None = None
         for sid in self.dag.topological_order():
             if current[sid] is not StepStatus.PENDING:
                 continue

@@ -44,12 +44,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from services.workflow import cel_ast as ast
 from services.workflow.regex_cost import compile_cost
+
+if TYPE_CHECKING:
+    from services.contracts.records import JsonObject
 
 #: What one evaluation (a filter, a condition, or all the templates of one step's inputs) may cost,
 #: in units of ~1 ns of this (shared, loaded) machine; the benchmark measures the wall time of the
@@ -514,7 +517,7 @@ def _shape_at(variables: Mapping[str, Any], path: Path) -> Shape:
     return measure(value)
 
 
-def prepare(r: Reads, variables: Mapping[str, Any]) -> tuple[dict[str, Any], dict[Path, Shape]]:
+def prepare(r: Reads, variables: Mapping[str, Any]) -> tuple[JsonObject, dict[Path, Shape]]:
     """The variables reduced to what ``r`` reads, and the measured shape of each value path.
 
     Raises :class:`InputError` when a part that is read cannot be handed to the runtime.

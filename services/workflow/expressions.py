@@ -42,13 +42,16 @@ import datetime as dt
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cel
 from cel import stdlib as cel_stdlib
 
 from services.workflow import cel_ast, expression_cost
 from services.workflow.expression_cost import BUDGET, Estimate, InputError, Reads
+
+if TYPE_CHECKING:
+    from services.contracts.records import JsonObject
 
 MAX_EXPRESSION_LENGTH = 2048
 MAX_COMPREHENSION_DEPTH = 2
@@ -145,7 +148,7 @@ class EvalContext:
     trigger: Mapping[str, Any]
     step_outputs: Mapping[str, Any] = field(default_factory=dict)
 
-    def variables(self) -> dict[str, Any]:
+    def variables(self) -> JsonObject:
         """The CEL variables for this context."""
         return {
             "trigger": dict(self.trigger),
@@ -315,7 +318,7 @@ class Prepared:
     """One expression ready to run against one set of variables: the part of the variables it
     reads (``variables``) and the bound on what running it costs (``estimate``)."""
 
-    variables: dict[str, Any]
+    variables: JsonObject
     estimate: Estimate
 
 

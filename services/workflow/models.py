@@ -10,7 +10,7 @@ to ``schemas/workflow-definition.schema.json`` (see :mod:`services.workflow.sche
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import (
     BaseModel,
@@ -23,6 +23,9 @@ from pydantic import (
 )
 
 from services.contracts.vocabulary import ALWAYS_NON_RETRYABLE
+
+if TYPE_CHECKING:
+    from services.contracts.records import JsonObject
 
 #: Reserved words of CEL; a step id must not be one, or ``steps.<id>`` would not parse.
 CEL_RESERVED_WORDS = frozenset(
@@ -216,6 +219,6 @@ class WorkflowDefinition(BaseModel):
         raise KeyError(step_id)
 
 
-def to_json_value(model: BaseModel) -> dict[str, Any]:
+def to_json_value(model: BaseModel) -> JsonObject:
     """The JSON form of a model (as signed and published)."""
     return model.model_dump(mode="json")

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from services.package_data import schemas_dir
 from services.workflow.models import WorkflowDefinition
+
+if TYPE_CHECKING:
+    from services.contracts.records import JsonObject
 
 SCHEMA_PATH: Path = schemas_dir() / "workflow-definition.schema.json"
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
-def definition_schema() -> dict[str, Any]:
+def definition_schema() -> JsonObject:
     """The JSON Schema (draft 2020-12) of a workflow definition document."""
     schema = WorkflowDefinition.model_json_schema(mode="validation")
     return {"$schema": SCHEMA_DIALECT, **schema}

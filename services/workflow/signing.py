@@ -26,7 +26,7 @@ import datetime as dt
 import enum
 import hashlib
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import rfc8785
 from cryptography.exceptions import InvalidSignature
@@ -43,6 +43,9 @@ from pydantic import (
 )
 
 from services.workflow.models import WorkflowDefinition
+
+if TYPE_CHECKING:
+    from services.contracts.records import JsonObject
 
 KeyId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
 TenantId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
@@ -92,7 +95,7 @@ def content_hash(defn: WorkflowDefinition) -> str:
 
 def signing_payload(defn: WorkflowDefinition, tenant: str, key_id: str) -> bytes:
     """The exact bytes that are signed (see the module docstring)."""
-    message: dict[str, Any] = {
+    message: JsonObject = {
         "definition": defn.model_dump(mode="json"),
         "tenant": tenant,
         "name": defn.name,

@@ -25,7 +25,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.secrets import references
 from services.workflow.expression_cost import BUDGET, Estimate
@@ -38,6 +38,9 @@ from services.workflow.expressions import (
     scan_string_literal,
 )
 from services.workflow.problems import PathPart
+
+if TYPE_CHECKING:
+    from services.contracts.records import JsonObject
 
 OPEN = "${{"
 ESCAPED_OPEN = "$${{"
@@ -277,7 +280,7 @@ class CompiledInputs:
         """Ids of the steps referenced by any template."""
         return frozenset(ref for expr in _expressions(self._root) for ref in expr.step_refs)
 
-    def render(self, variables: Mapping[str, Any]) -> dict[str, Any]:
+    def render(self, variables: Mapping[str, Any]) -> JsonObject:
         """Evaluate all templates; :class:`ExpressionError` on failure or oversized output.
 
         The result is in wire form (:mod:`services.secrets.references`): secret references stay
@@ -294,7 +297,7 @@ class CompiledInputs:
                 expr = next(e for e in _expressions(self._root) if prepared[id(e)] is costliest)
                 reason = Estimate(total, costliest.estimate.reason).refusal()
                 raise ExpressionError(f"rendering the inputs: {reason}", expr.source)
-        rendered: dict[str, Any] = _render(self._root, prepared)
+        rendered: JsonObject = _render(self._root, prepared)
         text = json.dumps(rendered, separators=(",", ":"), ensure_ascii=False)
         # Only a string holding "${{" (a reference, or text that looks like one) needs encoding;
         # JSON never escapes those characters, so the text says whether there is one. Encoding
