@@ -319,43 +319,15 @@ class IntakeProcessor:
 
     # --- triggers ----------------------------------------------------------------------------------
     def _trigger(self, msg: Message, out: Outbox) -> None:
+        """One tenant trigger: checked, matched, and a run requested per matching workflow (or
+        dead-lettered with the reason)."""
         started = time.perf_counter()
-        tenant_id = self.topics.tenant_of(msg.topic() or "")
-        if tenant_id is None:
-            self._dead(
-                msg,
-                out,
-                ErrorKind.BAD_TOPIC,
-                f"{bounded_text(msg.topic() or '', 300)} is not a tenant trigger topic",
-            )
+        admitted = self._trigger_tenant(msg, out)
+        if admitted is None:
             return
-        tenant = self.tenants.get(tenant_id)
-        if tenant is None:
-            self._dead(
-                msg, out, ErrorKind.UNKNOWN_TENANT, f"tenant {tenant_id!r} is not registered", tenant_id
-            )
-            return
-        if tenant.status != "active":
-            self._dead(msg, out, ErrorKind.TENANT_SUSPENDED, f"tenant {tenant_id!r} is suspended", tenant_id)
-            return
-        try:
-            raw_headers = msg.headers() or []
-            headers = list(raw_headers.items()) if isinstance(raw_headers, dict) else raw_headers
-            size = record_size(msg.key(), msg.value(), headers)
-        except UnicodeDecodeError as exc:  # the client decodes header names as UTF-8
-            self._dead(
-                msg, out, ErrorKind.INVALID_UTF8, f"a header name is not valid UTF-8: {exc}", tenant_id
-            )
-            return
-        if size > self.settings.max_trigger_bytes:
-            self._dead(
-                msg,
-                out,
-                ErrorKind.OVERSIZED,
-                f"trigger is {size} bytes (value, key and headers); the limit is "
-                f"{self.settings.max_trigger_bytes}",
-                tenant_id,
-            )
+        tenant_id, tenant = admitted
+        size = self._trigger_size(msg, out, tenant_id)
+        if size is None:
             return
         try:
             trigger = parse_trigger(msg.value())
@@ -366,6 +338,76 @@ class IntakeProcessor:
         correlation_id = trigger.correlation_id or str(
             uuid.uuid5(records.RUN_NAMESPACE, f"{tenant_id}\x1f{key}")
         )
+        planned = self._plan_requests(msg, out, tenant_id, tenant, trigger, key, correlation_id, size)
+        if planned is None:
+            return
+        requests, failures = planned
+        sent = self._send_requests(msg, out, requests, tenant_id, correlation_id)
+        if sent is None:
+            return
+        self._report_trigger(msg, out, trigger, tenant_id, correlation_id, sent, failures)
+        metrics.HANDLER_SECONDS.labels(SERVICE, "trigger", tenant_id).observe(time.perf_counter() - started)
+
+    def _trigger_tenant(self, msg: Message, out: Outbox) -> tuple[str, TenantConfig] | None:
+        """The registered, active tenant whose topic ``msg`` came from; else ``None``, dead-lettered."""
+        tenant_id = self.topics.tenant_of(msg.topic() or "")
+        if tenant_id is None:
+            self._dead(
+                msg,
+                out,
+                ErrorKind.BAD_TOPIC,
+                f"{bounded_text(msg.topic() or '', 300)} is not a tenant trigger topic",
+            )
+            return None
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None:
+            self._dead(
+                msg, out, ErrorKind.UNKNOWN_TENANT, f"tenant {tenant_id!r} is not registered", tenant_id
+            )
+            return None
+        if tenant.status != "active":
+            self._dead(msg, out, ErrorKind.TENANT_SUSPENDED, f"tenant {tenant_id!r} is suspended", tenant_id)
+            return None
+        return tenant_id, tenant
+
+    def _trigger_size(self, msg: Message, out: Outbox, tenant_id: str) -> int | None:
+        """The record's size (value, key and headers) if within ``max_trigger_bytes``; else
+        ``None``, dead-lettered."""
+        try:
+            raw_headers = msg.headers() or []
+            headers = list(raw_headers.items()) if isinstance(raw_headers, dict) else raw_headers
+            size = record_size(msg.key(), msg.value(), headers)
+        except UnicodeDecodeError as exc:  # the client decodes header names as UTF-8
+            self._dead(
+                msg, out, ErrorKind.INVALID_UTF8, f"a header name is not valid UTF-8: {exc}", tenant_id
+            )
+            return None
+        if size > self.settings.max_trigger_bytes:
+            self._dead(
+                msg,
+                out,
+                ErrorKind.OVERSIZED,
+                f"trigger is {size} bytes (value, key and headers); the limit is "
+                f"{self.settings.max_trigger_bytes}",
+                tenant_id,
+            )
+            return None
+        return size
+
+    def _plan_requests(
+        self,
+        msg: Message,
+        out: Outbox,
+        tenant_id: str,
+        tenant: TenantConfig,
+        trigger: Trigger,
+        key: str,
+        correlation_id: str,
+        size: int,
+    ) -> tuple[list[_Request], list[str]] | None:
+        """The run requests of the workflows the trigger matches, and the filter failures; or
+        ``None`` (dead-lettered ``oversized``, no run started) when the data or any request
+        would pass the run request budget."""
         budget = self.settings.max_trigger_bytes + RUN_REQUEST_ENVELOPE
         # Data that alone cannot fit is refused before any filter spends time on it.
         matched, failures = self._match(tenant_id, trigger, key) if trigger.data_size <= budget else ([], [])
@@ -386,7 +428,14 @@ class IntakeProcessor:
                 tenant_id,
                 correlation_id=correlation_id,
             )
-            return
+            return None
+        return requests, failures
+
+    def _send_requests(
+        self, msg: Message, out: Outbox, requests: list[_Request], tenant_id: str, correlation_id: str
+    ) -> int | None:
+        """Send the run requests to the inbox; how many were sent, or ``None`` (dead-lettered)
+        if the outbox refused one as too large."""
         sent = 0
         for request in requests:
             try:
@@ -407,7 +456,7 @@ class IntakeProcessor:
                     tenant_id,
                     correlation_id=correlation_id,
                 )
-                return
+                return None
             sent += 1
             log.info(
                 "run requested",
@@ -418,6 +467,20 @@ class IntakeProcessor:
                     "workflow": request.workflow,
                 },
             )
+        return sent
+
+    def _report_trigger(
+        self,
+        msg: Message,
+        out: Outbox,
+        trigger: Trigger,
+        tenant_id: str,
+        correlation_id: str,
+        sent: int,
+        failures: list[str],
+    ) -> None:
+        """The trigger's outcome: a ``filter_error`` dead letter for the filters that failed, and
+        the matched / unmatched count."""
         if failures:
             # One dead letter per trigger (its id is the record's position), naming every workflow
             # whose filter failed; the workflows that matched still run.
@@ -442,7 +505,6 @@ class IntakeProcessor:
                     "event_type": bounded_text(trigger.event_type, 200),
                 },
             )
-        metrics.HANDLER_SECONDS.labels(SERVICE, "trigger", tenant_id).observe(time.perf_counter() - started)
 
     def _match(self, tenant_id: str, trigger: Trigger, key: str) -> tuple[list[CompiledWorkflow], list[str]]:
         """The tenant's workflows this trigger starts, and why each failing filter failed.

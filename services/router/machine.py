@@ -153,32 +153,25 @@ def on_result(
     if stale is not None:
         return stale
     effects = Effects()
-    step_id, attempt = result["step_id"], result["attempt"]
-    rec = run.steps[step_id]
+    step_id = result["step_id"]
     timing: AttemptTiming = {
         "started_at": result.get("started_at"),
         "finished_at": result.get("finished_at"),
         "executor_id": result.get("executor_id"),
     }
+    if result["status"] != StepStatus.SUCCEEDED.value:
+        _reported_failure(run, workflow, result, timing, now_ms, rand, effects, deadline_grace_ms)
+        return effects
     text = result.get("output_json")
     size = len(text.encode("utf-8", "surrogatepass")) if text else 0
-    kept = sum(r.output_bytes for sid, r in run.steps.items() if sid != step_id)
-    if (
-        result["status"] == StepStatus.SUCCEEDED.value
-        and max_run_output_bytes is not None
-        and kept + size > max_run_output_bytes
-    ):
-        message = (
-            f"output of {size} bytes would bring the run's kept step outputs to {kept + size} bytes,"
-            f" above SWITCHYARD_MAX_RUN_OUTPUT_BYTES ({max_run_output_bytes}); return less (e.g. a"
-            " reference to the data) from this step"
-        )
+    too_large = _output_budget_refusal(run, step_id, size, max_run_output_bytes)
+    if too_large is not None:
         _failed_attempt(
             run,
             workflow,
             step_id,
             ErrorKind.RUN_OUTPUT_TOO_LARGE,
-            message,
+            too_large,
             False,
             now_ms,
             rand,
@@ -188,39 +181,77 @@ def on_result(
             deadline_grace_ms,
         )
         return effects
-    if result["status"] == StepStatus.SUCCEEDED.value:
-        rec.status = StepStatus.SUCCEEDED
-        rec.output = _loads(text)
-        rec.output_bytes = size
-        rec.deadline_ms = None
-        succeeded: StepSucceededDetail = {"output": rec.output, **timing}
-        effects.events.append(
-            Event(
-                EventType.STEP_SUCCEEDED,
-                step_id,
-                attempt,
-                StepStatus.SUCCEEDED.value,
-                succeeded,
-            )
-        )
-        _advance(run, workflow, now_ms, effects, deadline_grace_ms)
-    else:
-        kind = result.get("error_kind") or ErrorKind.ACTION_ERROR
-        _failed_attempt(
-            run,
-            workflow,
-            step_id,
-            kind,
-            result.get("error_message") or "",
-            bool(result.get("retryable", True)),
-            now_ms,
-            rand,
-            effects,
-            event_type=None,
-            extra=timing,
-            deadline_grace_ms=deadline_grace_ms,
-        )
+    _succeeded(
+        run, workflow, step_id, result["attempt"], text, size, timing, now_ms, effects, deadline_grace_ms
+    )
     return effects
+
+
+def _reported_failure(
+    run: RunState,
+    workflow: CompiledWorkflow,
+    result: StepResult,
+    timing: AttemptTiming,
+    now_ms: int,
+    rand: float,
+    effects: Effects,
+    grace_ms: int,
+) -> None:
+    """An attempt its executor reported failed: retried or failed as the step's policy says."""
+    _failed_attempt(
+        run,
+        workflow,
+        result["step_id"],
+        result.get("error_kind") or ErrorKind.ACTION_ERROR,
+        result.get("error_message") or "",
+        bool(result.get("retryable", True)),
+        now_ms,
+        rand,
+        effects,
+        event_type=None,
+        extra=timing,
+        deadline_grace_ms=grace_ms,
+    )
+
+
+def _output_budget_refusal(run: RunState, step_id: str, size: int, limit: int | None) -> str | None:
+    """Why an output of ``size`` bytes cannot be kept for ``step_id`` (the run's kept outputs would
+    pass ``limit``), or ``None``."""
+    if limit is None:
+        return None
+    kept = sum(r.output_bytes for sid, r in run.steps.items() if sid != step_id)
+    if kept + size <= limit:
+        return None
+    return (
+        f"output of {size} bytes would bring the run's kept step outputs to {kept + size} bytes,"
+        f" above SWITCHYARD_MAX_RUN_OUTPUT_BYTES ({limit}); return less (e.g. a"
+        " reference to the data) from this step"
+    )
+
+
+def _succeeded(
+    run: RunState,
+    workflow: CompiledWorkflow,
+    step_id: str,
+    attempt: int,
+    text: str | None,
+    size: int,
+    timing: AttemptTiming,
+    now_ms: int,
+    effects: Effects,
+    grace_ms: int,
+) -> None:
+    """Keep a succeeded attempt's output (``text``, ``size`` bytes) and move the run on."""
+    rec = run.steps[step_id]
+    rec.status = StepStatus.SUCCEEDED
+    rec.output = _loads(text)
+    rec.output_bytes = size
+    rec.deadline_ms = None
+    succeeded: StepSucceededDetail = {"output": rec.output, **timing}
+    effects.events.append(
+        Event(EventType.STEP_SUCCEEDED, step_id, attempt, StepStatus.SUCCEEDED.value, succeeded)
+    )
+    _advance(run, workflow, now_ms, effects, grace_ms)
 
 
 def stale_result(run: RunState, result: StepResult) -> Effects | None:
