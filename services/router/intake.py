@@ -51,7 +51,7 @@ from services.observability import metrics
 from services.router import records
 from services.router.load import TenantLoad
 from services.router.state import TriggerView
-from services.router.triggers import MAX_ID_LENGTH, Trigger, TriggerError, parse_trigger
+from services.router.trigger_records import MAX_ID_LENGTH, Trigger, TriggerError, parse_trigger
 from services.tenancy.config import TenantConfig
 from services.tenancy.limits import TokenBucket
 from services.workflow.compiled import CompiledWorkflow
