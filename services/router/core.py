@@ -297,8 +297,10 @@ class CoreProcessor:
                     "inbox record failed",
                     extra={
                         "tenant": bounded_text(str(tenant), 256),
-                        "run_id": bounded_text(str(body and body.get("run_id")), 256),
-                        "correlation_id": bounded_text(str(body and body.get("correlation_id")), 256),
+                        "run_id": bounded_text(str(body.get("run_id") if body else None), 256),
+                        "correlation_id": bounded_text(
+                            str(body.get("correlation_id") if body else None), 256
+                        ),
                     },
                 )
                 self._dead_message(msg, out, "router_error", describe(exc), tenant)

@@ -6,8 +6,8 @@ here (plain dicts at run time); :data:`EventDetail` is any of them. Values that 
 (trigger data, step inputs and outputs) stay ``Any``.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: ``NotRequired`` must be seen at run time, so that
+# ``__required_keys__`` (which tests hold the machine's events to) is right.
 from typing import Any, NotRequired, TypeAlias, TypedDict
 
 from services.contracts.records import JsonObject
