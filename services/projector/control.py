@@ -37,7 +37,7 @@ from services.projector.bounds import (
     storable_optional,
     storable_optional_id,
 )
-from services.projector.dead_letters import DeadLetter
+from services.projector.dead_letter_store import DeadLetter
 from services.projector.events import ProjectedEvent
 
 CONTROL_EVENTS: dict[str, str] = {

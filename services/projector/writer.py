@@ -50,7 +50,7 @@ from services.projector.control import (
     control_from_event,
     first_decisions,
 )
-from services.projector.dead_letters import DeadLetter
+from services.projector.dead_letter_store import DeadLetter
 from services.projector.events import ProjectedEvent, Rejected
 from services.projector.models import Base, ConsumerOffset, ControlCommandRow, DeadLetterRow, ProjectorReject
 from services.projector.rowplan import OP_CODES, RowPlan, RunPlan, plan_rows, run_composite, run_sequence
