@@ -22,7 +22,6 @@ from services.bus.clients import plain_producer_config
 from services.bus.topics import Topics
 from services.config import Settings
 from services.contracts import serde
-from services.contracts.records import TriggerEvent
 from services.control.commands import ControlSender, Kind, command
 from services.control.keys import NoOperatorKey, OperatorKey, configured_key
 
@@ -113,7 +112,7 @@ class Gateway:
             if self._triggers is None:
                 self._triggers = Producer(plain_producer_config(self.settings))
             producer = self._triggers
-        record: TriggerEvent = {
+        record = {
             "event_type": event_type,
             "data_json": data_json,
             "idempotency_key": idempotency_key,
