@@ -24,6 +24,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -86,73 +87,46 @@ def default_dependencies(settings: Settings, services: Mapping[str, ServiceFn]) 
     return deps
 
 
+@dataclass(frozen=True)
+class ObservabilityOptions:
+    """How :func:`run_services` serves its endpoints (``metrics_port`` > 0 only); the defaults are
+    production's, tests inject the rest.
+
+    ``registry``: default the shared :data:`~services.observability.metrics.REGISTRY`; ``health``:
+    default a new :class:`Health`; ``dependencies``: default :func:`default_dependencies`;
+    ``host``: default ``settings.metrics_host``; ``on_serving`` is called with the HTTP server once
+    it listens; ``lag_interval_s`` paces the lag collector.
+    """
+
+    registry: CollectorRegistry | None = None
+    health: Health | None = None
+    dependencies: Mapping[str, Check] | None = None
+    host: str | None = None
+    on_serving: Callable[[ObservabilityServer], None] | None = None
+    lag_interval_s: float = LAG_INTERVAL_S
+
+
 def run_services(
     settings: Settings,
     services: Mapping[str, ServiceFn],
     stop: threading.Event,
     *,
-    registry: CollectorRegistry | None = None,
-    health: Health | None = None,
-    dependencies: Mapping[str, Check] | None = None,
-    metrics_host: str | None = None,
-    on_serving: Callable[[ObservabilityServer], None] | None = None,
-    lag_interval_s: float = LAG_INTERVAL_S,
+    observability: ObservabilityOptions = ObservabilityOptions(),  # frozen: one shared default is safe
 ) -> None:
-    """Run each service in a thread; if one fails, stop them all and re-raise its error.
-
-    ``registry`` (default: the shared :data:`~services.observability.metrics.REGISTRY`),
-    ``health`` and ``dependencies`` are injectable for tests; ``on_serving`` is called with the
-    HTTP server once it listens (``metrics_port`` > 0 only); ``lag_interval_s`` paces the lag
-    collector.
-    """
-    health = health if health is not None else Health()
+    """Run each service in a thread; if one fails, stop them all and re-raise its error."""
+    health = observability.health if observability.health is not None else Health()
     if health.progress is None:
         health.progress = BOARD
     errors: list[BaseException] = []
     statuses = {name: health.service(name) for name in services}
-
-    def guarded(name: str, fn: ServiceFn) -> None:
-        status = statuses[name]
-        status.running = True
-        metrics.SERVICE_UP.labels(name).set(1)
-        try:
-            if accepts_ready(fn):
-                fn(settings, stop, ready=status.ready)
-            else:
-                status.ready.set()
-                fn(settings, stop)
-            if not stop.is_set():
-                status.died, status.error = True, "returned before stop"
-                log.error("service %s returned before stop was requested", name)
-                stop.set()
-        except BaseException as exc:
-            status.died, status.error = True, f"{type(exc).__name__}: {exc}"
-            errors.append(exc)
-            log.exception("service %s failed", name)
-            stop.set()
-        finally:
-            status.running = False
-            metrics.SERVICE_UP.labels(name).set(0)
-            metrics.SERVICE_READY.labels(name).set(0)
-
     server, collector = None, None
     if settings.metrics_port > 0:
-        health.dependencies.update(
-            dependencies if dependencies is not None else default_dependencies(settings, services)
-        )
-        server = ObservabilityServer(
-            registry if registry is not None else metrics.REGISTRY,
-            health,
-            settings.metrics_port,
-            metrics_host if metrics_host is not None else settings.metrics_host,
-        ).start()
-        groups = groups_for(settings.topic_prefix, services)
-        if groups:
-            collector = LagCollector(settings, groups, lag_interval_s).start()
-        if on_serving is not None:
-            on_serving(server)
+        server, collector = _serve(settings, services, health, observability)
 
-    threads = [threading.Thread(target=guarded, args=(n, f), name=n) for n, f in services.items()]
+    threads = [
+        threading.Thread(target=_guarded, args=(settings, stop, n, f, statuses[n], errors), name=n)
+        for n, f in services.items()
+    ]
     for name in services:
         metrics.SERVICE_READY.labels(name).set(0)
     for thread in threads:
@@ -170,6 +144,59 @@ def run_services(
             server.stop()
     if errors:
         raise errors[0]
+
+
+def _guarded(
+    settings: Settings,
+    stop: threading.Event,
+    name: str,
+    fn: ServiceFn,
+    status: ServiceStatus,
+    errors: list[BaseException],
+) -> None:
+    """Run one service (its thread's target): a failure or an early return stops every service."""
+    status.running = True
+    metrics.SERVICE_UP.labels(name).set(1)
+    try:
+        if accepts_ready(fn):
+            fn(settings, stop, ready=status.ready)
+        else:
+            status.ready.set()
+            fn(settings, stop)
+        if not stop.is_set():
+            status.died, status.error = True, "returned before stop"
+            log.error("service %s returned before stop was requested", name)
+            stop.set()
+    except BaseException as exc:
+        status.died, status.error = True, f"{type(exc).__name__}: {exc}"
+        errors.append(exc)
+        log.exception("service %s failed", name)
+        stop.set()
+    finally:
+        status.running = False
+        metrics.SERVICE_UP.labels(name).set(0)
+        metrics.SERVICE_READY.labels(name).set(0)
+
+
+def _serve(
+    settings: Settings, services: Mapping[str, ServiceFn], health: Health, options: ObservabilityOptions
+) -> tuple[ObservabilityServer, LagCollector | None]:
+    """Start the HTTP endpoints and (when the services have consumer groups) the lag collector."""
+    dependencies = options.dependencies
+    health.dependencies.update(
+        dependencies if dependencies is not None else default_dependencies(settings, services)
+    )
+    server = ObservabilityServer(
+        options.registry if options.registry is not None else metrics.REGISTRY,
+        health,
+        settings.metrics_port,
+        options.host if options.host is not None else settings.metrics_host,
+    ).start()
+    groups = groups_for(settings.topic_prefix, services)
+    collector = LagCollector(settings, groups, options.lag_interval_s).start() if groups else None
+    if options.on_serving is not None:
+        options.on_serving(server)
+    return server, collector
 
 
 def _publish_ready(statuses: Mapping[str, ServiceStatus]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 from services.bus.group_protocol import (
     CLASSIC_HEARTBEAT_INTERVAL_MS,
@@ -11,8 +11,12 @@ from services.bus.group_protocol import (
 )
 from services.config import Settings
 
+#: A librdkafka configuration: property name → value (strings, numbers, booleans, callbacks), as
+#: confluent-kafka's clients take it.
+ClientConfig: TypeAlias = dict[str, Any]
 
-def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+
+def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> ClientConfig:
     """A group consumer's configuration, for the group protocol chosen for the cluster
     (:func:`services.bus.group_protocol.group_protocol`: with ``auto``, the broker is asked once)."""
     chosen = group_protocol(settings)
@@ -52,7 +56,7 @@ PRODUCER_RECONNECT_BACKOFF_MAX_MS = 1_000
 
 def transactional_producer_config(
     settings: Settings, transactional_id: str, **overrides: Any
-) -> dict[str, Any]:
+) -> ClientConfig:
     conf = settings.kafka_config()
     conf.update(
         {
@@ -84,7 +88,7 @@ def transactional_producer_config(
     return conf
 
 
-def plain_producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+def plain_producer_config(settings: Settings, **overrides: Any) -> ClientConfig:
     conf = settings.kafka_config()
     conf.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"})
     conf.update(overrides)

@@ -35,7 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -47,7 +47,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from services.bus.clients import consumer_config, headers_for, transactional_producer_config
+from services.bus.clients import ClientConfig, consumer_config, headers_for, transactional_producer_config
 from services.bus.consumer import PauseAwareConsumer
 from services.bus.poison import (
     POISON_KIND,
@@ -109,12 +109,12 @@ class Outbox:
         size = record_size(key, value, headers)
         if size > self.max_record_bytes:
             raise RecordTooLarge(topic, size, self.max_record_bytes)
-        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers}
-        if partition is not None:
-            kwargs["partition"] = partition
         while True:
             try:
-                self._producer.produce(topic, **kwargs)
+                if partition is None:
+                    self._producer.produce(topic, key=key, value=value, headers=headers)
+                else:
+                    self._producer.produce(topic, key=key, value=value, headers=headers, partition=partition)
                 break
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: let deliveries drain
@@ -168,9 +168,9 @@ class TransactionalLoop:
         transactional_id: str,
         subscribe: list[str],
         processor: Processor,
-        consumer_overrides: dict[str, Any] | None = None,
-        consumer_factory: Callable[[dict[str, Any]], PauseAwareConsumer] = PauseAwareConsumer,
-        producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
+        consumer_overrides: ClientConfig | None = None,
+        consumer_factory: Callable[[ClientConfig], PauseAwareConsumer] = PauseAwareConsumer,
+        producer_factory: Callable[[ClientConfig], Producer] = Producer,
         progress: ProgressBoard | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -696,7 +696,15 @@ def _blaming_records(call: Callable[..., None], *args: Any) -> None:
         raise RecordFault(exc) from exc
 
 
-def _where(msg: Message) -> dict[str, Any]:
+class RecordPosition(TypedDict):
+    """Where a record was read (``extra=`` of a log line about it)."""
+
+    topic: str | None
+    partition: int | None
+    offset: int | None
+
+
+def _where(msg: Message) -> RecordPosition:
     return {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
 
 

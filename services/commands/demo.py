@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import typer
 from confluent_kafka import Producer
@@ -26,6 +25,7 @@ from services.commands import options
 from services.commands.text import add_row, console, esc
 from services.config import Settings, get_settings
 from services.contracts import serde
+from services.contracts.records import JsonObject, TriggerEvent
 from services.contracts.vocabulary import RUN_TERMINAL
 from services.devinfra import launcher, paths
 from services.package_data import examples_dir
@@ -114,12 +114,12 @@ def _publish_examples(settings: Settings, private: str, known_actions: set[str])
     return names
 
 
-def _fire(settings: Settings, triggers: list[dict[str, Any]]) -> list[str]:
+def _fire(settings: Settings, triggers: list[JsonObject]) -> list[str]:
     """Send the example triggers; returns their idempotency keys."""
     producer = Producer(plain_producer_config(settings))
     topic = Topics(settings.topic_prefix).tenant_triggers(TENANT)
     for trigger in triggers:
-        record = {
+        record: TriggerEvent = {
             "event_type": trigger["event_type"],
             "data_json": json.dumps(trigger["data"]),
             "idempotency_key": trigger["idempotency_key"],

@@ -23,7 +23,23 @@ from services.console.accounts import trigger_token_matches
 from services.console.actions import DeliveryFailed
 from services.console.auth import ApiPrincipal, State, refusal
 from services.console.dag import Node
+from services.console.responses import (
+    BulkReplaySent,
+    BulkReplaySummary,
+    CommandSent,
+    DagNode,
+    DeadLettersPage,
+    DefinitionsPage,
+    DefinitionView,
+    Me,
+    RunsPage,
+    TenantDetail,
+    TenantsPage,
+    TenantView,
+    TriggerAccepted,
+)
 from services.console.scope import Principal
+from services.contracts.records import JsonObject
 from services.contracts.strict_json import StrictJSONError, loads
 from services.control.commands import Kind
 from services.projector.models import TenantRow
@@ -31,6 +47,9 @@ from services.projector.queries import as_dict, control_outcome, failed_runs, pa
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
+# Routes name their response_model: FastAPI would otherwise take the TypedDict a handler returns
+# (see .responses) as one, validating and filtering every response; they stay JSON objects.
+AS_OBJECT = JsonObject
 # A trigger's envelope (event type, key, correlation id) on top of its data.
 ENVELOPE_BYTES = 8 * 1024
 
@@ -86,19 +105,21 @@ def run_filter(
 Filter = Annotated[reads.RunFilter, Depends(run_filter)]
 
 
-@router.get("/me", summary="The authenticated operator and its roles")
-def me(principal: ApiPrincipal) -> dict[str, Any]:
+@router.get("/me", response_model=AS_OBJECT, summary="The authenticated operator and its roles")
+def me(principal: ApiPrincipal) -> Me:
     return {"name": principal.name, "roles": dict(principal.roles)}
 
 
-@router.get("/runs", summary="Runs, newest first, filtered; keyset-paginated with `cursor`")
+@router.get(
+    "/runs", response_model=AS_OBJECT, summary="Runs, newest first, filtered; keyset-paginated with `cursor`"
+)
 def runs(
     state_: State,
     principal: ApiPrincipal,
     f: Filter,
     limit: Annotated[int, Query(ge=1, le=reads.MAX_PAGE)] = 50,
     cursor: str | None = None,
-) -> dict[str, Any]:
+) -> RunsPage:
     with state_.session() as session:
         try:
             rows, next_cursor = reads.list_runs(session, principal.readable, f, limit, cursor)
@@ -120,15 +141,22 @@ def _definition_nodes(state_: State, tenant: str, workflow: str, version: int) -
     return [Node(s.id, tuple(s.needs)) for s in entry.signed.definition.steps]
 
 
-@router.get("/runs/{run_id}", summary="One run: steps, attempts, events, control decisions, DAG")
-def run(run_id: str, state_: State, principal: ApiPrincipal) -> dict[str, Any]:
+@router.get(
+    "/runs/{run_id}",
+    response_model=AS_OBJECT,
+    summary="One run: steps, attempts, events, control decisions, DAG",
+)
+def run(run_id: str, state_: State, principal: ApiPrincipal) -> JsonObject:
     with state_.session() as session:
         found = reads.timeline(session, principal.readable, run_id)
     if found is None:
         raise refusal(404, "unknown_run", f"no run {run_id!r} that you may see")
     out = present.run_detail(found)
     nodes = _definition_nodes(state_, found.run.tenant, found.run.workflow, found.run.version)
-    out["dag"] = None if nodes is None else [{"step_id": n.step_id, "needs": list(n.needs)} for n in nodes]
+    dag: list[DagNode] | None = (
+        None if nodes is None else [{"step_id": n.step_id, "needs": list(n.needs)} for n in nodes]
+    )
+    out["dag"] = dag
     return out
 
 
@@ -146,7 +174,7 @@ class CancelBody(BaseModel):
 
 def act(
     state_: State, principal: Principal, run_id: str, kind: Kind, reason: str, step_id: str | None = None
-) -> dict[str, Any]:
+) -> CommandSent:
     """Send one control command about ``run_id`` as ``principal``, after the console's own checks."""
     with state_.session() as session:
         tenant = reads.run_tenant(session, principal.readable, run_id)
@@ -173,17 +201,25 @@ def act(
 
 
 @router.post(
-    "/runs/{run_id}/replay", status_code=202, summary="Replay a run (failed steps, from a step, or one step)"
+    "/runs/{run_id}/replay",
+    status_code=202,
+    response_model=AS_OBJECT,
+    summary="Replay a run (failed steps, from a step, or one step)",
 )
-def replay(run_id: str, body: ReplayBody, state_: State, principal: ApiPrincipal) -> dict[str, Any]:
+def replay(run_id: str, body: ReplayBody, state_: State, principal: ApiPrincipal) -> CommandSent:
     if body.step_only and not body.from_step:
         raise refusal(422, "bad_request", "step_only needs from_step")
     kind: Kind = "replay_step" if body.step_only else "replay_run"
     return act(state_, principal, run_id, kind, body.reason, body.from_step)
 
 
-@router.post("/runs/{run_id}/cancel", status_code=202, summary="Cancel a pending or running run")
-def cancel(run_id: str, body: CancelBody, state_: State, principal: ApiPrincipal) -> dict[str, Any]:
+@router.post(
+    "/runs/{run_id}/cancel",
+    status_code=202,
+    response_model=AS_OBJECT,
+    summary="Cancel a pending or running run",
+)
+def cancel(run_id: str, body: CancelBody, state_: State, principal: ApiPrincipal) -> CommandSent:
     return act(state_, principal, run_id, "cancel", body.reason)
 
 
@@ -199,8 +235,14 @@ class BulkReplayBody(BaseModel):
     max_runs: int = Field(10_000, ge=1, le=100_000, description="Refuse when more runs match.")
 
 
-@router.post("/replays", summary="Replay the failed runs matching a filter (dry run by default)")
-def bulk_replay(body: BulkReplayBody, state_: State, principal: ApiPrincipal) -> Any:
+@router.post(
+    "/replays",
+    response_model=Any,
+    summary="Replay the failed runs matching a filter (dry run by default)",
+)
+def bulk_replay(
+    body: BulkReplayBody, state_: State, principal: ApiPrincipal
+) -> BulkReplaySummary | BulkReplaySent:
     if not principal.can_read(body.tenant):
         raise refusal(404, "unknown_tenant", f"no tenant {body.tenant!r} that you may see")
     if not body.dry_run and not principal.can_act(body.tenant):
@@ -208,7 +250,7 @@ def bulk_replay(body: BulkReplayBody, state_: State, principal: ApiPrincipal) ->
     since = _when(body.created_from, "created_from")
     with state_.session() as session:
         matched = failed_runs(session, body.tenant, body.workflow, body.version, body.error_kind, since=since)
-    summary = {
+    summary: BulkReplaySummary = {
         "runs": len(matched),
         "failed_steps": sum(len(steps) for _, steps in matched),
         "run_ids": [r for r, _ in matched[:100]],
@@ -227,8 +269,10 @@ def bulk_replay(body: BulkReplayBody, state_: State, principal: ApiPrincipal) ->
     return {**summary, "correlation_id": bulk_id, "command_ids": ids}
 
 
-@router.get("/commands/{command_id}", summary="The router's decision on a control command")
-def command_outcome(command_id: str, state_: State, principal: ApiPrincipal) -> dict[str, Any]:
+@router.get(
+    "/commands/{command_id}", response_model=AS_OBJECT, summary="The router's decision on a control command"
+)
+def command_outcome(command_id: str, state_: State, principal: ApiPrincipal) -> JsonObject:
     with state_.session() as session:
         row = control_outcome(session, command_id)
     if row is None or not principal.can_read(row.tenant):
@@ -236,7 +280,11 @@ def command_outcome(command_id: str, state_: State, principal: ApiPrincipal) -> 
     return as_dict(row)
 
 
-@router.get("/dead-letters", summary="Dead letters, newest first; keyset-paginated with `cursor`")
+@router.get(
+    "/dead-letters",
+    response_model=AS_OBJECT,
+    summary="Dead letters, newest first; keyset-paginated with `cursor`",
+)
 def dead_letters(
     state_: State,
     principal: ApiPrincipal,
@@ -248,7 +296,7 @@ def dead_letters(
     failed_to: str | None = None,
     limit: Annotated[int, Query(ge=1, le=reads.MAX_PAGE)] = 50,
     cursor: str | None = None,
-) -> dict[str, Any]:
+) -> DeadLettersPage:
     f = reads.DeadLetterFilter(
         tenant, error_kind, service, run_id, _when(failed_from, "failed_from"), _when(failed_to, "failed_to")
     )
@@ -260,8 +308,12 @@ def dead_letters(
     return {"dead_letters": [present.dead_letter_summary(r) for r in rows], "next_cursor": next_cursor}
 
 
-@router.get("/dead-letters/{dlq_id}", summary="One dead letter with its (redacted) original record")
-def dead_letter(dlq_id: str, state_: State, principal: ApiPrincipal) -> dict[str, Any]:
+@router.get(
+    "/dead-letters/{dlq_id}",
+    response_model=AS_OBJECT,
+    summary="One dead letter with its (redacted) original record",
+)
+def dead_letter(dlq_id: str, state_: State, principal: ApiPrincipal) -> JsonObject:
     with state_.session() as session:
         row = reads.dead_letter(session, principal.readable, dlq_id)
     if row is None:
@@ -269,7 +321,7 @@ def dead_letter(dlq_id: str, state_: State, principal: ApiPrincipal) -> dict[str
     return present.dead_letter_detail(row)
 
 
-def tenant_view(row: TenantRow) -> dict[str, Any]:
+def tenant_view(row: TenantRow) -> TenantView:
     config = dict(row.config)
     config.pop("keyring", None)  # public keys: not secret, but not an operator's concern here
     return {
@@ -280,15 +332,21 @@ def tenant_view(row: TenantRow) -> dict[str, Any]:
     }
 
 
-@router.get("/tenants", summary="Tenants (as mirrored from the registry) with their limits")
-def tenants(state_: State, principal: ApiPrincipal) -> dict[str, Any]:
+@router.get(
+    "/tenants", response_model=AS_OBJECT, summary="Tenants (as mirrored from the registry) with their limits"
+)
+def tenants(state_: State, principal: ApiPrincipal) -> TenantsPage:
     with state_.session() as session:
         rows = reads.list_tenants(session, principal.readable)
     return {"tenants": [tenant_view(r) for r in rows]}
 
 
-@router.get("/tenants/{tenant}", summary="One tenant: limits, in-flight and pending runs, recent failures")
-def tenant(tenant: str, state_: State, principal: ApiPrincipal) -> dict[str, Any]:
+@router.get(
+    "/tenants/{tenant}",
+    response_model=AS_OBJECT,
+    summary="One tenant: limits, in-flight and pending runs, recent failures",
+)
+def tenant(tenant: str, state_: State, principal: ApiPrincipal) -> TenantDetail:
     with state_.session() as session:
         usage = reads.tenant_usage(session, principal.readable, tenant)
     if usage is None:
@@ -308,8 +366,10 @@ def grafana_link(state_: State, tenant: str) -> str:
     return f"{base}/d/switchyard-tenant/switchyard-tenant?var-tenant={quote(tenant)}"
 
 
-@router.get("/definitions", summary="Workflow definitions and versions from the registry")
-def definitions(state_: State, principal: ApiPrincipal, tenant: str | None = None) -> dict[str, Any]:
+@router.get(
+    "/definitions", response_model=AS_OBJECT, summary="Workflow definitions and versions from the registry"
+)
+def definitions(state_: State, principal: ApiPrincipal, tenant: str | None = None) -> DefinitionsPage:
     if state_.definitions is None:
         raise refusal(503, "registry_unavailable", state_.definitions_error or "registry not loaded")
     entries = [e for e in state_.definition_entries(principal.readable) if tenant in (None, e.tenant)]
@@ -330,10 +390,14 @@ def definitions(state_: State, principal: ApiPrincipal, tenant: str | None = Non
     }
 
 
-@router.get("/definitions/{tenant}/{name}/{version}", summary="One definition version (as signed)")
+@router.get(
+    "/definitions/{tenant}/{name}/{version}",
+    response_model=AS_OBJECT,
+    summary="One definition version (as signed)",
+)
 def definition(
     tenant: str, name: str, version: int, state_: State, principal: ApiPrincipal
-) -> dict[str, Any]:
+) -> DefinitionView:
     entry = state_.definition(tenant, name, version) if principal.can_read(tenant) else None
     if entry is None:
         raise refusal(404, "unknown_definition", f"no definition {tenant}/{name}/{version} that you may see")
@@ -362,6 +426,7 @@ class TriggerBody(BaseModel):
 @router.post(
     "/tenants/{tenant}/triggers",
     status_code=202,
+    response_model=AS_OBJECT,
     summary="Webhook: produce a trigger to the tenant's trigger topic (tenant token)",
     openapi_extra={
         "requestBody": {
@@ -371,7 +436,7 @@ class TriggerBody(BaseModel):
         "security": [{"HTTPBearer": []}],
     },
 )
-async def trigger(tenant: str, request: Request, state_: State) -> dict[str, Any]:
+async def trigger(tenant: str, request: Request, state_: State) -> TriggerAccepted:
     limit = state_.settings.max_trigger_bytes + ENVELOPE_BYTES
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:

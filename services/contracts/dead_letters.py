@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Any
 
 from services.contracts import serde
+from services.contracts.records import DeadLetter
 from services.contracts.redaction import redact_text
 from services.contracts.text import bounded_optional, bounded_text, utf8_safe
 
@@ -87,6 +87,66 @@ def _field(value: str | None, what: str, notes: list[str]) -> str | None:
     return bounded_optional(value, MAX_FIELD)
 
 
+def dead_letter_record(
+    service: str,
+    error_kind: str,
+    message: str,
+    failed_at_ms: int,
+    *,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+    key: bytes | str | None = None,
+    value: bytes | None = None,
+    tenant: str | None = None,
+    correlation_id: str | None = None,
+    run_id: str | None = None,
+    step_id: str | None = None,
+    attempt: int | None = None,
+    max_bytes: int | None = None,
+) -> DeadLetter:
+    """The ``DeadLetter`` record, bounded as :func:`encode_dead_letter` describes."""
+    notes: list[str] = []
+    value_limit = MAX_ORIGINAL_VALUE
+    if max_bytes is not None:
+        value_limit = max(0, min(value_limit, max_bytes - RESERVED_BYTES))
+    original_value = _bounded(value, value_limit, "value", notes)
+    original_key = _bounded(key, MAX_ORIGINAL_KEY, "key", notes)
+    # In this order: each cut adds its note.
+    bounded_tenant = _field(tenant, "tenant", notes)
+    bounded_correlation_id = _field(correlation_id, "correlation id", notes)
+    bounded_run_id = _field(run_id, "run id", notes)
+    bounded_step_id = _field(step_id, "step id", notes)
+    # The notes go last and are never cut: they say what the copy is missing.
+    suffix = f" ({'; '.join(notes)})" if notes else ""
+    text = bounded_text(redact_text(message), MAX_MESSAGE - len(suffix)) + suffix
+    return {
+        "dlq_id": dead_letter_id(
+            service,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            run_id=run_id,
+            step_id=step_id,
+            attempt=attempt,
+        ),
+        "service": bounded_text(service, MAX_KIND),
+        "error_kind": bounded_text(error_kind, MAX_KIND),
+        "error_message": text,
+        "original_topic": bounded_optional(topic, MAX_TOPIC),
+        "original_partition": partition,
+        "original_offset": offset,
+        "original_key": original_key,
+        "original_value": original_value,
+        "attempt": attempt,
+        "tenant": bounded_tenant,
+        "correlation_id": bounded_correlation_id,
+        "run_id": bounded_run_id,
+        "step_id": bounded_step_id,
+        "failed_at": failed_at_ms,
+    }
+
+
 def encode_dead_letter(
     service: str,
     error_kind: str,
@@ -107,41 +167,21 @@ def encode_dead_letter(
 ) -> bytes:
     """The encoded ``DeadLetter``. Never larger than ``max_bytes`` (when given) minus room for its
     Kafka key and headers, and never unencodable, whatever the strings it is handed."""
-    notes: list[str] = []
-    value_limit = MAX_ORIGINAL_VALUE
-    if max_bytes is not None:
-        value_limit = max(0, min(value_limit, max_bytes - RESERVED_BYTES))
-    original_value = _bounded(value, value_limit, "value", notes)
-    original_key = _bounded(key, MAX_ORIGINAL_KEY, "key", notes)
-    fields = {
-        "tenant": _field(tenant, "tenant", notes),
-        "correlation_id": _field(correlation_id, "correlation id", notes),
-        "run_id": _field(run_id, "run id", notes),
-        "step_id": _field(step_id, "step id", notes),
-    }
-    # The notes go last and are never cut: they say what the copy is missing.
-    suffix = f" ({'; '.join(notes)})" if notes else ""
-    text = bounded_text(redact_text(message), MAX_MESSAGE - len(suffix)) + suffix
-    record: dict[str, Any] = {
-        "dlq_id": dead_letter_id(
-            service,
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            run_id=run_id,
-            step_id=step_id,
-            attempt=attempt,
-        ),
-        "service": bounded_text(service, MAX_KIND),
-        "error_kind": bounded_text(error_kind, MAX_KIND),
-        "error_message": text,
-        "original_topic": bounded_optional(topic, MAX_TOPIC),
-        "original_partition": partition,
-        "original_offset": offset,
-        "original_key": original_key,
-        "original_value": original_value,
-        "attempt": attempt,
-        **fields,
-        "failed_at": failed_at_ms,
-    }
+    record = dead_letter_record(
+        service,
+        error_kind,
+        message,
+        failed_at_ms,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key,
+        value=value,
+        tenant=tenant,
+        correlation_id=correlation_id,
+        run_id=run_id,
+        step_id=step_id,
+        attempt=attempt,
+        max_bytes=max_bytes,
+    )
     return serde.encode("DeadLetter", record)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal, NotRequired, TypedDict
 
 from services.config import Settings
 from services.observability.progress import ProgressBoard, describe_stalls
@@ -83,6 +83,30 @@ def database_check(url: str, timeout_s: int = 2) -> Check:
     return check
 
 
+class ServiceReport(TypedDict):
+    state: Literal["died", "running", "stopped"]
+    ready: bool
+    error: NotRequired[str]
+
+
+class DependencyReport(TypedDict):
+    ok: bool
+    detail: str
+
+
+class ProgressReport(TypedDict):
+    ok: bool
+    stalled: dict[str, str]
+
+
+class HealthReport(TypedDict):
+    """The body of ``/healthz`` (``services``) and ``/readyz`` (all three), before ``status``."""
+
+    services: dict[str, ServiceReport]
+    dependencies: NotRequired[dict[str, DependencyReport]]
+    progress: NotRequired[ProgressReport]
+
+
 @dataclass
 class ServiceStatus:
     """One service thread as the health endpoints see it."""
@@ -92,9 +116,11 @@ class ServiceStatus:
     died: bool = False
     error: str | None = None
 
-    def describe(self) -> dict[str, Any]:
-        state = "died" if self.died else "running" if self.running else "stopped"
-        out: dict[str, Any] = {"state": state, "ready": self.ready.is_set()}
+    def describe(self) -> ServiceReport:
+        state: Literal["died", "running", "stopped"] = (
+            "died" if self.died else "running" if self.running else "stopped"
+        )
+        out: ServiceReport = {"state": state, "ready": self.ready.is_set()}
         if self.error:
             out["error"] = self.error
         return out
@@ -117,14 +143,14 @@ class Health:
     def service(self, name: str) -> ServiceStatus:
         return self.services.setdefault(name, ServiceStatus())
 
-    def liveness(self) -> tuple[bool, dict[str, Any]]:
+    def liveness(self) -> tuple[bool, HealthReport]:
         report = {name: s.describe() for name, s in self.services.items()}
         return all(not s.died for s in self.services.values()), {"services": report}
 
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
+    def readiness(self) -> tuple[bool, HealthReport]:
         live, report = self.liveness()
         services_ready = live and all(s.ready.is_set() for s in self.services.values())
-        deps: dict[str, Mapping[str, Any]] = {}
+        deps: dict[str, DependencyReport] = {}
         deps_ok = True
         for name, check in self.dependencies.items():
             result = check()

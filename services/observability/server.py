@@ -26,7 +26,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from services.observability.health import Health
+from services.observability.health import Health, HealthReport
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
-    def _json(self, ok: bool, report: dict[str, Any]) -> None:
+    def _json(self, ok: bool, report: HealthReport) -> None:
         body = json.dumps({"status": "ok" if ok else "unavailable", **report}, default=str).encode()
         self._send(200 if ok else 503, body + b"\n", "application/json")
 

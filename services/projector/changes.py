@@ -25,7 +25,8 @@ fields and its detail were made storable when it was decoded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any, Literal, Required, TypeAlias, TypedDict
 
 from services.contracts.vocabulary import (
     RUN_TERMINAL,
@@ -49,6 +50,77 @@ from services.projector.events import ProjectedEvent, parse_time
 Merge = Literal["set", "coalesce", "greatest"]
 
 
+class RunSkeleton(TypedDict):
+    """The ``runs`` row :func:`run_skeleton` inserts."""
+
+    run_id: str
+    tenant: str
+    workflow: str
+    version: int
+    state: str
+    correlation_id: str
+    created_at: datetime
+    updated_at: datetime
+    last_seq: int
+
+
+class RunUpdate(TypedDict, total=False):
+    """The ``runs`` columns :func:`run_update` sets (``last_seq`` and ``updated_at`` always)."""
+
+    last_seq: Required[int]
+    updated_at: Required[datetime]
+    state: str
+    created_at: datetime
+    event_type: str | None
+    trigger_data: Any  # the trigger's data: tenant JSON
+    idempotency_key: str | None
+    finished_at: datetime | None
+    error_kind: str | None
+    error_message: str | None
+
+
+class StepKey(TypedDict):
+    run_id: str
+    step_id: str
+
+
+class StepValues(TypedDict, total=False):
+    """``steps`` columns an event gives (the key apart)."""
+
+    state: str
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    output: Any  # the step's output: tenant JSON
+    error_kind: str | None
+    error_message: str | None
+
+
+class AttemptKey(TypedDict):
+    run_id: str
+    step_id: str
+    attempt: int
+
+
+class AttemptValues(TypedDict, total=False):
+    """``attempts`` columns an event gives (the key apart)."""
+
+    state: str
+    idempotency_key: str | None
+    inputs: Any  # tenant JSON
+    scheduled_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    output: Any  # tenant JSON
+    error_kind: str | None
+    error_message: str | None
+    executor_id: str | None
+
+
+RowKey: TypeAlias = StepKey | AttemptKey
+RowValues: TypeAlias = StepValues | AttemptValues
+
+
 @dataclass(frozen=True)
 class RowChange:
     """An upsert: ``values`` make a new row; ``merge`` says how each column updates an existing one.
@@ -57,8 +129,8 @@ class RowChange:
     Columns of ``values`` absent from ``merge`` are only used when the row is new.
     """
 
-    key: dict[str, Any]
-    values: dict[str, Any]
+    key: RowKey
+    values: RowValues
     merge: dict[str, Merge] = field(default_factory=dict)
 
 
@@ -70,7 +142,7 @@ def _message(value: Any) -> str | None:
     return storable_optional(value, MAX_MESSAGE)
 
 
-def run_skeleton(ev: ProjectedEvent) -> dict[str, Any]:
+def run_skeleton(ev: ProjectedEvent) -> RunSkeleton:
     """The ``runs`` row inserted (if missing) before any event of the run is applied.
 
     ``last_seq`` is 0 so that the run's first event is applied on top of it. A run first seen
@@ -93,17 +165,19 @@ def run_skeleton(ev: ProjectedEvent) -> dict[str, Any]:
     }
 
 
-def run_update(ev: ProjectedEvent) -> dict[str, Any]:
+def run_update(ev: ProjectedEvent) -> RunUpdate:
     """Columns of ``runs`` set by ``ev`` when it is newer than ``runs.last_seq``."""
-    values: dict[str, Any] = {"last_seq": ev.seq, "updated_at": ev.at}
+    values: RunUpdate = {"last_seq": ev.seq, "updated_at": ev.at}
     if ev.type == EventType.RUN_PENDING:
         trigger = ev.detail.get("trigger")
         trigger = trigger if isinstance(trigger, dict) else {}
         values.update(
-            created_at=ev.at,
-            event_type=storable_optional(trigger.get("event_type"), MAX_NAME),
-            trigger_data=trigger.get("data"),
-            idempotency_key=storable_optional_id(trigger.get("idempotency_key"), MAX_LONG_ID),
+            {
+                "created_at": ev.at,
+                "event_type": storable_optional(trigger.get("event_type"), MAX_NAME),
+                "trigger_data": trigger.get("data"),
+                "idempotency_key": storable_optional_id(trigger.get("idempotency_key"), MAX_LONG_ID),
+            }
         )
     if not ev.is_run_event or not ev.state:
         return values
@@ -111,11 +185,13 @@ def run_update(ev: ProjectedEvent) -> dict[str, Any]:
     if ev.state in RUN_TERMINAL:
         values["finished_at"] = ev.at
     else:
-        values.update(finished_at=None, error_kind=None, error_message=None)
+        values.update({"finished_at": None, "error_kind": None, "error_message": None})
     if ev.type == EventType.RUN_FAILED or (ev.state == RunStatus.FAILED and "error_kind" in ev.detail):
         values.update(
-            error_kind=_kind(ev.detail.get("error_kind")) or ErrorKind.FAILED,
-            error_message=_message(ev.detail.get("error_message")),
+            {
+                "error_kind": _kind(ev.detail.get("error_kind")) or ErrorKind.FAILED,
+                "error_message": _message(ev.detail.get("error_message")),
+            }
         )
     return values
 
@@ -138,9 +214,10 @@ def step_change(ev: ProjectedEvent) -> RowChange | None:
     if not ev.type.startswith("step_") or ev.step_id is None:
         return None
     d = ev.detail
-    key = {"run_id": ev.run_id, "step_id": ev.step_id}
+    key: StepKey = {"run_id": ev.run_id, "step_id": ev.step_id}
     attempts = ev.attempt if ev.attempt is not None else 0
-    base: dict[str, Any] = {"attempts": attempts, "started_at": None, "finished_at": None}
+    base: StepValues = {"attempts": attempts, "started_at": None, "finished_at": None}
+    values: StepValues
     merge: dict[str, Merge] = {"state": "set", "attempts": "greatest"}
     kind = ev.type
     if kind == EventType.STEP_SCHEDULED:
@@ -200,7 +277,7 @@ def attempt_change(ev: ProjectedEvent) -> RowChange | None:
     if ev.step_id is None or ev.attempt is None:
         return None
     d = ev.detail
-    key = {"run_id": ev.run_id, "step_id": ev.step_id, "attempt": ev.attempt}
+    key: AttemptKey = {"run_id": ev.run_id, "step_id": ev.step_id, "attempt": ev.attempt}
     executor = storable_optional(d.get("executor_id"), MAX_NAME)
     if ev.type == EventType.STEP_SCHEDULED:
         return RowChange(

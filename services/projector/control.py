@@ -23,7 +23,8 @@ name as if it had acted.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal, TypedDict
 
 from services.contracts.vocabulary import EventType
 from services.control.verify import Reason
@@ -36,14 +37,36 @@ from services.projector.bounds import (
     storable_optional,
     storable_optional_id,
 )
-from services.projector.dead_letters import DeadLetter
+from services.projector.dead_letter_store import DeadLetter
 from services.projector.events import ProjectedEvent
 
 CONTROL_EVENTS: dict[str, str] = {
     EventType.CONTROL_ACCEPTED: "accepted",
     EventType.CONTROL_REFUSED: "refused",
 }
-SOURCE_HISTORY, SOURCE_DLQ = "run_history", "dlq"
+SOURCE_HISTORY: Literal["run_history"] = "run_history"
+SOURCE_DLQ: Literal["dlq"] = "dlq"
+
+
+class ControlRow(TypedDict):
+    """A ``control_commands`` row (the columns of :class:`~.models.ControlCommandRow`)."""
+
+    command_id: str
+    kind: str
+    requester: str
+    tenant: str | None
+    run_id: str | None
+    step_id: str | None
+    reason: str | None
+    command_correlation_id: str | None
+    outcome: str
+    refusal: str | None
+    decided_at: datetime
+    source: Literal["run_history", "dlq"]
+    source_id: str
+    kafka_topic: str
+    kafka_partition: int
+    kafka_offset: int
 
 
 def _name(value: Any) -> str | None:
@@ -67,7 +90,7 @@ def _claimed(requester: Any, refusal: str) -> str:
     return _name(requester) or "unknown"
 
 
-def control_from_event(ev: ProjectedEvent) -> dict[str, Any] | None:
+def control_from_event(ev: ProjectedEvent) -> ControlRow | None:
     """The ``control_commands`` row of a ``control_accepted``/``control_refused`` event, if any."""
     outcome = CONTROL_EVENTS.get(ev.type)
     command_id = storable_optional_id(ev.detail.get("command_id"))
@@ -94,7 +117,7 @@ def control_from_event(ev: ProjectedEvent) -> dict[str, Any] | None:
     }
 
 
-def control_from_dead_letter(dl: DeadLetter) -> dict[str, Any] | None:
+def control_from_dead_letter(dl: DeadLetter) -> ControlRow | None:
     """The ``control_commands`` row of a dead-lettered (refused) control command, if it decoded."""
     command = dl.command
     if command is None:
@@ -119,9 +142,9 @@ def control_from_dead_letter(dl: DeadLetter) -> dict[str, Any] | None:
     }
 
 
-def first_decisions(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def first_decisions(rows: Iterable[ControlRow]) -> list[ControlRow]:
     """One row per command id, in read order: the first run-history row, else the first dlq row."""
-    chosen: dict[str, dict[str, Any]] = {}
+    chosen: dict[str, ControlRow] = {}
     for row in rows:
         current = chosen.get(row["command_id"])
         if current is None or (current["source"] == SOURCE_DLQ and row["source"] == SOURCE_HISTORY):

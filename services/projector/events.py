@@ -24,13 +24,15 @@ import logging
 import math
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 from services.contracts.catalog import catalog
+from services.contracts.records import JsonObject, RunEvent, decode_run_event
 from services.contracts.redaction import might_hold_credentials, redact
-from services.contracts.serde import ContractError, decode
+from services.contracts.serde import ContractError
 from services.contracts.text import utf8_safe
 from services.projector.avro_reader import Reader, compile_reader
 from services.projector.bounds import (
@@ -47,6 +49,9 @@ from services.projector.bounds import (
 )
 
 log = logging.getLogger(__name__)
+
+#: ``extra=`` of a log line about one record: ids by name (their values are of several types).
+LogIds: TypeAlias = dict[str, object]
 
 
 class Unprojectable(ValueError):
@@ -82,7 +87,7 @@ class ProjectedEvent:
     state: str | None
     at: datetime
     correlation_id: str
-    detail: dict[str, Any]
+    detail: JsonObject
     raw_detail: Any
     where: Coordinates
     key: bytes | None = field(default=None, repr=False, compare=False)
@@ -94,7 +99,7 @@ class ProjectedEvent:
     def is_run_event(self) -> bool:
         return self.type.startswith("run_")
 
-    def log_ids(self, **more: Any) -> dict[str, Any]:
+    def log_ids(self, **more: object) -> LogIds:
         """``extra=`` of a log line about this event."""
         return {
             "tenant": self.tenant,
@@ -115,7 +120,7 @@ class Rejected:
     message: str
     key: bytes | None = None
     payload: bytes | None = None
-    identity: dict[str, Any] = field(default_factory=dict)
+    identity: LogIds = field(default_factory=dict)
 
 
 def from_epoch_ms(value: int | float) -> datetime:
@@ -186,7 +191,7 @@ def _suspect(text: str) -> bool:
     )
 
 
-def _parse_detail(detail_json: str) -> tuple[dict[str, Any], Any, bool]:
+def _parse_detail(detail_json: str) -> tuple[JsonObject, Any, bool]:
     """:func:`parse_detail`, and whether ``detail_json`` can be stored as it is."""
     _SEEN.extreme = False
     try:
@@ -222,7 +227,7 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def parse_detail(detail_json: str | None) -> tuple[dict[str, Any], Any]:
+def parse_detail(detail_json: str | None) -> tuple[JsonObject, Any]:
     """(detail as a dict for the projection, detail as stored in ``run_events.detail``).
 
     Both storable (see :mod:`.bounds`); JSON nested deeper than 512 levels is kept as its text."""
@@ -233,7 +238,7 @@ def parse_detail(detail_json: str | None) -> tuple[dict[str, Any], Any]:
 
 
 def event_from_record(
-    record: dict[str, Any], where: Coordinates, key: bytes | None = None, payload: bytes | None = None
+    record: RunEvent, where: Coordinates, key: bytes | None = None, payload: bytes | None = None
 ) -> ProjectedEvent:
     """A :class:`ProjectedEvent` from a decoded ``RunEvent`` record (``payload``: its raw bytes).
 
@@ -256,10 +261,10 @@ def int32(value: Any, what: str) -> int:
 
 
 def _event_from_record(
-    record: dict[str, Any], where: Coordinates, key: bytes | None, payload: bytes | None
+    record: RunEvent, where: Coordinates, key: bytes | None, payload: bytes | None
 ) -> ProjectedEvent:
     detail_json = record.get("detail_json")
-    detail: dict[str, Any] = {}
+    detail: JsonObject = {}
     raw: Any = None
     as_is = False
     if detail_json is not None:
@@ -289,7 +294,7 @@ def _event_from_record(
     )
 
 
-def _redacted(detail: dict[str, Any], raw: Any, as_is: bool) -> tuple[dict[str, Any], Any, bool]:
+def _redacted(detail: JsonObject, raw: Any, as_is: bool) -> tuple[JsonObject, Any, bool]:
     """The detail (for the projection, and as stored) with credentials masked; stored as is only
     when nothing was masked."""
     clean = redact(raw)
@@ -305,14 +310,19 @@ def rejected(
     return Rejected(where, storable_text(reason, MAX_KIND), storable_text(message, MAX_MESSAGE), key, value)
 
 
+#: A reader compiled from the current ``RunEvent`` schema (typed once here, not per record).
+_RunEventReader: TypeAlias = Callable[[bytes, int], RunEvent]
+
+
 @functools.cache
-def _current_reader() -> tuple[bytes, Reader | None]:
+def _current_reader() -> tuple[bytes, _RunEventReader | None]:
     """(wire header of the current ``RunEvent`` schema, its compiled reader)."""
     version = catalog().current["RunEvent"]
-    return bytes([0]) + version.schema_id.to_bytes(4, "big"), compile_reader(version.parsed)
+    reader: Reader | None = compile_reader(version.parsed)
+    return bytes([0]) + version.schema_id.to_bytes(4, "big"), cast("_RunEventReader | None", reader)
 
 
-def read_run_event(value: bytes | None) -> dict[str, Any]:
+def read_run_event(value: bytes | None) -> RunEvent:
     """The ``RunEvent`` record of ``value``: written with the current schema, by its compiled
     reader (:mod:`.avro_reader`); otherwise, or if that reader finds anything amiss, by
     :func:`~services.contracts.serde.decode`. Raises :class:`ContractError` as that does."""
@@ -322,7 +332,7 @@ def read_run_event(value: bytes | None) -> dict[str, Any]:
             return reader(value, 5)
         except Exception:  # noqa: S110 - the generic decoder gives the verdict and its reason
             pass
-    return decode(value, expected="RunEvent")[1]
+    return decode_run_event(value)
 
 
 def decode_event(value: bytes | None, key: bytes | None, where: Coordinates) -> ProjectedEvent | Rejected:

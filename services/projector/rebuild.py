@@ -37,7 +37,7 @@ from services.bus.clients import consumer_config
 from services.bus.topics import Topics
 from services.config import Settings
 from services.projector.db import check_schema_name, upgrade_database
-from services.projector.dead_letters import decode_dead_letter
+from services.projector.dead_letter_store import decode_dead_letter
 from services.projector.events import Coordinates, decode_event
 from services.projector.writer import Item, PartitionKey, load_offsets, write_batch
 

@@ -19,11 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import pairwise
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
-from services.projector.changes import RowChange, run_started_at, run_update
+from services.projector.changes import RowChange, RowKey, run_started_at, run_update
 from services.projector.events import ProjectedEvent
+
+#: A row's columns by name, each value of its column's type: generic over the tables a plan
+#: writes (``steps``, ``attempts``, ``runs``), whose own shapes are in :mod:`.changes`.
+ColumnValues: TypeAlias = dict[str, Any]
 
 Op = Literal["keep", "set", "coalesce", "greatest"]
 OP_CODES: dict[Op, int] = {"keep": 0, "set": 1, "coalesce": 2, "greatest": 3}
@@ -76,8 +81,8 @@ def compose(first: tuple[Op, Any], then: tuple[Op, Any]) -> tuple[Op, Any] | Non
 class RowPlan:
     """One write of one row: ``insert`` if the row is new, ``ops`` (column → (op, arg)) if not."""
 
-    key: dict[str, Any]
-    insert: dict[str, Any]
+    key: RowKey
+    insert: ColumnValues
     ops: dict[str, tuple[Op, Any]]
 
     @classmethod
@@ -91,7 +96,7 @@ class RowPlan:
         ops: dict[str, tuple[Op, Any]] = dict.fromkeys(insert, _KEEP)
         for column, how in change.merge.items():
             ops[column] = (how, values.get(column))
-        return cls(dict(change.key), insert, ops)
+        return cls(change.key.copy(), insert, ops)
 
     def extend(self, change: RowChange) -> bool:
         """Fold ``change`` (applied after this plan) into it; False (plan unchanged) if impossible."""
@@ -109,7 +114,7 @@ class RowPlan:
         ops.update(composed)
         return True
 
-    def apply(self, existing: dict[str, Any] | None) -> dict[str, Any]:
+    def apply(self, existing: ColumnValues | None) -> ColumnValues:
         """The row after this plan's upsert (``existing``: the row's non-key columns, or None)."""
         if existing is None:
             return dict(self.insert)
@@ -159,9 +164,9 @@ class RunPlan:
     run_id: str
     after_seq: int
     last_seq: int
-    updated_at: Any
-    sets: dict[str, Any]
-    started_at: Any = None
+    updated_at: datetime
+    sets: ColumnValues
+    started_at: datetime | None = None
 
 
 def _single_run_plan(ev: ProjectedEvent) -> RunPlan:
@@ -204,7 +209,7 @@ def run_composite(events: list[ProjectedEvent]) -> RunPlan | None:
     return plan
 
 
-def apply_run_plan(plan: RunPlan, row: dict[str, Any]) -> dict[str, Any]:
+def apply_run_plan(plan: RunPlan, row: ColumnValues) -> ColumnValues:
     """What ``plan`` leaves in a ``runs`` row (for tests: the SQL does the same)."""
     if not row["last_seq"] < plan.after_seq:
         return dict(row)

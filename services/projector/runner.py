@@ -51,7 +51,7 @@ from services.config import Settings
 from services.observability.progress import BOARD, PartitionProgress, ProgressBoard
 from services.projector import metrics
 from services.projector.db import make_engine, upgrade_database
-from services.projector.dead_letters import decode_dead_letter
+from services.projector.dead_letter_store import decode_dead_letter
 from services.projector.events import Coordinates, decode_event
 from services.projector.writer import BatchResult, Item, PartitionKey, load_offsets, write_batch
 

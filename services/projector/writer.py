@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -44,8 +44,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from services.projector.bounds import MAX_KIND, MAX_MESSAGE, storable_bytes, storable_text
 from services.projector.changes import RowChange, attempt_change, run_skeleton, step_change
-from services.projector.control import control_from_dead_letter, control_from_event, first_decisions
-from services.projector.dead_letters import DeadLetter
+from services.projector.control import (
+    ControlRow,
+    control_from_dead_letter,
+    control_from_event,
+    first_decisions,
+)
+from services.projector.dead_letter_store import DeadLetter
 from services.projector.events import ProjectedEvent, Rejected
 from services.projector.models import Base, ConsumerOffset, ControlCommandRow, DeadLetterRow, ProjectorReject
 from services.projector.rowplan import OP_CODES, RowPlan, RunPlan, plan_rows, run_composite, run_sequence
@@ -282,12 +287,16 @@ _EVENTS_SQL = (
 ).encode()
 
 
+def _skeleton_row(skeleton: Mapping[str, object]) -> tuple[object, ...]:
+    return tuple(skeleton[c] for c in _RUN_SKELETON)
+
+
 def _insert_skeletons(conn: sa.Connection, events: Sequence[ProjectedEvent]) -> None:
     first: dict[str, ProjectedEvent] = {}
     for ev in events:
         first.setdefault(ev.run_id, ev)
     if first:
-        rows = [tuple(run_skeleton(ev)[c] for c in _RUN_SKELETON) for ev in first.values()]
+        rows = [_skeleton_row(run_skeleton(ev)) for ev in first.values()]
         _raw(conn).execute(_SKELETONS_SQL, (_param(rows),))
 
 
@@ -401,7 +410,7 @@ def _insert_dead_letters(conn: sa.Connection, letters: Sequence[DeadLetter]) -> 
     return {row[0] for row in conn.execute(stmt, [dl.row() for dl in letters])}
 
 
-def _store_controls(conn: sa.Connection, rows: Iterable[dict[str, Any] | None]) -> None:
+def _store_controls(conn: sa.Connection, rows: Iterable[ControlRow | None]) -> None:
     """Upsert control decisions: a run-history row replaces a dlq row; otherwise the first stays."""
     chosen = first_decisions(r for r in rows if r is not None)
     if not chosen:
@@ -469,7 +478,7 @@ def _fast(
 ) -> None:
     _insert_skeletons(conn, events)
     inserted = _insert_events(conn, events)
-    controls: list[dict[str, Any] | None] = []
+    controls: list[ControlRow | None] = []
     seen: set[str] = set()
     for ev in events:
         if ev.event_id in inserted and ev.event_id not in seen:

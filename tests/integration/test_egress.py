@@ -33,7 +33,7 @@ from services.config import Settings
 from services.executor import ActionRegistry, execute_command
 from services.observability.health import Health
 from services.observability.server import ObservabilityServer
-from services.runtime import run_services
+from services.runtime import ObservabilityOptions, run_services
 from services.workflow.signing import private_key_from_b64, public_key_b64
 from tests.fixtures.engine import Engine, register_tenant
 from tests.unit.executor.helpers import command
@@ -249,10 +249,9 @@ def test_metrics_and_health_listen_on_loopback_by_default() -> None:
         target=run_services,
         args=(settings, {"idle": service}, stop),
         kwargs={
-            "registry": CollectorRegistry(),
-            "health": Health(),
-            "dependencies": {},
-            "on_serving": on_serving,
+            "observability": ObservabilityOptions(
+                registry=CollectorRegistry(), health=Health(), dependencies={}, on_serving=on_serving
+            )
         },
     )
     thread.start()

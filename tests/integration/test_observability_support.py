@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.config import Settings
-from services.runtime import ServiceFn, run_services
+from services.runtime import ObservabilityOptions, ServiceFn, run_services
 from tests.fixtures.engine import Engine
 
 
@@ -131,9 +131,9 @@ def serve(engine: Engine, services: Mapping[str, ServiceFn], **settings_update: 
                 settings,
                 {**services, "gate": gated_service(gate)},
                 engine.stop,
-                metrics_host="127.0.0.1",
-                on_serving=lambda server: listening.set(),
-                lag_interval_s=1.0,
+                observability=ObservabilityOptions(
+                    host="127.0.0.1", on_serving=lambda server: listening.set(), lag_interval_s=1.0
+                ),
             )
         except BaseException as exc:
             errors.append(exc)

@@ -15,7 +15,7 @@ from services.bus.topics import Topics
 from services.commands.runs import app as runs_app
 from services.contracts.serde import encode
 from services.projector.db import make_engine, upgrade_database
-from services.projector.dead_letters import DeadLetter, decode_dead_letter
+from services.projector.dead_letter_store import DeadLetter, decode_dead_letter
 from services.projector.events import Coordinates, ProjectedEvent, decode_event
 from services.projector.queries import control_outcome, failed_runs, list_runs
 from services.projector.writer import write_batch

@@ -7,8 +7,10 @@ from services.contracts.dead_letters import (
     MAX_MESSAGE,
     MAX_ORIGINAL_KEY,
     MAX_ORIGINAL_VALUE,
+    dead_letter_record,
     encode_dead_letter,
 )
+from services.contracts.records import decode_dead_letter
 
 
 def decode(record: bytes) -> dict[str, object]:
@@ -80,3 +82,34 @@ def test_without_identity_ids_are_unique_and_long_messages_are_cut() -> None:
     assert a["dlq_id"] != b["dlq_id"]
     assert str(a["dlq_id"]).startswith("svc:")
     assert len(str(a["error_message"])) == MAX_MESSAGE
+
+
+def test_the_encoded_dead_letter_is_the_record_built_with_its_cuts_noted_in_order() -> None:
+    record = dead_letter_record(
+        "core",
+        "bad_step",
+        "boom",
+        7,
+        topic="wf.inbox",
+        partition=0,
+        offset=9,
+        tenant="t" * 300,
+        run_id="r" * 300,
+        attempt=2,
+    )
+    encoded = encode_dead_letter(
+        "core",
+        "bad_step",
+        "boom",
+        7,
+        topic="wf.inbox",
+        partition=0,
+        offset=9,
+        tenant="t" * 300,
+        run_id="r" * 300,
+        attempt=2,
+    )
+    assert decode_dead_letter(encoded) == record
+    assert record["error_message"] == "boom (tenant cut from 300 characters; run id cut from 300 characters)"
+    assert record["dlq_id"] == "core:wf.inbox:0:9"
+    assert record["step_id"] is None and record["correlation_id"] is None

@@ -10,7 +10,7 @@ from services.contracts import serde
 from services.contracts.dead_letters import encode_dead_letter
 from services.control.commands import command
 from services.projector.control import control_from_dead_letter
-from services.projector.dead_letters import DeadLetter, decode_dead_letter
+from services.projector.dead_letter_store import DeadLetter, decode_dead_letter
 from services.projector.events import Coordinates
 
 CMD = command("replay_run", "acme", "run-1", "alice@acme", "upstream fixed")

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 from services.config import Settings
 from services.observability.health import CachedCheck, CheckResult, Health
 from services.observability.server import ObservabilityServer
-from services.runtime import accepts_ready, default_dependencies, run_services
+from services.runtime import ObservabilityOptions, accepts_ready, default_dependencies, run_services
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -154,11 +154,13 @@ def test_run_services_serves_health_and_reports_a_dead_service() -> None:
                 settings,
                 {"steady": steady, "legacy": legacy, "failing": failing},
                 stop,
-                registry=CollectorRegistry(),
-                health=health,
-                dependencies={"fake": lambda: CheckResult(True, "fine")},
-                metrics_host="127.0.0.1",
-                on_serving=lambda server: listening.set(),
+                observability=ObservabilityOptions(
+                    registry=CollectorRegistry(),
+                    health=health,
+                    dependencies={"fake": lambda: CheckResult(True, "fine")},
+                    host="127.0.0.1",
+                    on_serving=lambda server: listening.set(),
+                ),
             )
         except BaseException as exc:
             errors.append(exc)

@@ -11,7 +11,7 @@ import pytest
 from services.contracts.serde import encode
 from services.projector.changes import run_update, step_change
 from services.projector.control import control_from_dead_letter, control_from_event, first_decisions
-from services.projector.dead_letters import MAX_ORIGINAL_VALUE, DeadLetter, decode_dead_letter
+from services.projector.dead_letter_store import MAX_ORIGINAL_VALUE, DeadLetter, decode_dead_letter
 from services.projector.events import Coordinates, ProjectedEvent, Rejected, decode_event
 from services.projector.queries import parse_since
 

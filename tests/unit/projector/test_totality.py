@@ -1,7 +1,7 @@
 """The pure mapping is total: whatever a record holds, it is projected storably or rejected.
 
 Arbitrary field values (huge, NUL, lone surrogates, any JSON with NaN / 1e400 / deep nesting,
-integers of any size) go through decoding (events.py, dead_letters.py), the row changes
+integers of any size) go through decoding (events.py, dead_letter_store.py), the row changes
 (changes.py, rowplan.py) and the control decisions (control.py). The only exception allowed is
 the mapping's declared :class:`Unprojectable`; every string emitted fits its column's bound
 (``bounds.COLUMN_LIMITS``) and holds nothing PostgreSQL refuses; every JSON value can be written.
@@ -22,7 +22,7 @@ from services.contracts.serde import ContractError, encode
 from services.projector.bounds import COLUMN_LIMITS, MAX_KEY_BYTES
 from services.projector.changes import attempt_change, run_skeleton, run_update, step_change
 from services.projector.control import control_from_dead_letter, control_from_event, first_decisions
-from services.projector.dead_letters import (
+from services.projector.dead_letter_store import (
     MAX_ORIGINAL_VALUE,
     DeadLetter,
     dead_letter_from_record,

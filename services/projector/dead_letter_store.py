@@ -16,8 +16,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, cast
 
+from services.contracts import records
+from services.contracts.records import ControlCommand
 from services.contracts.redaction import redact_text
 from services.contracts.serde import ContractError, decode, decode_inbox
 from services.projector.bounds import (
@@ -32,11 +34,43 @@ from services.projector.bounds import (
     storable_optional_id,
     storable_text,
 )
-from services.projector.events import Coordinates, Rejected, Unprojectable, from_epoch_ms, int32, rejected
+from services.projector.events import (
+    Coordinates,
+    LogIds,
+    Rejected,
+    Unprojectable,
+    from_epoch_ms,
+    int32,
+    rejected,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_ORIGINAL_VALUE = 64 * 1024
+
+
+class DeadLetterValues(TypedDict):
+    """A ``dead_letters`` row as inserted (the columns of :class:`~.models.DeadLetterRow`)."""
+
+    dlq_id: str
+    service: str
+    error_kind: str
+    error_message: str
+    original_topic: str | None
+    original_partition: int | None
+    original_offset: int | None
+    original_key: bytes | None
+    original_value: bytes | None
+    original_value_size: int
+    tenant: str | None
+    correlation_id: str | None
+    run_id: str | None
+    step_id: str | None
+    attempt: int | None
+    failed_at: datetime
+    kafka_topic: str
+    kafka_partition: int
+    kafka_offset: int
 
 
 @dataclass(frozen=True)
@@ -59,11 +93,11 @@ class DeadLetter:
     attempt: int | None
     failed_at: datetime
     where: Coordinates
-    command: dict[str, Any] | None = None
+    command: ControlCommand | None = None
     key: bytes | None = field(default=None, repr=False, compare=False)
     payload: bytes | None = field(default=None, repr=False, compare=False)
 
-    def row(self) -> dict[str, Any]:
+    def row(self) -> DeadLetterValues:
         """The ``dead_letters`` row (``original_value`` capped at 64 KiB, its full size kept)."""
         value = self.original_value
         return {
@@ -88,7 +122,7 @@ class DeadLetter:
             "kafka_offset": self.where.offset,
         }
 
-    def log_ids(self, **more: Any) -> dict[str, Any]:
+    def log_ids(self, **more: object) -> LogIds:
         return {
             "tenant": self.tenant,
             "run_id": self.run_id,
@@ -111,7 +145,7 @@ def _opt_int64(value: Any, what: str) -> int | None:
     return value
 
 
-def control_command_of(value: bytes | None) -> dict[str, Any] | None:
+def control_command_of(value: bytes | None) -> ControlCommand | None:
     """The ``ControlCommand`` in a dead-lettered control record (bare, or in the inbox envelope the
     router core refused), or None when it does not decode."""
     try:
@@ -120,7 +154,8 @@ def control_command_of(value: bytes | None) -> dict[str, Any] | None:
             name, command = decode_inbox(value)
     except Exception:  # garbage is the usual reason it was dead-lettered
         return None
-    return command if name == "ControlCommand" and command.get("command_id") else None
+    # serde checked it against the ControlCommand schema: it has that shape
+    return cast(ControlCommand, command) if name == "ControlCommand" and command.get("command_id") else None
 
 
 def _inbox_beside(control_topic: str) -> str:
@@ -130,7 +165,7 @@ def _inbox_beside(control_topic: str) -> str:
 
 
 def dead_letter_from_record(
-    record: dict[str, Any],
+    record: records.DeadLetter,
     where: Coordinates,
     control_topic: str | None = None,
     key: bytes | None = None,
@@ -156,7 +191,7 @@ def _bytes(value: Any, what: str) -> bytes | None:
 
 
 def _dead_letter_from_record(
-    record: dict[str, Any],
+    record: records.DeadLetter,
     where: Coordinates,
     control_topic: str | None,
     key: bytes | None,
@@ -195,7 +230,7 @@ def decode_dead_letter(
 ) -> DeadLetter | Rejected:
     """Decode one record of the dead-letter topic; never raises."""
     try:
-        _, record = decode(value, expected="DeadLetter")
+        record = records.decode_dead_letter(value)
     except ContractError as exc:
         return rejected(where, exc.kind, exc.message, key, value)
     try:
