@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
@@ -43,6 +43,7 @@ from services.bus.txloop import Outbox
 from services.config import Settings
 from services.contracts import serde
 from services.contracts.dead_letters import bounded_identity, encode_dead_letter
+from services.contracts.records import ControlCommand
 from services.contracts.text import bounded_text
 from services.contracts.vocabulary import ErrorKind
 from services.control.verify import CommandRefused, verify_command
@@ -539,7 +540,7 @@ class IntakeProcessor:
         else:
             try:
                 verified = verify_command(
-                    command,
+                    cast(ControlCommand, command),  # schema-checked by serde.decode above
                     tenant,
                     self.settings.operator_keys,
                     int(time.time() * 1000),
