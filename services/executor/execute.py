@@ -57,7 +57,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from services.contracts import strict_json
 from services.contracts.records import JsonObject, StepCommand, StepResult
@@ -410,7 +410,7 @@ def _decode_inputs(command: StepCommand) -> JsonObject:
     return raw
 
 
-def _validated_inputs(action: Action, raw: JsonObject) -> Any:
+def _validated_inputs(action: Action, raw: JsonObject) -> BaseModel:
     """The action's ``Input`` model of ``raw``; an ``invalid_input`` failure saying where not."""
     try:
         return action.Input.model_validate(raw)
@@ -424,7 +424,7 @@ async def _run_action(
     guards: Guardrails,
     action: Action,
     ctx: ActionContext,
-    inputs: Any,
+    inputs: BaseModel,
     command: StepCommand,
     clock: Callable[[], float],
     max_attempt_s: float | None,
@@ -512,7 +512,7 @@ def encode_output(action_name: str, output: Any, max_output_bytes: int = MAX_OUT
     return text
 
 
-def _admit(guards: Guardrails, action: Any, inputs: Any, tenant: str) -> CircuitBreaker | None:
+def _admit(guards: Guardrails, action: Action, inputs: BaseModel, tenant: str) -> CircuitBreaker | None:
     """The breaker of this call, admitted; None when the action has none."""
     if guards.breakers is None or not has_breaker(action):
         return None
@@ -528,9 +528,9 @@ def _admit(guards: Guardrails, action: Any, inputs: Any, tenant: str) -> Circuit
 
 async def _guarded_run(
     guards: Guardrails,
-    action: Any,
+    action: Action,
     ctx: ActionContext,
-    inputs: Any,
+    inputs: BaseModel,
     budget: float,
     remaining: float,
     max_attempt_s: float | None,
