@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.contracts.records import JsonObject
 from services.executor.plugins import ActionContext, ActionError, BaseAction
 
 
@@ -22,7 +22,7 @@ class Noop(BaseAction):
     name = "noop"
     Input = NoopInput
 
-    async def run(self, ctx: ActionContext, inputs: NoopInput, /) -> dict[str, Any]:
+    async def run(self, ctx: ActionContext, inputs: NoopInput, /) -> JsonObject:
         return {}
 
 
@@ -38,7 +38,7 @@ class Echo(BaseAction):
     name = "echo"
     Input = EchoInput
 
-    async def run(self, ctx: ActionContext, inputs: EchoInput, /) -> dict[str, Any]:
+    async def run(self, ctx: ActionContext, inputs: EchoInput, /) -> JsonObject:
         return inputs.model_dump(mode="json")
 
 
@@ -54,7 +54,7 @@ class Sleep(BaseAction):
     name = "sleep"
     Input = SleepInput
 
-    async def run(self, ctx: ActionContext, inputs: SleepInput, /) -> dict[str, Any]:
+    async def run(self, ctx: ActionContext, inputs: SleepInput, /) -> JsonObject:
         await asyncio.sleep(inputs.seconds)
         return {"slept": inputs.seconds}
 
@@ -76,7 +76,7 @@ class Fail(BaseAction):
     name = "fail"
     Input = FailInput
 
-    async def run(self, ctx: ActionContext, inputs: FailInput, /) -> dict[str, Any]:
+    async def run(self, ctx: ActionContext, inputs: FailInput, /) -> JsonObject:
         if inputs.fail_attempts is None or ctx.attempt <= inputs.fail_attempts:
             raise ActionError(inputs.error_kind, inputs.message, retryable=inputs.retryable)
         return {"succeeded_on_attempt": ctx.attempt}

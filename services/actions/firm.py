@@ -38,6 +38,7 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.config import load_settings
+from services.contracts.records import JsonObject
 from services.executor.permissions import FIRM_DATA_WRITE
 from services.executor.plugins import ActionContext, ActionError, BaseAction
 
@@ -79,7 +80,7 @@ class UpdateRecordInput(BaseModel):
     record_type: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$", description="e.g. client, document_folder")
     operation: Literal["create", "update"]
     id: str | None = Field(default=None, min_length=1, max_length=200)
-    fields: dict[str, Any] = Field(default_factory=dict)
+    fields: JsonObject = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _update_needs_id(self) -> UpdateRecordInput:
@@ -111,7 +112,7 @@ class UpdateRecord(BaseAction):
         """One circuit breaker per tenant for the firm database."""
         return "firm-db"
 
-    async def run(self, ctx: ActionContext, inputs: UpdateRecordInput, /) -> dict[str, Any]:
+    async def run(self, ctx: ActionContext, inputs: UpdateRecordInput, /) -> JsonObject:
         url = self._database_url or firm_database_url()
         if not url:
             raise ActionError(
@@ -140,7 +141,7 @@ class UpdateRecord(BaseAction):
 
 async def _apply_once(
     conn: psycopg.AsyncConnection[Any], ctx: ActionContext, inputs: UpdateRecordInput
-) -> dict[str, Any]:
+) -> JsonObject:
     key = ctx.idempotency_key
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])
@@ -152,7 +153,7 @@ async def _apply_once(
             if stored[0] != ctx.tenant:
                 raise ActionError("conflict", f"idempotency key {key} belongs to another tenant", False)
             ctx.log.info("effect already applied; returning its stored result", extra={"key": key})
-            result: dict[str, Any] = stored[1]
+            result: JsonObject = stored[1]
             return result
         if inputs.operation == "create":
             result = await _create(conn, ctx, inputs)
@@ -165,13 +166,13 @@ async def _apply_once(
         )
         row = await cur.fetchone()
         assert row is not None
-        stored_result: dict[str, Any] = row[0]  # as stored, so that a repeat returns identical output
+        stored_result: JsonObject = row[0]  # as stored, so that a repeat returns identical output
         return stored_result
 
 
 async def _create(
     conn: psycopg.AsyncConnection[Any], ctx: ActionContext, inputs: UpdateRecordInput
-) -> dict[str, Any]:
+) -> JsonObject:
     record_id = inputs.id or str(uuid.uuid5(ID_NAMESPACE, f"{ctx.tenant}:{ctx.idempotency_key}"))
     cur = await conn.execute(
         """
@@ -197,7 +198,7 @@ async def _create(
 
 async def _update(
     conn: psycopg.AsyncConnection[Any], ctx: ActionContext, inputs: UpdateRecordInput
-) -> dict[str, Any]:
+) -> JsonObject:
     cur = await conn.execute(
         """
         UPDATE firm_records
@@ -214,7 +215,7 @@ async def _update(
     return _output(inputs.id, inputs, row[0], row[1])
 
 
-def _output(record_id: str, inputs: UpdateRecordInput, version: int, fields: Any) -> dict[str, Any]:
+def _output(record_id: str, inputs: UpdateRecordInput, version: int, fields: Any) -> JsonObject:
     fields = fields if isinstance(fields, dict) else json.loads(fields)
     output = {k: v for k, v in fields.items() if k not in RESERVED_OUTPUT_KEYS}
     output.update(

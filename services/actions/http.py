@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import weakref
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import httpcore
 import httpx
@@ -45,6 +45,7 @@ from services.actions.body import ACCEPT_ENCODING, UnsupportedEncoding, read_bou
 from services.actions.egress import EgressConfig, EgressDenied, EgressPolicy
 from services.actions.egress_net import Resolver, VettedBackend, VettedTransport, system_resolver
 from services.contracts import strict_json
+from services.contracts.records import JsonObject
 from services.contracts.text import utf8_safe
 from services.executor.plugins import ActionContext, ActionError, BaseAction
 
@@ -54,6 +55,14 @@ MAX_RESPONSE_BYTES = 512 * 1024
 #: Connection pools kept per event loop, one per egress policy in use (tenants with equal
 #: allow-lists share one).
 MAX_POOLS = 64
+
+
+class _RequestOptions(TypedDict, total=False):
+    """What a request passes to ``httpx.AsyncClient.stream`` besides its method and URL."""
+
+    headers: dict[str, str]
+    timeout: float
+    json: Any  # the step's request body: tenant JSON
 
 
 class HttpRequestInput(BaseModel):
@@ -147,10 +156,10 @@ class HttpRequest(BaseAction):
         url = httpx.URL(inputs.url)
         return f"{url.host}:{url.port}" if url.port else url.host
 
-    async def run(self, ctx: ActionContext, inputs: HttpRequestInput, /) -> dict[str, Any]:
+    async def run(self, ctx: ActionContext, inputs: HttpRequestInput, /) -> JsonObject:
         headers = {"Idempotency-Key": ctx.idempotency_key, "X-Correlation-Id": ctx.correlation_id}
         headers.update(inputs.headers)
-        request: dict[str, Any] = {"headers": headers, "timeout": inputs.timeout}
+        request: _RequestOptions = {"headers": headers, "timeout": inputs.timeout}
         if inputs.json_body is not None:
             request["json"] = inputs.json_body
         try:
@@ -196,7 +205,7 @@ class HttpRequest(BaseAction):
                 f"{inputs.method} {inputs.url} returned {status}: {text[:MAX_ERROR_BODY]}",
                 retryable=status >= 500 or status == 429,
             )
-        output: dict[str, Any] = {"status": status, "headers": dict(response.headers)}
+        output: JsonObject = {"status": status, "headers": dict(response.headers)}
         if "json" in response.headers.get("content-type", "") and body:
             try:
                 output["json"] = strict_json.loads(body, "response body")
@@ -208,7 +217,7 @@ class HttpRequest(BaseAction):
 
     @staticmethod
     async def _exchange(
-        client: httpx.AsyncClient, inputs: HttpRequestInput, request: dict[str, Any]
+        client: httpx.AsyncClient, inputs: HttpRequestInput, request: _RequestOptions
     ) -> tuple[httpx.Response, bytes, bool]:
         async with client.stream(inputs.method, inputs.url, **request) as response:
             body, complete = await read_bounded(response, MAX_RESPONSE_BYTES)

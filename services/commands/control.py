@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from services.commands import options
 from services.commands.connections import db_session, kafka_settings
 from services.commands.text import console, esc
+from services.contracts.records import ControlCommand
 from services.control.commands import ControlSender, Kind, command
 from services.control.keys import NoOperatorKey, OperatorKey, configured_key
 
@@ -66,7 +67,7 @@ def _wait_outcomes(command_ids: list[str], timeout_s: float) -> dict[str, Any]:
     return outcomes
 
 
-def _report_one(cmd: dict[str, Any], wait: float) -> None:
+def _report_one(cmd: ControlCommand, wait: float) -> None:
     if wait <= 0:
         err.print(f"sent {cmd['kind']} {cmd['command_id']} for run {esc(cmd['run_id'])}")
         return

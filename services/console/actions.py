@@ -22,6 +22,7 @@ from services.bus.clients import plain_producer_config
 from services.bus.topics import Topics
 from services.config import Settings
 from services.contracts import serde
+from services.contracts.records import ControlCommand
 from services.control.commands import ControlSender, Kind, command
 from services.control.keys import NoOperatorKey, OperatorKey, configured_key
 
@@ -56,7 +57,7 @@ class Gateway:
                 self._control = ControlSender(self.settings)
             return self._control
 
-    def send_commands(self, commands: list[dict[str, Any]]) -> None:
+    def send_commands(self, commands: list[ControlCommand]) -> None:
         sender = self._sender()
         with self._lock:  # ControlSender keeps one failure list: one batch at a time
             sender.failures.clear()
@@ -75,7 +76,7 @@ class Gateway:
         requester: str,
         reason: str,
         step_id: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> ControlCommand:
         key = self._signer()
         cmd = command(
             kind, tenant, run_id, requester, reason, step_id=step_id, key=key, on_behalf_of=requester

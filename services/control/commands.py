@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Literal
 
 from confluent_kafka import Producer
 
@@ -14,6 +14,7 @@ from services.bus.clients import headers_for, plain_producer_config
 from services.bus.topics import Topics
 from services.config import Settings
 from services.contracts import serde
+from services.contracts.records import ControlCommand
 from services.control.keys import OperatorKey
 from services.control.signing import sign
 
@@ -31,10 +32,10 @@ def command(
     *,
     key: OperatorKey | None = None,
     on_behalf_of: str | None = None,
-) -> dict[str, Any]:
+) -> ControlCommand:
     """A new command (fresh id, issued now), signed by ``key`` when given (the requester then
     becomes the identity intake records: ``on_behalf_of`` or the key id)."""
-    cmd: dict[str, Any] = {
+    cmd: ControlCommand = {
         "command_id": str(uuid.uuid4()),
         "kind": kind,
         "requester": requester,
@@ -61,7 +62,7 @@ class ControlSender:
         self.producer = Producer(plain_producer_config(settings))
         self.failures: list[str] = []
 
-    def send(self, cmd: dict[str, Any]) -> None:
+    def send(self, cmd: ControlCommand) -> None:
         def report(err: object, _msg: object) -> None:
             if err is not None:
                 self.failures.append(str(err))

@@ -19,10 +19,10 @@ import datetime as dt
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from services.contracts.records import ControlCommand
 from services.control.signing import signature_matches
 from services.tenancy.config import TenantConfig
 from services.workflow.signing import KeyEntry
@@ -56,7 +56,7 @@ class Verified:
 
 
 def verify_command(
-    command: Mapping[str, Any],
+    command: ControlCommand,
     tenant: TenantConfig,
     global_keys: Mapping[str, str],
     now_ms: int,
@@ -94,7 +94,7 @@ def verify_command(
             f"key {key_id!r} is neither an operator key of tenant {tenant.tenant!r} nor a global "
             "operator key (`switchyard tenant update --operator-key`, SWITCHYARD_OPERATOR_KEYS)",
         )
-    if not signature_matches(dict(command), public):
+    if not signature_matches(command, public):
         raise CommandRefused(
             Reason.BAD_SIGNATURE, f"the signature of {what} does not match its fields and key {key_id!r}"
         )

@@ -31,14 +31,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from services.config import Settings
-from services.contracts import serde
+from services.contracts import records, serde
+from services.contracts.records import RunEvent, StepCommand
 from services.contracts.vocabulary import EventType
 from services.observability import logs
 
@@ -91,7 +92,7 @@ class InFlightAttempts:
         self._lock = threading.Lock()
         self._runs: dict[str, dict[tuple[str, int], InFlight]] = {}
 
-    def add(self, command: Mapping[str, Any], task: asyncio.Task[Any], *, cancellable: bool) -> InFlight:
+    def add(self, command: StepCommand, task: asyncio.Task[Any], *, cancellable: bool) -> InFlight:
         """Register the attempt ``command`` describes, run by ``task``."""
         entry = InFlight(
             command["tenant"],
@@ -157,7 +158,7 @@ def _run_id_header(msg: Message) -> str | None:
     return None
 
 
-def _reason(event: dict[str, Any]) -> str:
+def _reason(event: RunEvent) -> str:
     if event["type"] == EventType.STEP_TIMED_OUT:
         return "the router timed the attempt out (no result by its deadline)"
     detail = event.get("detail_json") or ""
@@ -173,7 +174,7 @@ def cancel_request(msg: Message, running: Callable[[str], bool]) -> CancelReques
     if run_id is None or not running(run_id):
         return None
     try:
-        _, event = serde.decode(msg.value(), expected="RunEvent")
+        event = records.decode_run_event(msg.value())
     except serde.ContractError:
         return None
     if event["type"] not in CANCELLING_EVENTS or event["step_id"] is None or event["attempt"] is None:

@@ -1,4 +1,4 @@
-"""One attempt, without Kafka: StepCommand dict in, StepResult dict out.
+"""One attempt, without Kafka: a StepCommand in, its StepResult out.
 
 :func:`execute_command` never raises for anything a command or an action can do (only
 cancellation propagates): every problem becomes a failed result with an error kind —
@@ -54,12 +54,13 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from services.contracts import strict_json
+from services.contracts.records import JsonObject, StepCommand, StepResult
 from services.contracts.redaction import redact_text
 from services.contracts.text import bounded_text
 from services.contracts.vocabulary import ErrorKind
@@ -74,7 +75,7 @@ from services.executor.guardrails import (
     target_of,
 )
 from services.executor.permissions import GrantsLookup
-from services.executor.plugins import ActionContext, ActionError, ActionRegistry
+from services.executor.plugins import Action, ActionContext, ActionError, ActionRegistry
 from services.executor.ratelimit import RateLimitTimeout
 from services.observability import logs, metrics
 from services.secrets import SecretMissing, SecretProviderError, SecretResolver, masking, references
@@ -135,7 +136,7 @@ def _describe_validation(exc: ValidationError) -> str:
 
 async def execute_command(
     registry: ActionRegistry,
-    command: dict[str, Any],
+    command: StepCommand,
     *,
     executor_id: str = "",
     grants: GrantsLookup | None = None,
@@ -145,7 +146,7 @@ async def execute_command(
     clock: Callable[[], float] = time.time,
     cancelled: Callable[[], str | None] | None = None,
     secrets: SecretResolver | None = None,
-) -> dict[str, Any]:
+) -> StepResult:
     """Run the attempt ``command`` describes and return its ``StepResult`` record.
 
     ``guardrails`` adds circuit breakers and the external-call rate limit; tenant grants come
@@ -162,26 +163,13 @@ async def execute_command(
     ``secrets`` resolves the ``${{ secrets.NAME }}`` references of the inputs (default:
     :data:`DEFAULT_SECRETS`).
     """
-    guards = guardrails or Guardrails()
-    if guards.grants is None and grants is not None:
-        guards = Guardrails(grants, guards.breakers, guards.limiter)
-    tenant, run_id, correlation_id = command["tenant"], command["run_id"], command["correlation_id"]
-    action_name = command["action"]
-    bound = logs.bind(
-        log,
-        tenant=tenant,
-        run_id=run_id,
-        correlation_id=correlation_id,
-        step_id=command["step_id"],
-        attempt=command["attempt"],
-        action=action_name,
-    )
+    guards = _with_grants(guardrails or Guardrails(), grants)
+    bound = _attempt_logger(command)
     started = clock()
-    output_json: str | None = None
     revealed: list[str] = []  # the secret values this attempt resolved (masked wherever it writes)
     watching = masking.watch(revealed)
-    try:
-        output_json = await _attempt(
+    output_json, error = await _outcome(
+        _attempt(
             registry,
             command,
             bound,
@@ -192,9 +180,47 @@ async def execute_command(
             started,
             secrets or DEFAULT_SECRETS,
             revealed,
-        )
+        ),
+        bound,
+        cancelled,
+    )
+    finished = clock()
+    label = tenant_label(guards, command["tenant"])
+    _observe(registry, command["action"], label, error, finished - started)
+    result = _result(command, executor_id, output_json, error, revealed, started, finished)
+    _log_outcome(bound, label, command["action"], error, result["error_message"], finished - started)
+    masking.unwatch(watching)
+    return result
+
+
+def _with_grants(guards: Guardrails, grants: GrantsLookup | None) -> Guardrails:
+    """``guards``, with ``grants`` as its tenant grants when it has none of its own."""
+    if guards.grants is None and grants is not None:
+        return Guardrails(grants, guards.breakers, guards.limiter)
+    return guards
+
+
+def _attempt_logger(command: StepCommand) -> logs.BoundLogger:
+    return logs.bind(
+        log,
+        tenant=command["tenant"],
+        run_id=command["run_id"],
+        correlation_id=command["correlation_id"],
+        step_id=command["step_id"],
+        attempt=command["attempt"],
+        action=command["action"],
+    )
+
+
+async def _outcome(
+    attempt: Awaitable[str], bound: logs.BoundLogger, cancelled: Callable[[], str | None] | None
+) -> tuple[str | None, _Failure | None]:
+    """The attempt's output JSON, or the failure it ended in. Only a cancellation nobody asked for
+    (``cancelled`` says no reason) propagates."""
+    try:
+        return await attempt, None
     except _Failure as failure:
-        error: _Failure | None = failure
+        return None, failure
     except asyncio.CancelledError:
         reason = None if cancelled is None else cancelled()
         if reason is None:
@@ -202,20 +228,34 @@ async def execute_command(
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()  # handled here: nothing later in this task is to be cancelled
-        error = _Failure(ErrorKind.CANCELLED, reason, False)
+        return None, _Failure(ErrorKind.CANCELLED, reason, False)
     except Exception as exc:  # a bug of ours must not take the batch down
         bound.exception("executor failure")
-        error = _Failure(ErrorKind.EXECUTOR_ERROR, f"{type(exc).__name__}: {exc}", True)
-    else:
-        error = None
-    finished = clock()
+        return None, _Failure(ErrorKind.EXECUTOR_ERROR, f"{type(exc).__name__}: {exc}", True)
+
+
+def _observe(
+    registry: ActionRegistry, action_name: str, label: str, error: _Failure | None, seconds: float
+) -> None:
+    """The attempt in ``switchyard_action_seconds``, by action, tenant and outcome."""
     outcome = "succeeded" if error is None else error.kind if error.kind in _OUTCOMES else "failed"
-    label = tenant_label(guards, tenant)
     action_label = action_name if registry.get(action_name) is not None else UNREGISTERED_ACTION
-    metrics.ACTION_SECONDS.labels(action_label, label, outcome).observe(max(0.0, finished - started))
-    result: dict[str, Any] = {
-        "run_id": run_id,
-        "tenant": tenant,
+    metrics.ACTION_SECONDS.labels(action_label, label, outcome).observe(max(0.0, seconds))
+
+
+def _result(
+    command: StepCommand,
+    executor_id: str,
+    output_json: str | None,
+    error: _Failure | None,
+    revealed: list[str],
+    started: float,
+    finished: float,
+) -> StepResult:
+    """The attempt's ``StepResult``; an error message has the attempt's secrets masked."""
+    return {
+        "run_id": command["run_id"],
+        "tenant": command["tenant"],
         "step_id": command["step_id"],
         "attempt": command["attempt"],
         "status": "succeeded" if error is None else "failed",
@@ -225,29 +265,39 @@ async def execute_command(
         "retryable": True if error is None else error.retryable,
         "started_at": _ms(started),
         "finished_at": _ms(finished),
-        "correlation_id": correlation_id,
+        "correlation_id": command["correlation_id"],
         "executor_id": executor_id,
     }
+
+
+def _log_outcome(
+    bound: logs.BoundLogger,
+    label: str,
+    action_name: str,
+    error: _Failure | None,
+    error_message: str | None,
+    seconds: float,
+) -> None:
+    """One log line per attempt (a denied permission is also counted: it is a tenant's mistake an
+    operator looks for)."""
     if error is None:
-        bound.debug("attempt succeeded", extra={"duration_s": round(finished - started, 4)})
+        bound.debug("attempt succeeded", extra={"duration_s": round(seconds, 4)})
     elif error.kind == ErrorKind.PERMISSION_DENIED:
         PERMISSION_DENIED.labels(label, action_name).inc()
         bound.warning(
             "permission denied",
-            extra={"error_kind": error.kind, "error_message": result["error_message"], "retryable": False},
+            extra={"error_kind": error.kind, "error_message": error_message, "retryable": False},
         )
     else:
         bound.info(
             "attempt failed",
             extra={
                 "error_kind": error.kind,
-                "error_message": result["error_message"],
+                "error_message": error_message,
                 "retryable": error.retryable,
-                "duration_s": round(finished - started, 4),
+                "duration_s": round(seconds, 4),
             },
         )
-    masking.unwatch(watching)
-    return result
 
 
 def _scrub(message: str, revealed: list[str]) -> str:
@@ -256,8 +306,8 @@ def _scrub(message: str, revealed: list[str]) -> str:
 
 
 async def _resolve_secrets(
-    secrets: SecretResolver, tenant: str, raw: dict[str, Any], revealed: list[str], budget: float
-) -> dict[str, Any]:
+    secrets: SecretResolver, tenant: str, raw: JsonObject, revealed: list[str], budget: float
+) -> JsonObject:
     """The inputs as the action receives them: wire form decoded, secret references resolved."""
     names = references.names_in(raw)
     values: dict[str, str] = {}
@@ -274,13 +324,13 @@ async def _resolve_secrets(
                 ErrorKind.TIMEOUT, f"secret lookup did not finish within {budget:.3f}s", True
             ) from exc
         revealed.extend(values.values())
-    resolved: dict[str, Any] = references.resolve(raw, values)
+    resolved: JsonObject = references.resolve(raw, values)
     return resolved
 
 
 async def _attempt(
     registry: ActionRegistry,
-    command: dict[str, Any],
+    command: StepCommand,
     bound: logs.BoundLogger,
     guards: Guardrails,
     max_attempt_s: float | None,
@@ -290,43 +340,14 @@ async def _attempt(
     secrets: SecretResolver,
     revealed: list[str],
 ) -> str:
-    """The attempt proper; returns the output JSON or raises :class:`_Failure`."""
-    deadline = command["deadline"] / 1000
-    remaining = deadline - started
-    if remaining <= 0:
-        raise _Failure(
-            ErrorKind.TIMEOUT, f"deadline passed {-remaining:.3f}s before the attempt started", True
-        )
-    action = registry.get(command["action"])
-    if action is None:
-        raise _Failure(
-            ErrorKind.UNKNOWN_ACTION, f"no action named {command['action']!r} is registered", False
-        )
-    declared = frozenset(command.get("scopes") or ())
-    try:
-        permissions.check(action, command["tenant"], declared, guards.grants)
-    except permissions.PermissionDenied as exc:
-        raise _Failure(ErrorKind.PERMISSION_DENIED, str(exc), False) from exc
-    try:
-        raw = (
-            strict_json.loads(command["inputs_json"], "inputs_json", MAX_INPUT_DEPTH)
-            if command["inputs_json"]
-            else {}
-        )
-    except strict_json.StrictJSONError as exc:
-        raise _Failure(ErrorKind.INVALID_INPUT, str(exc), False) from exc
-    if not isinstance(raw, dict):
-        raise _Failure(
-            ErrorKind.INVALID_INPUT, f"inputs must be a JSON object, not {type(raw).__name__}", False
-        )
+    """The attempt proper, its checks in the module docstring's order; returns the output JSON or
+    raises :class:`_Failure`."""
+    deadline = _deadline(command, started)
+    action = _action(registry, command["action"])
+    declared = _permitted_scopes(action, command, guards)
+    raw = _decode_inputs(command)
     raw = await _resolve_secrets(secrets, command["tenant"], raw, revealed, deadline - clock())
-    try:
-        inputs = action.Input.model_validate(raw)
-    except ValidationError as exc:
-        raise _Failure(ErrorKind.INVALID_INPUT, f"{action.name}: {_describe_validation(exc)}", False) from exc
-    except Exception as exc:  # a validator that raises something pydantic does not wrap
-        raise _Failure(ErrorKind.INVALID_INPUT, f"{action.name}: {type(exc).__name__}: {exc}", False) from exc
-
+    inputs = _validated_inputs(action, raw)
     ctx = ActionContext(
         tenant=command["tenant"],
         run_id=command["run_id"],
@@ -339,8 +360,79 @@ async def _attempt(
         workflow=command.get("workflow", ""),
         scopes=declared,
     )
+    output = await _run_action(guards, action, ctx, inputs, command, clock, max_attempt_s)
+    return encode_output(action.name, masking.mask(output, revealed), max_output_bytes)
+
+
+def _deadline(command: StepCommand, started: float) -> float:
+    """The attempt's deadline in epoch seconds; a ``timeout`` if it passed already."""
+    deadline = command["deadline"] / 1000
+    remaining = deadline - started
+    if remaining <= 0:
+        raise _Failure(
+            ErrorKind.TIMEOUT, f"deadline passed {-remaining:.3f}s before the attempt started", True
+        )
+    return deadline
+
+
+def _action(registry: ActionRegistry, name: str) -> Action:
+    action = registry.get(name)
+    if action is None:
+        raise _Failure(ErrorKind.UNKNOWN_ACTION, f"no action named {name!r} is registered", False)
+    return action
+
+
+def _permitted_scopes(action: Action, command: StepCommand, guards: Guardrails) -> frozenset[str]:
+    """The scopes the workflow declared, once the action is known to need no more than those (and
+    than the tenant's grants)."""
+    declared = frozenset(command.get("scopes") or ())
+    try:
+        permissions.check(action, command["tenant"], declared, guards.grants)
+    except permissions.PermissionDenied as exc:
+        raise _Failure(ErrorKind.PERMISSION_DENIED, str(exc), False) from exc
+    return declared
+
+
+def _decode_inputs(command: StepCommand) -> JsonObject:
+    """``inputs_json`` as a JSON object (empty text: no inputs), strictly decoded."""
+    try:
+        raw = (
+            strict_json.loads(command["inputs_json"], "inputs_json", MAX_INPUT_DEPTH)
+            if command["inputs_json"]
+            else {}
+        )
+    except strict_json.StrictJSONError as exc:
+        raise _Failure(ErrorKind.INVALID_INPUT, str(exc), False) from exc
+    if not isinstance(raw, dict):
+        raise _Failure(
+            ErrorKind.INVALID_INPUT, f"inputs must be a JSON object, not {type(raw).__name__}", False
+        )
+    return raw
+
+
+def _validated_inputs(action: Action, raw: JsonObject) -> BaseModel:
+    """The action's ``Input`` model of ``raw``; an ``invalid_input`` failure saying where not."""
+    try:
+        return action.Input.model_validate(raw)
+    except ValidationError as exc:
+        raise _Failure(ErrorKind.INVALID_INPUT, f"{action.name}: {_describe_validation(exc)}", False) from exc
+    except Exception as exc:  # a validator that raises something pydantic does not wrap
+        raise _Failure(ErrorKind.INVALID_INPUT, f"{action.name}: {type(exc).__name__}: {exc}", False) from exc
+
+
+async def _run_action(
+    guards: Guardrails,
+    action: Action,
+    ctx: ActionContext,
+    inputs: BaseModel,
+    command: StepCommand,
+    clock: Callable[[], float],
+    max_attempt_s: float | None,
+) -> Any:
+    """Run the action behind its circuit breaker (if it has one) within what is left of the
+    deadline, capped at ``max_attempt_s``; tell the breaker what the call says about its target."""
     breaker = _admit(guards, action, inputs, command["tenant"])
-    remaining = deadline - clock()
+    remaining = ctx.deadline - clock()
     budget = remaining if max_attempt_s is None else min(remaining, max_attempt_s)
     try:
         output = await _guarded_run(guards, action, ctx, inputs, budget, remaining, max_attempt_s)
@@ -348,15 +440,7 @@ async def _attempt(
         if failure.kind == "timeout" and failure.called:
             failure.starved = starved_budget(command, budget, max_attempt_s)
         if breaker is not None:
-            if not failure.called or failure.starved:
-                # The attempt was cut short by a deadline mostly spent waiting in a queue (a backlog
-                # after a restart, an overloaded executor): that says nothing about the target, and
-                # counting it would open the circuit on a healthy target in every catch-up burst.
-                breaker.record_cancelled()
-            elif failure.retryable:
-                breaker.record_failure()
-            else:
-                breaker.record_success()  # the target answered; the request was wrong
+            _record_failure(breaker, failure)
         raise
     except asyncio.CancelledError:
         if breaker is not None:
@@ -364,11 +448,22 @@ async def _attempt(
         raise
     if breaker is not None:
         breaker.record_success()
+    return output
 
-    return encode_output(action.name, masking.mask(output, revealed), max_output_bytes)
+
+def _record_failure(breaker: CircuitBreaker, failure: _Failure) -> None:
+    if not failure.called or failure.starved:
+        # The attempt was cut short by a deadline mostly spent waiting in a queue (a backlog
+        # after a restart, an overloaded executor): that says nothing about the target, and
+        # counting it would open the circuit on a healthy target in every catch-up burst.
+        breaker.record_cancelled()
+    elif failure.retryable:
+        breaker.record_failure()
+    else:
+        breaker.record_success()  # the target answered; the request was wrong
 
 
-def starved_budget(command: dict[str, Any], budget: float, max_attempt_s: float | None) -> bool:
+def starved_budget(command: StepCommand, budget: float, max_attempt_s: float | None) -> bool:
     """Whether an attempt started with less than half of the time its step allows.
 
     The step allows ``deadline - issued_at`` (capped at ``max_attempt_s``); what is missing was
@@ -417,7 +512,7 @@ def encode_output(action_name: str, output: Any, max_output_bytes: int = MAX_OUT
     return text
 
 
-def _admit(guards: Guardrails, action: Any, inputs: Any, tenant: str) -> CircuitBreaker | None:
+def _admit(guards: Guardrails, action: Action, inputs: BaseModel, tenant: str) -> CircuitBreaker | None:
     """The breaker of this call, admitted; None when the action has none."""
     if guards.breakers is None or not has_breaker(action):
         return None
@@ -433,9 +528,9 @@ def _admit(guards: Guardrails, action: Any, inputs: Any, tenant: str) -> Circuit
 
 async def _guarded_run(
     guards: Guardrails,
-    action: Any,
+    action: Action,
     ctx: ActionContext,
-    inputs: Any,
+    inputs: BaseModel,
     budget: float,
     remaining: float,
     max_attempt_s: float | None,

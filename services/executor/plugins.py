@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
+from services.contracts.records import JsonObject
 from services.observability.logs import BoundLogger
 
 ENTRY_POINT_GROUP = "switchyard.actions"
@@ -100,7 +101,7 @@ class Action(Protocol):
     @property
     def mutates_firm_data(self) -> bool: ...
 
-    async def run(self, ctx: ActionContext, inputs: Any, /) -> dict[str, Any]: ...
+    async def run(self, ctx: ActionContext, inputs: Any, /) -> JsonObject: ...
 
 
 class BaseAction:

@@ -49,7 +49,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
@@ -58,8 +57,9 @@ from services.bus.record_budget import RecordTooLarge
 from services.bus.topics import TENANT_ID, Topics
 from services.bus.txloop import Outbox
 from services.config import Settings
-from services.contracts import serde
+from services.contracts import records, serde
 from services.contracts.dead_letters import bounded_identity, encode_dead_letter
+from services.contracts.records import StepCommand, StepResult
 from services.contracts.text import bounded_text
 from services.executor.cancellation import InFlightAttempts
 from services.executor.execute import GrantsLookup, execute_command, tenant_label
@@ -85,13 +85,13 @@ IDENTITY_LIMITS = {"run_id": 128, "step_id": 64, "correlation_id": 512, "idempot
 @dataclass(slots=True, eq=False)  # hashed by identity: a key of ExecutorProcessor._pending
 class _InFlight:
     offset: int
-    command: dict[str, Any] | None  # None: dead-lettered in the transaction that consumed it
+    command: StepCommand | None  # None: dead-lettered in the transaction that consumed it
     started: float
     sent: bool = False
     key: bytes | None = None  # the command's Kafka key, for a dead letter of its result
     # Set on the event loop's thread when the attempt ends (then the entry is queued in
     # ExecutorProcessor._finished): its StepResult, or what the task raised.
-    result: dict[str, Any] | None = None
+    result: StepResult | None = None
     error: BaseException | None = None
 
 
@@ -245,7 +245,7 @@ class ExecutorProcessor:
             tasks.append(task)
         await asyncio.wait(tasks, timeout=QUICK_WAIT_S)
 
-    def _ended(self, entry: _InFlight, task: asyncio.Task[dict[str, Any]]) -> None:
+    def _ended(self, entry: _InFlight, task: asyncio.Task[StepResult]) -> None:
         """On the loop's thread: record the attempt's outcome and queue it for the Kafka thread."""
         if task.cancelled():
             entry.error = asyncio.CancelledError()
@@ -255,7 +255,7 @@ class ExecutorProcessor:
             entry.result = task.result()
         self._finished.append(entry)
 
-    async def _run(self, command: dict[str, Any]) -> dict[str, Any]:
+    async def _run(self, command: StepCommand) -> StepResult:
         task = asyncio.current_task()
         assert task is not None
         action = self.registry.get(command["action"])
@@ -275,7 +275,7 @@ class ExecutorProcessor:
         finally:
             self.attempts.discard(entry)
 
-    def _accept(self, msg: Message, out: Outbox) -> dict[str, Any] | None:
+    def _accept(self, msg: Message, out: Outbox) -> StepCommand | None:
         """The decoded command to run, or None once it is dead-lettered; never raises but the
         transaction's own Kafka errors."""
         try:
@@ -317,7 +317,7 @@ class ExecutorProcessor:
                 out.commit_position(topic, partition, work.entries[0].offset)
 
     def _send_result(
-        self, out: Outbox, topic: str, partition: int, entry: _InFlight, command: dict[str, Any]
+        self, out: Outbox, topic: str, partition: int, entry: _InFlight, command: StepCommand
     ) -> None:
         """Produce the attempt's result. What cannot be encoded or does not fit becomes a failed
         result that can; what cannot be written at all becomes a dead letter."""
@@ -371,9 +371,9 @@ class ExecutorProcessor:
             command=command,
         )
 
-    def _decode(self, msg: Message, out: Outbox) -> dict[str, Any] | None:
+    def _decode(self, msg: Message, out: Outbox) -> StepCommand | None:
         try:
-            _, command = serde.decode(msg.value(), expected="StepCommand")
+            command = records.decode_step_command(msg.value())
         except serde.ContractError as exc:
             self._dead_letter(msg, out, exc.kind, exc.message, _header_identity(msg))
             return None
@@ -409,7 +409,7 @@ class ExecutorProcessor:
         kind: str,
         message: str,
         identity: _Identity,
-        command: dict[str, Any] | None = None,
+        command: StepCommand | None = None,
     ) -> bool:
         """One bounded dead letter; without the copy of the original if that failed. False if
         neither could be written."""
@@ -496,7 +496,7 @@ def _raw_key(msg: Message) -> bytes | None:
     return key.encode("utf-8", "surrogatepass") if isinstance(key, str) else key
 
 
-def _implausible(command: dict[str, Any]) -> str | None:
+def _implausible(command: StepCommand) -> str | None:
     """Why a command's identity cannot be one the router wrote, or None. Each of these fields is
     echoed in the result (and its headers): a forged command must not make that unwritable."""
     if not TENANT_ID.fullmatch(command["tenant"]):
@@ -511,9 +511,7 @@ def _implausible(command: dict[str, Any]) -> str | None:
     return None
 
 
-def _failed(
-    command: dict[str, Any], executor_id: str, kind: str, message: str, retryable: bool
-) -> dict[str, Any]:
+def _failed(command: StepCommand, executor_id: str, kind: str, message: str, retryable: bool) -> StepResult:
     """A failed StepResult with no output, every text bounded."""
     now = int(time.time() * 1000)
     return {

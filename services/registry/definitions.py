@@ -37,7 +37,8 @@ from confluent_kafka import Producer
 from services.bus.clients import plain_producer_config
 from services.bus.topics import Topics
 from services.config import Settings
-from services.contracts import serde
+from services.contracts import records, serde
+from services.contracts.records import DefinitionRecord
 from services.observability.metrics import DEFINITIONS_REFUSED
 from services.registry.compacted import CompactedTable
 from services.registry.trust import TrustWindow, authenticity_error, trust_window, untrusted_at
@@ -65,7 +66,7 @@ class DefinitionEntry:
 
 
 def decode_definition(key: str, value: bytes) -> DefinitionEntry:
-    _, record = serde.decode(value, expected="DefinitionRecord")
+    record = records.decode_definition_record(value)
     signed = SignedDefinition.model_validate_json(record["signed_json"])
     expected = definition_key(record["tenant"], signed.name, signed.version)
     if key != expected:
@@ -356,7 +357,7 @@ def _key_of(candidates: list[DefinitionEntry], content: str) -> str:
 
 
 def publish(settings: Settings, tenant: str, signed: SignedDefinition, publisher: str) -> None:
-    record = {
+    record: DefinitionRecord = {
         "tenant": tenant,
         "name": signed.name,
         "version": signed.version,

@@ -10,13 +10,14 @@ from confluent_kafka import Producer
 from services.bus.clients import plain_producer_config
 from services.bus.topics import Topics
 from services.config import Settings
-from services.contracts import serde
+from services.contracts import records, serde
+from services.contracts.records import TenantRecord
 from services.registry.compacted import CompactedTable
 from services.tenancy.config import TenantConfig
 
 
 def decode_tenant(key: str, value: bytes) -> TenantConfig:
-    _, record = serde.decode(value, expected="TenantRecord")
+    record = records.decode_tenant_record(value)
     config = TenantConfig.model_validate_json(record["config_json"])
     if config.tenant != key:
         raise ValueError(f"record key {key!r} does not match tenant {config.tenant!r}")
@@ -28,7 +29,7 @@ def tenants_table(settings: Settings) -> CompactedTable[TenantConfig]:
 
 
 def put_tenant(settings: Settings, config: TenantConfig) -> None:
-    record = {
+    record: TenantRecord = {
         "tenant": config.tenant,
         "config_json": json.dumps(config.model_dump(mode="json")),
         "updated_at": int(time.time() * 1000),
