@@ -85,6 +85,7 @@ class StepResult(TypedDict):
     finished_at: int
     correlation_id: str
     executor_id: str
+    retry_after_ms: int | None
 
 
 class ControlCommand(TypedDict):

@@ -95,6 +95,9 @@ ERROR_KIND = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 _OUTCOMES = frozenset({ErrorKind.TIMEOUT, ErrorKind.CANCELLED})
 #: Label of actions that are not registered (their names come from definitions, not from us).
 UNREGISTERED_ACTION = "_unregistered"
+#: The least a ``circuit_open`` attempt asks the router to wait: its breaker is half-open with its
+#: trial calls under way (no cooldown left to wait, but a retry right now would be refused again).
+TRIALS_BUSY_RETRY_S = 1.0
 #: Secrets when the caller configures none: the environment provider only.
 DEFAULT_SECRETS = SecretResolver((EnvProvider(),))
 
@@ -102,11 +105,20 @@ __all__ = ["GrantsLookup", "execute_command"]
 
 
 class _Failure(Exception):
-    def __init__(self, kind: str, message: str, retryable: bool, *, called: bool = True) -> None:
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        retryable: bool,
+        *,
+        called: bool = True,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind, self.message, self.retryable = kind, message, retryable
         self.called = called  # False: failed before the action was called (circuit breaker: no outcome)
         self.starved = False  # True: our deadline cut short an attempt that started with too little time
+        self.retry_after_s = retry_after_s  # the soonest a retry can do better (an open breaker's cooldown)
 
 
 def _ms(seconds: float) -> int:
@@ -267,6 +279,7 @@ def _result(
         "finished_at": _ms(finished),
         "correlation_id": command["correlation_id"],
         "executor_id": executor_id,
+        "retry_after_ms": None if error is None or error.retry_after_s is None else _ms(error.retry_after_s),
     }
 
 
@@ -522,7 +535,10 @@ def _admit(guards: Guardrails, action: Action, inputs: BaseModel, tenant: str) -
         breaker.admit()
     except CircuitOpenError as exc:
         BREAKER_REJECTIONS.labels(*exc.key[:2]).inc()  # tenant, action: no per-target series
-        raise _Failure(ErrorKind.CIRCUIT_OPEN, str(exc), True) from exc
+        # A retry before the breaker lets a trial through fails the same way and spends an attempt:
+        # the router waits at least this long (trials busy: a moment, the trial is under way).
+        retry_after = max(exc.retry_after, TRIALS_BUSY_RETRY_S)
+        raise _Failure(ErrorKind.CIRCUIT_OPEN, str(exc), True, retry_after_s=retry_after) from exc
     return breaker
 
 

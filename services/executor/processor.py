@@ -528,4 +528,5 @@ def _failed(command: StepCommand, executor_id: str, kind: str, message: str, ret
         "finished_at": now,
         "correlation_id": command["correlation_id"],
         "executor_id": bounded_text(executor_id, 256),
+        "retry_after_ms": None,
     }

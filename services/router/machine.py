@@ -211,6 +211,7 @@ def _reported_failure(
         event_type=None,
         extra=timing,
         deadline_grace_ms=grace_ms,
+        retry_after_ms=result.get("retry_after_ms"),
     )
 
 
@@ -454,6 +455,9 @@ def _loads(text: str | None) -> Any:
 
 
 STATE_ERROR_CHARS = 300
+#: The longest an executor's ``retry_after_ms`` can hold a retry back (breakers cool down in 30 s
+#: by default; a forged or corrupt value must not park a step for days).
+MAX_RETRY_AFTER_MS = 15 * 60 * 1000
 
 
 def _failed_attempt(
@@ -469,7 +473,11 @@ def _failed_attempt(
     event_type: EventType | None,
     extra: AttemptTiming | None = None,
     deadline_grace_ms: int = DEADLINE_GRACE_MS,
+    retry_after_ms: int | None = None,
 ) -> None:
+    """``retry_after_ms``: the executor's word on the soonest a retry can do better (an open circuit
+    breaker's remaining cooldown); the retry waits at least that long, at most
+    :data:`MAX_RETRY_AFTER_MS` (it comes from a record, so it is bounded like one)."""
     rec = run.steps[step_id]
     policy = workflow.definition.step(step_id).retry
     # The state keeps a bounded message (it counts toward the run's record); events keep it all.
@@ -481,6 +489,8 @@ def _failed_attempt(
         detail["executor_id"] = extra["executor_id"]
     if retryable and policy.should_retry(rec.attempt - rec.retry_base, kind):
         delay_ms = int(policy.backoff(rec.attempt - rec.retry_base, rand) * 1000)
+        if retry_after_ms is not None and retry_after_ms > delay_ms:
+            delay_ms = min(retry_after_ms, MAX_RETRY_AFTER_MS)
         rec.status = StepStatus.RETRYING
         rec.retry_at_ms = now_ms + delay_ms
         detail["retry_at"] = rec.retry_at_ms

@@ -145,6 +145,7 @@ def test_inbox_encoding_unchanged() -> None:
         "finished_at": 2,
         "correlation_id": "c",
         "executor_id": "e",
+        "retry_after_ms": 1500,
     }
     version = catalog().current["InboxRecord"]
     expected = bytes([0]) + version.schema_id.to_bytes(4, "big")

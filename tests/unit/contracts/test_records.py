@@ -61,6 +61,7 @@ def test_typed_decoding_checks_the_schema_first() -> None:
         "finished_at": 2,
         "correlation_id": "c",
         "executor_id": "e",
+        "retry_after_ms": 30_000,
     }
     assert records.decode_inbox(serde.encode_inbox("StepResult", result)) == ("StepResult", result)
     with pytest.raises(serde.ContractError) as refused:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from services.router import machine
 from services.router.state import RunState, RunStatus
 from services.workflow.compiled import compile_workflow
@@ -87,6 +89,26 @@ def test_exhausted_retries_fail_the_run_with_a_dead_letter() -> None:
     fx = machine.on_result(run, WF, result("a", 2, ok=False), 1200, 0.0)
     assert run.status == RunStatus.FAILED and fx.finished
     assert fx.dead_letters[0]["error_kind"] == "boom" and fx.dead_letters[0]["attempt"] == 2
+
+
+@pytest.mark.parametrize(
+    ("retry_after_ms", "retry_at"),
+    [
+        (None, 1100),  # the policy's backoff (1 s)
+        (500, 1100),  # sooner than the backoff: the backoff stands
+        (29_500, 29_600),  # an open breaker's cooldown: the retry waits for its trial call
+        (10**15, 100 + machine.MAX_RETRY_AFTER_MS),  # forged or corrupt: bounded
+    ],
+)
+def test_a_retry_waits_at_least_what_the_executor_asks(retry_after_ms: int | None, retry_at: int) -> None:
+    """A ``circuit_open`` attempt retried before its breaker lets a trial through would be refused
+    again and spend the step's attempts in milliseconds: the executor says how long to wait."""
+    run = new_run()
+    machine.start(run, WF, 0)
+    failed = result("a", 1, ok=False, error_kind="circuit_open", retry_after_ms=retry_after_ms)
+    fx = machine.on_result(run, WF, failed, now_ms=100, rand=0.5)
+    assert fx.timers == [machine.Timer(retry_at, "r1", "a", 1, "retry")]
+    assert fx.events[0].detail["retry_at"] == retry_at  # type: ignore[typeddict-item]
 
 
 def test_deadline_timer_counts_as_a_timeout_and_late_results_are_ignored() -> None:
