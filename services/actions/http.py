@@ -185,6 +185,12 @@ class HttpRequest(BaseAction):
                 f"{inputs.method} {inputs.url}: {type(exc).__name__}: {exc}",
                 retryable=False,
             ) from exc
+        except httpx.PoolTimeout as exc:
+            # Every pooled connection busy (the pool is shared by the tenants of one egress policy):
+            # not the target's doing, so not held against its breaker.
+            raise ActionError(
+                "http_timeout", f"{inputs.method} {inputs.url}: {type(exc).__name__}", reached_target=False
+            ) from exc
         except httpx.TimeoutException as exc:
             raise ActionError("http_timeout", f"{inputs.method} {inputs.url}: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:

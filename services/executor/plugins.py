@@ -54,13 +54,20 @@ log = logging.getLogger(__name__)
 
 
 class ActionError(Exception):
-    """Raised by an action to report a failure with a specific error kind."""
+    """Raised by an action to report a failure with a specific error kind.
 
-    def __init__(self, kind: str, message: str, retryable: bool = True) -> None:
+    ``reached_target=False``: the call never reached its target (a local resource, such as a
+    connection pool shared with other tenants, was exhausted). Such a failure says nothing about
+    the target, so it does not count against the target's circuit breaker."""
+
+    def __init__(
+        self, kind: str, message: str, retryable: bool = True, *, reached_target: bool = True
+    ) -> None:
         super().__init__(f"{kind}: {message}")
         self.kind = kind
         self.message = message
         self.retryable = retryable
+        self.reached_target = reached_target
 
 
 @dataclass(frozen=True)

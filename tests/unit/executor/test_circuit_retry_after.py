@@ -58,3 +58,34 @@ def test_an_open_breaker_asks_for_its_remaining_cooldown_and_half_open_for_a_mom
     busy = attempt()  # ...so the next is refused with no cooldown left to wait
     assert busy["error_kind"] == "circuit_open"
     assert busy["retry_after_ms"] == int(TRIALS_BUSY_RETRY_S * 1000)
+
+
+class PoolBusy(BaseAction):
+    """A remote call that never left the executor: every pooled connection was busy."""
+
+    name = "remote.pool_busy"
+    Input = AnyInput
+    external = True
+
+    async def run(self, ctx: ActionContext, inputs: Any, /) -> dict[str, Any]:
+        raise ActionError("http_timeout", "PoolTimeout", reached_target=False)
+
+
+def test_a_failure_that_never_reached_the_target_does_not_open_its_breaker() -> None:
+    """A pool shared by a policy's tenants, held by one tenant's slow target, must not open the
+    breakers of the others' healthy targets."""
+    registry = ActionRegistry.load(builtins=False, entry_points=False, extra=[PoolBusy(), Down()])
+    guards = Guardrails(breakers=CircuitBreakers(BreakerPolicy(failure_threshold=2, cooldown_s=30.0)))
+
+    def kinds(action: str, times: int) -> list[str | None]:
+        async def main() -> list[str | None]:
+            return [
+                (await execute_command(registry, command(action, {}), guardrails=guards))["error_kind"]
+                for _ in range(times)
+            ]
+
+        return asyncio.run(main())
+
+    assert kinds("remote.pool_busy", 5) == ["http_timeout"] * 5  # never circuit_open
+    # the same breaker policy does open on failures of the target itself
+    assert kinds("remote.down", 3) == ["http_transport_error", "http_transport_error", "circuit_open"]
