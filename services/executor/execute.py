@@ -583,7 +583,9 @@ async def _guarded_run(
             # value as it is: say what it was, report the generic kind.
             message = f"(error kind {bounded_text(str(kind), 100)!r} is not valid) {message}"
             kind = ErrorKind.ACTION_ERROR
-        raise _Failure(kind, message, bool(exc.retryable), called=exc.reached_target is not False) from exc
+        raise _Failure(
+            kind, message, bool(exc.retryable), called=getattr(exc, "reached_target", True) is not False
+        ) from exc
     except asyncio.CancelledError:
         raise
     except (Exception, SystemExit, KeyboardInterrupt) as exc:
