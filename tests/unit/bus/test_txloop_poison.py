@@ -478,3 +478,21 @@ def test_a_lost_broker_connection_replaces_the_producer_before_the_next_transact
     h2.drive(until=lambda: h2.committed_offset("t.in") == 3)
     assert len(h2.producers) == 2 and h2.producers[0].commits == 0  # never trusted after its report
     assert outputs(h) == expected(range(15)) and dead_letters(h) == []
+
+
+def test_the_loops_consumer_losing_the_broker_replaces_the_producer_too() -> None:
+    """After a broker restart the producer may report nothing while the loop's consumer reports the
+    disconnect: the producer is replaced all the same (librdkafka #5511's hang is otherwise met)."""
+    broker = FakeBroker()
+    fill(broker, 10)
+    h = harness(EchoProcessor(), broker=broker, service=SERVICE)
+    h.drive(until=lambda: h.committed_offset("t.in") == 10)
+    h.loop._on_consumer_error(KafkaError(KafkaError._TRANSPORT, "127.0.0.1:29092/1: Disconnected"))
+    fill(broker, 5)
+    h.drive(until=lambda: h.committed_offset("t.in") == 15)
+    assert len(h.producers) == 2
+    h.loop._on_consumer_error(KafkaError(KafkaError._MAX_POLL_EXCEEDED, "not a lost connection"))
+    fill(broker, 5)
+    h.drive(until=lambda: h.committed_offset("t.in") == 20)
+    assert len(h.producers) == 2
+    assert outputs(h) == expected(range(20)) and dead_letters(h) == []
