@@ -234,7 +234,9 @@ class TransactionalLoop:
         together with forgetting what a new producer reported while ``init_transactions`` ran —
         the next broker-restart scenario failed with an executor blocked 180 s in
         ``send_offsets_to_transaction`` (the hang ignores the call's timeout; the hang guard then
-        exited the process). A narrower rule must pass that scenario first."""
+        exited the process) — though a later run failed the same way with this rule, before the
+        loop's consumer reports counted too (:meth:`_on_consumer_error`). A narrower rule must
+        pass that scenario, several times, first."""
         lost = error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
         if lost and self._cluster_lost:
             log.debug("producer error", extra={"service": self.service, "error": str(error)})
