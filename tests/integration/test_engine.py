@@ -184,7 +184,7 @@ name: long
 version: 1
 trigger: {event: long}
 steps:
-  - {id: wait, action: sleep, timeout: 30, inputs: {seconds: 1.5}}
+  - {id: wait, action: sleep, timeout: 30, inputs: {seconds: 6}}
   - {id: after, action: noop, needs: [wait]}
 """)
     run_id = engine.run_id("long", engine.trigger("long", {}))

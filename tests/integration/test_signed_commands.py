@@ -153,11 +153,17 @@ def refusals_are_specific_and_recorded_and_an_id_applies_once(eng: Engine, datab
     assert duplicate["detail"]["refusal"].startswith("duplicate_command: ")
     assert [e["type"] for e in events].count("run_replayed") == 1  # applied once, not twice
     # the audit keeps the duplicate's refusal in the run's history, the first decision in the table
-    rows = sql(
-        database_url,
-        "select type from run_events where run_id = %s and type like 'control_%%' order by seq",
-        run_id,
-    )
+    # (read once the projector has caught up with the history just read from Kafka)
+    deadline = time.monotonic() + 30
+    while True:
+        rows = sql(
+            database_url,
+            "select type from run_events where run_id = %s and type like 'control_%%' order by seq",
+            run_id,
+        )
+        if len(rows) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # polling PostgreSQL, bounded by the deadline above
     assert [r[0] for r in rows] == ["control_accepted", "control_refused"]
 
 
