@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--runs", type=int, help="runs per saturation burst (default: 1500, quick: 60)")
     run.add_argument("--load-seconds", type=float, help="seconds of open-loop load (default: 20, quick: 3)")
     run.add_argument("--partitions", type=int, default=4, help="partitions of the internal topics")
+    run.add_argument("--instances", type=int, default=1,
+                     help="routers and executors the engine runs (scale-out; ≤ --partitions)")  # fmt: skip
     run.add_argument("--commit-interval-ms", type=int, default=10,
                      help="SWITCHYARD_COMMIT_INTERVAL_MS of the engine and the floor")  # fmt: skip
     run.add_argument("--no-profile", action="store_true", help="skip the profiled saturation run")
@@ -74,7 +76,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     idle.add_argument("--idle", default="5,30,120", help="comma list of idle seconds before a trigger")
     idle.add_argument("--warm-runs", type=int, default=12, help="runs back to back for the warm latency")
     idle.add_argument("--output", type=Path, default=RESULTS_DIR, help="where the JSON goes")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "run" and not 1 <= args.instances <= args.partitions:
+        parser.error(f"--instances must be between 1 and --partitions ({args.partitions})")
+    return args
 
 
 def _sizes(args: argparse.Namespace) -> Sizes:
@@ -110,6 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             partitions=args.partitions,
             commit_interval_ms=args.commit_interval_ms,
             catch_up_timeout_s=sizes.timeout_s,
+            instances=args.instances,
         )
     if "kafka-floor" in systems:
         from benchmarks.floor import KafkaFloorSystem
@@ -214,6 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "machine": machine(),
             "engine_settings": {
                 "internal_partitions": args.partitions,
+                "instances": args.instances,
                 "commit_interval_ms": args.commit_interval_ms,
                 "max_batch": 500,
             },

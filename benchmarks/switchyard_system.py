@@ -31,7 +31,7 @@ import psycopg
 from confluent_kafka import Consumer, Producer
 
 from benchmarks.harness import Observation, Shape, System, Workload, percentile
-from benchmarks.infra import PROCESSES, Child, Processes, pids_of, unique
+from benchmarks.infra import PROCESSES, Child, Processes, unique
 from benchmarks.monitor import RootsFn
 from services.bus.clients import plain_producer_config
 from services.bus.topics import Topics, admin_client, ensure_topics, internal_specs
@@ -88,9 +88,15 @@ class SwitchyardSystem(System):
         wrapper: list[str] | None = None,
         extra_env: dict[str, str] | None = None,
         catch_up_timeout_s: float = 600.0,
+        instances: int = 1,
     ) -> None:
         """``catch_up_timeout_s``: how long a saturation window waits, after the last run is
-        done, for the projector to have written every run to PostgreSQL."""
+        done, for the projector to have written every run to PostgreSQL. ``instances``: routers
+        and executors started (each role's processes share one consumer group; the internal
+        topics need at least that many partitions for all of them to work)."""
+        if instances < 1 or instances > partitions:
+            raise ValueError(f"instances must be 1..partitions ({partitions}), not {instances}")
+        self.instances = instances
         self.bootstrap = bootstrap
         self.database_url = database_url
         self.partitions = partitions
@@ -172,10 +178,11 @@ class SwitchyardSystem(System):
         }
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
-        roles = [
-            ("router", ["router", "--instance-id", "r1"]),
-            ("executor", ["executor", "--instance-id", "e1"]),
-        ]
+        roles: list[tuple[str, list[str]]] = []
+        for n in range(1, self.instances + 1):
+            suffix = "" if n == 1 else f"-{n}"
+            roles.append((f"router{suffix}", ["router", "--instance-id", f"r{n}"]))
+            roles.append((f"executor{suffix}", ["executor", "--instance-id", f"e{n}"]))
         if self.database_url:
             roles.append(("projector", ["projector"]))
         for role, args in roles:
@@ -196,7 +203,11 @@ class SwitchyardSystem(System):
         self._producer = None
 
     def services(self) -> dict[str, RootsFn]:
-        return {role: pids_of(child) for role, child in self.children.items()}
+        """One resource row per role: a role's instances (``router``, ``router-2``, …) add up."""
+        by_role: dict[str, list[Child]] = {}
+        for name, child in self.children.items():
+            by_role.setdefault(name.split("-")[0], []).append(child)
+        return {role: _pids_of_all(children) for role, children in by_role.items()}
 
     # --- driving --------------------------------------------------------------------------------
 
@@ -330,3 +341,8 @@ def _base_env() -> dict[str, str]:
 
 
 __all__ = ["SwitchyardSystem", "definition_yaml"]
+
+
+def _pids_of_all(children: list[Child]) -> RootsFn:
+    """A roots function (see :mod:`benchmarks.monitor`) for several child processes."""
+    return lambda: [child.pid for child in children]
