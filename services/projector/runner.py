@@ -443,7 +443,10 @@ def run_projector(
     """
     from services.projector.tenant_mirror import run_tenant_mirror
 
-    projector = Projector(settings, group_id=group_id)  # the mirror retries until the migration ran
+    assert settings.database_url
+    # Migrate before the tenant mirror starts: it writes the ``tenants`` table the migrations create.
+    upgrade_database(settings.database_url)
+    projector = Projector(settings, group_id=group_id, migrate=False)
     mirror = threading.Thread(
         target=run_tenant_mirror, args=(settings, stop), name="tenant-mirror", daemon=True
     )
