@@ -37,6 +37,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from services.bus.fetch import consume_ready
 from services.config import Settings
 from services.contracts import records, serde
 from services.contracts.records import RunEvent, StepCommand
@@ -229,7 +230,7 @@ class CancellationWatcher:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                messages = self._consumer.consume(BATCH, POLL_S)
+                messages = consume_ready(self._consumer, BATCH, POLL_S)
             except KafkaException as exc:  # the broker may come back; the executor goes on
                 log.warning("cancellation watcher: consume failed", extra={"error": str(exc)})
                 self._stop.wait(1.0)

@@ -18,6 +18,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from services.bus import clients
+from services.bus.fetch import consume_ready
 from services.bus.topics import Topics
 from services.config import Settings
 from services.contracts import serde
@@ -107,7 +108,7 @@ class KafkaEmitter:
         while ends:
             if time.monotonic() > deadline:
                 raise EmitError(f"could not read {self.topic} back within 60 s")
-            for msg in consumer.consume(500, 0.5):
+            for msg in consume_ready(consumer, 500, 0.5):
                 if msg.error() is not None:
                     continue
                 key = _text(msg.key())

@@ -23,6 +23,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from services.bus.fetch import consume_ready
 from services.bus.topics import Topics
 from services.config import Settings
 from services.contracts import serde
@@ -118,7 +119,7 @@ class DlqTail:
         consumer.assign([TopicPartition(self.topics.dlq, p, OFFSET_BEGINNING) for p in range(DLQ_PARTITIONS)])
         try:
             while not self.stop.is_set():
-                for msg in consumer.consume(200, 0.2):
+                for msg in consume_ready(consumer, 200, 0.2):
                     if msg.error() or msg.value() is None:
                         continue
                     try:

@@ -42,6 +42,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from confluent_kafka.admin import AdminClient
 
 from services.bus.clients import plain_producer_config
+from services.bus.fetch import consume_ready
 from services.bus.topics import Topics, admin_client, ensure_topics, internal_specs
 from services.config import Settings
 from services.contracts import serde
@@ -511,7 +512,7 @@ class EventTail:
         )
         try:
             while not self.stop.is_set():
-                for msg in consumer.consume(500, 0.2):
+                for msg in consume_ready(consumer, 500, 0.2):
                     if msg.error():
                         continue
                     event = _decode_event(msg.value())
@@ -566,7 +567,7 @@ def drain_events(settings: Settings, timeout_s: float = 120) -> list[dict[str, A
         while at_end != set(partitions):
             if time.monotonic() > deadline:
                 raise AssertionError(f"draining {topic} did not reach the end of {set(partitions) - at_end}")
-            for msg in consumer.consume(1000, 0.5):
+            for msg in consume_ready(consumer, 1000, 0.5):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:

@@ -22,6 +22,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from services.bus.clients import plain_producer_config
+from services.bus.fetch import consume_ready
 from services.bus.placement import partition_for
 from services.contracts import serde
 from services.contracts.catalog import catalog
@@ -197,14 +198,14 @@ def dead_letters(eng: Engine, wanted: set[bytes], timeout_s: float = 90) -> dict
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline and not wanted <= set(found):
-            for msg in consumer.consume(500, 0.5):
+            for msg in consume_ready(consumer, 500, 0.5):
                 if msg.error():
                     continue
                 letter = serde.decode(msg.value(), expected="DeadLetter")[1]
                 if letter["original_key"] is not None:
                     found.setdefault(letter["original_key"], []).append(letter)
         # one more short pass, so that a duplicate dead letter would show up too
-        for msg in consumer.consume(500, 1.0):
+        for msg in consumer.consume(500, 1.0):  # waits the whole second: a window, not a read
             if not msg.error():
                 letter = serde.decode(msg.value(), expected="DeadLetter")[1]
                 if letter["original_key"] is not None:

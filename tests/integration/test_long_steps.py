@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 
+from services.bus.fetch import consume_ready
 from services.contracts import serde
 from services.control.commands import ControlSender, command
 from services.executor.cancellation import InFlight, InFlightAttempts
@@ -107,7 +108,7 @@ def test_cancelling_a_run_stops_its_long_sleep_within_seconds(
     result: dict[str, Any] | None = None
     wait_until = time.monotonic() + 30
     while result is None and time.monotonic() < wait_until:
-        for msg in inbox.consume(100, 0.2):
+        for msg in consume_ready(inbox, 100, 0.2):
             if msg.error() or msg.value() is None:
                 continue
             kind, body = serde.decode_inbox(msg.value())

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 
 from services.bus.clients import consumer_config
+from services.bus.fetch import consume_ready
 from services.config import Settings
 from services.contracts.serde import decode
 from services.projector.compare import compare_schemas, current_schema
@@ -97,7 +98,7 @@ def log_records(settings: Settings, topic: str, count: int) -> set[tuple[str, in
     deadline = time.monotonic() + 60
     try:
         while len(out) < count and time.monotonic() < deadline:
-            for msg in consumer.consume(500, 0.5):
+            for msg in consume_ready(consumer, 500, 0.5):
                 assert msg.error() is None, msg.error()
                 partition, offset = msg.partition(), msg.offset()
                 assert partition is not None and offset is not None

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from services.bus.fetch import consume_ready
 from services.bus.topics import admin_client
 from services.config import Settings
 from services.observability.logs import JsonFormatter
@@ -171,7 +172,7 @@ def _topic_bytes(settings: Settings) -> tuple[list[str], bytes]:
         consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in ends])
         deadline = time.monotonic() + 60
         while ends and time.monotonic() < deadline:
-            for msg in consumer.consume(500, 0.5):
+            for msg in consume_ready(consumer, 500, 0.5):
                 if msg.error():
                     continue
                 chunks += [msg.key() or b"", msg.value() or b""]

@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from services.bus.clients import plain_producer_config
+from services.bus.fetch import consume_ready
 from services.config import Settings
 from services.contracts import serde
 from services.devinfra.kafka_secure import ADMIN
@@ -94,7 +95,7 @@ def history(secured: Secured, run_id: str, timeout_s: float = 90) -> list[dict[s
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for msg in consumer.consume(100, 0.5):
+            for msg in consume_ready(consumer, 100, 0.5):
                 if msg.error():
                     continue
                 _, event = serde.decode(msg.value(), expected="RunEvent")
