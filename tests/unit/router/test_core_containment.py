@@ -11,7 +11,6 @@ from confluent_kafka import KafkaError, KafkaException
 
 from services.bus.record_budget import RecordTooLarge
 from services.contracts import serde
-from services.router import core as core_module
 from services.router import machine
 from services.router.records import run_id_for
 from services.router.run_store import load_record, reindex
