@@ -44,8 +44,12 @@ def test_broker_restart_during_load(
             private_kafka.start(progress=lambda _msg: None)
             back = time.time()
             back_ms = int(back * 1000)
+
+            def committed_after(back_ms: int = back_ms) -> bool:
+                return ctx.tail.first_event_after(back_ms, router_progress) is not None
+
             wait_for(
-                lambda back_ms=back_ms: ctx.tail.first_event_after(back_ms, router_progress) is not None,
+                committed_after,
                 90,
                 "a history event committed after the broker restart",
             )

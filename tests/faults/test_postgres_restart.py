@@ -42,11 +42,11 @@ def test_postgres_restart_during_load(
             server.start()
             back = time.time()
             baseline = pg_event_count(url)
-            wait_for(
-                lambda baseline=baseline: pg_event_count(url) > baseline,
-                120,
-                "the projector to write after the restart",
-            )
+
+            def written(baseline: int = baseline) -> bool:
+                return pg_event_count(url) > baseline
+
+            wait_for(written, 120, "the projector to write after the restart")
             restarts.append(
                 {
                     "stop_s": round(stop_s, 2),

@@ -27,6 +27,7 @@ from services.bus.placement import partition_for
 from services.contracts import serde
 from services.contracts.catalog import catalog
 from services.contracts.dead_letters import MAX_ORIGINAL_VALUE
+from services.contracts.records import RunRequested
 from services.registry.definitions import DefinitionCatalog, definitions_table, publish
 from services.registry.tenants import tenants_table
 from services.router.records import run_id_for
@@ -371,7 +372,7 @@ def test_bad_input_corpus_is_dead_lettered_with_specific_reasons(
     corpus.send(inbox, b'{"run_id": "x"}', "bad_framing", partition=0)  # JSON where Avro is expected
     corpus.send(inbox, good, "wrong_schema", partition=1)
     corpus.send(inbox, None, "bad_framing", partition=2)
-    forged = {
+    forged: RunRequested = {
         "run_id": run_id_for("acme", "chain", "forged"),
         "tenant": "acme",
         "workflow": "chain",

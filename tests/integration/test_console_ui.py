@@ -116,8 +116,10 @@ def test_filter_open_a_failed_run_replay_it_and_see_it_succeed(console_url: tupl
             expect(decision.first).to_contain_text("ops@acme")
             expect(decision.first).to_contain_text("accepted")
             page.screenshot(path=str(ARTIFACTS / "run-replayed.png"), full_page=True)
-            clip = {"x": 0, "y": 0, "width": 1200, "height": 720}
-            page.screenshot(path=str(ARTIFACTS / "run-replayed-top.png"), clip=clip)  # README's picture
+            page.screenshot(  # README's picture
+                path=str(ARTIFACTS / "run-replayed-top.png"),
+                clip={"x": 0, "y": 0, "width": 1200, "height": 720},
+            )
 
             page.goto(f"{url}/tenants/acme")
             expect(page.locator("#in-flight")).to_contain_text("0 of 100")

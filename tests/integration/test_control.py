@@ -13,6 +13,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from services.contracts import serde
+from services.contracts.records import ControlCommand
 from services.control.commands import ControlSender, command
 from services.tenancy.admin import read_tenants
 from tests.fixtures.engine import Engine, register_tenant
@@ -55,7 +56,7 @@ def send(
     tenant: str = "acme",
     step: str | None = None,
     reason: str = "upstream fixed",
-) -> dict[str, Any]:
+) -> ControlCommand:
     cmd = signed(command(kind, tenant, run_id, requester, reason, step_id=step), requester)
     sender = ControlSender(eng.settings)
     sender.send(cmd)

@@ -15,6 +15,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from services.contracts import serde
+from services.contracts.records import ControlCommand
 from services.control.commands import ControlSender, command
 from tests.fixtures.engine import Engine
 from tests.fixtures.kafka import consume_until
@@ -108,7 +109,7 @@ def finished_in_history(eng: Engine, url: str, run_id: str, outcome: str) -> lis
     return events
 
 
-def replay(eng: Engine, run_id: str, step: str | None = None) -> dict[str, Any]:
+def replay(eng: Engine, run_id: str, step: str | None = None) -> ControlCommand:
     cmd = signed(command("replay_run", "acme", run_id, "ops@acme", "durable", step_id=step), "ops@acme")
     sender = ControlSender(eng.settings)
     sender.send(cmd)

@@ -30,13 +30,14 @@ from prometheus_client import CollectorRegistry
 from services.actions.egress import EgressConfig, IPAddress
 from services.actions.http import HttpRequest
 from services.config import Settings
+from services.contracts.records import StepResult
 from services.executor import ActionRegistry, execute_command
 from services.observability.health import Health
 from services.observability.server import ObservabilityServer
 from services.runtime import ObservabilityOptions, run_services
 from services.workflow.signing import private_key_from_b64, public_key_b64
 from tests.fixtures.engine import Engine, register_tenant
-from tests.unit.executor.helpers import command
+from tests.unit.executor.helpers import command, message_of
 
 pytestmark = pytest.mark.integration
 
@@ -168,11 +169,11 @@ def test_the_engine_refuses_loopback_unless_the_tenant_lists_it(
     assert target.hits == ["/admin/secret"]  # beta's call; acme's never reached the server
 
 
-def run_action(http: HttpRequest, url: str) -> dict[str, Any]:
+def run_action(http: HttpRequest, url: str) -> StepResult:
     registry = ActionRegistry.load(builtins=False, entry_points=False)
     registry.register(http)
 
-    async def main() -> dict[str, Any]:
+    async def main() -> StepResult:
         try:
             return await execute_command(registry, command("http.request", {"url": url, "timeout": 60}))
         finally:
@@ -184,7 +185,7 @@ def run_action(http: HttpRequest, url: str) -> dict[str, Any]:
 def test_the_system_resolver_s_localhost_is_refused(target: Target) -> None:
     result = run_action(HttpRequest(), f"http://localhost:{target.port}/admin/secret")
     assert (result["error_kind"], result["retryable"]) == ("egress_denied", False)
-    assert "localhost (" in result["error_message"] and "loopback address" in result["error_message"]
+    assert "localhost (" in message_of(result) and "loopback address" in message_of(result)
     assert target.hits == []
 
 
@@ -340,7 +341,7 @@ def test_tls_is_verified_for_the_name_while_the_vetted_address_is_dialled(
     context = ssl.create_default_context(cadata=cert.decode())
     egress = EgressConfig(tenant_allow=lambda tenant: ["egress.test", "other.test"])
 
-    def fetch(url: str) -> dict[str, Any]:
+    def fetch(url: str) -> StepResult:
         return run_action(HttpRequest(egress=egress, resolver=resolver, ssl_context=context), url)
 
     good = fetch(f"https://egress.test:{port}/")
@@ -349,6 +350,6 @@ def test_tls_is_verified_for_the_name_while_the_vetted_address_is_dialled(
     # Same address, a name the certificate does not carry: verification fails, nothing is sent.
     wrong = fetch(f"https://other.test:{port}/")
     assert (wrong["error_kind"], wrong["retryable"]) == ("http_transport_error", True)
-    assert "Hostname mismatch, certificate is not valid for 'other.test'" in wrong["error_message"]
+    assert "Hostname mismatch, certificate is not valid for 'other.test'" in message_of(wrong)
     assert hosts == [f"egress.test:{port}"]
     assert looked_up == ["egress.test", "other.test"]

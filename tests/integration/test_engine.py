@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, Producer
 
 from services.bus.clients import plain_producer_config
 from services.contracts import serde
+from services.contracts.records import ControlCommand, ControlKind
 from tests.fixtures.engine import Engine
 from tests.fixtures.kafka import consume_until
 from tests.fixtures.operators import signed
@@ -158,8 +159,8 @@ def test_duplicate_trigger_yields_one_run(engine: Engine) -> None:
     assert types(events).count("step_scheduled") == 3
 
 
-def _control(engine: Engine, kind: str, run_id: str, reason: str = "test") -> None:
-    command = {
+def _control(engine: Engine, kind: ControlKind, run_id: str, reason: str = "test") -> None:
+    command: ControlCommand = {
         "command_id": f"c-{run_id}-{kind}",
         "kind": kind,
         "requester": "ops@acme",
@@ -171,6 +172,9 @@ def _control(engine: Engine, kind: str, run_id: str, reason: str = "test") -> No
         "issued_at": int(time.time() * 1000),
         "filter_json": None,
         "dry_run": False,
+        "key_id": None,
+        "signature": None,
+        "on_behalf_of": None,
     }
     command = signed(command, "ops@acme")  # the fixture's operator key (tests/fixtures/operators.py)
     producer = Producer(plain_producer_config(engine.settings))

@@ -10,13 +10,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import psycopg
 import pytest
@@ -25,12 +24,14 @@ from confluent_kafka import Consumer, Producer
 from services.actions.firm import UpdateRecord
 from services.bus.topics import Topics
 from services.contracts import serde
+from services.contracts.records import StepCommand, StepResult
 from services.executor import ActionRegistry, execute_command
 from services.workflow.signing import generate_keypair
 from tests.fixtures.engine import Engine, register_tenant
 from tests.fixtures.kafka import consume_until
+from tests.fixtures.records import StepCommandFields
 from tests.integration.test_executor import Executor, Running, make_settings, read_results
-from tests.unit.executor.helpers import command
+from tests.unit.executor.helpers import command, message_of, output_of
 
 pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
@@ -41,9 +42,10 @@ def rows(database_url: str, table: str = "firm_records") -> list[tuple[Any, ...]
         return conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
 
 
-def create_client(**overrides: Any) -> dict[str, Any]:
+def create_client(**overrides: Unpack[StepCommandFields]) -> StepCommand:
     inputs = {"record_type": "client", "operation": "create", "fields": {"name": "Ada", "tier": 1}}
-    return command("firm.update_record", inputs, scopes=["firm_data:write"], **overrides)
+    fields: StepCommandFields = {"scopes": ["firm_data:write"], **overrides}
+    return command("firm.update_record", inputs, **fields)
 
 
 def firm_registry(database_url: str) -> ActionRegistry:
@@ -53,7 +55,7 @@ def firm_registry(database_url: str) -> ActionRegistry:
 def test_update_record_applies_once_when_the_same_command_is_redelivered(database_url: str) -> None:
     reg, cmd = firm_registry(database_url), create_client()
 
-    async def deliver_twice() -> list[dict[str, Any]]:
+    async def deliver_twice() -> list[StepResult]:
         first = await execute_command(reg, cmd)  # e.g. committed to the DB, then the executor died
         second = await execute_command(reg, cmd)  # the same command, delivered again
         return [first, second]
@@ -61,7 +63,7 @@ def test_update_record_applies_once_when_the_same_command_is_redelivered(databas
     first, second = asyncio.run(deliver_twice())
     assert first["status"] == second["status"] == "succeeded", (first, second)
     assert first["output_json"] == second["output_json"]
-    output = json.loads(first["output_json"])
+    output = output_of(first)
     assert output["name"] == "Ada" and output["fields"] == {"name": "Ada", "tier": 1}
     assert len(rows(database_url)) == 1
     assert rows(database_url)[0][1] == output["id"]
@@ -73,7 +75,7 @@ def test_concurrent_duplicates_apply_once(database_url: str) -> None:
     reg = firm_registry(database_url)
     cmd = create_client(idempotency_key="run-2:s1:1", run_id="run-2")
 
-    async def race() -> list[dict[str, Any]]:
+    async def race() -> list[StepResult]:
         return list(await asyncio.gather(*(execute_command(reg, cmd) for _ in range(5))))
 
     results = asyncio.run(race())
@@ -84,7 +86,7 @@ def test_concurrent_duplicates_apply_once(database_url: str) -> None:
 
 def test_update_merges_fields_and_a_retry_is_a_new_effect(database_url: str) -> None:
     reg = firm_registry(database_url)
-    created = json.loads(asyncio.run(execute_command(reg, create_client()))["output_json"])
+    created = output_of(asyncio.run(execute_command(reg, create_client())))
     update = {
         "record_type": "client",
         "operation": "update",
@@ -102,7 +104,7 @@ def test_update_merges_fields_and_a_retry_is_a_new_effect(database_url: str) -> 
         )
         result = asyncio.run(execute_command(reg, cmd))
         assert result["status"] == "succeeded", result
-    output = json.loads(result["output_json"])
+    output = output_of(result)
     assert output["fields"] == {"name": "Ada", "tier": 1, "status": "onboarded"}
     assert output["version"] == 3  # create + attempt 1 (once) + attempt 2
     assert len(rows(database_url, "applied_effects")) == 3
@@ -123,7 +125,7 @@ def test_update_record_input_is_validated(database_url: str) -> None:
         scopes=["firm_data:write"],
     )
     result = asyncio.run(execute_command(reg, bad))
-    assert result["error_kind"] == "invalid_input" and "needs an id" in result["error_message"]
+    assert result["error_kind"] == "invalid_input" and "needs an id" in message_of(result)
 
 
 # --- over Kafka ------------------------------------------------------------------------------

@@ -14,20 +14,21 @@ from confluent_kafka import Consumer
 
 from services.bus.fetch import consume_ready
 from services.contracts import serde
+from services.contracts.records import ControlCommand
 from services.control.commands import ControlSender, command
 from services.executor.cancellation import InFlight, InFlightAttempts
 from services.registry.publishing import PublishRefused
 from tests.fixtures.engine import Engine
 
 
-def signed(command: dict[str, Any], key_id: str) -> dict[str, Any]:
+def signed(command: ControlCommand, key_id: str) -> ControlCommand:
     """``command`` signed with the test operator key, where operator commands are signed
     (tests/fixtures/operators.py); as it is where they are not."""
     try:
         operators = importlib.import_module("tests.fixtures.operators")
     except ImportError:
         return command
-    result: dict[str, Any] = operators.signed(command, key_id)
+    result: ControlCommand = operators.signed(command, key_id)
     return result
 
 

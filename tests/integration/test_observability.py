@@ -7,6 +7,7 @@ counters move) and ``/metrics``, ``/healthz`` and ``/readyz`` are read over HTTP
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from services.executor.service import run_executor
 from services.projector.runner import run_projector
 from services.router.service import run_router
+from services.runtime import ServiceFn
 from tests.fixtures.engine import Engine
 from tests.integration.test_observability_support import Samples, Served, serve, wait_for
 
@@ -46,7 +48,7 @@ steps:
     retry: {max_attempts: 2, initial_backoff: 0.05, max_backoff: 0.05}
 """
 
-SERVICES = {"router": run_router, "executor": run_executor, "projector": run_projector}
+SERVICES: dict[str, ServiceFn] = {"router": run_router, "executor": run_executor, "projector": run_projector}
 
 
 def _service_ready(served: Served, name: str) -> bool:
@@ -69,7 +71,7 @@ def test_health_and_readiness(served: Served) -> None:
     assert body["services"]["gate"]["ready"] is False
 
     for name in SERVICES:
-        wait_for(f"{name} ready", lambda name=name: _service_ready(served, name), timeout_s=60)
+        wait_for(f"{name} ready", functools.partial(_service_ready, served, name), timeout_s=60)
     status, body = served.json("/readyz")
     assert status == 503 and body["services"]["gate"]["ready"] is False
 

@@ -7,7 +7,12 @@ import pytest
 from services.bus.topics import admin_client, ensure_topics, internal_specs
 from services.registry.publishing import PublishRefused, publish_signed, read_definitions
 from services.workflow.loader import load_definition_text
-from services.workflow.signing import generate_keypair, private_key_from_b64, sign_definition
+from services.workflow.signing import (
+    SignedDefinition,
+    generate_keypair,
+    private_key_from_b64,
+    sign_definition,
+)
 from tests.fixtures.engine import make_settings, register_tenant
 
 pytestmark = pytest.mark.integration
@@ -28,7 +33,7 @@ def test_versions_are_immutable_and_only_move_forward(kafka_bootstrap: str, uniq
     register_tenant(settings, "acme", public)
     key = private_key_from_b64(private)
 
-    def signed(version: int, action: str = "noop", tenant: str = "acme") -> object:
+    def signed(version: int, action: str = "noop", tenant: str = "acme") -> SignedDefinition:
         text = DEFN.format(version=version, action=action)
         return sign_definition(load_definition_text(text), tenant=tenant, key_id="k1", private_key=key)
 

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from tests.fixtures.kafka import consume_until, create_topics
+from tests.fixtures.kafka import consume_until, create_topics, value_of
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def test_read_committed_sees_only_committed_transactions(
 
     uncommitted = make_consumer([topic], **{"isolation.level": "read_uncommitted"})
     raw = consume_until(uncommitted, lambda msgs: any(m.value() == b"marker" for m in msgs), timeout_s=60)
-    assert sum(1 for m in raw if m.value().startswith(b"aborted-")) == 3
+    assert sum(1 for m in raw if value_of(m).startswith(b"aborted-")) == 3
 
 
 def test_postgres_is_a_real_server(database_url: str) -> None:

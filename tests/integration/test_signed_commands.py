@@ -13,17 +13,19 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.contracts.records import ControlCommand
 from services.control.commands import ControlSender, command
 from services.registry.tenants import tenants_table
 from services.tenancy.admin import read_tenants
 from tests.fixtures.engine import Engine, register_tenant
 from tests.fixtures.operators import signed
+from tests.fixtures.records import ControlCommandFields
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +75,7 @@ def failed_run(eng: Engine, key: str) -> str:
     return run_id
 
 
-def send(eng: Engine, *commands: dict[str, Any]) -> None:
+def send(eng: Engine, *commands: ControlCommand) -> None:
     sender = ControlSender(eng.settings)
     for cmd in commands:
         sender.send(cmd)
@@ -117,12 +119,12 @@ def refusals_are_specific_and_recorded_and_an_id_applies_once(eng: Engine, datab
     register_tenant(eng.settings, "beta", public, operators=["ops@beta"])
     run_id = failed_run(eng, "refusals")
 
-    def replay(**fields: Any) -> dict[str, Any]:
+    def replay(**fields: Unpack[ControlCommandFields]) -> ControlCommand:
         return {**command("replay_run", "acme", run_id, "ops@acme", "upstream fixed"), **fields}
 
     unsigned = replay()
     forged = signed(replay(), "ops@acme", Ed25519PrivateKey.generate())
-    tampered = {**signed(replay(), "ops@acme"), "reason": "something else"}
+    tampered: ControlCommand = {**signed(replay(), "ops@acme"), "reason": "something else"}
     stale = signed(replay(issued_at=int(time.time() * 1000) - 3_600_000), "ops@acme")
     foreign = signed(replay(), "ops@beta")  # a real operator key, of tenant beta
     good = signed(replay(), "ops@acme")

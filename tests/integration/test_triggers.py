@@ -23,7 +23,7 @@ from services.triggers import TriggerRegistry
 from services.triggers.emitter import KafkaEmitter
 from services.triggers.runner import prepare, run_triggers
 from services.triggers.schedule import ScheduleTrigger, tick_key
-from tests.fixtures.kafka import create_topics
+from tests.fixtures.kafka import create_topics, key_of
 from tests.unit.triggers.helpers import FakeClock
 
 pytestmark = pytest.mark.integration
@@ -135,7 +135,7 @@ def test_schedule_emits_exactly_one_trigger_per_tick_across_restarts(
             assert time.monotonic() < deadline, f"expected {count} triggers, saw {seen}"
             msg = live.poll(0.1)
             if msg is not None and not msg.error():
-                seen.append(msg.key().decode())
+                seen.append(key_of(msg).decode())
 
     first = Schedule(settings, clock)
     clock.advance(30)  # tick 1
@@ -157,13 +157,13 @@ def test_schedule_emits_exactly_one_trigger_per_tick_across_restarts(
     third.close()
 
     records = read_all(make_consumer, topic, 3)
-    keys = sorted(m.key().decode() for m in records)
+    keys = sorted(key_of(m).decode() for m in records)
     assert keys == [tick_key("minutely", t) for t in tick[1:7]], keys  # one record per tick
     for msg in records:
         _, event = serde.decode(msg.value(), expected="TriggerEvent")
         assert event["event_type"] == "report.tick"
         assert json.loads(event["data_json"]) == {"report": "m"}
-        assert event["idempotency_key"] == msg.key().decode()
+        assert event["idempotency_key"] == key_of(msg).decode()
         occurred = datetime.fromtimestamp(event["occurred_at"] / 1000, UTC)
         assert tick_key("minutely", occurred) == event["idempotency_key"]
         assert dict(msg.headers() or [])["tenant"] == b"acme"

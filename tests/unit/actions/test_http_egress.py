@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,12 +18,13 @@ from services.actions import http as http_module
 from services.actions.egress import EgressConfig, IPAddress
 from services.actions.http import MAX_RESPONSE_BYTES, HttpRequest
 from services.config import Settings
+from services.contracts.records import StepResult
 from services.executor import ActionRegistry, execute_command
 from services.executor.breaker import BreakerPolicy, CircuitBreakers
 from services.executor.guardrails import Guardrails
 from services.executor.service import configure_egress
 from services.tenancy.config import TenantConfig
-from tests.unit.executor.helpers import command
+from tests.unit.executor.helpers import command, message_of, output_of
 
 NAMES = {
     "localhost": ["127.0.0.1", "::1"],
@@ -97,7 +97,7 @@ def action(
     return HttpRequest(egress=egress, resolver=resolver or Resolver(), network_backend=backend)
 
 
-def call(http: HttpRequest, url: str, tenant: str = "acme", **kwargs: Any) -> dict[str, Any]:
+def call(http: HttpRequest, url: str, tenant: str = "acme", **kwargs: Any) -> StepResult:
     registry = ActionRegistry.load(builtins=False, entry_points=False)
     registry.register(http)
     return asyncio.run(
@@ -133,7 +133,7 @@ def test_ssrf_targets_fail_egress_denied_without_a_connection(url: str, kind: st
     backend = Backend()
     result = call(action(backend), url)
     assert (result["status"], result["error_kind"], result["retryable"]) == ("failed", "egress_denied", False)
-    assert f"{kind} address" in result["error_message"]
+    assert f"{kind} address" in message_of(result)
     assert backend.connects == []
 
 
@@ -150,7 +150,7 @@ def test_a_public_name_is_resolved_once_and_the_vetted_address_is_dialled_with_t
     backend, resolver = Backend(), Resolver()
     result = call(action(backend, resolver=resolver), "https://api.example/v1/x")
     assert result["status"] == "succeeded", result
-    assert json.loads(result["output_json"])["json"] == {"ok": True}
+    assert output_of(result)["json"] == {"ok": True}
     assert backend.connects == [("93.184.216.34", 443)]  # the address, not the name: no second lookup
     assert resolver.calls == ["api.example"]
     # TLS: SNI and certificate checks for the name, verification on.
@@ -167,7 +167,7 @@ def test_ipv6_public_addresses_are_dialled_as_addresses() -> None:
 def test_an_unknown_name_is_a_retryable_transport_error() -> None:
     result = call(action(Backend()), "http://nowhere.example/")
     assert (result["error_kind"], result["retryable"]) == ("http_transport_error", True)
-    assert "cannot resolve nowhere.example" in result["error_message"]
+    assert "cannot resolve nowhere.example" in message_of(result)
 
 
 def test_redirects_are_not_followed() -> None:
@@ -184,7 +184,7 @@ def test_the_allow_list_admits_its_tenant_only_and_pools_stay_apart() -> None:
     backend = Backend()
     http = action(backend, EgressConfig(tenant_allow=lambda tenant: lists.get(tenant, [])))
 
-    async def main() -> list[dict[str, Any]]:
+    async def main() -> list[StepResult]:
         registry = ActionRegistry.load(builtins=False, entry_points=False)
         registry.register(http)
         results = []

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -198,7 +198,7 @@ def test_a_failing_poison_hook_falls_back_to_the_loops_dead_letter() -> None:
         ("commit_transaction", kafka_exception(KafkaError.MSG_SIZE_TOO_LARGE, fatal=True)),
     ],
 )
-def test_infrastructure_errors_never_bisect_nor_dead_letter(call: str, error: Exception) -> None:
+def test_infrastructure_errors_never_bisect_nor_dead_letter(call: str, error: KafkaException) -> None:
     broker = FakeBroker()
     fill(broker, 50)
     processor = EchoProcessor()
@@ -405,14 +405,19 @@ def test_blame() -> None:
     assert not blames_records(None)
 
 
+def message(topic: str, partition: int, offset: int) -> Message:
+    """A :class:`FakeMessage` where the poison helpers take a Message (they call its methods only)."""
+    return cast(Message, FakeMessage(topic, partition, offset, b""))
+
+
 def test_failure_counter_counts_the_same_batch_only() -> None:
     counter = FailureCounter(3)
-    batch = [FakeMessage("a", 0, 5, b""), FakeMessage("a", 0, 6, b"")]
-    longer = [*batch, FakeMessage("a", 0, 7, b"")]  # more fetched, same start: the same batch
+    batch = [message("a", 0, 5), message("a", 0, 6)]
+    longer = [*batch, message("a", 0, 7)]  # more fetched, same start: the same batch
     assert not counter.failed(batch)
     assert not counter.failed(longer)
     assert counter.failed(batch)
-    assert not counter.failed([FakeMessage("a", 0, 6, b"")])  # another start: counted anew
+    assert not counter.failed([message("a", 0, 6)])  # another start: counted anew
 
 
 @settings(max_examples=100, deadline=None)
@@ -427,13 +432,13 @@ def test_bisection_isolates_the_failing_record_and_commits_prefixes(
     poison record is found having failed alone, every other record is committed once, and it
     takes a logarithmic number of transactions."""
     offsets: dict[int, int] = {}
-    records = []
+    records: list[Message] = []
     for partition in layout:
         offsets[partition] = offsets.get(partition, 100) + 1
-        records.append(FakeMessage("t", partition, offsets[partition], b""))
+        records.append(message("t", partition, offsets[partition]))
     bad = bad_index.draw(st.sampled_from(records))
     plan = Bisection(records)
-    committed: list[FakeMessage] = []
+    committed: list[Message] = []
     failed_alone = len(records) == 1
     steps = 0
     while not plan.done:

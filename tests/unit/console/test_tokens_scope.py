@@ -31,7 +31,7 @@ def test_malformed_hashes_never_verify() -> None:
 
 def test_a_tenant_operator_reads_and_acts_on_its_tenants_only() -> None:
     p = Principal("ops@acme", {"acme": "operator", "beta": "viewer"})
-    assert p.readable == {"acme", "beta"}
+    assert p.readable == frozenset({"acme", "beta"})
     assert p.can_read("acme") and p.can_read("beta") and not p.can_read("other")
     assert not p.can_read(None)
     assert p.can_act("acme") and not p.can_act("beta") and not p.can_act("other")

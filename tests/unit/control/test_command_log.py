@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.contracts.records import ControlCommand
 from services.router import command_log
 from services.router.state import RunState
 
@@ -18,8 +17,24 @@ def run() -> RunState:
     return RunState("r", "acme", "w", 1, 0, "c", "k", {"event": "go", "data": {}}, 0, 0)
 
 
-def cmd(command_id: str, issued_at: int = NOW) -> dict[str, Any]:
-    return {"command_id": command_id, "issued_at": issued_at}
+def cmd(command_id: str, issued_at: int = NOW) -> ControlCommand:
+    """A cancel of run ``r``: the log reads its id and issue time only."""
+    return {
+        "command_id": command_id,
+        "kind": "cancel",
+        "requester": "ops@acme",
+        "tenant": "acme",
+        "run_id": "r",
+        "step_id": None,
+        "reason": "test",
+        "correlation_id": "c",
+        "issued_at": issued_at,
+        "filter_json": None,
+        "dry_run": False,
+        "key_id": None,
+        "signature": None,
+        "on_behalf_of": None,
+    }
 
 
 def test_the_same_id_is_admitted_once() -> None:

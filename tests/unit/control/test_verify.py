@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Unpack, cast
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.contracts.records import ControlCommand
 from services.control.signing import sign, signing_payload
 from services.control.verify import CommandRefused, Reason, verify_command
 from services.tenancy.config import TenantConfig
 from services.workflow.signing import KeyEntry, Keyring, public_key_b64
+from tests.fixtures.records import ControlCommandFields
 
 NOW = 1_800_000_000_000
 WINDOW = 300_000
@@ -32,8 +34,8 @@ def acme(**key: Any) -> TenantConfig:
 GLOBAL = {"console": public_key_b64(CONSOLE)}
 
 
-def cmd(**fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
+def cmd(**fields: Unpack[ControlCommandFields]) -> ControlCommand:
+    base: ControlCommand = {
         "command_id": "c-1",
         "kind": "replay_run",
         "requester": "whoever",
@@ -52,7 +54,7 @@ def cmd(**fields: Any) -> dict[str, Any]:
     return {**base, **fields}
 
 
-def refusal(command: dict[str, Any], tenant: TenantConfig | None = None, **kw: Any) -> Reason:
+def refusal(command: ControlCommand, tenant: TenantConfig | None = None, **kw: Any) -> Reason:
     with pytest.raises(CommandRefused) as caught:
         verify_command(command, tenant or acme(), GLOBAL, NOW, WINDOW, **kw)
     return caught.value.reason
@@ -86,7 +88,7 @@ def test_unsigned_commands_are_refused() -> None:
         {"tenant": "acme", "on_behalf_of": "ceo@acme"},
     ],
 )
-def test_a_signed_field_changed_in_transit_breaks_the_signature(tamper: dict[str, Any]) -> None:
+def test_a_signed_field_changed_in_transit_breaks_the_signature(tamper: ControlCommandFields) -> None:
     signed = sign(cmd(), "alice@acme", ALICE)
     assert refusal({**signed, **tamper}) is Reason.BAD_SIGNATURE
 
@@ -98,7 +100,7 @@ def test_a_forged_signature_under_a_registered_key_id_is_refused() -> None:
 
 
 def test_the_requester_field_is_not_trusted() -> None:
-    signed = {**sign(cmd(), "alice@acme", ALICE), "requester": "ceo@acme"}
+    signed: ControlCommand = {**sign(cmd(), "alice@acme", ALICE), "requester": "ceo@acme"}
     assert verify_command(signed, acme(), GLOBAL, NOW, WINDOW).requester == "alice@acme"
 
 
@@ -139,7 +141,8 @@ def test_only_global_keys_may_act_on_behalf_of_someone() -> None:
 
 def test_the_signed_message_is_canonical_and_separated_from_definition_signatures() -> None:
     a = signing_payload(cmd(key_id="k"))
-    b = signing_payload({k: cmd(key_id="k")[k] for k in reversed(list(cmd(key_id="k")))})
+    # the same record with its fields in the reverse order
+    b = signing_payload(cast(ControlCommand, dict(reversed(cmd(key_id="k").items()))))
     assert a == b
     assert b'"purpose":"switchyard.control.v1"' in a
     assert b"correlation_id" not in a and b"requester" not in a

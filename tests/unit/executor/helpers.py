@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Unpack
+
+from services.contracts.records import StepCommand, StepResult
+from tests.fixtures.records import StepCommandFields
 
 
-def command(action: str, inputs: Any = None, **overrides: Any) -> dict[str, Any]:
+def command(action: str, inputs: Any = None, /, **overrides: Unpack[StepCommandFields]) -> StepCommand:
     """A StepCommand record with a deadline 30 s ahead."""
     now_ms = int(time.time() * 1000)
-    record: dict[str, Any] = {
+    record: StepCommand = {
         "run_id": "run-1",
         "tenant": "acme",
         "workflow": "wf",
@@ -28,3 +31,17 @@ def command(action: str, inputs: Any = None, **overrides: Any) -> dict[str, Any]
     }
     record.update(overrides)
     return record
+
+
+def output_of(result: StepResult) -> Any:
+    """The attempt's output, parsed (an attempt without one fails the test)."""
+    text = result["output_json"]
+    assert text is not None, result
+    return json.loads(text)
+
+
+def message_of(result: StepResult) -> str:
+    """The attempt's error message (an attempt without one fails the test)."""
+    text = result["error_message"]
+    assert text is not None, result
+    return text

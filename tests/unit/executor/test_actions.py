@@ -11,10 +11,11 @@ import pytest
 from pydantic import ValidationError
 
 from services.actions import Echo, Fail, HttpRequest, Noop, Sleep
+from services.contracts.records import StepCommand, StepResult
 from services.executor import ActionError, ActionRegistry, execute_command
 from services.executor.plugins import ActionContext
 from services.observability.logs import bind
-from tests.unit.executor.helpers import command
+from tests.unit.executor.helpers import command, message_of, output_of
 
 
 def ctx(attempt: int = 1) -> ActionContext:
@@ -32,7 +33,7 @@ def ctx(attempt: int = 1) -> ActionContext:
     )
 
 
-def run(cmd: dict[str, Any], registry: ActionRegistry | None = None) -> dict[str, Any]:
+def run(cmd: StepCommand, registry: ActionRegistry | None = None) -> StepResult:
     return asyncio.run(execute_command(registry or ActionRegistry.load(entry_points=False), cmd))
 
 
@@ -56,7 +57,7 @@ def test_invalid_input_fails_non_retryably_with_the_field_named() -> None:
     assert result["status"] == "failed"
     assert result["error_kind"] == "invalid_input"
     assert result["retryable"] is False
-    assert "seconds" in result["error_message"]
+    assert "seconds" in message_of(result)
 
 
 def test_fail_always_fails_with_its_kind() -> None:
@@ -76,7 +77,7 @@ def test_fail_attempts_fails_then_succeeds() -> None:
     outcomes = [run(command("fail", inputs, attempt=n)) for n in (1, 2, 3, 4)]
     assert [r["status"] for r in outcomes] == ["failed", "failed", "succeeded", "succeeded"]
     assert outcomes[0]["error_message"] == "flaky"
-    assert json.loads(outcomes[2]["output_json"]) == {"succeeded_on_attempt": 3}
+    assert output_of(outcomes[2]) == {"succeeded_on_attempt": 3}
 
 
 def test_fail_attempts_zero_never_fails() -> None:
@@ -101,7 +102,7 @@ def test_http_request_success_json_and_idempotency_header() -> None:
         _http(handler),
     )
     assert result["status"] == "succeeded", result
-    output = json.loads(result["output_json"])
+    output = output_of(result)
     assert output["status"] == 201
     assert output["json"] == {"ok": True, "echo": {"a": 1}}
     assert seen[0].method == "POST"
@@ -114,7 +115,7 @@ def test_http_request_text_body() -> None:
         command("http.request", {"url": "http://h/"}),
         _http(lambda r: httpx.Response(200, text="hello", headers={"content-type": "text/plain"})),
     )
-    assert json.loads(result["output_json"])["text"] == "hello"
+    assert output_of(result)["text"] == "hello"
 
 
 @pytest.mark.parametrize(

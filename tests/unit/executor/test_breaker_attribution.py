@@ -67,7 +67,7 @@ def test_a_timeout_of_an_attempt_that_waited_in_a_queue_does_not() -> None:
 
 
 def test_starved_budget_boundaries() -> None:
-    cmd = {"issued_at": 0, "deadline": 60_000}
+    cmd = command("noop", issued_at=0, deadline=60_000)
     assert not starved_budget(cmd, 60.0, None)
     assert not starved_budget(cmd, 30.0, None)
     assert starved_budget(cmd, 29.9, None)
@@ -75,4 +75,4 @@ def test_starved_budget_boundaries() -> None:
     assert not starved_budget(cmd, 10.0, 20.0)
     assert starved_budget(cmd, 9.9, 20.0)
     # A command without a usable issue time is never called starved.
-    assert not starved_budget({"issued_at": 60_000, "deadline": 60_000}, 0.1, None)
+    assert not starved_budget(command("noop", issued_at=60_000, deadline=60_000), 0.1, None)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from services.contracts.records import StepCommand, StepResult
 from services.executor import ActionContext, ActionError, ActionRegistry, BaseAction, execute_command
-from tests.unit.executor.helpers import command
+from tests.unit.executor.helpers import command, message_of, output_of
 
 
 class AnyInput(BaseModel):
@@ -44,7 +44,7 @@ def registry(*actions: Any) -> ActionRegistry:
     return ActionRegistry.load(entry_points=False, extra=actions)
 
 
-def run(reg: ActionRegistry, cmd: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+def run(reg: ActionRegistry, cmd: StepCommand, **kwargs: Any) -> StepResult:
     return asyncio.run(execute_command(reg, cmd, **kwargs))
 
 
@@ -52,7 +52,7 @@ def test_success_result_carries_identity_and_output() -> None:
     probe = Probe()
     result = run(registry(probe), command("probe", {"x": 1}), executor_id="ex-1")
     assert result["status"] == "succeeded"
-    assert json.loads(result["output_json"]) == {"ok": True}
+    assert output_of(result) == {"ok": True}
     assert result["error_kind"] is None and result["retryable"] is True
     assert (result["run_id"], result["tenant"], result["step_id"], result["attempt"]) == (
         "run-1",
@@ -82,13 +82,13 @@ def test_action_running_past_its_deadline_times_out() -> None:
     result = run(registry(), command("sleep", {"seconds": 5}, deadline=deadline))
     assert (result["status"], result["error_kind"], result["retryable"]) == ("failed", "timeout", True)
     assert time.monotonic() - started < 2
-    assert "did not finish" in result["error_message"]
+    assert "did not finish" in message_of(result)
 
 
 def test_max_attempt_caps_a_far_deadline() -> None:
     result = run(registry(), command("sleep", {"seconds": 5}), max_attempt_s=0.1)
     assert result["error_kind"] == "timeout"
-    assert "capped" in result["error_message"]
+    assert "capped" in message_of(result)
 
 
 def test_unknown_action_is_not_retryable() -> None:
@@ -109,7 +109,7 @@ def test_inputs_that_are_not_a_json_object_are_invalid() -> None:
 def test_unexpected_exception_is_a_retryable_action_error() -> None:
     result = run(registry(Probe(RuntimeError("kaput"))), command("probe"))
     assert (result["error_kind"], result["retryable"]) == ("action_error", True)
-    assert "RuntimeError: kaput" in result["error_message"]
+    assert "RuntimeError: kaput" in message_of(result)
 
 
 def test_bad_outputs_are_reported() -> None:
@@ -132,7 +132,7 @@ def test_mutating_action_needs_the_tenant_grant() -> None:
     writer = Writer()
     cmd = command("firm.write", scopes=["firm_data:write"])
     denied = run(registry(writer), cmd, grants=lambda tenant: frozenset({"firm_data:read"}))
-    assert denied["error_kind"] == "permission_denied" and "not granted" in denied["error_message"]
+    assert denied["error_kind"] == "permission_denied" and "not granted" in message_of(denied)
     granted = run(registry(writer), cmd, grants=lambda tenant: frozenset({"firm_data:write"}))
     assert granted["status"] == "succeeded"
 
@@ -140,7 +140,7 @@ def test_mutating_action_needs_the_tenant_grant() -> None:
 def test_long_error_messages_are_truncated() -> None:
     result = run(registry(Probe(ActionError("big", "x" * 10_000))), command("probe"))
     assert result["error_kind"] == "big"
-    assert len(result["error_message"]) <= 4000 and result["error_message"].endswith("(truncated)")
+    assert len(message_of(result)) <= 4000 and message_of(result).endswith("(truncated)")
 
 
 class Picky(BaseModel):
@@ -163,4 +163,4 @@ class PickyAction(BaseAction):
 def test_validator_raising_an_unwrapped_exception_is_invalid_input() -> None:
     result = run(registry(PickyAction()), command("picky", {"value": 1}))
     assert (result["error_kind"], result["retryable"]) == ("invalid_input", False)
-    assert "validator bug" in result["error_message"]
+    assert "validator bug" in message_of(result)

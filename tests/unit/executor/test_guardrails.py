@@ -11,13 +11,14 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from services.actions import HttpRequest
+from services.contracts.records import StepCommand, StepResult
 from services.executor import ActionContext, ActionRegistry, BaseAction, execute_command
 from services.executor.breaker import BreakerPolicy, CircuitBreakers
 from services.executor.guardrails import BREAKER_STATE, PERMISSION_DENIED, Guardrails
 from services.executor.permissions import required_scopes
 from services.executor.ratelimit import ExternalCallLimiter
 from services.observability.metrics import UNREGISTERED_TENANT
-from tests.unit.executor.helpers import command
+from tests.unit.executor.helpers import command, message_of
 
 
 class AnyInput(BaseModel):
@@ -45,7 +46,7 @@ class Reader(Counting):
     mutates_firm_data = False
 
 
-def run(reg: ActionRegistry, cmd: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+def run(reg: ActionRegistry, cmd: StepCommand, **kwargs: Any) -> StepResult:
     return asyncio.run(execute_command(reg, cmd, **kwargs))
 
 
@@ -81,7 +82,7 @@ def test_permission_denied_is_final_and_never_runs_the_action(
         "permission_denied",
         False,
     )
-    assert reason in result["error_message"]
+    assert reason in message_of(result)
     assert action.runs == 0
     assert PERMISSION_DENIED.labels(label, "firm.touch")._value.get() == before + 1
     [line] = [r for r in caplog.records if r.getMessage() == "permission denied"]
@@ -125,7 +126,7 @@ def test_breaker_opens_on_retryable_http_failures_and_recovers() -> None:
     reg = registry(HttpRequest(transport=httpx.MockTransport(handler)))
     url = "https://api.example/x"
 
-    async def main() -> list[dict[str, Any]]:
+    async def main() -> list[StepResult]:
         results = []
         for _ in range(5):
             results.append(
@@ -178,7 +179,7 @@ def test_rate_limit_wait_counts_against_the_deadline() -> None:
     limiter = ExternalCallLimiter(lambda tenant: 1.0)  # 1 call/s, burst 1, real clock
     guards = Guardrails(limiter=limiter)
 
-    async def main() -> list[dict[str, Any]]:
+    async def main() -> list[StepResult]:
         first = await execute_command(reg, command("http.request", {"url": "http://h/"}), guardrails=guards)
         short = command("http.request", {"url": "http://h/"}, deadline=command("x")["deadline"] - 29_700)
         second = await execute_command(reg, short, guardrails=guards)  # 0.3 s left, next slot in ~1 s
@@ -187,7 +188,7 @@ def test_rate_limit_wait_counts_against_the_deadline() -> None:
     first, second = asyncio.run(main())
     assert first["status"] == "succeeded"
     assert (second["error_kind"], second["retryable"]) == ("timeout", True)
-    assert "rate limit" in second["error_message"]
+    assert "rate limit" in message_of(second)
     assert second["finished_at"] - second["started_at"] < 200  # failed at once, did not wait
     assert len(calls) == 1
 

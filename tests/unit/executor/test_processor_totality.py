@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from services.contracts import serde
+from services.contracts.records import StepCommand, StepResult
 from services.executor import ActionContext, ActionError
 from services.executor.execute import MAX_OUTPUT_BYTES, MAX_OUTPUT_DEPTH
 from services.observability import metrics
@@ -109,7 +110,7 @@ def test_a_result_over_the_record_budget_becomes_a_failed_result_without_output(
 def test_a_crash_of_the_attempt_itself_is_an_executor_error_result() -> None:
     with harness() as h:
 
-        async def broken(command: dict[str, Any]) -> dict[str, Any]:
+        async def broken(command: StepCommand) -> StepResult:
             raise ZeroDivisionError("bug")
 
         h.processor._run = broken  # type: ignore[method-assign]
@@ -136,7 +137,7 @@ def test_an_undecodable_command_is_dead_lettered_and_the_batch_goes_on() -> None
 )
 def test_a_command_whose_identity_could_not_be_echoed_is_dead_lettered(field: str, value: str) -> None:
     with harness() as h:
-        forged = {"step_id": "s1", field: value}
+        forged: dict[str, Any] = {"step_id": "s1", field: value}  # the field is a parameter
         produced = h.run(
             h.message(serde.encode("StepCommand", command("scripted", **forged))), h.command("s2", ok)
         )

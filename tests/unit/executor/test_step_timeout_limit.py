@@ -13,7 +13,7 @@ from services.executor import ActionRegistry, execute_command
 from services.executor.processor import DEFAULT_MAX_ATTEMPT_S
 from services.workflow.loader import load_definition_text
 from services.workflow.validation import step_timeout_problems
-from tests.unit.executor.helpers import command
+from tests.unit.executor.helpers import command, message_of
 
 DEFINITION = """
 name: long
@@ -58,4 +58,4 @@ def test_the_cap_names_the_setting_when_it_binds() -> None:
     registry = ActionRegistry.load(entry_points=False)
     result = asyncio.run(execute_command(registry, command("sleep", {"seconds": 5}), max_attempt_s=0.1))
     assert result["error_kind"] == "timeout"
-    assert "SWITCHYARD_MAX_STEP_TIMEOUT_S" in result["error_message"]
+    assert "SWITCHYARD_MAX_STEP_TIMEOUT_S" in message_of(result)

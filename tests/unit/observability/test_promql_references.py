@@ -35,6 +35,7 @@ def exported() -> dict[str, set[str]]:
         for obj in vars(module).values():
             if isinstance(obj, MetricWrapperBase):
                 labels = set(obj._labelnames) | TARGET_LABELS
+                assert obj._type is not None, obj._name
                 for suffix in SUFFIXES[obj._type]:
                     names[obj._name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
     names[metrics.RunsByStateCollector.NAME] = {"tenant", "state"} | TARGET_LABELS

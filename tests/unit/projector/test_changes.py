@@ -7,6 +7,7 @@ from typing import Any
 
 from services.projector.changes import attempt_change, run_skeleton, run_started_at, run_update, step_change
 from services.projector.events import Coordinates, ProjectedEvent
+from tests.unit.projector.row_values import attempt_values, step_values
 
 AT = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -92,12 +93,19 @@ def test_step_scheduled_upserts_step_and_attempt() -> None:
     step = step_change(e)
     assert step is not None
     assert step.key == {"run_id": "r", "step_id": "s"}
-    assert (step.values["state"], step.values["attempts"], step.values["started_at"]) == ("running", 2, AT)
+    assert (step.values["state"], step_values(step)["attempts"], step.values["started_at"]) == (
+        "running",
+        2,
+        AT,
+    )
     assert step.merge["attempts"] == "greatest" and step.merge["started_at"] == "coalesce"
     attempt = attempt_change(e)
     assert attempt is not None and attempt.key == {"run_id": "r", "step_id": "s", "attempt": 2}
-    assert attempt.values["inputs"] == {"a": 1} and attempt.values["idempotency_key"] == "r:s:2"
-    assert attempt.values["scheduled_at"] == AT
+    assert (
+        attempt_values(attempt)["inputs"] == {"a": 1}
+        and attempt_values(attempt)["idempotency_key"] == "r:s:2"
+    )
+    assert attempt_values(attempt)["scheduled_at"] == AT
 
 
 def test_step_succeeded_takes_executor_timings() -> None:
@@ -113,7 +121,7 @@ def test_step_succeeded_takes_executor_timings() -> None:
     assert step.values["output"] == [1] and step.values["error_kind"] is None
     assert attempt.values["started_at"] == datetime(2025, 1, 1, 11, 59, 59, tzinfo=UTC)
     assert attempt.values["finished_at"] == datetime(2025, 1, 1, 11, 59, 59, 500000, tzinfo=UTC)
-    assert attempt.values["executor_id"] == "x" and attempt.values["state"] == "succeeded"
+    assert attempt_values(attempt)["executor_id"] == "x" and attempt.values["state"] == "succeeded"
 
 
 def test_step_retrying_fails_the_attempt_but_not_the_step() -> None:
@@ -147,7 +155,7 @@ def test_step_timed_out() -> None:
 def test_step_skipped_has_no_attempt_and_cancelled_cancels_it() -> None:
     skipped = ev("step_skipped", state="skipped", step_id="s", detail={"reason": "when false"})
     step = step_change(skipped)
-    assert step is not None and step.values["state"] == "skipped" and step.values["attempts"] == 0
+    assert step is not None and step.values["state"] == "skipped" and step_values(step)["attempts"] == 0
     assert attempt_change(skipped) is None
     cancelled = ev("step_cancelled", state="cancelled", step_id="s", attempt=1)
     attempt = attempt_change(cancelled)

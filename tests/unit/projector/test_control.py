@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from services.contracts.serde import encode
 from services.projector.changes import run_update, step_change
-from services.projector.control import control_from_dead_letter, control_from_event, first_decisions
+from services.projector.control import (
+    ControlRow,
+    control_from_dead_letter,
+    control_from_event,
+    first_decisions,
+)
 from services.projector.dead_letter_store import MAX_ORIGINAL_VALUE, DeadLetter, decode_dead_letter
 from services.projector.events import Coordinates, ProjectedEvent, Rejected, decode_event
 from services.projector.queries import parse_since
+from tests.unit.projector.row_values import step_values
 
 WHERE = Coordinates("wf.events", 1, 7)
 DLQ = Coordinates("wf.dlq", 0, 3)
@@ -98,7 +104,7 @@ def test_step_reset_makes_the_step_pending_and_keeps_its_attempt_count() -> None
     assert change is not None
     assert change.key == {"run_id": "r-1", "step_id": "charge"}
     assert change.values["state"] == "pending"
-    assert change.values["attempts"] == 0 and change.merge["attempts"] == "greatest"
+    assert step_values(change)["attempts"] == 0 and change.merge["attempts"] == "greatest"
     for column in ("finished_at", "output", "error_kind", "error_message"):
         assert change.values[column] is None and change.merge[column] == "set"
     assert "started_at" not in change.merge  # the first start is kept
@@ -157,7 +163,7 @@ def test_garbage_control_records_and_other_dead_letters_have_no_control_row() ->
 def test_dead_letter_rows_cap_the_original_value() -> None:
     big = decoded(dead_letter(original_value=b"x" * (MAX_ORIGINAL_VALUE + 10), original_topic=None))
     row = big.row()
-    assert len(row["original_value"]) == MAX_ORIGINAL_VALUE
+    assert row["original_value"] is not None and len(row["original_value"]) == MAX_ORIGINAL_VALUE
     assert row["original_value_size"] == MAX_ORIGINAL_VALUE + 10
     assert (row["kafka_topic"], row["kafka_partition"], row["kafka_offset"]) == ("wf.dlq", 0, 3)
     none = decoded(dead_letter(original_value=None)).row()
@@ -172,13 +178,31 @@ def test_undecodable_dead_letters_are_rejected() -> None:
 
 
 def test_first_decisions_prefer_the_run_history_then_the_first_read() -> None:
-    def row(source: str, n: int, command_id: str = "c") -> dict[str, Any]:
-        return {"command_id": command_id, "source": source, "n": n}
+    def row(source: Literal["run_history", "dlq"], n: int, command_id: str = "c") -> ControlRow:
+        """The ``n``-th row read (its offset)."""
+        return {
+            "command_id": command_id,
+            "kind": "cancel",
+            "requester": "ops@acme",
+            "tenant": "acme",
+            "run_id": "r-1",
+            "step_id": None,
+            "reason": None,
+            "command_correlation_id": None,
+            "outcome": "accepted",
+            "refusal": None,
+            "decided_at": datetime(2026, 1, 2, tzinfo=UTC),
+            "source": source,
+            "source_id": f"{source}-{n}",
+            "kafka_topic": "wf.events" if source == "run_history" else "wf.dlq",
+            "kafka_partition": 0,
+            "kafka_offset": n,
+        }
 
     chosen = first_decisions(
         [row("dlq", 1), row("dlq", 2), row("run_history", 3), row("run_history", 4), row("dlq", 5, "d")]
     )
-    assert [(r["command_id"], r["n"]) for r in chosen] == [("c", 3), ("d", 5)]
+    assert [(r["command_id"], r["kafka_offset"]) for r in chosen] == [("c", 3), ("d", 5)]
 
 
 def test_parse_since() -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.projector.changes import RowChange, attempt_change, step_change
+from services.projector.changes import Merge, RowChange, RowKey, RowValues, attempt_change, step_change
 from services.projector.events import Coordinates, ProjectedEvent
 from services.projector.rowplan import (
     RowPlan,
@@ -23,10 +23,22 @@ from services.projector.rowplan import (
 COLUMNS = ("a", "b", "c")
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
+
+def synthetic(key: str, values: dict[str, int | None], merge: dict[str, Merge]) -> RowChange:
+    """A change of a synthetic table (key ``k``, columns ``COLUMNS``): the planner is generic over
+    columns, RowChange's types name the steps and attempts tables only (hence the casts)."""
+    return RowChange(cast(RowKey, {"k": key}), cast(RowValues, values), merge)
+
+
+def k(key: RowKey) -> str:
+    """The key of a :func:`synthetic` row."""
+    return cast(dict[str, str], key)["k"]
+
+
 values = st.one_of(st.none(), st.integers(-3, 3))
 merges = st.sampled_from(["set", "coalesce", "greatest"])
 changes = st.builds(
-    lambda vals, merge, key: RowChange({"k": key}, vals, merge),
+    lambda vals, merge, key: synthetic(key, vals, merge),
     st.dictionaries(st.sampled_from(COLUMNS), values),
     st.dictionaries(st.sampled_from(COLUMNS), merges),
     st.sampled_from(["x", "y"]),
@@ -51,18 +63,18 @@ def test_planned_rounds_equal_one_change_at_a_time(
 ) -> None:
     expected = {"x": x, "y": y}
     for change in batch:
-        expected[change.key["k"]] = one_by_one(expected[change.key["k"]], change)
+        expected[k(change.key)] = one_by_one(expected[k(change.key)], change)
     actual = {"x": x, "y": y}
     for plans in plan_rows(batch, COLUMNS):
-        assert len({p.key["k"] for p in plans}) == len(plans)  # one write per row per round
+        assert len({k(p.key) for p in plans}) == len(plans)  # one write per row per round
         for plan in plans:
-            actual[plan.key["k"]] = plan.apply(actual[plan.key["k"]])
+            actual[k(plan.key)] = plan.apply(actual[k(plan.key)])
     assert actual == expected
 
 
 def test_a_composable_sequence_is_one_write() -> None:
-    first = RowChange({"k": "x"}, {"a": 1, "b": None}, {"a": "set", "b": "coalesce"})
-    then = RowChange({"k": "x"}, {"a": 2, "b": 5}, {"a": "greatest", "b": "coalesce"})
+    first = synthetic("x", {"a": 1, "b": None}, {"a": "set", "b": "coalesce"})
+    then = synthetic("x", {"a": 2, "b": 5}, {"a": "greatest", "b": "coalesce"})
     (only,) = plan_rows([first, then], COLUMNS)
     assert len(only) == 1
     assert only[0].insert == {"a": 2, "b": 5, "c": None}
@@ -72,8 +84,8 @@ def test_a_composable_sequence_is_one_write() -> None:
 def test_coalesce_then_greatest_is_not_one_operation() -> None:
     assert compose(("coalesce", 1), ("greatest", 2)) is None
     assert compose(("greatest", 1), ("coalesce", 2)) is None
-    first = RowChange({"k": "x"}, {"a": 1}, {"a": "coalesce"})
-    then = RowChange({"k": "x"}, {"a": 2}, {"a": "greatest"})
+    first = synthetic("x", {"a": 1}, {"a": "coalesce"})
+    then = synthetic("x", {"a": 2}, {"a": "greatest"})
     assert [len(r) for r in plan_rows([first, then], COLUMNS)] == [1, 1]
 
 
@@ -204,5 +216,5 @@ def test_an_in_order_batch_of_a_new_run_is_one_update() -> None:
 
 
 def test_plan_start_keeps_only_first_values_for_insert_only_columns() -> None:
-    plan = RowPlan.start(RowChange({"k": "x"}, {"a": 1, "b": 2}, {"a": "set"}), COLUMNS)
+    plan = RowPlan.start(synthetic("x", {"a": 1, "b": 2}, {"a": "set"}), COLUMNS)
     assert plan.ops["b"] == ("keep", None) and plan.insert == {"a": 1, "b": 2, "c": None}

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from services.contracts import records
 from services.contracts.serde import ContractError, encode
 from services.projector.bounds import COLUMN_LIMITS, MAX_KEY_BYTES
 from services.projector.changes import attempt_change, run_skeleton, run_update, step_change
@@ -204,7 +206,7 @@ def _json_ok(value: Any) -> None:
             stack.extend(item)
 
 
-def _check_row(table: str, row: dict[str, Any]) -> None:
+def _check_row(table: str, row: Mapping[str, object]) -> None:
     for column, value in row.items():
         if column in JSON_COLUMNS:
             _json_ok(value)
@@ -268,7 +270,8 @@ def _check_event(ev: ProjectedEvent) -> None:
 @given(run_event_records())
 def test_any_run_event_is_projected_storably_or_declared_unprojectable(record: dict[str, Any]) -> None:
     try:
-        ev = event_from_record(record, WHERE, b"key", b"payload")
+        # whatever a record holds (the strategy breaks the schema's types too): the code must hold
+        ev = event_from_record(cast(records.RunEvent, record), WHERE, b"key", b"payload")
     except Unprojectable as exc:
         assert exc.reason == "bad_event"
         return
@@ -297,7 +300,7 @@ def test_any_bytes_decode_to_an_event_or_a_reject(value: bytes) -> None:
 
 
 def _check_dead_letter(dl: DeadLetter) -> None:
-    row = dl.row()
+    row: dict[str, Any] = dict(dl.row())
     key, value, size = row.pop("original_key"), row.pop("original_value"), row.pop("original_value_size")
     assert key is None or (isinstance(key, bytes) and len(key) <= MAX_KEY_BYTES)
     assert value is None or (isinstance(value, bytes) and len(value) <= min(MAX_ORIGINAL_VALUE, size))
@@ -313,7 +316,8 @@ def test_any_dead_letter_is_projected_storably_or_declared_unprojectable(
     record: dict[str, Any], command: dict[str, Any] | None
 ) -> None:
     try:
-        dl = dead_letter_from_record(record, DLQ, CONTROL_TOPIC)
+        # whatever a record holds (the strategy breaks the schema's types too): the code must hold
+        dl = dead_letter_from_record(cast(records.DeadLetter, record), DLQ, CONTROL_TOPIC)
     except Unprojectable as exc:
         assert exc.reason == "bad_dead_letter"
         return
@@ -342,7 +346,7 @@ def test_a_refused_command_in_a_dead_letter_decodes_to_a_storable_decision(
         return  # not Avro-encodable (lone surrogates): no such command on the topic
     letter = {**record, "original_topic": CONTROL_TOPIC, "original_value": original, "failed_at": 0}
     try:
-        dl = dead_letter_from_record(letter, DLQ, CONTROL_TOPIC)
+        dl = dead_letter_from_record(cast(records.DeadLetter, letter), DLQ, CONTROL_TOPIC)
     except Unprojectable:
         return
     assert dl.command is not None or not cmd["command_id"]

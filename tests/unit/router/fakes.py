@@ -14,6 +14,7 @@ from confluent_kafka import Message
 
 from services.bus.record_budget import RecordTooLarge, record_size
 from services.bus.topics import Topics
+from services.bus.txloop import Outbox
 from services.config import Settings
 from services.contracts import serde
 from services.router.core import CoreProcessor
@@ -72,10 +73,11 @@ class Sent:
         return record_size(self.key, self.value, self.headers)
 
 
-class FakeOutbox:
+class FakeOutbox(Outbox):
     """The :class:`services.bus.txloop.Outbox` contract: ``send`` refuses (``RecordTooLarge``) and
     produces nothing when a record is over ``max_record_bytes``."""
 
+    # An Outbox (where the core takes one) that keeps what is sent: no producer, so no super().__init__
     def __init__(self, max_record_bytes: int = 999_000) -> None:
         self.max_record_bytes = max_record_bytes
         self.sent: list[Sent] = []

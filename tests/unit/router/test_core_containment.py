@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from services.bus.record_budget import RecordTooLarge
 from services.contracts import serde
-from services.router import core as core_module
 from services.router import machine
+from services.router.records import run_id_for
 from services.router.run_store import load_record, reindex
 from services.router.state import RunState, RunStatus
 from tests.unit.router.fakes import (
@@ -21,7 +22,6 @@ from tests.unit.router.fakes import (
     TOPICS,
     Harness,
     history_problems,
-    run_id_for,
     workflow,
 )
 
@@ -89,7 +89,7 @@ def test_a_long_key_is_kept_once_and_a_state_that_outgrows_the_record_fails_the_
     key = "k" * 25_000  # a long Kafka key and no idempotency_key: the key is the idempotency key
     run_id = h.start(key, {"message": "m"})
     (record,) = h.out.state_records(run_id)
-    assert record.value.count(key.encode()) == 1
+    assert record.value is not None and record.value.count(key.encode()) == 1
     assert record.size < len(key) + 2000
     # One large output on top of the key: the events fit, the run's state would not.
     output = json.dumps({"message": "x" * 45_000})
@@ -180,8 +180,8 @@ def test_undecodable_and_unknown_records_are_dead_lettered_with_their_kind() -> 
 def test_oversized_request_fields_and_forged_tenants_stay_bounded() -> None:
     h = Harness(max_record_bytes=64 * 1024)
     h.feed(h.request("r", correlation_id="c" * 50_000))
-    forged = {"tenant": "t" * 300_000}
-    h.feed(h.result("ghost", "a", **forged), h.control("cancel", "ghost", **forged))
+    forged = "t" * 300_000
+    h.feed(h.result("ghost", "a", tenant=forged), h.control("cancel", "ghost", tenant=forged))
     letters = h.out.dead_letters()
     assert [d["error_kind"] for d in letters] == ["invalid_request", "unknown_run", "control_refused"]
     assert all(s.size <= h.out.max_record_bytes for s in h.out.sent)
@@ -212,7 +212,7 @@ def test_the_outbox_failing_is_not_swallowed() -> None:
 
 def test_state_written_by_older_versions_restores_and_becomes_writable() -> None:
     h = Harness()
-    old = {
+    old: dict[str, Any] = {
         "run_id": "r1",
         "tenant": TENANT,
         "workflow": LINEAR.name,
@@ -263,7 +263,7 @@ def test_failing_the_run_when_even_the_failure_cannot_be_written_dead_letters_th
 
     def always_too_large(run: RunState, effects: machine.Effects, *args: Any) -> Any:
         if any(e.type == "run_failed" for e in effects.events) or effects.commands:
-            raise core_module.RecordTooLarge("events", 2_000_000, 1)
+            raise RecordTooLarge("events", 2_000_000, 1)
         return real(run, effects, *args)
 
     monkeypatch.setattr(h.core.mapper, "effects", always_too_large)

@@ -15,9 +15,10 @@ import pytest
 
 from services.router import retention
 from services.router.history import HistoryUnavailable, KnownRun, StoredRun, StoredStep
+from services.router.records import run_id_for
 from services.router.rehydrate import NotRehydratable, rehydrate
 from services.router.state import RunStatus
-from tests.unit.router.fakes import LINEAR, TENANT, Harness, history_problems, run_id_for
+from tests.unit.router.fakes import LINEAR, TENANT, Harness, history_problems
 
 RETENTION_S = 10.0
 AT = datetime(2026, 11, 30, tzinfo=UTC)
@@ -267,8 +268,8 @@ def test_a_run_whose_trigger_is_not_in_its_history_is_refused_saying_so() -> Non
     run_id = finished_and_forgotten(h, "t1")
     real = history.load
 
-    def omitted(rid: str) -> StoredRun | None:
-        stored = real(rid)
+    def omitted(run_id: str) -> StoredRun | None:
+        stored = real(run_id)
         assert stored is not None
         return StoredRun(**{**stored.__dict__, "trigger_omitted": True, "trigger_data": None})
 

@@ -34,7 +34,7 @@ RUN_IDS = ["r1", "r2", "r3", "r4"]
 STEPS = ["a", "b", "receive", "enrich", "pause", "done"]
 LIMIT = 32 * 1024
 
-avro_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)
+avro_text = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=30)
 long_text = st.one_of(avro_text, st.integers(1, 80_000).map(lambda n: "k" * n))
 int32 = st.integers(-(2**31), 2**31 - 1)
 int64 = st.integers(-(2**63), 2**63 - 1)

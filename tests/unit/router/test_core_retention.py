@@ -7,10 +7,11 @@ import json
 
 from services.contracts import serde
 from services.router import retention
+from services.router.records import run_id_for
 from services.router.run_store import load_record, reindex
 from services.router.state import RunState, RunStatus
 from services.router.timers import SWEEP_SLACK
-from tests.unit.router.fakes import ONE_STEP, TENANT, Harness, history_problems, run_id_for, workflow
+from tests.unit.router.fakes import ONE_STEP, TENANT, Harness, history_problems, workflow
 
 
 def snapshot(h: Harness, run_id: str) -> RunState:

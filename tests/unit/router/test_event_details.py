@@ -85,6 +85,7 @@ def result(step: str, attempt: int, ok: bool = True) -> StepResult:
         "finished_at": 2,
         "correlation_id": "c",
         "executor_id": "e1",
+        "retry_after_ms": None,
     }
 
 

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.contracts import serde
 from services.contracts.dead_letters import MAX_FIELD
+from services.contracts.records import decode_control_command
 from services.control.signing import sign
 from services.observability import metrics
 from services.router.intake import RUN_REQUEST_ENVELOPE
@@ -293,7 +294,7 @@ def test_implausible_control_fields_are_refused_before_anything_is_looked_up(fie
 def test_a_plausible_authorised_control_command_goes_to_the_inbox() -> None:
     private = Ed25519PrivateKey.generate()
     h = acme(operator_keys={"root@ops": public_key_b64(private)})
-    _, unsigned = serde.decode(control(issued_at=int(time.time() * 1000)))
+    unsigned = decode_control_command(control(issued_at=int(time.time() * 1000)))
     signed = serde.encode("ControlCommand", sign(unsigned, "root@ops", private))
     produced = h.feed(h.message(TOPICS.control, signed))
     assert [r.topic for r in produced] == [TOPICS.inbox]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
 import pytest
 
+from services.contracts.records import StepResult
 from services.router import machine
+from services.router.event_details import StepFailureDetail
 from services.router.state import RunState, RunStatus
 from services.workflow.compiled import compile_workflow
 from services.workflow.loader import load_definition_text
@@ -36,24 +38,50 @@ def new_run() -> RunState:
         partition=0,
         correlation_id="c",
         idempotency_key="k",
-        trigger={"event": "go", "data": {"x": 7}, "key": "k", "tenant": "t"},
+        trigger={"event": "go", "data": {"x": 7}},
         arrival=1,
         created_ms=0,
         steps=machine.new_run_steps(WF),
     )
 
 
-def result(step: str, attempt: int, ok: bool = True, **extra: Any) -> dict[str, Any]:
+def result(
+    step: str,
+    attempt: int,
+    ok: bool = True,
+    *,
+    output_json: str | None = None,
+    error_kind: str | None = None,
+    retry_after_ms: int | None = None,
+) -> StepResult:
     return {
+        "run_id": "r1",
+        "tenant": "t",
         "step_id": step,
         "attempt": attempt,
         "status": "succeeded" if ok else "failed",
-        "output_json": '{"y": 1}' if ok else None,
-        "error_kind": None if ok else "boom",
+        "output_json": output_json if output_json is not None else ('{"y": 1}' if ok else None),
+        "error_kind": error_kind if error_kind is not None else (None if ok else "boom"),
         "error_message": None if ok else "it broke",
         "retryable": True,
-        **extra,
+        "started_at": 0,
+        "finished_at": 0,
+        "correlation_id": "c",
+        "executor_id": "e",
+        "retry_after_ms": retry_after_ms,
     }
+
+
+def status(run: RunState) -> RunStatus:
+    """``run.status`` read through a call: mypy would keep the attribute narrowed by an earlier
+    assert across the machine calls that change it."""
+    return run.status
+
+
+def failure(detail: object) -> StepFailureDetail:
+    """The detail of a ``step_failed`` / ``step_retrying`` / ``step_timed_out`` event."""
+    assert isinstance(detail, dict) and "error_kind" in detail
+    return cast(StepFailureDetail, detail)
 
 
 def test_start_schedules_roots_with_rendered_inputs_and_a_deadline_timer() -> None:
@@ -78,7 +106,7 @@ def test_failure_retries_on_a_timer_then_the_run_succeeds() -> None:
     assert run.status == RunStatus.RUNNING
     machine.on_result(run, WF, result("a", 2), 1200, 0.5)
     fx = machine.on_result(run, WF, result("b", 1), 1300, 0.5)
-    assert fx.finished and run.status == RunStatus.SUCCEEDED
+    assert fx.finished and status(run) == RunStatus.SUCCEEDED
 
 
 def test_exhausted_retries_fail_the_run_with_a_dead_letter() -> None:
@@ -108,7 +136,7 @@ def test_a_retry_waits_at_least_what_the_executor_asks(retry_after_ms: int | Non
     failed = result("a", 1, ok=False, error_kind="circuit_open", retry_after_ms=retry_after_ms)
     fx = machine.on_result(run, WF, failed, now_ms=100, rand=0.5)
     assert fx.timers == [machine.Timer(retry_at, "r1", "a", 1, "retry")]
-    assert fx.events[0].detail["retry_at"] == retry_at  # type: ignore[typeddict-item]
+    assert failure(fx.events[0].detail)["retry_at"] == retry_at
 
 
 def test_deadline_timer_counts_as_a_timeout_and_late_results_are_ignored() -> None:
@@ -116,7 +144,7 @@ def test_deadline_timer_counts_as_a_timeout_and_late_results_are_ignored() -> No
     fx = machine.start(run, WF, 0)
     deadline = fx.timers[0]
     fx = machine.on_timer(run, WF, deadline, deadline.due_ms, 0.0)
-    assert fx.events[0].type == "step_timed_out" and fx.events[0].detail["error_kind"] == "timeout"
+    assert fx.events[0].type == "step_timed_out" and failure(fx.events[0].detail)["error_kind"] == "timeout"
     late = machine.on_result(run, WF, result("a", 1), deadline.due_ms + 1, 0.0)
     assert [(e.type, e.detail) for e in late.events] == [("result_ignored", {"reason": "step_retrying"})]
     assert not late.commands
@@ -152,7 +180,7 @@ def test_an_output_over_the_run_budget_fails_its_step_without_retry() -> None:
     big = '{"blob": "' + "x" * 100 + '"}'
     fx = machine.on_result(run, WF, result("a", 1, output_json=big), 10, 0.0, max_run_output_bytes=100)
     assert [e.type for e in fx.events] == ["step_failed", "run_failed"]
-    failed = fx.events[0].detail or {}
+    failed = failure(fx.events[0].detail)
     assert failed["error_kind"] == "run_output_too_large"
     assert failed["retries_exhausted"] is False  # the same action would return the same output
     assert f"output of {len(big)} bytes" in failed["error_message"]
@@ -169,7 +197,7 @@ def test_the_budget_counts_every_kept_output_of_the_run() -> None:
     assert run.steps["a"].output_bytes == len(first)
     second = '{"z": "' + "x" * 50 + '"}'  # fits alone, not on top of a's output
     fx = machine.on_result(run, WF, result("b", 1, output_json=second), 20, 0.0, max_run_output_bytes=100)
-    assert (fx.events[0].detail or {})["error_kind"] == "run_output_too_large"
+    assert failure(fx.events[0].detail)["error_kind"] == "run_output_too_large"
     assert machine.on_result(new_started_run(), WF, result("a", 1, output_json=first), 10, 0.0).events[
         0
     ].type == (

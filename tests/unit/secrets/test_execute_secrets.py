@@ -11,11 +11,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from services.contracts.records import StepResult
 from services.executor.execute import execute_command
 from services.executor.plugins import ActionContext, ActionError, ActionRegistry, BaseAction
 from services.observability.logs import JsonFormatter
 from services.secrets.providers import EnvProvider, SecretResolver
-from tests.unit.executor.helpers import command
+from tests.unit.executor.helpers import command, message_of, output_of
 
 TOKEN = "tok-7f3a9c1e55"
 RESOLVER = SecretResolver((EnvProvider({"SWITCHYARD_SECRET_acme_API_TOKEN": TOKEN}),))
@@ -43,11 +44,9 @@ class Leaky(BaseAction):
         return {"echo": data, TOKEN: "as a key"}
 
 
-def execute(inputs: dict[str, Any]) -> dict[str, Any]:
+def execute(inputs: dict[str, Any]) -> StepResult:
     registry = ActionRegistry.load(extra=[Leaky()], builtins=False, entry_points=False)
-    result: dict[str, Any] = asyncio.run(
-        execute_command(registry, command("test.leaky", inputs), secrets=RESOLVER)
-    )
+    result = asyncio.run(execute_command(registry, command("test.leaky", inputs), secrets=RESOLVER))
     return result
 
 
@@ -69,8 +68,8 @@ def test_the_action_receives_the_value_and_the_result_never_holds_it() -> None:
         root.setLevel(level)
     assert SEEN[0] == {"auth": f"Bearer {TOKEN}", "n": 5}
     assert ok["status"] == "succeeded"
-    assert json.loads(ok["output_json"])["echo"]["auth"] == "Bearer [redacted]"
-    assert failed["error_kind"] == "http_401" and "refused" in failed["error_message"]
+    assert output_of(ok)["echo"]["auth"] == "Bearer [redacted]"
+    assert failed["error_kind"] == "http_401" and "refused" in message_of(failed)
     assert crashed["error_kind"] == "action_error"
     logged = stream.getvalue()
     assert "calling with" in logged and "crashed on" in logged
@@ -82,7 +81,7 @@ def test_a_missing_secret_fails_the_step_without_running_the_action() -> None:
     SEEN.clear()
     result = execute({"auth": "${{ secrets.NOT_THERE }} ${{ secrets.API_TOKEN }}"})
     assert (result["error_kind"], result["retryable"]) == ("secret_missing", False)
-    assert "NOT_THERE" in result["error_message"] and TOKEN not in result["error_message"]
+    assert "NOT_THERE" in message_of(result) and TOKEN not in message_of(result)
     assert SEEN == []
 
 

@@ -10,7 +10,6 @@ distribution, so a wrong group, name or object path in the pyproject fails this 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import threading
 import tomllib
@@ -22,7 +21,7 @@ import pytest
 from services.executor import ActionRegistry, execute_command
 from services.triggers import TriggerRegistry
 from services.triggers.runner import prepare
-from tests.unit.executor.helpers import command
+from tests.unit.executor.helpers import command, output_of
 from tests.unit.triggers.helpers import MemoryEmitter
 
 PACKAGE = Path(__file__).resolve().parents[3] / "examples" / "plugin-package"
@@ -57,7 +56,7 @@ def test_action_registry_discovers_the_example_action(installed: None) -> None:
     assert "switchyard-example-plugins 0.1.0" in (registry.source("example.greet") or "")
     result = asyncio.run(execute_command(registry, command("example.greet", {"name": "Ada"})))
     assert result["status"] == "succeeded"
-    assert json.loads(result["output_json"]) == {"greeting": "Hello, Ada!", "attempt": 1}
+    assert output_of(result) == {"greeting": "Hello, Ada!", "attempt": 1}
     failed = asyncio.run(execute_command(registry, command("example.greet", {"name": "nobody"})))
     assert (failed["error_kind"], failed["retryable"]) == ("no_one_to_greet", False)
 
