@@ -22,7 +22,8 @@ class RecordingConsumer:
 
 def test_only_the_first_record_is_waited_for() -> None:
     consumer = RecordingConsumer(fetched=7)
-    assert consume_ready(consumer, 500, 0.2) == list(range(7))  # type: ignore[arg-type]
+    got: list[Any] = consume_ready(consumer, 500, 0.2)  # type: ignore[arg-type]
+    assert got == list(range(7))
     assert consumer.calls == [(1, 0.2), (499, 0)]
 
 
