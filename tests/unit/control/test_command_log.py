@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.router import command_log
+from services.control import command_log
 from services.router.state import RunState
 
 WINDOW = 300_000
