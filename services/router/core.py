@@ -11,7 +11,9 @@ records and timers to it and applies each change as a *step*. The rest has a mod
 store (:mod:`services.router.run_store`: runs per partition, the dirty set, pre-images for aborts,
 expiry; reading the changelog back: :mod:`services.router.restore`), admission
 (:mod:`services.router.admission`: per-tenant and per-workflow slots, FIFO of pending runs,
-decided without calling back here) and the record mapping (:mod:`services.router.outgoing`).
+decided without calling back here), operator commands (:mod:`services.router.control`: which run
+a command is about and what it does to it; the life of a command: :mod:`services.control`) and
+the record mapping (:mod:`services.router.outgoing`).
 
 Restore runs in the loop: the rebalance callback only notes new partitions, and the next
 ``process`` or ``tick`` reads them back before anything else. An aborted transaction puts back
