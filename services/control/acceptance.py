@@ -9,7 +9,7 @@ refused with a message for people, which intake dead-letters ``control_refused``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from services.contracts.records import ControlCommand
 from services.control.verify import CommandRefused, verify_command
@@ -40,3 +40,22 @@ def accept(
     except CommandRefused as exc:
         return f"{exc.reason.value}: {who} (unverified): {exc.message}"
     return {**command, "requester": verified.requester}
+
+
+def foreign_operator_key(
+    tenants: Callable[[], Iterable[tuple[str, TenantConfig]]] | None, tenant_id: str
+) -> Callable[[str], bool]:
+    """Whether another tenant than ``tenant_id`` holds an operator key of a given id (only to name
+    a refusal ``foreign_key``); ``tenants`` lists every registered tenant (None: unknown)."""
+
+    def foreign(key_id: str) -> bool:
+        if tenants is None:
+            return False
+        return any(
+            other != tenant_id
+            and (entry := config.keyring_or_empty().get(key_id)) is not None
+            and entry.role == "operator"
+            for other, config in tenants()
+        )
+
+    return foreign

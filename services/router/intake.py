@@ -46,7 +46,7 @@ from services.contracts.dead_letters import bounded_identity, encode_dead_letter
 from services.contracts.records import RunRequested, decode_control_command
 from services.contracts.text import bounded_text
 from services.contracts.vocabulary import ErrorKind
-from services.control.acceptance import accept
+from services.control.acceptance import accept, foreign_operator_key
 from services.control.plausibility import implausible
 from services.observability import metrics
 from services.router import records
@@ -592,7 +592,7 @@ class IntakeProcessor:
             self.settings.operator_keys,
             int(time.time() * 1000),
             int(self.settings.control_window_s * 1000),
-            self._foreign_operator_key(tenant_id),
+            foreign_operator_key(getattr(self.tenants, "items", None), tenant_id),
         )
         if isinstance(accepted, str) or tenant is None or not run_id:  # no tenant or run: refused
             self._dead(msg, out, ErrorKind.CONTROL_REFUSED, str(accepted), tenant_id, trigger=False)
@@ -606,22 +606,6 @@ class IntakeProcessor:
             ),
             headers=headers_for(tenant_id, run_id, accepted["correlation_id"]),
         )
-
-    def _foreign_operator_key(self, tenant_id: str) -> Callable[[str], bool]:
-        """Whether another tenant holds an operator key of a given id (to name a refusal)."""
-        items = getattr(self.tenants, "items", None)
-
-        def foreign(key_id: str) -> bool:
-            if items is None:
-                return False
-            return any(
-                other != tenant_id
-                and (entry := config.keyring_or_empty().get(key_id)) is not None
-                and entry.role == "operator"
-                for other, config in items()
-            )
-
-        return foreign
 
 
 def _key_from_record(msg: Message) -> str:

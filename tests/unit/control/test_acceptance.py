@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.contracts.records import ControlCommand
-from services.control.acceptance import accept
+from services.control.acceptance import accept, foreign_operator_key
 from services.control.plausibility import CONTROL_LIMITS, implausible
 from services.control.signing import sign
 from services.tenancy.config import TenantConfig
@@ -83,3 +83,23 @@ def test_what_is_not_forwarded_says_why(
     decided = decide(command, tenant)
     assert isinstance(decided, str)
     assert decided.startswith(refusal)
+
+
+def test_a_key_of_another_tenant_is_named_foreign_only_if_it_is_an_operator_key() -> None:
+    beta = TenantConfig(
+        tenant="beta",
+        keyring=Keyring(
+            tenant="beta",
+            keys=[
+                KeyEntry(key_id="bob@beta", public_key=public_key_b64(ALICE), role="operator"),
+                KeyEntry(key_id="beta-1", public_key=public_key_b64(ALICE)),
+            ],
+        ),
+    )
+    tenants = [("acme", acme()), ("beta", beta)]
+    foreign = foreign_operator_key(lambda: tenants, "acme")
+    assert foreign("bob@beta")
+    assert not foreign("beta-1")  # a definition key
+    assert not foreign("alice@acme")  # acme's own
+    assert not foreign_operator_key(lambda: tenants, "beta")("bob@beta")
+    assert not foreign_operator_key(None, "acme")("bob@beta")  # a directory that cannot list
