@@ -64,11 +64,12 @@ def take_up(
     *,
     partition: int,
     arrival: int,
-    now_ms: int,
+    now_ms: Callable[[], int],
 ) -> Found:
     """The run ``command`` is about: ``run`` (from memory), or read back from its history when
     memory does not hold it or (for a replay) holds it compacted. A run read back keeps the
-    command ids memory decided (memory knows them beyond the history)."""
+    command ids memory decided (memory knows them beyond the history). ``now_ms`` is the core's
+    clock, read only when a run is read back."""
     replay = command["kind"] in REPLAYS
     if not history.enabled or (run is not None and (run.compacted is None or not replay)):
         return Found(run, False, None)
@@ -102,7 +103,7 @@ def take_up(
             lookup(stored.tenant, stored.workflow, stored.version),
             partition=partition,
             arrival=arrival,
-            now_ms=now_ms,
+            now_ms=now_ms(),
         )
     except NotRehydratable as exc:
         if run is not None:

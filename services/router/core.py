@@ -499,7 +499,7 @@ class CoreProcessor:
             self.catalog.get,
             partition=state.partition,
             arrival=state.arrivals + 1,
-            now_ms=self.now_ms(),
+            now_ms=self.now_ms,
         )
         run = found.run
         if found.read_back and run is not None:
