@@ -9,7 +9,8 @@ one the core (``CoreProcessor._control``)
    saying where the core looked (:func:`no_such_run`): the DLQ, then ``control_commands``;
 2. decides (:func:`plan`): the command id is admitted once per run within the staleness window
    (:mod:`services.control.command_log`), then the command is refused with the reason, cancels
-   the run, or replays it (every step, or one and what follows). The plan is the compute of one
+   the run, or replays it (its failed and cancelled steps, a step and what follows it, or one
+   step: :func:`services.router.machine.steps_to_replay`). The plan is the compute of one
    core step, so the decision — ``control_accepted`` or ``control_refused`` first in the run's
    history (:func:`services.router.machine.control_event`) — and its effects are written together
    or not at all;
@@ -17,8 +18,8 @@ one the core (``CoreProcessor._control``)
    command, so the audit trail holds what the operator sent.
 
 Everything that changes the core's partitions (taking a run in, stepping, compacting a run read
-back for a command that did not replay it) stays in the core. Pure but for the history read of
-:func:`take_up`.
+back for a command that did not replay it) stays in the core. Pure but for the history read (and
+its metrics) of :func:`take_up`.
 """
 
 from __future__ import annotations
