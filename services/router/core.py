@@ -11,7 +11,9 @@ records and timers to it and applies each change as a *step*. The rest has a mod
 store (:mod:`services.router.run_store`: runs per partition, the dirty set, pre-images for aborts,
 expiry; reading the changelog back: :mod:`services.router.restore`), admission
 (:mod:`services.router.admission`: per-tenant and per-workflow slots, FIFO of pending runs,
-decided without calling back here) and the record mapping (:mod:`services.router.outgoing`).
+decided without calling back here), operator commands (:mod:`services.router.control`: which run
+a command is about and what it does to it; the life of a command: :mod:`services.control`) and
+the record mapping (:mod:`services.router.outgoing`).
 
 Restore runs in the loop: the rebalance callback only notes new partitions, and the next
 ``process`` or ``tick`` reads them back before anything else. An aborted transaction puts back
@@ -48,7 +50,7 @@ from services.contracts.dead_letters import bounded_identity, encode_dead_letter
 from services.contracts.records import ControlCommand, InboxBody, RunRequested, StepResult, decode_inbox
 from services.contracts.text import bounded_text
 from services.observability import metrics
-from services.router import command_log, machine, retention
+from services.router import control, machine, retention
 from services.router.admission import ACTIVE
 from services.router.history import HistoryPaused, HistoryUnavailable, KnownRun, NoHistory, RunHistory
 from services.router.load import TenantLoad
@@ -62,7 +64,7 @@ from services.router.outgoing import (
     error_kind,
     send,
 )
-from services.router.rehydrate import NotRehydratable, rehydrate
+from services.router.rejection import StepRejected
 from services.router.restore import read_changelog
 from services.router.run_store import PartitionState, RunStore, load_record, reindex
 from services.router.state import RunState, RunStatus
@@ -95,16 +97,6 @@ class Definitions(Protocol):
 
 class Tenants(Protocol):
     def get(self, key: str) -> TenantConfig | None: ...
-
-
-class StepRejected(Exception):
-    """An inbox record whose step cannot be applied: it is dead-lettered with ``kind``."""
-
-    def __init__(self, kind: str, message: str, original: bytes | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.original = original
 
 
 class _DeadLetterOrigin(TypedDict):
@@ -500,121 +492,38 @@ class CoreProcessor:
             self._shrink_read_back(state, out)
 
     def _apply_control(self, state: PartitionState, body: ControlCommand, out: Outbox) -> None:
-        run = state.runs.get(body.get("run_id") or "")
-        run, not_read_back = self._take_up(state, body, run)
-        if run is None or run.tenant != body["tenant"]:
-            hint = "" if run is None else " (it belongs to another tenant)"
-            raise StepRejected(
-                "control_refused",
-                f"{body['kind']} by {body['requester']}: no run {body.get('run_id')} of tenant "
-                f"{body['tenant']}{hint}; {self._horizon(not_read_back)}",
-            )
-
-        def refuse(why: str) -> None:
-            self._step(
-                state,
-                run,
-                lambda: Effects(events=[machine.control_event(body, why)]),
-                out,
-                rejects=True,
-                write_rejects=True,
-            )
-
-        self.store.touch(state, run.run_id, run.tenant)
-        why_not = command_log.admit(run, body, self.now_ms(), int(self.settings.control_window_s * 1000))
-        if why_not is not None:
-            refuse(why_not)
-            return
-        if body["kind"] == "cancel":
-            if run.status.terminal:
-                refuse(f"run is already {run.status.value}")
-                return
-
-            def cancel() -> Effects:
-                effects = machine.cancel(run, body["requester"], body["reason"])
-                effects.events.insert(0, machine.control_event(body))
-                return effects
-
-            self._step(state, run, cancel, out, rejects=True, write_rejects=True)
-            return
-        if body["kind"] not in ("replay_run", "replay_step"):
-            refuse(f"{body['kind']} is expanded into one command per run by `switchyard replay --tenant`")
-            return
-        if not_read_back is not None and run.compacted is not None:
-            refuse(f"{retention.refusal(run.compacted)}; reading it back from its history: {not_read_back}")
-            return
-        workflow = self._workflow(run)
-        try:
-            if workflow is None:
-                raise ValueError("the run's definition is no longer verified")
-            if run.replays >= self.settings.max_replays_per_run:
-                raise ValueError(f"replay limit of {self.settings.max_replays_per_run} reached for this run")
-            steps = machine.steps_to_replay(run, workflow, body["kind"], body.get("step_id"))
-        except ValueError as exc:
-            refuse(str(exc))
-            return
-        self._step(
-            state, run, partial(machine.replay, run, steps, body), out, rejects=True, write_rejects=True
+        found = control.take_up(
+            self.history,
+            body,
+            state.runs.get(body.get("run_id") or ""),
+            self.catalog.get,
+            partition=state.partition,
+            arrival=state.arrivals + 1,
+            now_ms=self.now_ms,
         )
+        run = found.run
+        if found.read_back and run is not None:
+            self._take_in(state, run)
+        if run is None or run.tenant != body["tenant"]:
+            raise control.no_such_run(body, run, self.settings, self.history.enabled, found.not_read_back)
+        self.store.touch(state, run.run_id, run.tenant)
+        compute = control.plan(run, body, self.now_ms(), self.settings, found.not_read_back, self._workflow)
+        self._step(state, run, compute, out, rejects=True, write_rejects=True)
 
     # --- runs read back from history -------------------------------------------------------------
-    def _take_up(
-        self, state: PartitionState, body: ControlCommand, run: RunState | None
-    ) -> tuple[RunState | None, str | None]:
-        """The run a command is about: from memory, or read back from its history when memory does
-        not hold it or (for a replay) holds it compacted. Also returns why it was not read back
-        when it had to be (history unreadable, or behind what the core wrote)."""
-        replay = body["kind"] in ("replay_run", "replay_step")
-        if not self.history.enabled or (run is not None and (run.compacted is None or not replay)):
-            return run, None
-        run_id = body.get("run_id") or ""
-        started = time.perf_counter()
-        outcome = "unavailable"
-        try:
-            stored = self.history.load(run_id)
-            outcome = "ok"
-        except HistoryUnavailable as exc:
-            return run, f"the history cannot be read now ({exc}); retry later"
-        finally:
-            metrics.ROUTER_HISTORY_LOOKUPS.labels("load", outcome).inc()
-            metrics.ROUTER_HISTORY_LOOKUP_SECONDS.labels("load").observe(time.perf_counter() - started)
-        if stored is None or stored.tenant != body["tenant"]:
-            if run is None:
-                return None, None
-            return run, "the run history does not hold it (yet: retry in a few seconds if it just finished)"
-        if run is not None and stored.last_seq < run.seq:
-            return run, (
-                f"the history is not complete yet (it has {stored.last_seq} of the run's {run.seq}"
-                " events); retry in a few seconds"
-            )
-        try:
-            fresh = rehydrate(
-                stored,
-                self.catalog.get(stored.tenant, stored.workflow, stored.version),
-                partition=state.partition,
-                arrival=state.arrivals + 1,
-                now_ms=self.now_ms(),
-            )
-        except NotRehydratable as exc:
-            if run is not None:
-                return run, str(exc)
-            raise StepRejected(
-                "control_refused",
-                f"{body['kind']} by {body['requester']}: run {run_id} cannot be taken up again: {exc}",
-            ) from exc
-        if run is not None:  # what memory knows beyond the history: the decided command ids
-            fresh.commands = dict(run.commands)
-        self.store.touch(state, run_id, fresh.tenant)
+    def _take_in(self, state: PartitionState, run: RunState) -> None:
+        """Put a run read back from its history for a command into its partition; it leaves memory
+        a retention window from now."""
+        self.store.touch(state, run.run_id, run.tenant)
         state.arrivals += 1
-        state.runs[run_id] = fresh
-        assert fresh.finished_ms is not None
-        state.finished.append((fresh.finished_ms, run_id))  # leaves memory a window from now
-        self._read_back.add(run_id)
+        state.runs[run.run_id] = run
+        assert run.finished_ms is not None
+        state.finished.append((run.finished_ms, run.run_id))
+        self._read_back.add(run.run_id)
         log.info(
             "run read back from its history",
-            extra={"tenant": fresh.tenant, "run_id": run_id, "correlation_id": fresh.correlation_id},
+            extra={"tenant": run.tenant, "run_id": run.run_id, "correlation_id": run.correlation_id},
         )
-        return fresh, None
 
     def _shrink_read_back(self, state: PartitionState, out: Outbox) -> None:
         """A run read back for a command that did not replay it keeps no replay state in memory
@@ -624,15 +533,6 @@ class CoreProcessor:
             if run is not None and run.status.terminal and run.compacted is None:
                 self._compact(state, run_id, retention.READ_BACK, out)
         self._read_back.clear()
-
-    def _horizon(self, not_read_back: str | None) -> str:
-        """Where the core looked for a run a command names, for the refusal."""
-        window = f"finished runs stay in router memory for {self.settings.finished_run_retention_s:.0f} s"
-        if not self.history.enabled:
-            return f"{window} (no run history is configured: DATABASE_URL)"
-        if not_read_back is not None:
-            return f"{window}, and {not_read_back}"
-        return f"{window}, and the run history does not hold it either"
 
     # --- steps ----------------------------------------------------------------------------------------
     def _step(

@@ -43,10 +43,11 @@ from services.bus.txloop import Outbox
 from services.config import Settings
 from services.contracts import serde
 from services.contracts.dead_letters import bounded_identity, encode_dead_letter
-from services.contracts.records import ControlCommand, RunRequested, decode_control_command
+from services.contracts.records import RunRequested, decode_control_command
 from services.contracts.text import bounded_text
 from services.contracts.vocabulary import ErrorKind
-from services.control.verify import CommandRefused, verify_command
+from services.control.acceptance import accept, foreign_operator_key
+from services.control.plausibility import implausible
 from services.observability import metrics
 from services.router import records
 from services.router.load import TenantLoad
@@ -65,19 +66,6 @@ SERVICE = "router.intake"
 RUN_REQUEST_ENVELOPE = 8 * 1024
 #: Prefix of an idempotency key derived from a Kafka key that is not usable as it is.
 HASHED_KEY_PREFIX = "sha256:"
-
-#: Plausible sizes of a control command's fields (characters); larger is refused ``invalid_field``.
-CONTROL_LIMITS = {
-    "command_id": 128,
-    "requester": 256,
-    "key_id": 128,
-    "on_behalf_of": 256,
-    "run_id": 128,
-    "step_id": 64,
-    "reason": 4000,
-    "correlation_id": MAX_ID_LENGTH,
-    "filter_json": 64 * 1024,
-}
 
 
 class TenantDirectory(Protocol):
@@ -576,12 +564,15 @@ class IntakeProcessor:
 
     # --- control -----------------------------------------------------------------------------------
     def _control(self, msg: Message, out: Outbox) -> None:
+        """One operator command: decoded, checked (:mod:`services.control.plausibility`,
+        :mod:`services.control.acceptance`) and forwarded to its run's inbox partition, or
+        dead-lettered with the reason."""
         try:
             command = decode_control_command(msg.value())
         except serde.ContractError as exc:
             self._dead(msg, out, exc.kind, f"control command: {exc.message}", trigger=False)
             return
-        problem = _implausible(command)
+        problem = implausible(command)
         if problem is not None:
             tenant_id = command["tenant"] if TENANT_ID.fullmatch(command["tenant"]) else None
             self._dead(
@@ -593,77 +584,28 @@ class IntakeProcessor:
                 trigger=False,
             )
             return
-        tenant_id = command["tenant"]
+        tenant_id, run_id = command["tenant"], command["run_id"]
         tenant = self.tenants.get(tenant_id)
-        run_id = command["run_id"]
-        who = f"{command['kind']} by {command['requester']!r}"
-        refusal: str | None = None
-        if tenant is None:
-            refusal = f"{who}: tenant {tenant_id!r} is not registered"
-        elif command["kind"] == "replay_bulk":
-            refusal = (
-                f"{who}: bulk replays are expanded into one command per run by `switchyard replay --tenant`"
-            )
-        elif not run_id:
-            refusal = f"{who}: the command names no run"
-        else:
-            try:
-                verified = verify_command(
-                    command,
-                    tenant,
-                    self.settings.operator_keys,
-                    int(time.time() * 1000),
-                    int(self.settings.control_window_s * 1000),
-                    self._foreign_operator_key(tenant_id),
-                )
-                # The audit trail records who signed, never what the sender claimed.
-                command = {**command, "requester": verified.requester}
-            except CommandRefused as exc:
-                refusal = f"{exc.reason.value}: {who} (unverified): {exc.message}"
-        if refusal is not None or tenant is None or not run_id:  # no run id: refused above
-            self._dead(msg, out, ErrorKind.CONTROL_REFUSED, refusal or who, tenant_id, trigger=False)
+        accepted = accept(
+            command,
+            tenant,
+            self.settings.operator_keys,
+            int(time.time() * 1000),
+            int(self.settings.control_window_s * 1000),
+            foreign_operator_key(getattr(self.tenants, "items", None), tenant_id),
+        )
+        if isinstance(accepted, str) or tenant is None or not run_id:  # no tenant or run: refused
+            self._dead(msg, out, ErrorKind.CONTROL_REFUSED, str(accepted), tenant_id, trigger=False)
             return
         out.send(
             self.topics.inbox,
-            serde.encode_inbox("ControlCommand", command),
+            serde.encode_inbox("ControlCommand", accepted),
             key=run_id,
             partition=partition_for(
                 tenant_id, run_id, self.settings.internal_partitions, tenant.slices, tenant.base_partition
             ),
-            headers=headers_for(tenant_id, run_id, command["correlation_id"]),
+            headers=headers_for(tenant_id, run_id, accepted["correlation_id"]),
         )
-
-    def _foreign_operator_key(self, tenant_id: str) -> Callable[[str], bool]:
-        """Whether another tenant holds an operator key of a given id (to name a refusal)."""
-        items = getattr(self.tenants, "items", None)
-
-        def foreign(key_id: str) -> bool:
-            if items is None:
-                return False
-            return any(
-                other != tenant_id
-                and (entry := config.keyring_or_empty().get(key_id)) is not None
-                and entry.role == "operator"
-                for other, config in items()
-            )
-
-        return foreign
-
-
-def _implausible(command: ControlCommand) -> str | None:
-    """Why a control command's fields cannot be what an operator sent, or None.
-
-    Checked before anything is looked up or written: every field of a command ends up in a dead
-    letter, a run's history or the audit table, so none may be larger than it can plausibly be."""
-    tenant = command["tenant"]
-    if not TENANT_ID.fullmatch(tenant):
-        shown = f"{len(tenant)} characters" if len(tenant) > 64 else repr(tenant)
-        return f"tenant is not a tenant id ({shown})"
-    for name, limit in CONTROL_LIMITS.items():
-        value = command.get(name)
-        if isinstance(value, str) and len(value) > limit:
-            return f"{name} is {len(value)} characters long; the most a command may carry is {limit}"
-    return None
 
 
 def _key_from_record(msg: Message) -> str:

@@ -343,7 +343,9 @@ def cancel(run: RunState, requester: str, reason: str) -> Effects:
 
 
 def control_event(command: ControlCommand, refusal: str | None = None) -> Event:
-    """The history entry for an operator's command: who asked, why, and whether it was accepted."""
+    """The history entry for an operator's command: who asked, why, and whether it was accepted
+    (the first event of the step :func:`services.router.control.plan` decides; the life of a
+    command: :mod:`services.control`)."""
     detail: ControlDetail = {
         "command_id": command["command_id"],
         "kind": command["kind"],

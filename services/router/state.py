@@ -108,7 +108,7 @@ class RunState:
     finished_ms: int | None = None
     replays: int = 0
     compacted: str | None = None  # why a finished run's replay state was dropped (None: kept)
-    # Control command ids decided for this run -> issued-at ms (services.router.command_log).
+    # Control command ids decided for this run -> issued-at ms (services.control.command_log).
     commands: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.contracts.records import ControlCommand
-from services.router import command_log
+from services.control import command_log
 from services.router.state import RunState
 
 WINDOW = 300_000

@@ -7,20 +7,28 @@ changelog with the decision) for as long as the window: past it, the command wou
 as stale anyway, so forgetting its id never lets it apply twice. The log is bounded: at most
 :data:`MAX_COMMANDS` ids per run within one window (more is refused, never forgotten early).
 
-Pure: no I/O. One call site in the core (:func:`admit`, before a command is applied).
+Pure: no I/O. One call site in the router core (:func:`services.router.control.plan`, before a
+command is applied).
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from services.contracts.records import ControlCommand
 from services.control.verify import Reason, stale_message
-from services.router.state import RunState
 
 #: Commands one run may have decided within one staleness window.
 MAX_COMMANDS = 64
 
 
-def admit(run: RunState, command: ControlCommand, now_ms: int, window_ms: int) -> str | None:
+class CommandLog(Protocol):
+    """What admission reads and writes of a run (``services.router.state.RunState``)."""
+
+    commands: dict[str, int]
+
+
+def admit(run: CommandLog, command: ControlCommand, now_ms: int, window_ms: int) -> str | None:
     """Record ``command``'s id on ``run`` and return None, or return why it must be refused
     (``duplicate_command``, ``stale_command``, ``too_many_commands``: the first word)."""
     run.commands = {cid: at for cid, at in run.commands.items() if now_ms - at <= window_ms}

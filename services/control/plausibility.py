@@ -1,0 +1,38 @@
+"""Whether a control command's fields can be what an operator sent. Pure: no I/O.
+
+Intake checks this first, before anything is looked up or written: every field of a command ends
+up in a dead letter, a run's history or the audit table, so none may be larger than it can
+plausibly be. An implausible command is dead-lettered ``invalid_field``.
+"""
+
+from __future__ import annotations
+
+from services.bus.topics import TENANT_ID
+from services.contracts.records import ControlCommand
+from services.router.trigger_records import MAX_ID_LENGTH
+
+#: Plausible sizes of a control command's fields (characters); larger is refused ``invalid_field``.
+CONTROL_LIMITS = {
+    "command_id": 128,
+    "requester": 256,
+    "key_id": 128,
+    "on_behalf_of": 256,
+    "run_id": 128,
+    "step_id": 64,
+    "reason": 4000,
+    "correlation_id": MAX_ID_LENGTH,
+    "filter_json": 64 * 1024,
+}
+
+
+def implausible(command: ControlCommand) -> str | None:
+    """Why a control command's fields cannot be what an operator sent, or None."""
+    tenant = command["tenant"]
+    if not TENANT_ID.fullmatch(tenant):
+        shown = f"{len(tenant)} characters" if len(tenant) > 64 else repr(tenant)
+        return f"tenant is not a tenant id ({shown})"
+    for name, limit in CONTROL_LIMITS.items():
+        value = command.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            return f"{name} is {len(value)} characters long; the most a command may carry is {limit}"
+    return None
