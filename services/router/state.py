@@ -214,7 +214,8 @@ class RunState:
         try:
             data = orjson.loads(text)
         except orjson.JSONDecodeError:
-            data = writable(json.loads(text))  # written before the strict encoder
+            # Written before the strict encoder; bytes (a restore's) are UTF-8, as the record's string was.
+            data = writable(json.loads(text.decode() if isinstance(text, bytes) else text))
         if isinstance(data, list):
             return cls._from_compact(data)
         data["status"] = RunStatus(data["status"])
