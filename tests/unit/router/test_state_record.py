@@ -84,3 +84,11 @@ def test_a_snapshot_read_from_bytes_is_the_one_read_from_text() -> None:
     )  # a lone surrogate escape: only the lenient read takes it
     assert RunState.from_json(legacy.encode()) == RunState.from_json(legacy)
     assert RunState.from_json(legacy.encode()).trigger["data"]["t"] == "\\ud800"
+
+
+def test_runs_read_back_share_one_copy_of_their_tenant_workflow_and_event_names() -> None:
+    run = RunState("r-1", "acme", "wf", 1, 0, "c", "k", {"event": "e.v", "data": {}}, 1, 2)
+    first, second = (RunState.from_json(run.to_json().encode()) for _ in range(2))
+    assert first == second == run
+    assert first.tenant is second.tenant and first.workflow is second.workflow
+    assert first.trigger["event"] is second.trigger["event"]
