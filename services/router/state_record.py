@@ -1,13 +1,15 @@
 """Reading the run snapshot out of a router-state changelog record, fast (the restore's per-record cost).
 
 A restore reads every record of its partitions, so the Avro decode of the ``RouterState``
-envelope is paid per run: fastavro's generic reader costs several times what the four fields
-need. :func:`snapshot_of` reads the current schema's layout — ``run_id``, ``tenant``,
-``snapshot_json`` (strings), ``updated_at`` (long) — by hand and returns the snapshot's UTF-8
-bytes without making a ``str`` of it (orjson reads bytes). Anything else — another schema id, a
-schema whose fields are not exactly that layout, a body that does not parse to the last byte —
-goes through :func:`services.contracts.records.decode_router_state`, which also gives the
-errors their usual words.
+envelope is paid per run: fastavro's generic reader (a ``BytesIO`` and a schema walk) costs
+about twice what the common case needs (``tests/unit/router/test_state_record.py``;
+``python -m benchmarks.router_restore``). :func:`snapshot_of` reads the current schema's layout —
+``run_id``, ``tenant``, ``snapshot_json`` (strings), ``updated_at`` (long) — by hand when the run id
+and tenant are ASCII and shorter than 64 bytes (every run id the engine makes, and tenant ids),
+and returns the snapshot's UTF-8 bytes without making a ``str`` of them (orjson reads bytes).
+Anything else — another schema id, a schema whose fields are not exactly that layout, longer or
+non-ASCII ids, a body that does not end where the layout says — goes through
+:func:`services.contracts.records.decode_router_state`, which also gives errors their usual words.
 """
 
 from __future__ import annotations
@@ -49,37 +51,24 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
     return (n >> 1) ^ -(n & 1), pos
 
 
-def _string(data: bytes, pos: int) -> tuple[int, int]:
-    """Where the Avro string at ``pos`` starts and ends (ValueError, IndexError: it does not fit)."""
-    byte = data[pos]
-    if byte < 0x80:  # a length below 64 (run ids, tenants): one byte, even (zigzag of a positive)
-        if byte & 1:
-            raise ValueError("negative string length")
-        return pos + 1, pos + 1 + (byte >> 1)
-    size, start = _varint(data, pos)
-    if size < 0:
-        raise ValueError("negative string length")
-    return start, start + size
-
-
 def snapshot_of(value: bytes) -> bytes | str:
     """The ``snapshot_json`` of a ``RouterState`` record (raises what :func:`decode_router_state`
     raises for a record it refuses)."""
     if _HEADER is not None and value.startswith(_HEADER):
         try:
-            # run_id, tenant: not kept (the key names the run), but UTF-8 as fastavro requires
-            # (UnicodeDecodeError is a ValueError); ASCII is UTF-8 and cheaper to tell.
-            start, end = _string(value, _START)
-            run_id = value[start:end]
-            start, end = _string(value, end)
-            tenant = value[start:end]
-            if not (run_id.isascii() and tenant.isascii()):
-                run_id.decode()
-                tenant.decode()
-            start, end = _string(value, end)
-            _, last = _varint(value, end)  # updated_at; IndexError if a string ran past the end
-            if last == len(value):
+            # run_id and tenant: lengths below 64 are one even byte (zigzag); not kept (the key
+            # names the run), but they must be UTF-8 as for fastavro (ASCII is, and cheaper to tell).
+            size = value[_START]
+            tenant_at = _START + 1 + (size >> 1)
+            tenant_size = value[tenant_at]
+            start = tenant_at + 1 + (tenant_size >> 1)
+            if size & 0x81 or tenant_size & 0x81 or not value[_START:start].isascii():
+                raise ValueError("not the common layout")
+            size, start = _varint(value, start)
+            end = start + size
+            _, last = _varint(value, end)  # updated_at; IndexError if the string ran past the end
+            if size >= 0 and last == len(value):
                 return value[start:end]
         except (IndexError, ValueError):
-            pass  # not the layout after all: the full decoder says why
+            pass  # not the layout after all, or a rarer one: the full decoder reads it
     return decode_router_state(value)["snapshot_json"]
