@@ -191,16 +191,20 @@ def produce(settings: Settings, runs: int, progress: Callable[[str], None]) -> P
 
 def read_floor(settings: Settings) -> tuple[float, int]:
     """Seconds and records of a plain read of every router-state partition, beginning to end, with
-    the restore's client settings and batch wait (an older checkout's: 1,000 records, 0.5 s)."""
-    conf = settings.kafka_config()
-    conf.update(
-        {
-            "group.id": f"{settings.topic_prefix}.floor",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
+    the restore's client settings and batch wait (an older checkout's: its settings, 0.5 s)."""
+    reader_config = getattr(restore_module, "reader_config", None)
+    if reader_config is not None:
+        conf = reader_config(settings, "floor")
+    else:
+        conf = settings.kafka_config()
+        conf.update(
+            {
+                "group.id": f"{settings.topic_prefix}.floor",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+            }
+        )
     batch = getattr(restore_module, "CONSUME_BATCH", 1000)
     wait_s = getattr(restore_module, "CONSUME_WAIT_S", 0.5)
     topic = Topics(settings.topic_prefix).router_state
