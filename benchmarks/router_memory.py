@@ -208,8 +208,8 @@ def measure(runs: int, top: int = 0) -> dict[str, Any]:
     failures = [result(r, "enrich", None, ok=False) for r in ids]
     figures: dict[str, Any] = {"runs": runs}
     tracemalloc.start()
+    before = tracemalloc.take_snapshot() if top else None  # before the base: not counted per run
     base = traced()
-    before = tracemalloc.take_snapshot() if top else None
     started = time.perf_counter()
     eng.feed(requests)
     figures["in_flight_bytes"] = (traced() - base) / runs

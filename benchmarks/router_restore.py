@@ -3,8 +3,8 @@
 
 It needs only the broker in ``KAFKA_BOOTSTRAP_SERVERS`` (no PostgreSQL):
 
-1. **records**: a :class:`~services.router.core.CoreProcessor` in memory (the catalog, tenants
-   and clock of ``benchmarks.router_memory``) starts ``N`` runs of the 4-step
+1. **records**: a :class:`~services.router.core.CoreProcessor` in memory (the workflow catalog
+   of ``benchmarks.router_memory``, a fixed clock) starts ``N`` runs of the 4-step
    ``deploy/examples/linear-chain.yaml`` with a ~150-byte trigger, spread over ``P`` tenants
    placed on the ``P`` partitions; the ``router.state`` records its outbox is handed are the
    changelog records (each run in flight: its first step running, a deadline timer set).
@@ -320,7 +320,7 @@ def report(f: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n\n")[0].strip("`"),
+        description=(__doc__ or "").split("\n\n")[0].replace("``", ""),
         epilog="Needs KAFKA_BOOTSTRAP_SERVERS (a broker; no PostgreSQL). Creates and deletes its own topics.",
     )
     parser.add_argument(
