@@ -11,7 +11,8 @@ the 4-step ``deploy/examples/linear-chain.yaml`` with realistic small data (a ~1
 * **changelog record**: the bytes of each run's latest ``router.state`` record at those points;
 * the **worst case** of a finished run: a 200 KB trigger and 4 outputs of 50 KB each.
 
-The script only uses what the core has had for a long time (``process``, ``tick``,
+``--top N`` also lists the source lines the in-flight runs' heap comes from (tracemalloc by line,
+per run). The script only uses what the core has had for a long time (``process``, ``tick``,
 ``partitions``), so it also runs against an older checkout for a before/after comparison.
 """
 
@@ -188,7 +189,18 @@ def average(values: list[int]) -> float:
     return sum(values) / max(1, len(values))
 
 
-def measure(runs: int) -> dict[str, Any]:
+def top_lines(before: tracemalloc.Snapshot, runs: int, top: int) -> list[tuple[str, float, float]]:
+    """The source lines whose allocations grew most since ``before``: (line, bytes and blocks per run)."""
+    gc.collect()
+    stats = tracemalloc.take_snapshot().compare_to(before, "lineno")
+    rows = []
+    for stat in stats[:top]:
+        frame = stat.traceback[0]
+        rows.append((f"{frame.filename}:{frame.lineno}", stat.size_diff / runs, stat.count_diff / runs))
+    return rows
+
+
+def measure(runs: int, top: int = 0) -> dict[str, Any]:
     eng = Engine()
     keys = [f"k-{i}" for i in range(runs)]
     ids = [run_id_for(TENANT, WORKFLOW.name, k) for k in keys]
@@ -197,10 +209,13 @@ def measure(runs: int) -> dict[str, Any]:
     failures = [result(r, "enrich", None, ok=False) for r in ids]
     figures: dict[str, Any] = {"runs": runs}
     tracemalloc.start()
+    before = tracemalloc.take_snapshot() if top else None  # before the base: not counted per run
     base = traced()
     started = time.perf_counter()
     eng.feed(requests)
     figures["in_flight_bytes"] = (traced() - base) / runs
+    if before is not None:
+        figures["in_flight_top"] = top_lines(before, runs, top)
     figures["in_flight_record"] = average([eng.out.state_bytes[r] for r in ids])
     eng.feed(results["receive"])
     half = ids[: runs // 2]
@@ -298,13 +313,29 @@ def report(f: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def short(path: str) -> str:
+    """A source path from the checkout or site-packages on, not the machine's prefix."""
+    for marker in ("/services/", "/site-packages/", "/lib/python"):
+        if marker in path:
+            return marker.strip("/") + "/" + path.split(marker, 1)[1]
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=20_000, help="runs per measurement (default 20,000)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    parser.add_argument(
+        "--top", type=int, default=0, help="also list the N source lines the in-flight runs' bytes come from"
+    )
     args = parser.parse_args()
-    figures = measure(args.runs)
+    figures = measure(args.runs, args.top)
     print(report(figures))
+    if args.top:
+        print(f"\nin flight, top {args.top} lines by heap growth (tracemalloc):\n")
+        print("| line | bytes per run | blocks per run |\n| --- | ---: | ---: |")
+        for line, size, count in figures["in_flight_top"]:
+            print(f"| {short(line)} | {size:,.1f} | {count:.2f} |")
     if args.json:
         print(json.dumps(figures, indent=2))
 

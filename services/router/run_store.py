@@ -23,14 +23,15 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
-from services.contracts.records import decode_router_state
 from services.contracts.text import bounded_text
 from services.router import retention
 from services.router.admission import ACTIVE, Admission
+from services.router.bulk import collection_paused
 from services.router.machine import Timer
 from services.router.outgoing import Outgoing, RecordMapper
 from services.router.retention import ReplayStateBudget
 from services.router.state import Checkpoint, RunState, RunStatus
+from services.router.state_record import snapshot_of
 from services.router.timers import TimerQueue
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,7 @@ def load_record(state: PartitionState, sizes: dict[str, int], key: bytes | None,
         sizes.pop(run_id, None)
         return
     try:
-        record = decode_router_state(value)
-        run = RunState.from_json(record["snapshot_json"])
+        run = RunState.from_json(snapshot_of(value))
     except Exception as exc:  # the run is forgotten (loudly) rather than the partition stalled
         state.runs.pop(run_id, None)
         sizes.pop(run_id, None)
@@ -100,6 +100,11 @@ def load_record(state: PartitionState, sizes: dict[str, int], key: bytes | None,
 
 def reindex(state: PartitionState, sizes: dict[str, int]) -> None:
     """Rebuild queues, counts, timers and retention accounting from the restored runs."""
+    with collection_paused():
+        _reindex(state, sizes)
+
+
+def _reindex(state: PartitionState, sizes: dict[str, int]) -> None:
     pending: list[RunState] = []
     kept: list[tuple[int, str, int]] = []
     for run in state.runs.values():

@@ -25,6 +25,7 @@ read back from its history (:mod:`services.router.rehydrate`).
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict, cast
 
@@ -117,6 +118,14 @@ class RunState:
         if "key" in self.trigger or "tenant" in self.trigger:
             kept = {k: v for k, v in self.trigger.items() if k not in ("key", "tenant")}
             self.trigger = cast(RunTrigger, kept)
+        # Every decoded record brings its own copy of these few distinct names: one shared copy
+        # saves ~170 bytes per run in memory (benchmarks/router_memory.py).
+        if type(self.tenant) is str and type(self.workflow) is str:
+            self.tenant = sys.intern(self.tenant)
+            self.workflow = sys.intern(self.workflow)
+        event = self.trigger.get("event")
+        if type(event) is str:
+            self.trigger["event"] = sys.intern(event)
 
     def trigger_view(self) -> TriggerView:
         """The trigger as expressions see it: ``event``, ``data``, ``key``, ``tenant``."""
@@ -214,7 +223,8 @@ class RunState:
         try:
             data = orjson.loads(text)
         except orjson.JSONDecodeError:
-            data = writable(json.loads(text))  # written before the strict encoder
+            # Written before the strict encoder; bytes (a restore's) are UTF-8, as the record's string was.
+            data = writable(json.loads(text.decode() if isinstance(text, bytes) else text))
         if isinstance(data, list):
             return cls._from_compact(data)
         data["status"] = RunStatus(data["status"])
