@@ -41,6 +41,7 @@ from benchmarks.router_memory import WORKFLOW, Catalog, small_trigger
 from services.bus.clients import transactional_producer_config
 from services.bus.placement import tenant_base
 from services.bus.topics import Topics, admin_client, ensure_topics, internal_specs
+from services.bus.txloop import Outbox
 from services.config import Settings
 from services.contracts import serde
 from services.router import restore as restore_module
@@ -75,7 +76,7 @@ class Tenants:
         return self.configs.get(key)
 
 
-class CapturingOutbox:
+class CapturingOutbox(Outbox):  # an Outbox where the core takes one; no producer, no super().__init__
     """Keeps the router-state records it is handed; everything else is dropped."""
 
     def __init__(self, topic: str) -> None:
