@@ -184,7 +184,7 @@ class Cluster:
                 "SWITCHYARD_INTERNAL_PARTITIONS": str(self.settings.internal_partitions),
                 "SWITCHYARD_COMMIT_INTERVAL_MS": "50",
                 "SWITCHYARD_LOG_LEVEL": os.environ.get("SWITCHYARD_FAULTS_LOG_LEVEL", "WARNING"),
-                "SWITCHYARD_LOG_FORMAT": "text",
+                "SWITCHYARD_LOG_FORMAT": os.environ.get("SWITCHYARD_FAULTS_LOG_FORMAT", "text"),
                 "SWITCHYARD_EGRESS_ALLOW_PRIVATE": "1",  # http.request steps call a sink on 127.0.0.1
                 "PYTHONPATH": str(REPO_ROOT),
             }
