@@ -208,6 +208,7 @@ def read_floor(settings: Settings) -> tuple[float, int]:
         )
     batch = getattr(restore_module, "CONSUME_BATCH", 1000)
     wait_s = getattr(restore_module, "CONSUME_WAIT_S", 0.5)
+    ready = getattr(restore_module, "consume_ready", None)  # how the restore reads, where it has it
     topic = Topics(settings.topic_prefix).router_state
     numbers = list(range(settings.internal_partitions))
     started = time.perf_counter()
@@ -217,7 +218,8 @@ def read_floor(settings: Settings) -> tuple[float, int]:
         consumer.assign([TopicPartition(topic, n, OFFSET_BEGINNING) for n in numbers])
         remaining = set(numbers)
         while remaining:
-            for msg in consumer.consume(batch, wait_s):
+            messages = ready(consumer, batch, wait_s) if ready else consumer.consume(batch, wait_s)
+            for msg in messages:
                 err = msg.error()
                 if err is None:
                     count += 1

@@ -17,6 +17,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from services.bus.fetch import consume_ready
 from services.bus.topics import Topics
 from services.config import Settings
 from services.router.bulk import collection_paused
@@ -25,12 +26,11 @@ from services.router.bulk import collection_paused
 Load = Callable[[int, bytes | None, bytes | None], None]
 
 
-#: How long one ``consume`` call waits for a full batch: librdkafka returns a batch early only
-#: when it is full, so the call that meets the end of the partitions (a partial batch, then the
-#: end-of-partition events) waited the whole 0.5 s it was given twice over (measured).
-CONSUME_WAIT_S = 0.05
+#: The broker holds an empty fetch (how the end of a partition is told) up to this long.
 FETCH_WAIT_MS = 20
 CONSUME_BATCH = 1000
+#: How long one read waits for its first record (then it takes what is already fetched).
+CONSUME_WAIT_S = 0.5
 
 
 def read_changelog(settings: Settings, numbers: list[int], load: Load, deadline_s: float) -> None:
@@ -67,7 +67,10 @@ def _read(consumer: Consumer, topic: str, numbers: list[int], load: Load, deadli
     remaining = set(numbers)
     deadline = time.monotonic() + deadline_s
     while remaining and time.monotonic() < deadline:
-        for msg in consumer.consume(CONSUME_BATCH, CONSUME_WAIT_S):
+        # librdkafka's batch consume returns early only when the batch is full: the read that met
+        # the end of the partitions (a partial batch, then the end-of-partition events) waited
+        # out its whole timeout.
+        for msg in consume_ready(consumer, CONSUME_BATCH, CONSUME_WAIT_S):
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
