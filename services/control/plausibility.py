@@ -7,7 +7,7 @@ plausibly be. An implausible command is dead-lettered ``invalid_field``.
 
 from __future__ import annotations
 
-from services.bus.topics import TENANT_ID
+from services.contracts.identity import implausible_identity
 from services.contracts.records import ControlCommand
 from services.router.trigger_records import MAX_ID_LENGTH
 
@@ -27,12 +27,4 @@ CONTROL_LIMITS = {
 
 def implausible(command: ControlCommand) -> str | None:
     """Why a control command's fields cannot be what an operator sent, or None."""
-    tenant = command["tenant"]
-    if not TENANT_ID.fullmatch(tenant):
-        shown = f"{len(tenant)} characters" if len(tenant) > 64 else repr(tenant)
-        return f"tenant is not a tenant id ({shown})"
-    for name, limit in CONTROL_LIMITS.items():
-        value = command.get(name)
-        if isinstance(value, str) and len(value) > limit:
-            return f"{name} is {len(value)} characters long; the most a command may carry is {limit}"
-    return None
+    return implausible_identity(command, CONTROL_LIMITS)

@@ -54,11 +54,12 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from services.bus import clients
 from services.bus.record_budget import RecordTooLarge
-from services.bus.topics import TENANT_ID, Topics
+from services.bus.topics import Topics
 from services.bus.txloop import Outbox
 from services.config import Settings
 from services.contracts import records, serde
 from services.contracts.dead_letters import bounded_identity, encode_dead_letter
+from services.contracts.identity import implausible_identity
 from services.contracts.records import StepCommand, StepResult
 from services.contracts.text import bounded_text
 from services.executor.cancellation import InFlightAttempts
@@ -499,16 +500,7 @@ def _raw_key(msg: Message) -> bytes | None:
 def _implausible(command: StepCommand) -> str | None:
     """Why a command's identity cannot be one the router wrote, or None. Each of these fields is
     echoed in the result (and its headers): a forged command must not make that unwritable."""
-    if not TENANT_ID.fullmatch(command["tenant"]):
-        shown = (
-            f"{len(command['tenant'])} characters" if len(command["tenant"]) > 64 else repr(command["tenant"])
-        )
-        return f"tenant is not a tenant id ({shown})"
-    for name, limit in IDENTITY_LIMITS.items():
-        value = command.get(name)
-        if isinstance(value, str) and len(value) > limit:
-            return f"{name} is {len(value)} characters long; the most a command may carry is {limit}"
-    return None
+    return implausible_identity(command, IDENTITY_LIMITS)
 
 
 def _failed(command: StepCommand, executor_id: str, kind: str, message: str, retryable: bool) -> StepResult:
