@@ -5,7 +5,7 @@ records *or* when ``timeout`` has passed: with fewer records than asked for, it 
 timeout even though a record came in at once. A loop that reacts to single records (a
 cancellation, the end of a read-back, a test waiting for an event) then pays the full timeout
 on every round. :func:`consume_ready` waits up to ``timeout_s`` for the *first* record only and
-then takes what is already fetched, as the transactional loop and the projector do.
+then takes what is already fetched: the transactional loop reads its batches this way.
 """
 
 from __future__ import annotations

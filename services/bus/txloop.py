@@ -49,6 +49,7 @@ from confluent_kafka import (
 
 from services.bus.clients import ClientConfig, consumer_config, headers_for, transactional_producer_config
 from services.bus.consumer import PauseAwareConsumer
+from services.bus.fetch import consume_ready
 from services.bus.poison import (
     POISON_KIND,
     Bisection,
@@ -316,10 +317,7 @@ class TransactionalLoop:
         """Wait up to ``timeout`` for the first record only, then take whatever else is already
         fetched (up to ``max_batch``). ``consume(max_batch, timeout)`` would wait the whole timeout
         unless a full batch arrived, adding the commit interval to every hop under light load."""
-        first = self.consumer.consume(1, timeout)
-        if not first:
-            return first
-        return first + self.consumer.consume(self.settings.max_batch - 1, 0)
+        return consume_ready(self.consumer, self.settings.max_batch, timeout)
 
     def _transaction(self, messages: list[Message]) -> None:
         records = [m for m in messages if not _is_benign_error(m)]
