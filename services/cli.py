@@ -14,6 +14,7 @@ from services.commands import (
     control,
     demo,
     dev,
+    dlq,
     operator,
     processes,
     runs,
@@ -43,6 +44,7 @@ app.add_typer(runs.app, name="runs", help="Run history from PostgreSQL.")
 app.add_typer(triggers.app, name="triggers")
 app.add_typer(audit.app, name="audit", help="Audit the projection against the Kafka log.")
 app.add_typer(acl.app, name="acl")
+app.add_typer(dlq.app, name="dlq")
 app.add_typer(console_cli.app, name="console")
 app.command()(processes.router)
 app.command()(processes.executor)

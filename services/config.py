@@ -150,6 +150,14 @@ class Settings(BaseSettings):
         ),
     )
     max_replays_per_run: int = Field(default=3, ge=0, description="Replays allowed per run (bound).")
+    max_redrive_per_call: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Dead letters one `switchyard dlq redrive` may send (a bulk re-drive matching more is refused)."
+        ),
+    )
     max_replay_state_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=0,

@@ -13,6 +13,7 @@ database): add new ones freely, never rename one.
   step's retry policy; a dead-lettered record is never retried, so its kinds say ``False``), a
   one-line ``meaning`` and its ``scope``. Actions may raise kinds of their own
   (:class:`services.executor.plugins.ActionError`); the built-in actions' kinds are listed too.
+* :data:`REDRIVABLE_KINDS` — the dead-letter kinds of a trigger that an operator's re-drive may cure.
 """
 
 from __future__ import annotations
@@ -169,6 +170,12 @@ class ErrorKind(StrEnum):
     def scope(self) -> Scope:
         return ERROR_KINDS[self].scope
 
+    @property
+    def redrivable(self) -> bool:
+        """Whether a trigger dead-lettered with this kind may succeed if sent again unchanged
+        (``switchyard dlq redrive``): see :data:`REDRIVABLE_KINDS`."""
+        return self in REDRIVABLE_KINDS
+
 
 @dataclass(frozen=True, slots=True)
 class KindInfo:
@@ -251,3 +258,19 @@ ERROR_KINDS: dict[ErrorKind, KindInfo] = {
 
 #: Kinds never retried whatever a step's retry policy says (the same inputs fail the same way).
 ALWAYS_NON_RETRYABLE: frozenset[str] = frozenset({ErrorKind.EXPRESSION_ERROR})
+
+#: Dead-letter kinds of a *trigger* that a re-drive (``switchyard dlq redrive``) may cure: the cause
+#: lies outside the record (a tenant registered or resumed since, a workflow filter or an intake bug
+#: fixed since, a batch fault gone), so the same bytes can be accepted later. Every other record kind
+#: describes the record itself (framing, Avro, JSON, UTF-8, shape, size, topic) and fails the same way
+#: again, so it is never re-driven; the ``retryable`` flag cannot say this, since a dead letter is
+#: never retried automatically (all record kinds are ``retryable=False``).
+REDRIVABLE_KINDS: frozenset[str] = frozenset(
+    {
+        ErrorKind.UNKNOWN_TENANT,
+        ErrorKind.TENANT_SUSPENDED,
+        ErrorKind.FILTER_ERROR,
+        ErrorKind.INTAKE_ERROR,
+        ErrorKind.POISON_RECORD,
+    }
+)

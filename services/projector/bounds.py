@@ -119,6 +119,16 @@ COLUMN_LIMITS: dict[str, dict[str, int]] = {
         "kafka_topic": MAX_TOPIC,
     },
     "projector_rejects": {"topic": MAX_TOPIC, "reason": MAX_KIND, "message": MAX_MESSAGE},
+    # written by `switchyard dlq redrive` (services.dlq.audit), from a dead letter and the operator
+    "dead_letter_redrives": {
+        "redrive_id": MAX_NAME,
+        "dlq_id": MAX_LONG_ID,
+        "tenant": MAX_NAME,
+        "requester": MAX_NAME,
+        "reason": MAX_MESSAGE,
+        "bulk_id": MAX_NAME,
+        "target_topic": MAX_TOPIC,
+    },
 }
 
 

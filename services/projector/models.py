@@ -7,6 +7,8 @@ stores, in the same transaction as the rows, the next Kafka offset to read per p
 mirrors the tenants registry; ``dead_letters`` materialises every record of ``<prefix>.dlq``;
 ``control_commands`` holds every operator command's outcome (from ``control_accepted`` /
 ``control_refused`` run events, and from control refusals dead-lettered before reaching a run).
+``dead_letter_redrives`` is the audit of operators' re-drives (``switchyard dlq redrive``): written by
+the CLI, not projected, so it is the one table here a rebuild from Kafka cannot reproduce.
 Every change here needs an Alembic revision in ``migrations/versions`` (a test compares them).
 """
 
@@ -250,4 +252,31 @@ class DeadLetterRow(Base):
         Index(None, "tenant", "failed_at"),
         Index(None, "error_kind", "failed_at"),
         Index(None, "run_id"),
+    )
+
+
+class DeadLetterRedrive(Base):
+    """One re-drive of a dead-lettered trigger: who, when, why, and where the new record landed.
+
+    Written by ``switchyard dlq redrive`` after the broker confirmed the new record (so a row means
+    it was sent); ``dlq_id`` is not a foreign key: the dead letter's row is projected from Kafka and
+    may be rebuilt, the audit stays.
+    """
+
+    __tablename__ = "dead_letter_redrives"
+
+    redrive_id: Mapped[str] = mapped_column(String, primary_key=True)
+    dlq_id: Mapped[str] = mapped_column(String)
+    tenant: Mapped[str | None] = mapped_column(String)
+    requester: Mapped[str] = mapped_column(String)
+    reason: Mapped[str | None] = mapped_column(Text)
+    bulk_id: Mapped[str] = mapped_column(String)
+    redriven_at: Mapped[datetime] = mapped_column(Timestamp)
+    target_topic: Mapped[str] = mapped_column(String)
+    target_partition: Mapped[int] = mapped_column(Integer)
+    target_offset: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index(None, "dlq_id", "redriven_at"),
+        Index(None, "tenant", "redriven_at"),
     )
