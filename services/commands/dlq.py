@@ -152,6 +152,11 @@ def _render_detail(d: dict[str, Any]) -> None:
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")
     source, record = d["source"], d["dead_letter_record"]
+    cut = (
+        " (stored cut: a re-drive reads it whole from the dead-letter record)"
+        if d["original_value_stored_cut"]
+        else ""
+    )
     for name, value in (
         ("dead letter", d["dlq_id"]),
         ("failed at", d["failed_at"]),
@@ -164,7 +169,7 @@ def _render_detail(d: dict[str, Any]) -> None:
         ("source", _source(source["topic"], source["partition"], source["offset"])),
         ("dead-letter record", _source(record["topic"], record["partition"], record["offset"])),
         ("original key", "-" if d["original_key"] is None else repr(d["original_key"])),
-        ("original size", f"{d['original_value_size']} bytes"),
+        ("original size", f"{d['original_value_size']} bytes{cut}"),
         ("original headers", "not kept (a dead letter carries no copy of the original's headers)"),
     ):
         add_row(grid, name, str(value))

@@ -7,7 +7,8 @@ from. It is refused, with the reason, when that cannot help or cannot be done fa
   command refused: send a new one) or not one of this prefix;
 * the error kind describes the record itself (bad framing, JSON, size, …): the same bytes fail the
   same way (:data:`~services.contracts.vocabulary.REDRIVABLE_KINDS` lists the kinds that may pass);
-* no complete copy of the original was kept (none, or truncated by the dead letter or the store);
+* no complete copy of the original was kept (none, or cut by the dead letter); a copy the projector
+  stored cut (it keeps 64 KiB) is read back whole from the dead-letter record on the topic;
 * it was re-driven before and ``again`` is not given;
 * with the re-drive headers it would pass the trigger size limit intake applies.
 """
@@ -99,11 +100,17 @@ def _kind_refusal(kind: str) -> Refusal | None:
     )
 
 
-def _copy_refusal(letter: DeadLetterRow) -> Refusal | None:
+def stored_copy_cut(letter: DeadLetterRow) -> bool:
+    """Whether the projector kept only the head of the original value (the dead-letter record on
+    the topic holds it whole: :mod:`services.dlq.full_copy` reads it back)."""
+    return letter.original_value is not None and letter.original_value_size > len(letter.original_value)
+
+
+def _copy_refusal(letter: DeadLetterRow, read_back: bool) -> Refusal | None:
     value = letter.original_value
     if value is None:
         return Refusal("no_copy", "no copy of the original record was kept")
-    if letter.original_value_size > len(value):
+    if stored_copy_cut(letter) and not read_back:
         return Refusal(
             "truncated_copy",
             f"only {len(value)} of the original's {letter.original_value_size} bytes were stored: "
@@ -124,9 +131,15 @@ def refusal(
     *,
     again: bool = False,
     max_trigger_bytes: int | None = None,
+    read_back: bool = False,
 ) -> Refusal | None:
-    """Why ``letter`` must not be re-driven, or None if it may be."""
-    found = _source_refusal(letter, topics) or _kind_refusal(letter.error_kind) or _copy_refusal(letter)
+    """Why ``letter`` must not be re-driven, or None if it may be. ``read_back``: a copy the
+    projector stored cut is fine, the full one will be read back from the dead-letter topic."""
+    found = (
+        _source_refusal(letter, topics)
+        or _kind_refusal(letter.error_kind)
+        or _copy_refusal(letter, read_back)
+    )
     if found is not None:
         return found
     if previous and not again:
@@ -138,9 +151,8 @@ def refusal(
             f"{last.requester} (pass --again to send it once more)",
         )
     if max_trigger_bytes is not None:
-        size = record_size(
-            letter.original_key, letter.original_value, redrive_headers("x" * 36, letter.dlq_id)
-        )
+        headers = redrive_headers("x" * 36, letter.dlq_id)  # a redrive id is a 36-character uuid
+        size = record_size(letter.original_key, None, headers) + letter.original_value_size
         if size > max_trigger_bytes:
             return Refusal(
                 "too_large",
@@ -150,17 +162,21 @@ def refusal(
     return None
 
 
-def outgoing(letter: DeadLetterRow, topics: Topics, redrive_id: str) -> Outgoing:
-    """The record re-driving ``letter`` sends (call only when :func:`refusal` found none)."""
+def outgoing(
+    letter: DeadLetterRow, topics: Topics, redrive_id: str, full_value: bytes | None = None
+) -> Outgoing:
+    """The record re-driving ``letter`` sends (call only when :func:`refusal` found none);
+    ``full_value``: the original read back whole when the stored copy was cut."""
     topic = letter.original_topic
     tenant = topics.tenant_of(topic) if topic is not None else None
-    if topic is None or tenant is None or letter.original_value is None:
-        raise ValueError(f"dead letter {letter.dlq_id} is not a re-drivable trigger")
+    value = full_value if full_value is not None else letter.original_value
+    if topic is None or tenant is None or value is None or len(value) != letter.original_value_size:
+        raise ValueError(f"dead letter {letter.dlq_id} is not a re-drivable trigger with its whole copy")
     return Outgoing(
         dlq_id=letter.dlq_id,
         tenant=tenant,
         topic=topic,
         key=letter.original_key,
-        value=letter.original_value,
+        value=value,
         headers=redrive_headers(redrive_id, letter.dlq_id),
     )

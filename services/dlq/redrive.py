@@ -5,7 +5,8 @@ Per chunk of dead letters, in one PostgreSQL transaction:
 1. take a transaction-scoped advisory lock per dead letter (sorted, so two operators never
    deadlock), so two re-drives of one dead letter cannot both pass the "already re-driven" check;
 2. read the dead letters and their past re-drives again under the locks, and decide each one
-   (:func:`~services.dlq.eligibility.refusal`);
+   (:func:`~services.dlq.eligibility.refusal`); an original the projector stored cut is read back
+   whole from the dead-letter topic (:mod:`~services.dlq.full_copy`);
 3. produce the re-drivable ones with an idempotent producer (``acks=all``), never creating a topic
    (a tenant deleted since is a refusal), and wait for each delivery report;
 4. insert one ``dead_letter_redrives`` row per *confirmed* record (its topic, partition, offset)
@@ -31,6 +32,7 @@ from services.bus.clients import plain_producer_config
 from services.bus.topics import Topics
 from services.config import Settings
 from services.dlq import eligibility
+from services.dlq.full_copy import FullCopies
 from services.dlq.queries import dead_letters_by_id, redrives_of
 from services.projector.bounds import MAX_MESSAGE, MAX_NAME, storable_text
 from services.projector.models import DeadLetterRedrive
@@ -88,6 +90,7 @@ class Redriver:
         self.topic_check = topic_check
         self._producer: Producer | None = None
         self._topic_problems: dict[str, str] = {}
+        self._copies = FullCopies(settings)
 
     def producer(self) -> Producer:
         if self._producer is None:
@@ -139,13 +142,21 @@ class Redriver:
                     previous,
                     again=request.again,
                     max_trigger_bytes=self.settings.max_trigger_bytes,
+                    read_back=True,
                 )
                 if refused is None:
                     refused = self._topic_refusal(letter.original_topic or "")
+                full: bytes | None = None
+                if refused is None and eligibility.stored_copy_cut(letter):
+                    read = self._copies.read(letter)
+                    if isinstance(read, str):
+                        refused = eligibility.Refusal("truncated_copy", read)
+                    else:
+                        full = read
                 if refused is not None:
                     decided.append(Outcome(dlq_id, "refused", refused.reason, refused.code))
                     continue
-                record = eligibility.outgoing(letter, self.topics, str(uuid.uuid4()))
+                record = eligibility.outgoing(letter, self.topics, str(uuid.uuid4()), full)
                 if request.dry_run:
                     decided.append(_would_send(record))
                 else:
@@ -189,6 +200,7 @@ class Redriver:
         return [_delivered(record, *reports.get(record.dlq_id, (None, None))) for record in records]
 
     def close(self) -> None:
+        self._copies.close()
         if self._producer is not None:
             self._producer.flush(DELIVERY_TIMEOUT_MS / 1000 + 5)
 

@@ -13,7 +13,7 @@ from typing import Any
 from services.bus.topics import Topics
 from services.contracts import serde, strict_json
 from services.contracts.redaction import redact, redact_text
-from services.dlq.eligibility import PastRedrive, refusal
+from services.dlq.eligibility import PastRedrive, refusal, stored_copy_cut
 from services.projector.models import DeadLetterRedrive, DeadLetterRow
 
 #: Bytes of a value shown as text when it is neither a trigger record nor JSON.
@@ -70,8 +70,8 @@ def detail(
 ) -> dict[str, Any]:
     """Everything about one dead letter, with its re-drives and whether it may be re-driven now."""
     past = [PastRedrive(r.redriven_at, r.requester) for r in redrives]
-    refused = refusal(letter, topics, past, max_trigger_bytes=max_trigger_bytes)
-    again = refusal(letter, topics, past, again=True, max_trigger_bytes=max_trigger_bytes)
+    refused = refusal(letter, topics, past, max_trigger_bytes=max_trigger_bytes, read_back=True)
+    again = refusal(letter, topics, past, again=True, max_trigger_bytes=max_trigger_bytes, read_back=True)
     return {
         "dlq_id": letter.dlq_id,
         "failed_at": letter.failed_at.isoformat(),
@@ -96,6 +96,8 @@ def detail(
         "original_key": key_text(letter.original_key),
         "original_value": value_view(letter.original_value),
         "original_value_size": letter.original_value_size,
+        # the projector keeps 64 KiB; a re-drive reads the whole original from the dead-letter record
+        "original_value_stored_cut": stored_copy_cut(letter),
         "original_headers": None,  # the DeadLetter record carries no copy of them
         "redrivable": refused is None,
         "redrivable_with_again": again is None,

@@ -168,13 +168,18 @@ def test_an_unknown_tenants_trigger_is_redriven_once_the_tenant_exists(
     topic = world.topics.tenant_triggers(GHOST)
     original = trigger(1, "order-1")
     world.send(GHOST, original, b"order-1")
-    [(dlq_id,)] = world.wait_sql(
-        "select dlq_id from dead_letters where original_topic = %s and error_kind = 'unknown_tenant'", topic
-    )
+    # Larger than the 64 KiB the projector stores of an original: re-driven from the topic's copy.
+    big = json.dumps({"event_type": "go", "data": {"n": 3, "pad": "p" * 100_000}, "idempotency_key": "big"})
+    world.send(GHOST, big.encode(), b"big")
+    ghosts = "from dead_letters where original_topic = %s and error_kind = 'unknown_tenant'"
+    world.wait_sql(f"select count(*) {ghosts} having count(*) = 2", topic)
+    found = world.sql(f"select dlq_id, original_key {ghosts}", topic)
+    ids = {bytes(key).decode(): dlq for dlq, key in found}
+    dlq_id, big_id = ids["order-1"], ids["big"]
 
     listed = cli("list", "--tenant", GHOST, "--json")
     assert listed.exit_code == 0, listed.output
-    assert [(d["dlq_id"], d["redrives"]) for d in json.loads(listed.stdout)] == [(dlq_id, 0)]
+    assert {(d["dlq_id"], d["redrives"]) for d in json.loads(listed.stdout)} == {(dlq_id, 0), (big_id, 0)}
     assert json.loads(cli("list", "--tenant", GHOST, "--redriven", "--json").stdout) == []
 
     # A dry run reports what it would send, and sends nothing.
@@ -254,6 +259,15 @@ def test_an_unknown_tenants_trigger_is_redriven_once_the_tenant_exists(
         ("bob@ops",),
     ]
     assert json.loads(cli("list", "--tenant", GHOST, "--redriven", "--json").stdout)[0]["redrives"] == 2
+
+    # The rest in bulk: only the big one was never re-driven; its whole copy is read back.
+    bulk = cli("redrive", "--tenant", GHOST, "--not-redriven", "--yes", "--requester", "dave@ops", "--json")
+    assert bulk.exit_code == 0, bulk.output
+    assert [(o["dlq_id"], o["status"], o["value_size"]) for o in outcomes(bulk)] == [
+        (big_id, "redriven", len(big))
+    ]
+    big_run = run_id_for(GHOST, "onboard", "big")
+    world.wait_sql("select 1 from runs where run_id = %s and state = 'succeeded'", big_run)
 
 
 def read_one(world: World, topic: str, partition: int, offset: int) -> Any:

@@ -103,6 +103,8 @@ def test_another_prefix_or_no_source_is_refused() -> None:
 def test_an_incomplete_copy_is_never_sent() -> None:
     assert code(letter(original_value=None, original_value_size=0)) == "no_copy"
     assert code(letter(original_value_size=len(VALUE) + 1)) == "truncated_copy"
+    # cut by the store only (it keeps 64 KiB): the re-drive reads the whole one back from the topic
+    assert code(letter(original_value_size=len(VALUE) + 1), read_back=True) is None
     cut = "boom (original value truncated from 600000 to 524288 bytes)"
     assert code(letter(error_message=cut)) == "truncated_copy"
     assert code(letter(original_key=b"k" * 16 * 1024)) == "truncated_copy"
@@ -122,6 +124,9 @@ def test_a_record_that_the_headers_push_over_the_trigger_limit_is_refused() -> N
     size = len(VALUE) + len(b"k-1")
     assert code(letter(), max_trigger_bytes=size + 200) is None
     assert code(letter(), max_trigger_bytes=size + 10) == "too_large"
+    # the original's own size counts, not the stored copy's
+    grown = letter(original_value_size=len(VALUE) + 300)
+    assert code(grown, max_trigger_bytes=size + 200, read_back=True) == "too_large"
 
 
 def test_the_outgoing_record_is_the_original_with_the_redrive_headers() -> None:
@@ -138,3 +143,7 @@ def test_the_outgoing_record_is_the_original_with_the_redrive_headers() -> None:
     ]
     with pytest.raises(ValueError):
         outgoing(letter(original_topic="wf.commands"), TOPICS, "rd-2")
+    cut = letter(original_value=VALUE[:10], original_value_size=len(VALUE))
+    with pytest.raises(ValueError):
+        outgoing(cut, TOPICS, "rd-3")  # never the cut copy
+    assert outgoing(cut, TOPICS, "rd-3", full_value=VALUE).value == VALUE
