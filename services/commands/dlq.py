@@ -101,11 +101,15 @@ def listing_table(found: list[Listed]) -> Table:
     table = Table(
         title=f"{len(found)} dead letter(s)", box=None, pad_edge=False, header_style="bold underline"
     )
-    for name in ("id", "failed", "tenant", "source", "kind", "reason", "redriven"):
-        table.add_column(name, overflow="fold")
+    # The id and source stay whole (ids are what `dlq show` and `dlq redrive` take); the reason is cut
+    # (in full: `dlq show`, `dlq list --json`).
+    for name in ("id", "failed", "tenant", "source", "kind"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("reason", no_wrap=True, overflow="ellipsis", max_width=60)
+    table.add_column("redriven", no_wrap=True)
     for item in found:
         d = item.letter
-        redriven = "-" if not item.redrives else f"{item.redrives}x, last {_ts(item.last_redriven_at)}"
+        redriven = "-" if not item.redrives else f"{item.redrives}x"
         add_row(
             table,
             d.dlq_id,
@@ -176,7 +180,7 @@ def _render_detail(d: dict[str, Any]) -> None:
     if d["redrivable"]:
         verdict = Text("yes", style="green")
     elif d["redrivable_with_again"]:
-        verdict = Text(f"with --again: {d['refusal']['reason']}", style="yellow")
+        verdict = Text(f"only with --again: {d['refusal']['reason']}", style="yellow")
     else:
         verdict = Text(f"no: {d['refusal']['reason']}", style="red")
     add_row(grid, "re-drivable", verdict)
