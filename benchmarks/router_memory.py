@@ -91,18 +91,20 @@ class Tenants:
 
 
 class Engine:
-    def __init__(self) -> None:
+    def __init__(self, workflow: CompiledWorkflow | None = None, warm: bool = True) -> None:
+        self.workflow = workflow or WORKFLOW
         self.settings = Settings(topic_prefix="bench", internal_partitions=1, kafka_options={})
         self.topics = Topics(self.settings.topic_prefix)
         self.now = 1_000_000.0
         self.core = CoreProcessor(
-            self.settings, Catalog(WORKFLOW), Tenants(), clock=lambda: self.now, rand=lambda: 0.5
+            self.settings, Catalog(self.workflow), Tenants(), clock=lambda: self.now, rand=lambda: 0.5
         )
         new_partition: Callable[[int], Any] = getattr(self.core, "new_partition", core_module.PartitionState)
         self.core.partitions[0] = new_partition(0)
         self.out = MeasuringOutbox(self.topics)
         self.offset = 0
-        self.warm_up()
+        if warm:
+            self.warm_up()
 
     def warm_up(self) -> None:
         """A few runs of each outcome first: one-time allocations (metric children, caches) are
@@ -128,15 +130,16 @@ class Engine:
             getattr(self.core, "on_committed", lambda: None)()  # as the loop does after each commit
 
 
-def request(key: str, data: Any) -> bytes:
+def request(key: str, data: Any, workflow: CompiledWorkflow | None = None) -> bytes:
+    wf = workflow or WORKFLOW
     return serde.encode_inbox(
         "RunRequested",
         {
-            "run_id": run_id_for(TENANT, WORKFLOW.name, key),
+            "run_id": run_id_for(TENANT, wf.name, key),
             "tenant": TENANT,
-            "workflow": WORKFLOW.name,
-            "version": WORKFLOW.version,
-            "event_type": "demo.linear",
+            "workflow": wf.name,
+            "version": wf.version,
+            "event_type": wf.definition.trigger.event,
             "data_json": json.dumps(data),
             "idempotency_key": key,
             "correlation_id": f"corr-{key}",

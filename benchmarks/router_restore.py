@@ -48,6 +48,7 @@ from services.router import restore as restore_module
 from services.router.core import CoreProcessor
 from services.router.records import run_id_for
 from services.tenancy.config import TenantConfig
+from services.workflow.compiled import CompiledWorkflow
 
 CLOCK_S = 1_000_000.0  # the cores' clock: no deadline of a run started at it is due at it
 BATCH = 500  # runs per core batch, and records per produced transaction
@@ -108,13 +109,15 @@ def settings_for(prefix: str, partitions: int) -> Settings:
     )
 
 
-def new_core(settings: Settings, tenants: list[str]) -> CoreProcessor:
+def new_core(settings: Settings, tenants: list[str], workflow: CompiledWorkflow = WORKFLOW) -> CoreProcessor:
     return CoreProcessor(
-        settings, Catalog(WORKFLOW), Tenants(tenants), clock=lambda: CLOCK_S, rand=lambda: 0.5
+        settings, Catalog(workflow), Tenants(tenants), clock=lambda: CLOCK_S, rand=lambda: 0.5
     )
 
 
-def build_records(settings: Settings, runs: int) -> Iterator[list[Record]]:
+def build_records(
+    settings: Settings, runs: int, workflow: CompiledWorkflow = WORKFLOW
+) -> Iterator[list[Record]]:
     """The changelog records of ``runs`` in-flight runs, a batch at a time, as a core writes them."""
     partitions = settings.internal_partitions
     tenants = tenants_for(partitions)
@@ -122,7 +125,7 @@ def build_records(settings: Settings, runs: int) -> Iterator[list[Record]]:
     arrivals = [0] * partitions
     offset = 0
     for first in range(0, runs, CHUNK):
-        core = new_core(settings, tenants)
+        core = new_core(settings, tenants, workflow)
         for number in range(partitions):
             core.partitions[number] = core.new_partition(number)
             core.partitions[number].arrivals = arrivals[number]  # FIFO order goes on across chunks
@@ -132,7 +135,7 @@ def build_records(settings: Settings, runs: int) -> Iterator[list[Record]]:
             for i in range(start, min(start + BATCH, runs, first + CHUNK)):
                 offset += 1
                 partition = i % partitions
-                value = request(tenants[partition], f"k-{i}", i)
+                value = request(tenants[partition], f"k-{i}", i, workflow)
                 msgs.append(Message(topic=topics.inbox, partition=partition, offset=offset, value=value))
             core.process(msgs, out)
             core.tick(out)
@@ -141,15 +144,15 @@ def build_records(settings: Settings, runs: int) -> Iterator[list[Record]]:
         arrivals = [core.partitions[n].arrivals for n in range(partitions)]
 
 
-def request(tenant: str, key: str, i: int) -> bytes:
+def request(tenant: str, key: str, i: int, workflow: CompiledWorkflow = WORKFLOW) -> bytes:
     return serde.encode_inbox(
         "RunRequested",
         {
-            "run_id": run_id_for(tenant, WORKFLOW.name, key),
+            "run_id": run_id_for(tenant, workflow.name, key),
             "tenant": tenant,
-            "workflow": WORKFLOW.name,
-            "version": WORKFLOW.version,
-            "event_type": "demo.linear",
+            "workflow": workflow.name,
+            "version": workflow.version,
+            "event_type": workflow.definition.trigger.event,
             "data_json": json.dumps(small_trigger(i)),
             "idempotency_key": key,
             "correlation_id": f"corr-{key}",
@@ -166,14 +169,19 @@ class Produced:
     key_bytes: int = 0
 
 
-def produce(settings: Settings, runs: int, progress: Callable[[str], None]) -> Produced:
+def produce(
+    settings: Settings,
+    runs: int,
+    progress: Callable[[str], None],
+    workflow: CompiledWorkflow = WORKFLOW,
+) -> Produced:
     conf = transactional_producer_config(settings, f"{settings.topic_prefix}.restore-bench")
     producer = Producer(conf)
     producer.init_transactions(30)
     topic = Topics(settings.topic_prefix).router_state
     done = Produced()
     started = time.monotonic()
-    for batch in build_records(settings, runs):
+    for batch in build_records(settings, runs, workflow):
         producer.begin_transaction()
         for partition, key, value in batch:
             producer.produce(topic, value, key.encode(), partition=partition)
@@ -237,9 +245,9 @@ class Restored:
     timers: int
 
 
-def restore(settings: Settings, profile: str | None) -> Restored:
+def restore(settings: Settings, profile: str | None, workflow: CompiledWorkflow = WORKFLOW) -> Restored:
     """A new core restores every partition on its first tick, as after an assignment."""
-    core = new_core(settings, tenants_for(settings.internal_partitions))
+    core = new_core(settings, tenants_for(settings.internal_partitions), workflow)
     topics = Topics(settings.topic_prefix)
     core.on_assigned([TopicPartition(topics.inbox, n) for n in range(settings.internal_partitions)])
     out = CapturingOutbox(topics.router_state)
@@ -270,14 +278,18 @@ def delete_topics(settings: Settings) -> None:
             print(f"could not delete a topic: {exc}", file=sys.stderr)
 
 
-def measure(runs: int, partitions: int, profile: str | None = None) -> dict[str, Any]:
+def measure(
+    runs: int, partitions: int, profile: str | None = None, workflow: CompiledWorkflow = WORKFLOW
+) -> dict[str, Any]:
     prefix = f"rbench-{uuid.uuid4().hex[:10]}"
     settings = settings_for(prefix, partitions)
     ensure_topics(admin_client(settings), internal_specs(settings))
     try:
-        produced = produce(settings, runs, lambda text: print(text, end="", file=sys.stderr, flush=True))
+        produced = produce(
+            settings, runs, lambda text: print(text, end="", file=sys.stderr, flush=True), workflow
+        )
         floor_s, floor_records = read_floor(settings)
-        restored = restore(settings, profile)
+        restored = restore(settings, profile, workflow)
     finally:
         delete_topics(settings)
     if floor_records != produced.records:
