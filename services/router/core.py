@@ -412,7 +412,9 @@ class CoreProcessor:
         parent = body.get("parent")
         if parent is not None:  # a sub-workflow's child run, requested by its parent's core
             workflow = subworkflows.resolve(self.catalog, body["tenant"], body["workflow"], body["version"])
-            refused = subworkflows.refusal(body, parent, workflow, self.settings.max_subworkflow_depth)
+            refused = subworkflows.refusal(
+                body, parent, workflow, self.settings.max_subworkflow_depth, self.settings.max_trigger_bytes
+            )
             if refused is not None:
                 self._refuse_child(body, parent, *refused, out)
                 return

@@ -189,9 +189,11 @@ def resolve(definitions: LatestDefinitions, tenant: str, name: str, version: int
 
 
 def refusal(
-    body: RunRequested, parent: RunParent, found: CompiledWorkflow | None, max_depth: int
+    body: RunRequested, parent: RunParent, found: CompiledWorkflow | None, max_depth: int, max_data_bytes: int
 ) -> tuple[ErrorKind, str] | None:
-    """Why a child request starts no run (the parent's step fails with it), or ``None``."""
+    """Why a child request starts no run (the parent's step fails with it), or ``None``. The
+    child's trigger data is bounded like a tenant's trigger (``max_data_bytes``): it lives in the
+    child's state record."""
     if parent["depth"] > max_depth:
         return (
             ErrorKind.SUBWORKFLOW_TOO_DEEP,
@@ -204,6 +206,13 @@ def refusal(
             ErrorKind.CHILD_UNAVAILABLE,
             f"tenant {body['tenant']} has no published, trusted workflow {body['workflow']!r} ({which});"
             " publish it (or fix the step's workflow name / version)",
+        )
+    size = len(body["data_json"].encode("utf-8", "surrogatepass"))
+    if size > max_data_bytes:
+        return (
+            ErrorKind.INVALID_INPUT,
+            f"the child's inputs are {size} bytes as JSON; a run's trigger data is at most {max_data_bytes}"
+            " (SWITCHYARD_MAX_TRIGGER_BYTES): pass less (e.g. a reference to the data)",
         )
     return None
 

@@ -339,3 +339,12 @@ def test_a_retried_transaction_starts_the_same_child_once() -> None:
     e.h.feed(request)  # the same request again (as a transaction retried after an abort would write it)
     assert [r.workflow for r in e.runs().values()].count("child") == 1
     assert e.h.state.runs[parent_id].steps["call"].status == "running"
+
+
+def test_child_inputs_larger_than_a_trigger_fail_the_step() -> None:
+    e = Engine(PARENT, CHILD, max_trigger_bytes=1024)
+    parent_id = e.h.start("k1", {"n": "x" * 2000}, wf=PARENT)
+    e.settle()
+    call = e.h.state.runs[parent_id].steps["call"]
+    assert call.error_kind == "invalid_input" and "SWITCHYARD_MAX_TRIGGER_BYTES" in str(call.error_message)
+    assert set(e.runs()) == {parent_id}
