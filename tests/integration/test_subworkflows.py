@@ -192,6 +192,7 @@ def test_a_parent_runs_a_child_across_a_router_restart_and_goes_on_with_its_outp
     world.wait_sql("select state from runs where run_id = %s", "succeeded", parent)
     link = "select detail->'parent'->>'run_id' from run_events where run_id = %s and type = 'run_pending'"
     assert world.sql(link, child) == parent
+    assert world.sql("select run_id from runs where parent_run_id = %s", parent) == child
 
 
 def test_a_failing_child_fails_the_parent_step(world: Module) -> None:
