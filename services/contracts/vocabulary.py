@@ -120,6 +120,7 @@ class ErrorKind(StrEnum):
     CHILD_FAILED = "child_failed"
     CHILD_CANCELLED = "child_cancelled"
     CHILD_UNAVAILABLE = "child_unavailable"
+    CHILD_THROTTLED = "child_throttled"
     SUBWORKFLOW_TOO_DEEP = "subworkflow_too_deep"
     # A dead-lettered record.
     BAD_FRAMING = "bad_framing"
@@ -213,6 +214,9 @@ ERROR_KINDS: dict[ErrorKind, KindInfo] = {
     _K.CHILD_CANCELLED: KindInfo(False, "step", "a workflow step's child run was cancelled"),
     _K.CHILD_UNAVAILABLE: KindInfo(
         False, "step", "a workflow step names no published, trusted workflow (or version) of the tenant"
+    ),
+    _K.CHILD_THROTTLED: KindInfo(
+        True, "step", "a child run was not started: its tenant has max_pending_runs runs waiting"
     ),
     _K.SUBWORKFLOW_TOO_DEEP: KindInfo(
         False, "step", "a child run would nest deeper than SWITCHYARD_MAX_SUBWORKFLOW_DEPTH"

@@ -412,9 +412,7 @@ class CoreProcessor:
         parent = body.get("parent")
         if parent is not None:  # a sub-workflow's child run, requested by its parent's core
             workflow = subworkflows.resolve(self.catalog, body["tenant"], body["workflow"], body["version"])
-            refused = subworkflows.refusal(
-                body, parent, workflow, self.settings.max_subworkflow_depth, self.settings.max_trigger_bytes
-            )
+            refused = subworkflows.refusal(body, parent, workflow, self._child_bounds(body["tenant"]))
             if refused is not None:
                 self._refuse_child(body, parent, *refused, out)
                 return
@@ -825,6 +823,15 @@ class CoreProcessor:
     # --- helpers -------------------------------------------------------------------------------------------
     def _workflow(self, run: RunState) -> CompiledWorkflow | None:
         return self.catalog.get(run.tenant, run.workflow, run.version)
+
+    def _child_bounds(self, tenant: str) -> subworkflows.Bounds:
+        config = self.tenants.get(tenant)
+        return subworkflows.Bounds(
+            max_depth=self.settings.max_subworkflow_depth,
+            max_data_bytes=self.settings.max_trigger_bytes,
+            pending=sum(len(p.admission.pending.get(tenant, ())) for p in self.partitions.values()),
+            max_pending=config.max_pending_runs if config is not None else 0,
+        )
 
     def _slices(self, tenant: str) -> tuple[int, int | None] | None:
         """A tenant's slices and pinned base partition (None: not registered)."""

@@ -174,7 +174,10 @@ def on_deadline(
 
 
 def retryable(spec: SubWorkflow, error_kind: str | None) -> bool:
-    """Whether a child's failure may be retried: only a failed child, only when the step asks."""
+    """Whether a child's failure may be retried under the step's policy: a throttled start always,
+    a failed child only when the step asks (``retry_failed``)."""
+    if error_kind == ErrorKind.CHILD_THROTTLED:
+        return True
     return spec.retry_failed and error_kind == ErrorKind.CHILD_FAILED
 
 
@@ -188,12 +191,26 @@ def resolve(definitions: LatestDefinitions, tenant: str, name: str, version: int
     return next((w for w in definitions.latest_for(tenant) if w.name == name), None)
 
 
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """What a child request is held to on the child's core."""
+
+    max_depth: int  # SWITCHYARD_MAX_SUBWORKFLOW_DEPTH
+    max_data_bytes: int  # SWITCHYARD_MAX_TRIGGER_BYTES: the data lives in the child's state record
+    pending: int  # the tenant's runs waiting for a slot on this router
+    max_pending: int  # the tenant's max_pending_runs
+
+
 def refusal(
-    body: RunRequested, parent: RunParent, found: CompiledWorkflow | None, max_depth: int, max_data_bytes: int
+    body: RunRequested, parent: RunParent, found: CompiledWorkflow | None, bounds: Bounds
 ) -> tuple[ErrorKind, str] | None:
-    """Why a child request starts no run (the parent's step fails with it), or ``None``. The
-    child's trigger data is bounded like a tenant's trigger (``max_data_bytes``): it lives in the
-    child's state record."""
+    """Why a child request starts no run (the parent's step fails with it), or ``None``.
+
+    Child requests do not pass intake, whose pending bound pauses a tenant's triggers; without
+    one here a tenant's fan-out of calls could queue runs without limit, so a child is refused
+    ``child_throttled`` (retried under the step's policy) while the tenant has ``max_pending``
+    runs waiting."""
+    max_depth, max_data_bytes = bounds.max_depth, bounds.max_data_bytes
     if parent["depth"] > max_depth:
         return (
             ErrorKind.SUBWORKFLOW_TOO_DEEP,
@@ -213,6 +230,12 @@ def refusal(
             ErrorKind.INVALID_INPUT,
             f"the child's inputs are {size} bytes as JSON; a run's trigger data is at most {max_data_bytes}"
             " (SWITCHYARD_MAX_TRIGGER_BYTES): pass less (e.g. a reference to the data)",
+        )
+    if bounds.pending >= bounds.max_pending:
+        return (
+            ErrorKind.CHILD_THROTTLED,
+            f"tenant {body['tenant']} has {bounds.pending} runs waiting for a slot (max_pending_runs"
+            f" {bounds.max_pending}); the child run was not started",
         )
     return None
 

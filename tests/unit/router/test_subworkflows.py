@@ -348,3 +348,24 @@ def test_child_inputs_larger_than_a_trigger_fail_the_step() -> None:
     call = e.h.state.runs[parent_id].steps["call"]
     assert call.error_kind == "invalid_input" and "SWITCHYARD_MAX_TRIGGER_BYTES" in str(call.error_message)
     assert set(e.runs()) == {parent_id}
+
+
+def test_a_tenant_with_a_full_queue_gets_no_more_children_and_the_step_retries() -> None:
+    fan_out = workflow(
+        """
+name: fan
+version: 1
+trigger: {event: go}
+steps:
+  - {id: one, workflow: {name: child, inputs: {n: 1}}}
+  - {id: two, workflow: {name: child, inputs: {n: 2}},
+     retry: {max_attempts: 2, initial_backoff: 1, max_backoff: 1, jitter: 0}}
+"""
+    )
+    e = Engine(fan_out, CHILD, max_concurrent_runs=1)
+    e.h.tenants.configs[TENANT] = e.h.tenants.configs[TENANT].model_copy(update={"max_pending_runs": 1})
+    fan = e.h.start("k1", wf=fan_out)
+    e.settle()  # `one` is pending behind `fan` (one slot); `two` finds the queue full
+    run = e.h.state.runs[fan]
+    assert run.steps["two"].status == "retrying" and run.steps["two"].error_kind == "child_throttled"
+    assert [r.workflow for r in e.runs().values()].count("child") == 1
