@@ -141,7 +141,8 @@ def schedule(
 def cancel_child(run: RunState, step_id: str, rec: StepRecord, effects: Effects, reason: str) -> None:
     """The step stops waiting for its child (call before its status changes): cancel the child."""
     if rec.status == StepStatus.RUNNING and rec.child is not None:
-        effects.children.append(ChildCancel(step_id, rec.attempt, rec.child, reason))
+        # Bounded: a cancel's reason grows by a prefix at each level of a tree it goes down.
+        effects.children.append(ChildCancel(step_id, rec.attempt, rec.child, reason[:MESSAGE_CHARS]))
 
 
 def on_deadline(
