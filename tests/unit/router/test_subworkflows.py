@@ -369,3 +369,13 @@ steps:
     run = e.h.state.runs[fan]
     assert run.steps["two"].status == "retrying" and run.steps["two"].error_kind == "child_throttled"
     assert [r.workflow for r in e.runs().values()].count("child") == 1
+
+
+def test_parent_and_child_links_survive_the_state_record() -> None:
+    run = parent_run()
+    machine.start(run, PARENT, NOW)
+    run.parent = {"run_id": "grand", "step_id": "s", "attempt": 2, "partition": 3, "depth": 1}
+    again = RunState.from_json(run.to_json())
+    assert again == run
+    assert again.steps["call"].child == subworkflows.child_run_id("p1", "call", 1)
+    assert subworkflows.depth(again) == 1 and subworkflows.depth(parent_run()) == 0
