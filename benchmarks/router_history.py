@@ -120,6 +120,9 @@ class Catalog:
     def get(self, tenant: str, name: str, version: int) -> CompiledWorkflow | None:
         return WORKFLOW
 
+    def latest_for(self, tenant: str) -> list[CompiledWorkflow]:
+        return []
+
     def untrusted_reason(self, tenant: str, workflow: str, version: int) -> str | None:
         return None
 

@@ -78,6 +78,9 @@ class Catalog:
     def get(self, tenant: str, name: str, version: int) -> CompiledWorkflow | None:
         return self.wf if (name, version) == (self.wf.name, self.wf.version) else None
 
+    def latest_for(self, tenant: str) -> list[CompiledWorkflow]:
+        return []
+
     def untrusted_reason(self, tenant: str, workflow: str, version: int) -> str | None:
         return None
 

@@ -225,6 +225,15 @@ class Settings(BaseSettings):
             " longer one, and the executor ends any attempt at this limit (kind timeout)."
         ),
     )
+    max_subworkflow_depth: int = Field(
+        default=5,
+        ge=1,
+        le=50,
+        description=(
+            "Deepest nesting of sub-workflow runs (a triggered run is depth 0, its child 1): a"
+            " `workflow:` step whose child would be deeper fails with subworkflow_too_deep."
+        ),
+    )
     deadline_grace_ms: int = Field(
         default=2_000,
         ge=0,

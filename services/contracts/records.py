@@ -35,8 +35,19 @@ class TriggerEvent(TypedDict):
     occurred_at: int | None
 
 
+class RunParent(TypedDict):
+    """The run and step attempt that started a sub-workflow run (and awaits its outcome)."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    partition: int
+    depth: int
+
+
 class RunRequested(TypedDict):
-    """Intake → core: a trigger that matched a workflow, with the run id it will have."""
+    """Intake → core: a trigger that matched a workflow, with the run id it will have; or a
+    parent run's core → core: a sub-workflow's child run (``parent`` set)."""
 
     run_id: str
     tenant: str
@@ -48,6 +59,7 @@ class RunRequested(TypedDict):
     correlation_id: str
     requested_at: int
     source: str
+    parent: RunParent | None
 
 
 class StepCommand(TypedDict):

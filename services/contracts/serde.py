@@ -84,6 +84,9 @@ def decode(data: bytes | None, expected: str | None = None) -> tuple[str, dict[s
             writer.parsed,
             reader.parsed if reader is not writer else None,
             return_record_name=True,
+            # Only a union of several records (the inbox body) names its branch: an optional
+            # record (``RunRequested.parent``) reads as the record itself.
+            return_record_name_override=True,
         )
     except Exception as exc:  # fastavro raises many types on corrupt input
         raise ContractError("bad_avro", f"cannot decode {writer.name}: {type(exc).__name__}: {exc}") from exc

@@ -118,6 +118,11 @@ class ErrorKind(StrEnum):
     RUN_OUTPUT_TOO_LARGE = "run_output_too_large"
     FAILED = "failed"
     ERROR = "error"
+    CHILD_FAILED = "child_failed"
+    CHILD_CANCELLED = "child_cancelled"
+    CHILD_UNAVAILABLE = "child_unavailable"
+    CHILD_THROTTLED = "child_throttled"
+    SUBWORKFLOW_TOO_DEEP = "subworkflow_too_deep"
     # A dead-lettered record.
     BAD_FRAMING = "bad_framing"
     BAD_AVRO = "bad_avro"
@@ -210,6 +215,19 @@ ERROR_KINDS: dict[ErrorKind, KindInfo] = {
     _K.RUN_OUTPUT_TOO_LARGE: KindInfo(False, "step", "the run's kept step outputs would pass their bound"),
     _K.FAILED: KindInfo(False, "step", "a run failed with no failed step to name the cause"),
     _K.ERROR: KindInfo(False, "step", "the projector's name for a failure event that carries no kind"),
+    _K.CHILD_FAILED: KindInfo(
+        False, "step", "a workflow step's child run failed (retried only with `workflow.retry_failed`)"
+    ),
+    _K.CHILD_CANCELLED: KindInfo(False, "step", "a workflow step's child run was cancelled"),
+    _K.CHILD_UNAVAILABLE: KindInfo(
+        False, "step", "a workflow step names no published, trusted workflow (or version) of the tenant"
+    ),
+    _K.CHILD_THROTTLED: KindInfo(
+        True, "step", "a child run was not started: its tenant has max_pending_runs runs waiting"
+    ),
+    _K.SUBWORKFLOW_TOO_DEEP: KindInfo(
+        False, "step", "a child run would nest deeper than SWITCHYARD_MAX_SUBWORKFLOW_DEPTH"
+    ),
     _K.BAD_FRAMING: KindInfo(False, "record", "not Confluent-framed Avro (or empty where a record was due)"),
     _K.BAD_AVRO: KindInfo(False, "record", "the Avro body does not decode with its writer schema"),
     _K.UNKNOWN_SCHEMA: KindInfo(False, "record", "the record's schema id is not known to this build"),

@@ -63,6 +63,7 @@ COLUMN_LIMITS: dict[str, dict[str, int]] = {
         "event_type": MAX_NAME,
         "error_kind": MAX_KIND,
         "error_message": MAX_MESSAGE,
+        "parent_run_id": MAX_NAME,
     },
     "steps": {
         "run_id": MAX_NAME,

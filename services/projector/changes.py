@@ -77,6 +77,7 @@ class RunUpdate(TypedDict, total=False):
     finished_at: datetime | None
     error_kind: str | None
     error_message: str | None
+    parent_run_id: str | None
 
 
 class StepKey(TypedDict):
@@ -179,6 +180,9 @@ def run_update(ev: ProjectedEvent) -> RunUpdate:
                 "idempotency_key": storable_optional_id(trigger.get("idempotency_key"), MAX_LONG_ID),
             }
         )
+        parent = ev.detail.get("parent")  # a sub-workflow's child run
+        if isinstance(parent, dict):
+            values["parent_run_id"] = storable_optional(parent.get("run_id"), MAX_NAME)
     if not ev.is_run_event or not ev.state:
         return values
     values["state"] = ev.state

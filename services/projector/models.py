@@ -70,6 +70,7 @@ class Run(Base):
     last_seq: Mapped[int] = mapped_column(Integer)
     error_kind: Mapped[str | None] = mapped_column(String)
     error_message: Mapped[str | None] = mapped_column(Text)
+    parent_run_id: Mapped[str | None] = mapped_column(String)  # a sub-workflow's parent run
 
     __table_args__ = (
         Index(None, "created_at"),
@@ -82,6 +83,7 @@ class Run(Base):
         # the console's runs list (migration 0004_console)
         Index(None, "tenant", "state", "created_at"),
         Index(None, "idempotency_key"),
+        Index(None, "parent_run_id"),  # a parent's children (migration 0005_subworkflows)
     )
 
 

@@ -150,6 +150,7 @@ RUN_SET_COLUMNS = (
     "finished_at",
     "error_kind",
     "error_message",
+    "parent_run_id",
 )
 
 

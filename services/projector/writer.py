@@ -242,6 +242,7 @@ _RUN_TYPES = {
     "finished_at": "timestamptz",
     "error_kind": "text",
     "error_message": "text",
+    "parent_run_id": "text",
 }
 _RUN_PLAN = {
     "run_id": "text",

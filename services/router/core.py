@@ -47,10 +47,18 @@ from services.bus.txloop import Outbox
 from services.config import Settings
 from services.contracts import serde, strict_json
 from services.contracts.dead_letters import bounded_identity, encode_dead_letter
-from services.contracts.records import ControlCommand, InboxBody, RunRequested, StepResult, decode_inbox
+from services.contracts.records import (
+    ControlCommand,
+    InboxBody,
+    RunParent,
+    RunRequested,
+    StepResult,
+    decode_inbox,
+)
 from services.contracts.text import bounded_text
+from services.contracts.vocabulary import ErrorKind
 from services.observability import metrics
-from services.router import control, machine, retention
+from services.router import control, machine, retention, subworkflow_records, subworkflows
 from services.router.admission import ACTIVE
 from services.router.history import HistoryPaused, HistoryUnavailable, KnownRun, NoHistory, RunHistory
 from services.router.load import TenantLoad
@@ -91,6 +99,8 @@ class Definitions(Protocol):
     """What the core reads of the definitions registry (``DefinitionCatalog``)."""
 
     def get(self, tenant: str, name: str, version: int) -> CompiledWorkflow | None: ...
+
+    def latest_for(self, tenant: str) -> list[CompiledWorkflow]: ...
 
     def untrusted_reason(self, tenant: str, workflow: str, version: int) -> str | None: ...
 
@@ -171,6 +181,7 @@ class CoreProcessor:
         self._wanted: dict[tuple[int, str], None] = {}  # (partition, tenant) queues to look at
         self._out: Outbox | None = None  # the outbox of the transaction under way
         self._next_trust_check_ms = 0
+        self._place = subworkflow_records.placement(self._slices, settings.internal_partitions)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -398,7 +409,15 @@ class CoreProcessor:
                 f" ({known.state}{finished}): a trigger with the same idempotency key does not run it"
                 " again",
             )
-        workflow = self.catalog.get(body["tenant"], body["workflow"], body["version"])
+        parent = body.get("parent")
+        if parent is not None:  # a sub-workflow's child run, requested by its parent's core
+            workflow = subworkflows.resolve(self.catalog, body["tenant"], body["workflow"], body["version"])
+            refused = subworkflows.refusal(body, parent, workflow, self._child_bounds(body["tenant"]))
+            if refused is not None:
+                self._refuse_child(body, parent, *refused, out)
+                return
+        else:
+            workflow = self.catalog.get(body["tenant"], body["workflow"], body["version"])
         if workflow is None:
             raise StepRejected(
                 "unknown_definition",
@@ -419,10 +438,15 @@ class CoreProcessor:
             partition=state.partition,
             correlation_id=body["correlation_id"],
             idempotency_key=body["idempotency_key"],
-            trigger={"event": body["event_type"], "data": data},
+            # A child's trigger event is its workflow's own (its parent named the workflow, not an event).
+            trigger={
+                "event": workflow.definition.trigger.event if parent else body["event_type"],
+                "data": data,
+            },
             arrival=state.arrivals,
             created_ms=self.now_ms(),
             steps=machine.new_run_steps(workflow),
+            parent=parent,
         )
         state.runs[run_id] = run
         source = body["source"]
@@ -441,6 +465,22 @@ class CoreProcessor:
                 del state.runs[run_id]
             raise
         metrics.RUNS_STARTED.labels(run.tenant, run.workflow).inc()
+
+    def _refuse_child(
+        self, body: RunRequested, parent: RunParent, kind: ErrorKind, message: str, out: Outbox
+    ) -> None:
+        """A child request that starts no run: its parent's step fails with why."""
+        result = subworkflows.refused_result(body, parent, kind, message, self.now_ms())
+        send(out, subworkflow_records.result_record(result, parent, self.topics.inbox, out.max_record_bytes))
+        log.info(
+            "child run refused: %s",
+            kind,
+            extra={
+                "tenant": body["tenant"],
+                "run_id": parent["run_id"],
+                "correlation_id": body["correlation_id"],
+            },
+        )
 
     def _result(self, state: PartitionState, body: StepResult, out: Outbox) -> None:
         run = state.runs.get(body["run_id"])
@@ -615,7 +655,20 @@ class CoreProcessor:
         if effects.commands:
             workflow = self._workflow(run)
             scopes = list(workflow.definition.scopes) if workflow else []
-        return self.mapper.step(run, effects, scopes, now, out.max_record_bytes)
+        # A child's outcome is read before the step shrinks its state (a succeeded run's outputs go).
+        outcome = subworkflows.outcome(run, now) if effects.finished else None
+        limit = out.max_record_bytes
+        records, changelog = self.mapper.step(run, effects, scopes, now, limit)
+        if effects.children:
+            inbox = self.topics.inbox
+            records.records.extend(
+                subworkflow_records.child_records(run, effects.children, now, inbox, self._place, limit)
+            )
+        if outcome is not None and run.parent is not None:
+            records.records.append(
+                subworkflow_records.result_record(outcome, run.parent, self.topics.inbox, limit)
+            )
+        return records, changelog
 
     def _commit(
         self,
@@ -770,6 +823,20 @@ class CoreProcessor:
     # --- helpers -------------------------------------------------------------------------------------------
     def _workflow(self, run: RunState) -> CompiledWorkflow | None:
         return self.catalog.get(run.tenant, run.workflow, run.version)
+
+    def _child_bounds(self, tenant: str) -> subworkflows.Bounds:
+        config = self.tenants.get(tenant)
+        return subworkflows.Bounds(
+            max_depth=self.settings.max_subworkflow_depth,
+            max_data_bytes=self.settings.max_trigger_bytes,
+            pending=sum(len(p.admission.pending.get(tenant, ())) for p in self.partitions.values()),
+            max_pending=config.max_pending_runs if config is not None else 0,
+        )
+
+    def _slices(self, tenant: str) -> tuple[int, int | None] | None:
+        """A tenant's slices and pinned base partition (None: not registered)."""
+        config = self.tenants.get(tenant)
+        return None if config is None else (config.slices, config.base_partition)
 
     def _label(self, tenant: object) -> str:
         """The metrics label of a tenant an input names (one shared value for unregistered names)."""

@@ -10,7 +10,7 @@ here (plain dicts at run time); :data:`EventDetail` is any of them. Values that 
 # ``__required_keys__`` (which tests hold the machine's events to) is right.
 from typing import Any, NotRequired, TypeAlias, TypedDict
 
-from services.contracts.records import JsonObject
+from services.contracts.records import JsonObject, RunParent
 
 
 class TriggerSummary(TypedDict):
@@ -25,6 +25,7 @@ class RunPendingDetail(TypedDict):
     trigger: TriggerSummary
     source: str
     trigger_omitted: NotRequired[str]  # why the lean form left the trigger's data out
+    parent: NotRequired[RunParent]  # a sub-workflow's child run: the step attempt awaiting it
 
 
 class AttemptTiming(TypedDict):
@@ -57,6 +58,17 @@ class StepFailureDetail(TypedDict):
 
 class StepScheduledDetail(TypedDict):
     action: str
+    inputs: JsonObject
+    deadline: int
+    idempotency_key: str
+
+
+class ChildScheduledDetail(TypedDict):
+    """``step_scheduled`` of a ``workflow:`` step: the child run it started (and is waiting for)."""
+
+    workflow: str
+    version: int | None  # None: the latest trusted version (the child run records which)
+    child_run_id: str
     inputs: JsonObject
     deadline: int
     idempotency_key: str
@@ -108,6 +120,7 @@ EventDetail: TypeAlias = (
     | StepSucceededDetail
     | StepFailureDetail
     | StepScheduledDetail
+    | ChildScheduledDetail
     | ReasonDetail
     | RunCancelledDetail
     | RunFailedDetail

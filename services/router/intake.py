@@ -546,6 +546,7 @@ class IntakeProcessor:
             "correlation_id": correlation_id,
             "requested_at": int(time.time() * 1000),
             "source": f"{msg.topic()}/{msg.partition()}/{msg.offset()}",
+            "parent": None,
         }
         value = serde.encode_inbox("RunRequested", body)
         headers = headers_for(tenant.tenant, run_id, correlation_id)

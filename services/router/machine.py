@@ -18,7 +18,7 @@ from services.config import Settings
 from services.contracts import strict_json
 from services.contracts.records import ControlCommand, JsonObject, StepResult
 from services.contracts.vocabulary import RUN_END_EVENTS, ErrorKind, EventType, RunStatus, StepStatus
-from services.router import retention
+from services.router import retention, subworkflows
 from services.router.event_details import (
     AttemptTiming,
     ControlDetail,
@@ -86,6 +86,7 @@ class Effects:
     commands: list[Command] = field(default_factory=list)
     timers: list[Timer] = field(default_factory=list)
     dead_letters: list[DeadLetterRequest] = field(default_factory=list)
+    children: list[subworkflows.ChildEffect] = field(default_factory=list)  # sub-workflow runs
 
     @property
     def finished(self) -> bool:
@@ -121,6 +122,8 @@ def admitted(run: RunState, source: str, omitted: str | None = None) -> Effects:
     detail: RunPendingDetail = {"trigger": trigger, "source": source}
     if omitted is not None:
         detail["trigger_omitted"] = omitted
+    if run.parent is not None:
+        detail["parent"] = run.parent
     return Effects(events=[Event(EventType.RUN_PENDING, state=RunStatus.PENDING.value, detail=detail)])
 
 
@@ -198,13 +201,17 @@ def _reported_failure(
     grace_ms: int,
 ) -> None:
     """An attempt its executor reported failed: retried or failed as the step's policy says."""
+    retryable = bool(result.get("retryable", True))
+    spec = workflow.definition.step(result["step_id"]).workflow
+    if spec is not None:  # a child run's outcome: the step decides
+        retryable = subworkflows.retryable(spec, result.get("error_kind"))
     _failed_attempt(
         run,
         workflow,
         result["step_id"],
         result.get("error_kind") or ErrorKind.ACTION_ERROR,
         result.get("error_message") or "",
-        bool(result.get("retryable", True)),
+        retryable,
         now_ms,
         rand,
         effects,
@@ -304,6 +311,12 @@ def on_timer(
         _schedule(run, workflow, timer.step_id, now_ms, effects, deadline_grace_ms)
         _refresh_status(run, effects)
     elif timer.kind == "deadline" and rec.status == StepStatus.RUNNING:
+        spec = workflow.definition.step(timer.step_id).workflow
+        if spec is not None:
+            subworkflows.on_deadline(
+                run, workflow, timer.step_id, spec, now_ms, rand, effects, deadline_grace_ms
+            )
+            return effects
         _failed_attempt(
             run,
             workflow,
@@ -326,6 +339,9 @@ def cancel(run: RunState, requester: str, reason: str) -> Effects:
         return effects
     for step_id, rec in run.steps.items():
         if rec.status in (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.RETRYING):
+            subworkflows.cancel_child(
+                run, step_id, rec, effects, f"parent run cancelled by {requester}: {reason}"
+            )
             rec.status = StepStatus.CANCELLED
             rec.deadline_ms = rec.retry_at_ms = None
             effects.events.append(
@@ -551,9 +567,13 @@ def _schedule(
             }
         )
         return
+    if step.workflow is not None:
+        subworkflows.schedule(run, step_id, step.workflow, inputs, now_ms, effects)
+        return
     deadline = now_ms + int(step.timeout * 1000)
     rec.status = StepStatus.RUNNING
     rec.deadline_ms = deadline + grace_ms
+    assert step.action is not None  # exactly one kind (models.Step._one_kind)
     command = Command(step_id, rec.attempt, step.action, inputs, deadline)
     effects.commands.append(command)
     effects.timers.append(Timer(rec.deadline_ms, run.run_id, step_id, rec.attempt, "deadline"))
@@ -637,6 +657,7 @@ def _fail_run(
 ) -> None:
     for sid, rec in run.steps.items():
         if rec.status in (StepStatus.RUNNING, StepStatus.RETRYING):
+            subworkflows.cancel_child(run, sid, rec, effects, f"parent run failed: {kind}")
             rec.status = StepStatus.CANCELLED
             rec.deadline_ms = rec.retry_at_ms = None
             effects.events.append(

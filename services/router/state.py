@@ -32,7 +32,7 @@ from typing import Any, TypedDict, cast
 import orjson
 
 from services.contracts import strict_json
-from services.contracts.records import JsonObject
+from services.contracts.records import JsonObject, RunParent
 from services.contracts.text import utf8_safe
 from services.contracts.vocabulary import RunStatus as RunStatus  # re-exported for existing importers
 
@@ -62,6 +62,7 @@ class StepRecord:
     error_message: str | None = None
     retry_base: int = 0  # attempts before the last replay; the retry budget counts from here
     output_bytes: int = 0  # size of ``output`` as JSON: counts toward the run's output budget
+    child: str | None = None  # a workflow step's child run id (of its latest attempt)
 
     def copy(self) -> StepRecord:
         return StepRecord(
@@ -74,6 +75,7 @@ class StepRecord:
             self.error_message,
             self.retry_base,
             self.output_bytes,
+            self.child,
         )
 
 
@@ -111,6 +113,8 @@ class RunState:
     compacted: str | None = None  # why a finished run's replay state was dropped (None: kept)
     # Control command ids decided for this run -> issued-at ms (services.control.command_log).
     commands: dict[str, int] = field(default_factory=dict)
+    # The run and step attempt that started this run as a sub-workflow (None: a trigger did).
+    parent: RunParent | None = None
 
     def __post_init__(self) -> None:
         # The idempotency key and the tenant are fields of their own; older snapshots also kept
@@ -208,6 +212,7 @@ class RunState:
                     r.error_message,
                     r.retry_base,
                     r.output_bytes,
+                    r.child,
                 ]
                 for k, r in self.steps.items()
             },
@@ -215,6 +220,7 @@ class RunState:
             self.replays,
             self.compacted,
             self.commands,
+            self.parent,
         ]
 
     @classmethod
@@ -267,6 +273,7 @@ _RUN_FIELDS = (
     "replays",
     "compacted",
     "commands",
+    "parent",
 )
 _STATUS, _STEPS = _RUN_FIELDS.index("status"), _RUN_FIELDS.index("steps")
 _STEP_FIELDS = (
@@ -279,6 +286,7 @@ _STEP_FIELDS = (
     "error_message",
     "retry_base",
     "output_bytes",
+    "child",
 )
 
 

@@ -39,8 +39,13 @@ CEL_RESERVED_WORDS = frozenset(
 MAX_SAFE_INTEGER = 2**53 - 1
 #: Upper bound of a step timeout: one day.
 MAX_TIMEOUT_SECONDS = 24 * 60 * 60.0
+#: Upper bound of anything a step waits for without an executor (a child run, a wait): 366 days.
+MAX_WAIT_SECONDS = 366 * 24 * 60 * 60.0
+#: How long a `workflow:` step waits for its child run unless it says otherwise: one day.
+SUBWORKFLOW_TIMEOUT_SECONDS = 24 * 60 * 60.0
 
 STEP_ID_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+WORKFLOW_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
 ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
 ERROR_KIND_PATTERN = r"^[a-z][a-z0-9_.]{0,63}$"
 
@@ -140,14 +145,62 @@ class Trigger(BaseModel):
     )
 
 
+class SubWorkflow(BaseModel):
+    """A `workflow:` step: run another published workflow of the same tenant as a child run and
+    wait for it (its outcome is the step's; see :mod:`services.router.subworkflows`)."""
+
+    model_config = _CONFIG
+
+    name: Annotated[str, StringConstraints(pattern=WORKFLOW_NAME_PATTERN)] = Field(
+        description="Name of a published workflow of the same tenant."
+    )
+    version: int | None = Field(
+        None,
+        ge=1,
+        le=2**31 - 1,
+        description="Version to run; absent: the latest trusted version when the step starts (then "
+        "pinned: the child run keeps it, the step's output records it).",
+    )
+    inputs: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="The child run's trigger data (`trigger.data` in the child), templated like an "
+        "action's inputs (no secrets: the child references its own).",
+    )
+    timeout: float = Field(
+        SUBWORKFLOW_TIMEOUT_SECONDS,
+        gt=0,
+        le=MAX_WAIT_SECONDS,
+        description="Seconds one attempt waits for its child run (default one day, at most 366 days); "
+        "past it the child is cancelled and the step times out.",
+    )
+    retry_failed: bool = Field(
+        False,
+        description="Retry a failed or timed-out child under the step's `retry` policy (each attempt "
+        "starts a new child run); default: a failed child fails the step at once.",
+    )
+
+    @field_validator("inputs")
+    @classmethod
+    def _json_numbers(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        _check_json_numbers(value)
+        return value
+
+
+#: The fields that choose a step's kind; a step has exactly one.
+STEP_KIND_FIELDS = ("action", "wait", "wait_for", "approval", "workflow")
+
+
 class Step(BaseModel):
     """One node of the DAG: an action with templated inputs, its dependencies and its policies."""
 
     model_config = _CONFIG
 
     id: StepId = Field(description="Unique step id; other steps refer to it in `needs` and `steps.<id>`.")
-    action: Annotated[str, StringConstraints(pattern=ACTION_PATTERN)] = Field(
-        description="Action to run, e.g. `echo` or `firm.update_record`."
+    action: Annotated[str, StringConstraints(pattern=ACTION_PATTERN)] | None = Field(
+        None, description="Action to run, e.g. `echo` or `firm.update_record`."
+    )
+    workflow: SubWorkflow | None = Field(
+        None, description="Run another workflow of the tenant as a child run and wait for its outcome."
     )
     inputs: dict[str, JsonValue] = Field(
         default_factory=dict,
@@ -179,6 +232,22 @@ class Step(BaseModel):
         _check_json_numbers(value)
         return value
 
+    @model_validator(mode="after")
+    def _one_kind(self) -> Step:
+        chosen = [name for name in STEP_KIND_FIELDS if getattr(self, name, None) is not None]
+        if len(chosen) != 1:
+            raise ValueError("a step has exactly one of action, wait, wait_for, approval, workflow")
+        if self.workflow is not None and self.inputs:
+            raise ValueError("a workflow step's inputs go under `workflow.inputs` (the child's trigger data)")
+        if self.workflow is not None and self.timeout != Step.model_fields["timeout"].default:
+            raise ValueError("a workflow step's timeout goes under `workflow.timeout` (default one day)")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """``action`` | ``wait`` | ``wait_for`` | ``approval`` | ``workflow``: which field the step has."""
+        return next(name for name in STEP_KIND_FIELDS if getattr(self, name, None) is not None)
+
 
 class WorkflowDefinition(BaseModel):
     """A versioned, declarative DAG workflow. ``(tenant, name, version)`` identifies it; versions are
@@ -192,7 +261,7 @@ class WorkflowDefinition(BaseModel):
         json_schema_extra={"$id": "https://switchyard.dev/schemas/workflow-definition.schema.json"},
     )
 
-    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")] = Field(
+    name: Annotated[str, StringConstraints(pattern=WORKFLOW_NAME_PATTERN)] = Field(
         description="Workflow name, unique per tenant."
     )
     version: int = Field(

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from services.workflow.dag import Dag, ancestors, find_cycles
 from services.workflow.expressions import CompiledExpression, ExpressionError, compile_expression
-from services.workflow.models import RetryPolicy, Step, Trigger, WorkflowDefinition
+from services.workflow.models import RetryPolicy, Step, SubWorkflow, Trigger, WorkflowDefinition
 from services.workflow.problems import DefinitionError, PathPart, Problem, format_path
 from services.workflow.templates import CompiledInputs, compile_inputs
 
@@ -38,6 +38,8 @@ class _StepView:
     needs: list[tuple[int, str]]
     when: str | None
     inputs: Mapping[str, Any] | None
+    inputs_at: tuple[str, ...] = ("inputs",)  # where the inputs are in the step (for problems)
+    calls: str | None = None  # a `workflow:` step's child workflow name
 
 
 @dataclass(slots=True)
@@ -66,6 +68,11 @@ def _view_from_data(data: Mapping[str, Any]) -> _View:
             continue
         needs = raw.get("needs")
         inputs = raw.get("inputs")
+        child = raw.get("workflow")
+        calls: str | None = None
+        if isinstance(child, dict):
+            inputs = child.get("inputs")
+            calls = child["name"] if isinstance(child.get("name"), str) else None
         steps.append(
             _StepView(
                 index=i,
@@ -76,6 +83,8 @@ def _view_from_data(data: Mapping[str, Any]) -> _View:
                 else [],
                 when=raw["when"] if isinstance(raw.get("when"), str) else None,
                 inputs=inputs if isinstance(inputs, dict) else None,
+                inputs_at=("workflow", "inputs") if isinstance(child, dict) else ("inputs",),
+                calls=calls,
             )
         )
     return _View(steps, flt if isinstance(flt, str) else None)
@@ -84,6 +93,17 @@ def _view_from_data(data: Mapping[str, Any]) -> _View:
 def _view_from_model(defn: WorkflowDefinition) -> _View:
     steps = [
         _StepView(i, s.id, s.action, list(enumerate(s.needs)), s.when, s.inputs)
+        if s.workflow is None
+        else _StepView(
+            i,
+            s.id,
+            None,
+            list(enumerate(s.needs)),
+            s.when,
+            s.workflow.inputs,
+            ("workflow", "inputs"),
+            s.workflow.name,
+        )
         for i, s in enumerate(defn.steps)
     ]
     return _View(steps, defn.trigger.filter)
@@ -101,6 +121,8 @@ def _model_at(loc: Sequence[PathPart]) -> type[BaseModel] | None:
         ((str, int), Step),
         ((str, int, str), RetryPolicy),
     ]
+    if len(loc) == 3 and loc[2] == "workflow":
+        return SubWorkflow
     for shape, model in shapes:
         if len(loc) == len(shape) and all(isinstance(p, t) for p, t in zip(loc, shape, strict=True)):
             return model
@@ -266,15 +288,42 @@ def _expression_problems(
             compiled, template_problems = compile_inputs(step.inputs)
             for tp in template_problems:
                 problems.append(
-                    Problem(file, format_path(("steps", step.index, "inputs", *tp.path)), str(tp.error))
+                    Problem(
+                        file, format_path(("steps", step.index, *step.inputs_at, *tp.path)), str(tp.error)
+                    )
                 )
             for key, value in step.inputs.items():
                 sub, _ = compile_inputs({key: value})
-                where = format_path(("steps", step.index, "inputs", key))
+                where = format_path(("steps", step.index, *step.inputs_at, key))
                 problems.extend(_reference_problems(sub.step_refs, step, ancestry, first_at, where, file))
             if step.id is not None:
                 parts.inputs[step.id] = compiled
+            if step.calls is not None and compiled.secret_refs:
+                problems.append(
+                    Problem(
+                        file,
+                        format_path(("steps", step.index, *step.inputs_at)),
+                        "a child workflow's inputs cannot reference secrets "
+                        f"({', '.join(sorted(compiled.secret_refs))}); reference them in the child's"
+                        " own steps",
+                    )
+                )
     return problems
+
+
+def _call_problems(view: _View, name: str | None, file: str) -> list[Problem]:
+    """A workflow that calls itself directly would start runs of itself until the depth bound
+    (and deadlock under a concurrency of 1): refused. Longer cycles (a calls b calls a) are not
+    visible in one definition; the run-time depth bound ends them."""
+    return [
+        Problem(
+            file,
+            f"steps[{step.index}].workflow.name",
+            f"workflow {name!r} calls itself; a sub-workflow must be another workflow",
+        )
+        for step in view.steps
+        if name is not None and step.calls == name
+    ]
 
 
 def _attach_lines(problems: Sequence[Problem], lines: Mapping[str, int] | None) -> list[Problem]:
@@ -300,6 +349,7 @@ def check_definition(
     parts = CompiledParts()
     problems = _graph_problems(view, file)
     problems.extend(_expression_problems(view, file, known_actions, parts))
+    problems.extend(_call_problems(view, defn.name, file))
     if not problems:
         parts.dag = Dag.from_needs({s.id: s.needs for s in defn.steps})
     return problems, parts
@@ -330,6 +380,8 @@ def validate_definition_data(
         view = _view_from_data(data)
         found.extend(_graph_problems(view, file))
         found.extend(_expression_problems(view, file, known_actions, CompiledParts()))
+        name = data.get("name")
+        found.extend(_call_problems(view, name if isinstance(name, str) else None, file))
     if found:
         located = _attach_lines(found, lines)
         raise DefinitionError(sorted(located, key=lambda p: (p.line is None, p.line or 0)))

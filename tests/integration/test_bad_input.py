@@ -383,6 +383,7 @@ def test_bad_input_corpus_is_dead_lettered_with_specific_reasons(
         "correlation_id": "forged",
         "requested_at": now,
         "source": "mallory",
+        "parent": None,
     }
     forged_part = partition_for("acme", forged["run_id"], PARTITIONS, PARTITIONS)
     corpus.send(

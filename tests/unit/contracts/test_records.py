@@ -26,6 +26,8 @@ def python_type(avro: Any) -> Any:
     if isinstance(avro, dict):
         if avro["type"] == "enum":
             return typing.Literal[tuple(avro["symbols"])]
+        if avro["type"] == "record":
+            return getattr(records, avro["name"])
         if avro["type"] == "array":
             return list[python_type(avro["items"])]  # type: ignore[misc]
         return python_type(avro["type"])

@@ -51,6 +51,15 @@ def test_run_pending_records_the_trigger() -> None:
     )
 
 
+def test_a_child_runs_pending_event_records_its_parent() -> None:
+    parent = {"run_id": "p1", "step_id": "call", "attempt": 1, "partition": 0, "depth": 1}
+    values = run_update(ev("run_pending", state="pending", seq=1, detail={"trigger": {}, "parent": parent}))
+    assert values["parent_run_id"] == "p1"
+    assert "parent_run_id" not in run_update(
+        ev("run_pending", state="pending", seq=1, detail={"trigger": {}})
+    )
+
+
 def test_terminal_run_states_finish_the_run() -> None:
     for type_, state in (("run_succeeded", "succeeded"), ("run_cancelled", "cancelled")):
         values = run_update(ev(type_, state=state))

@@ -75,6 +75,6 @@ class Registry:
     def publish(self, e: DefinitionEntry) -> None:
         self.definitions.put(definition_key(e.tenant, e.signed.name, e.signed.version), e)
 
-    def steps(self, version: int = 1) -> list[str] | None:
+    def steps(self, version: int = 1) -> list[str | None] | None:
         workflow = self.catalog.get("acme", "chain", version)
         return None if workflow is None else [s.action for s in workflow.definition.steps]

@@ -147,6 +147,13 @@ class FakeCatalog:
     def untrusted_reason(self, tenant: str, workflow: str, version: int) -> str | None:
         return self.untrusted.get((tenant, workflow, version))
 
+    def latest_for(self, tenant: str) -> list[CompiledWorkflow]:
+        latest: dict[str, CompiledWorkflow] = {}
+        for (owner, name, version), wf in sorted(self.workflows.items()):
+            if owner == tenant and (owner, name, version) not in self.untrusted:
+                latest[name] = wf
+        return list(latest.values())
+
 
 @dataclass
 class FakeTenants:
