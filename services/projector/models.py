@@ -83,7 +83,7 @@ class Run(Base):
         # the console's runs list (migration 0004_console)
         Index(None, "tenant", "state", "created_at"),
         Index(None, "idempotency_key"),
-        Index(None, "parent_run_id"),  # a parent's children (migration 0005_subworkflows)
+        Index(None, "parent_run_id"),  # a parent's children (migration 0006_subworkflows)
     )
 
 

@@ -1,8 +1,8 @@
 """Sub-workflows: ``runs.parent_run_id`` (the run whose `workflow:` step started this one) and
 its index, so a parent's children are found without reading their events.
 
-Revision ID: 0005_subworkflows
-Revises: 0004_console
+Revision ID: 0006_subworkflows
+Revises: 0005_dlq_redrives
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_subworkflows"
-down_revision: str | None = "0004_console"
+revision: str = "0006_subworkflows"
+down_revision: str | None = "0005_dlq_redrives"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
