@@ -486,6 +486,15 @@ def step_timeout_problems(
         )
         for index, step in enumerate(defn.steps)
         if step.timeout > max_step_timeout_s
+    ] + [
+        Problem(
+            file,
+            f"context.{name}.timeout",
+            f"timeout {entry.timeout:g} s exceeds the runtime's limit of {max_step_timeout_s:g} s per"
+            " attempt (SWITCHYARD_MAX_STEP_TIMEOUT_S); lower the timeout or raise the limit",
+        )
+        for name, entry in defn.context.items()
+        if entry.timeout > max_step_timeout_s
     ]
 
 

@@ -9,6 +9,7 @@ from services.workflow import BUILTIN_ACTIONS, DefinitionError, Problem, load_de
 from services.workflow.compiled import compile_workflow
 from services.workflow.expressions import EvalContext, ExpressionError, compile_expression
 from services.workflow.models import MAX_CONTEXT_ENTRIES
+from services.workflow.validation import step_timeout_problems
 
 HEADER = """\
 name: ctx
@@ -130,3 +131,11 @@ def test_context_bounds() -> None:
     assert any(
         "unknown field 'input'" in p.message and "allowed fields" in p.message for p in problems_of(typo)
     )
+
+
+def test_a_context_timeout_is_held_to_the_runtime_limit_like_a_step_timeout() -> None:
+    text = GOOD.replace("    action: firm.get_record\n", "    action: firm.get_record\n    timeout: 7200\n")
+    defn = load_definition_text(text, "wf.yaml", known_actions=BUILTIN_ACTIONS)
+    (problem,) = step_timeout_problems(defn, 3600)
+    assert problem.path == "context.client.timeout" and "SWITCHYARD_MAX_STEP_TIMEOUT_S" in problem.message
+    assert step_timeout_problems(defn, 7200) == []
