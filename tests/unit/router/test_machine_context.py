@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from services.contracts.records import ControlCommand, StepResult
 from services.router import machine
 from services.router.event_details import StepFailureDetail
+from services.router.history import StoredRun, StoredStep
+from services.router.rehydrate import rehydrate
 from services.router.state import RunState, RunStatus
 from services.workflow.compiled import compile_workflow
 from services.workflow.loader import load_definition_text
@@ -175,3 +178,34 @@ def test_a_context_read_that_failed_is_read_again_by_a_replay() -> None:
     assert steps == ["context.client"]
     machine.replay(run, steps, replay_command(None))
     assert [(c.step_id, c.attempt) for c in machine.start(run, WF, 100).commands] == [("context.client", 2)]
+
+
+def test_a_run_read_back_from_its_history_keeps_its_context_for_the_replay() -> None:
+    """A run that left router memory (or succeeded: no replay state) is rebuilt from PostgreSQL,
+    where the projector keeps the hidden context step like any step, output included."""
+    stored = StoredRun(
+        run_id="r1",
+        tenant="t",
+        workflow="wf",
+        version=1,
+        state="succeeded",
+        correlation_id="c",
+        idempotency_key="k",
+        event_type="go",
+        trigger_data={"id": "c-1"},
+        trigger_omitted=False,
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        last_seq=9,
+        replays=0,
+        steps=(
+            StoredStep("context.client", "succeeded", 1, {"name": "Ada"}, None, None),
+            StoredStep("a", "succeeded", 1, {"name": "Ada"}, None, None),
+            StoredStep("b", "succeeded", 1, {}, None, None),
+        ),
+    )
+    run = rehydrate(stored, WF, partition=0, arrival=1, now_ms=5)
+    steps = machine.steps_to_replay(run, WF, "replay_run", "a")
+    assert steps == ["a", "b"]
+    machine.replay(run, steps, replay_command("a"))
+    fx = machine.start(run, WF, 100)
+    assert [(c.step_id, c.inputs) for c in fx.commands] == [("a", {"name": "Ada"})]
