@@ -10,15 +10,17 @@ to ``schemas/workflow-definition.schema.json`` (see :mod:`services.workflow.sche
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     JsonValue,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -250,6 +252,16 @@ class WorkflowDefinition(BaseModel):
         "Expressions see each result as `context.<name>`; replays keep it.",
         json_schema_extra={"maxProperties": MAX_CONTEXT_ENTRIES},
     )
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_context(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A definition is signed over its dump (services.workflow.signing): one without a
+        # context must dump exactly as before the field existed, or every definition published
+        # earlier would fail its content hash and signature after an upgrade.
+        data: dict[str, Any] = handler(self)
+        if not self.context:
+            data.pop("context", None)
+        return data
 
     def step(self, step_id: str) -> Step:
         """The step with id ``step_id``, or the hidden step of a ``context:`` entry

@@ -8,7 +8,8 @@ from services.contracts.vocabulary import StepStatus
 from services.workflow import BUILTIN_ACTIONS, DefinitionError, Problem, load_definition_text
 from services.workflow.compiled import compile_workflow
 from services.workflow.expressions import EvalContext, ExpressionError, compile_expression
-from services.workflow.models import MAX_CONTEXT_ENTRIES
+from services.workflow.models import MAX_CONTEXT_ENTRIES, WorkflowDefinition, to_json_value
+from services.workflow.signing import content_hash
 from services.workflow.validation import step_timeout_problems
 
 HEADER = """\
@@ -139,3 +140,16 @@ def test_a_context_timeout_is_held_to_the_runtime_limit_like_a_step_timeout() ->
     (problem,) = step_timeout_problems(defn, 3600)
     assert problem.path == "context.client.timeout" and "SWITCHYARD_MAX_STEP_TIMEOUT_S" in problem.message
     assert step_timeout_problems(defn, 7200) == []
+
+
+def test_a_definition_without_context_dumps_and_signs_as_before_the_field_existed() -> None:
+    """Signatures and content hashes are over the dump: definitions published before ``context:``
+    existed must still verify after an upgrade."""
+    plain = load_definition_text(HEADER + "steps:\n  - {id: a, action: noop}\n", "wf.yaml")
+    assert "context" not in plain.model_dump(mode="json")
+    assert "context" not in to_json_value(plain)
+    with_context = load_definition_text(GOOD, "wf.yaml")
+    dumped = with_context.model_dump(mode="json")
+    assert set(dumped["context"]) == {"client", "partners"}
+    assert WorkflowDefinition.model_validate(dumped) == with_context
+    assert content_hash(with_context) != content_hash(with_context.model_copy(update={"context": {}}))
