@@ -357,7 +357,7 @@ def _context_problems(
                 " Read related records with one firm.query",
             )
         )
-    reads = ", ".join(sorted(BUILTIN_READ_ACTIONS))
+    reads = ", ".join(sorted(a for a in BUILTIN_READ_ACTIONS if a.startswith("firm.")))
     for entry in view.context:
         where = format_path(("context", entry.name))
         if entry.action in BUILTIN_ACTIONS and entry.action not in BUILTIN_READ_ACTIONS:
@@ -366,7 +366,8 @@ def _context_problems(
                     file,
                     f"{where}.action",
                     f"{entry.action!r} is not a read action; context is read once at run start and kept"
-                    f" for replays, so it may only read (read actions: {reads}). Make it a step instead",
+                    f" for replays, so it may only read ({reads}, or an action that declares"
+                    " mutates = False). Make it a step instead",
                 )
             )
         elif known_actions is not None and entry.action is not None and entry.action not in known_actions:
@@ -375,7 +376,7 @@ def _context_problems(
                     file,
                     f"{where}.action",
                     f"unknown action {entry.action!r}{_suggest(entry.action, known_actions)};"
-                    f" read actions: {reads}",
+                    f" the firm's read actions: {reads}",
                 )
             )
         if entry.inputs is None:
