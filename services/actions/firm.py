@@ -29,7 +29,8 @@ Database: ``SWITCHYARD_FIRM_DATABASE_URL``, else ``DATABASE_URL`` (read at each 
 checked by the executor before anything is read) and declare ``mutates = False``, so a
 definition's ``context:`` may use them. Each runs in a ``READ ONLY`` transaction with a
 ``statement_timeout`` (``SWITCHYARD_FIRM_STATEMENT_TIMEOUT_MS``, cut to the attempt's deadline),
-parameterised statements only, and always ``WHERE tenant = <the command's tenant>``.
+parameterised statements only, and always ``WHERE tenant = <the command's tenant>``. Reads never
+create the tables (the database may be a replica, the role read-only): none yet means no records.
 
 * ``firm.get_record`` — inputs ``record_type``, ``id``, ``missing_ok`` (default false). Output as
   ``firm.update_record``'s (``id``, ``record_type``, ``version``, ``fields``, each field also at the
@@ -57,7 +58,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -71,6 +72,7 @@ from services.contracts.vocabulary import ErrorKind
 from services.executor.permissions import FIRM_DATA_READ, FIRM_DATA_WRITE
 from services.executor.plugins import ActionContext, ActionError, BaseAction
 
+T = TypeVar("T")
 FIRM_DATABASE_ENV = "SWITCHYARD_FIRM_DATABASE_URL"
 SCHEMA_LOCK = 0x5357_4652  # advisory lock id serialising concurrent CREATE TABLE IF NOT EXISTS
 ID_NAMESPACE = uuid.UUID("1d9a6f64-0c57-4c71-9a8e-0f3e0a9a6e11")
@@ -137,8 +139,12 @@ class _FirmDatabase(BaseAction):
         return "firm-db"
 
     async def _with_connection(
-        self, ctx: ActionContext, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[JsonObject]]
-    ) -> JsonObject:
+        self,
+        ctx: ActionContext,
+        work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
+        *,
+        create_schema: bool = True,
+    ) -> T:
         url = self._database_url or firm_database_url()
         if not url:
             raise ActionError(
@@ -150,7 +156,8 @@ class _FirmDatabase(BaseAction):
             raise ActionError("firm_db_unavailable", f"cannot connect: {exc}") from exc
         try:
             async with conn:
-                await self._ensure_schema(conn, url)
+                if create_schema:
+                    await self._ensure_schema(conn, url)
                 return await work(conn)
         except psycopg.errors.QueryCanceled as exc:
             raise ActionError(
@@ -319,24 +326,28 @@ class _FirmRead(_FirmDatabase):
         """Read at each call, like the database URL (tests and the demo set them late)."""
         return load_settings()
 
-    async def _read(
-        self,
-        ctx: ActionContext,
-        work: Callable[[psycopg.AsyncConnection[Any], ReadLimits], Awaitable[JsonObject]],
-    ) -> JsonObject:
-        limits = ReadLimits.of(self._settings(), ctx.remaining())
+    def _limits(self, ctx: ActionContext) -> ReadLimits:
+        return ReadLimits.of(self._settings(), ctx.remaining())
 
-        async def read_only(conn: psycopg.AsyncConnection[Any]) -> JsonObject:
-            async with conn.transaction():
-                await conn.execute("SET TRANSACTION READ ONLY")
-                await conn.execute(
-                    "SELECT set_config('statement_timeout', %s, true)", [str(limits.statement_timeout_ms)]
-                )
-                result = await work(conn, limits)
-            check_result_size(result, limits.max_bytes)
-            return result
+    async def _fetch(
+        self, ctx: ActionContext, limits: ReadLimits, statement: sql.Composed | str, params: list[Any]
+    ) -> list[tuple[Any, ...]]:
+        """The rows of one read-only, time-bounded statement. Reads never create the schema (the
+        database may be a replica, or the role may only read): no table yet means no records."""
 
-        return await self._with_connection(ctx, read_only)
+        async def read_only(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            try:
+                async with conn.transaction():
+                    await conn.execute("SET TRANSACTION READ ONLY")
+                    await conn.execute(
+                        "SELECT set_config('statement_timeout', %s, true)", [str(limits.statement_timeout_ms)]
+                    )
+                    cur = await conn.execute(statement, params)
+                    return await cur.fetchall()
+            except psycopg.errors.UndefinedTable:
+                return []
+
+        return await self._with_connection(ctx, read_only, create_schema=False)
 
 
 class ReadLimits:
@@ -434,17 +445,18 @@ class GetRecord(_FirmRead):
     Input = GetRecordInput
 
     async def run(self, ctx: ActionContext, inputs: GetRecordInput, /) -> JsonObject:
-        async def get(conn: psycopg.AsyncConnection[Any], limits: ReadLimits) -> JsonObject:
-            cur = await conn.execute(
-                "SELECT version, octet_length(fields::text),"
-                " CASE WHEN octet_length(fields::text) <= %s THEN fields END"
-                " FROM firm_records WHERE tenant = %s AND id = %s AND record_type = %s",
-                [limits.max_bytes, ctx.tenant, inputs.id, inputs.record_type],
-            )
-            row = await cur.fetchone()
-            return record_output(inputs, row, limits.max_bytes)
-
-        return await self._read(ctx, get)
+        limits = self._limits(ctx)
+        rows = await self._fetch(
+            ctx,
+            limits,
+            "SELECT version, octet_length(fields::text),"
+            " CASE WHEN octet_length(fields::text) <= %s THEN fields END"
+            " FROM firm_records WHERE tenant = %s AND id = %s AND record_type = %s",
+            [limits.max_bytes, ctx.tenant, inputs.id, inputs.record_type],
+        )
+        output = record_output(inputs, rows[0] if rows else None, limits.max_bytes)
+        check_result_size(output, limits.max_bytes)
+        return output
 
 
 def record_output(inputs: GetRecordInput, row: tuple[Any, ...] | None, max_bytes: int) -> JsonObject:
@@ -484,11 +496,10 @@ class Query(_FirmRead):
     Input = QueryInput
 
     async def run(self, ctx: ActionContext, inputs: QueryInput, /) -> JsonObject:
-        async def query(conn: psycopg.AsyncConnection[Any], limits: ReadLimits) -> JsonObject:
-            limit = query_limit(inputs, limits.max_rows)
-            statement, params = query_statement(ctx.tenant, inputs, limit, limits.max_bytes)
-            cur = await conn.execute(statement, params)
-            rows = await cur.fetchall()
-            return query_output(inputs.record_type, rows, limit, limits.max_bytes)
-
-        return await self._read(ctx, query)
+        limits = self._limits(ctx)
+        limit = query_limit(inputs, limits.max_rows)  # before connecting: a bad limit is final
+        statement, params = query_statement(ctx.tenant, inputs, limit, limits.max_bytes)
+        rows = await self._fetch(ctx, limits, statement, params)
+        output = query_output(inputs.record_type, rows, limit, limits.max_bytes)
+        check_result_size(output, limits.max_bytes)
+        return output

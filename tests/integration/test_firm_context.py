@@ -8,7 +8,10 @@ metadata refresh), with or without the ``firm_data:read`` grant.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,9 +21,11 @@ import pytest
 from confluent_kafka import Consumer
 from psycopg.types.json import Jsonb
 
-from services.actions.firm import SCHEMA
+from services.actions.firm import SCHEMA, GetRecord, GetRecordInput, Query, QueryInput
 from services.bus.topics import admin_client, ensure_topics, internal_specs
 from services.control.commands import ControlSender, command
+from services.executor.plugins import ActionContext
+from services.observability.logs import bind
 from services.workflow.signing import generate_keypair
 from tests.fixtures.database import create_database, drop_database
 from tests.fixtures.engine import Engine, EventLog, make_settings, register_tenant
@@ -256,3 +261,27 @@ def test_an_oversized_query_fails_the_run_with_result_too_large_not_retried(worl
     assert "SWITCHYARD_FIRM_READ_MAX_BYTES" in end["detail"]["error_message"]
     assert len(scheduled(events, "context.documents")) == 1  # not retried: the same read is as large
     assert scheduled(events, "report") == []
+
+
+def test_reads_never_create_the_tables_and_find_nothing_where_nothing_was_written(database_url: str) -> None:
+    """The firm database may be a replica or the role read-only: a read creates nothing."""
+    ctx = ActionContext(
+        tenant=READER,
+        run_id="r",
+        step_id="context.client",
+        attempt=1,
+        idempotency_key="r:context.client:1",
+        deadline=time.time() + 30,
+        correlation_id="c",
+        log=bind(logging.getLogger("test")),
+    )
+    missing = GetRecordInput(record_type="client", id="c-1", missing_ok=True)
+    assert asyncio.run(GetRecord(database_url).run(ctx, missing)) == {
+        "found": False,
+        "id": "c-1",
+        "record_type": "client",
+    }
+    found = asyncio.run(Query(database_url).run(ctx, QueryInput(record_type="client")))
+    assert (found["count"], found["truncated"], found["records"]) == (0, False, [])
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('firm_records')").fetchone() == (None,)
