@@ -33,7 +33,7 @@ from tests.fixtures.operators import signed
 
 pytestmark = pytest.mark.integration
 
-READER, REPLAYER, NO_GRANT, BIG = "ctxread", "ctxreplay", "ctxnogrant", "ctxbig"
+READER, REPLAYER, HISTORY, NO_GRANT, BIG = "ctxread", "ctxreplay", "ctxhistory", "ctxnogrant", "ctxbig"
 
 CONTEXT_WORKFLOW = """
 name: onboard
@@ -72,6 +72,17 @@ steps:
   - {id: write, action: echo, needs: [call], inputs: {dear: "${{ context.client.name }}"}}
 """
 
+NOTE_WORKFLOW = """
+name: note
+version: 1
+trigger: {event: note.requested}
+scopes: [firm_data:read]
+context:
+  client: {action: firm.get_record, inputs: {record_type: client, id: "${{ trigger.data.client_id }}"}}
+steps:
+  - {id: write, action: echo, inputs: {dear: "${{ context.client.name }}"}}
+"""
+
 BIG_WORKFLOW = """
 name: everything
 version: 1
@@ -85,11 +96,14 @@ steps:
 
 
 class World:
-    """The module's engine and firm database."""
+    """The module's engine (router, executor, projector), its history database and the firm's."""
 
-    def __init__(self, engine: Engine, firm_url: str, restart_router: Callable[[], None]) -> None:
+    def __init__(
+        self, engine: Engine, firm_url: str, history_url: str, restart_router: Callable[[], None]
+    ) -> None:
         self.engine = engine
         self.firm_url = firm_url
+        self.history_url = history_url
         self.restart_router = restart_router
 
     def put(self, tenant: str, record_type: str, record_id: str, fields: dict[str, Any]) -> None:
@@ -101,6 +115,27 @@ class World:
                 " DO UPDATE SET fields = excluded.fields, version = firm_records.version + 1",
                 [tenant, record_id, record_type, Jsonb(fields)],
             )
+
+    def replay(self, tenant: str, run_id: str, step: str | None = None) -> None:
+        requester = f"ops@{tenant}"
+        sender = ControlSender(self.engine.settings)
+        sender.send(
+            signed(command("replay_run", tenant, run_id, requester, "again", step_id=step), requester)
+        )
+        sender.flush()
+
+    def wait_sql(
+        self, statement: str, args: tuple[Any, ...], expected: object, timeout_s: float = 60
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        value: object = None
+        while time.monotonic() < deadline:
+            with psycopg.connect(self.history_url) as conn:
+                value = conn.execute(statement, args).fetchall()
+            if value == expected:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{statement} {args} = {value!r}, expected {expected!r} within {timeout_s}s")
 
     def run(self, tenant: str, workflow: str, event: str, data: Any) -> tuple[str, list[dict[str, Any]]]:
         eng = self.engine
@@ -127,19 +162,21 @@ def router_until(stop_router: threading.Event) -> Callable[..., None]:
 
 
 @pytest.fixture(scope="module")
-def world(kafka_bootstrap: str, database_admin_url: str) -> Iterator[World]:
+def world(kafka_bootstrap: str, database_admin_url: str, migrated_template: str) -> Iterator[World]:
     from services.executor.service import run_executor
+    from services.projector.runner import run_projector
     from services.router.service import run_router
 
     unique = uuid.uuid4().hex[:10]
     firm_url = create_database(database_admin_url, f"sy_firm_{unique}")
+    history_url = create_database(database_admin_url, f"sy_hist_{unique}", template=migrated_template)
     with psycopg.connect(firm_url) as conn:
         for statement in SCHEMA:
             conn.execute(statement)
-    settings = make_settings(kafka_bootstrap, f"t{unique}")
+    settings = make_settings(kafka_bootstrap, f"t{unique}", database_url=history_url)
     ensure_topics(admin_client(settings), internal_specs(settings))
     private, public = generate_keypair()
-    for tenant in (READER, REPLAYER, BIG):
+    for tenant in (READER, REPLAYER, HISTORY, BIG):
         register_tenant(settings, tenant, public, scopes=["firm_data:read"])
     register_tenant(settings, NO_GRANT, public, scopes=["firm_data:write"])
     consumer = Consumer(
@@ -166,19 +203,22 @@ def world(kafka_bootstrap: str, database_admin_url: str) -> Iterator[World]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SWITCHYARD_FIRM_DATABASE_URL", firm_url)  # the firm actions read it at each call
         try:
+            assert engine.start("projector", run_projector).wait(60)
             assert engine.start("router", router_until(stop_r1), instance_id="r1").wait(60)
             assert engine.start("executor", run_executor, instance_id="e1").wait(60)
             for tenant, text in ((READER, CONTEXT_WORKFLOW), (NO_GRANT, CONTEXT_WORKFLOW)):
                 engine.publish(text, tenant=tenant)
             engine.publish(REPLAY_WORKFLOW, tenant=REPLAYER)
+            engine.publish(NOTE_WORKFLOW, tenant=HISTORY)
             engine.publish(BIG_WORKFLOW, tenant=BIG)
-            yield World(engine, firm_url, restart_router)
+            yield World(engine, firm_url, history_url, restart_router)
         finally:
             engine.stop.set()
             for thread in engine.threads:
                 thread.join(30)
             consumer.close()
             drop_database(database_admin_url, f"sy_firm_{unique}")
+            drop_database(database_admin_url, f"sy_hist_{unique}")
 
 
 def types(events: list[dict[str, Any]]) -> list[str]:
@@ -228,17 +268,34 @@ def test_a_replay_keeps_the_context_even_after_the_record_changed_and_the_router
     assert types(events)[-1] == "run_failed"
     world.put(REPLAYER, "client", "c-7", {"name": "Someone Else"})
     world.restart_router()  # the run's state, context included, comes back from the changelog
-    sender = ControlSender(world.engine.settings)
-    sender.send(
-        signed(
-            command("replay_run", REPLAYER, run_id, f"ops@{REPLAYER}", "upstream fixed"), f"ops@{REPLAYER}"
-        )
-    )
-    sender.flush()
+    world.replay(REPLAYER, run_id)
     events = world.engine.wait_events(run_id, lambda evs: "run_succeeded" in types(evs), timeout_s=90)
     assert next(e for e in events if e["type"] == "run_replayed")["detail"]["steps"] == ["call"]
     assert len(scheduled(events, "context.client")) == 1  # never read again
     assert output(events, "write") == {"dear": "Grace Hopper"}  # what the run read at its start
+
+
+def test_a_replay_of_a_run_read_back_from_postgresql_keeps_the_context_it_read(world: World) -> None:
+    """A succeeded run keeps no replay state in the router: its replay is rebuilt from the
+    history, where the projector stored the context read like any step."""
+    world.put(HISTORY, "client", "c-3", {"name": "Mary Somerville"})
+    run_id, events = world.run(HISTORY, "note", "note.requested", {"client_id": "c-3"})
+    assert types(events)[-1] == "run_succeeded"
+    world.wait_sql(
+        "SELECT step_id, state, output FROM steps WHERE run_id = %s ORDER BY step_id",
+        (run_id,),
+        [
+            ("context.client", "succeeded", output(events, "context.client")),
+            ("write", "succeeded", {"dear": "Mary Somerville"}),
+        ],
+    )
+    world.put(HISTORY, "client", "c-3", {"name": "Someone Else"})
+    world.replay(HISTORY, run_id, step="write")
+    events = world.engine.wait_events(
+        run_id, lambda evs: types(evs).count("run_succeeded") == 2, timeout_s=90
+    )
+    assert len(scheduled(events, "context.client")) == 1 and len(scheduled(events, "write")) == 2
+    assert output(events, "write") == {"dear": "Mary Somerville"}
 
 
 def test_a_tenant_without_the_read_grant_is_refused_before_anything_is_read(world: World) -> None:
