@@ -111,6 +111,33 @@ class Settings(BaseSettings):
             " a step whose output would pass it fails with run_output_too_large."
         ),
     )
+    max_context_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description=(
+            "Largest total of what a run's `context:` reads return (it also counts toward"
+            " max_run_output_bytes); a read that would pass it fails the run with context_too_large."
+        ),
+    )
+    firm_read_max_rows: int = Field(
+        default=500,
+        ge=1,
+        le=100_000,
+        description="Largest `limit` firm.query accepts (its default limit is 100 or this, the lower).",
+    )
+    firm_read_max_bytes: int = Field(
+        default=128 * 1024,
+        ge=1024,
+        description=(
+            "Largest JSON result of firm.get_record / firm.query; a larger one fails the step with"
+            " result_too_large, not retried."
+        ),
+    )
+    firm_statement_timeout_ms: int = Field(
+        default=5000,
+        ge=100,
+        description="PostgreSQL statement_timeout of a firm read (also cut to the attempt's deadline).",
+    )
     commit_interval_ms: int = Field(
         default=100,
         ge=1,

@@ -20,6 +20,7 @@ class Noop(BaseAction):
     """Does nothing and returns ``{}``."""
 
     name = "noop"
+    mutates = False
     Input = NoopInput
 
     async def run(self, ctx: ActionContext, inputs: NoopInput, /) -> JsonObject:
@@ -36,6 +37,7 @@ class Echo(BaseAction):
     """Returns its inputs unchanged."""
 
     name = "echo"
+    mutates = False
     Input = EchoInput
 
     async def run(self, ctx: ActionContext, inputs: EchoInput, /) -> JsonObject:
@@ -52,6 +54,7 @@ class Sleep(BaseAction):
     """Sleeps without blocking the event loop; returns ``{"slept": seconds}``."""
 
     name = "sleep"
+    mutates = False
     Input = SleepInput
 
     async def run(self, ctx: ActionContext, inputs: SleepInput, /) -> JsonObject:
@@ -74,6 +77,7 @@ class Fail(BaseAction):
     """Fails with the given error kind (optionally only for the first ``fail_attempts`` attempts)."""
 
     name = "fail"
+    mutates = False
     Input = FailInput
 
     async def run(self, ctx: ActionContext, inputs: FailInput, /) -> JsonObject:

@@ -116,6 +116,8 @@ class ErrorKind(StrEnum):
     CANCELLED = "cancelled"
     EXPRESSION_ERROR = "expression_error"
     RUN_OUTPUT_TOO_LARGE = "run_output_too_large"
+    CONTEXT_TOO_LARGE = "context_too_large"
+    CONTEXT_NOT_READ_ONLY = "context_not_read_only"
     FAILED = "failed"
     ERROR = "error"
     CHILD_FAILED = "child_failed"
@@ -161,6 +163,7 @@ class ErrorKind(StrEnum):
     FIRM_DB_UNAVAILABLE = "firm_db_unavailable"
     CONFLICT = "conflict"
     NOT_FOUND = "not_found"
+    RESULT_TOO_LARGE = "result_too_large"
 
     @property
     def retryable(self) -> bool:
@@ -213,6 +216,10 @@ ERROR_KINDS: dict[ErrorKind, KindInfo] = {
     _K.CANCELLED: KindInfo(False, "step", "the router gave up on the attempt (run cancelled or failed)"),
     _K.EXPRESSION_ERROR: KindInfo(False, "step", "a step's condition or inputs cannot be evaluated"),
     _K.RUN_OUTPUT_TOO_LARGE: KindInfo(False, "step", "the run's kept step outputs would pass their bound"),
+    _K.CONTEXT_TOO_LARGE: KindInfo(False, "step", "a run's context reads returned more than their bound"),
+    _K.CONTEXT_NOT_READ_ONLY: KindInfo(
+        False, "step", "a context entry names an action that does not declare mutates = False"
+    ),
     _K.FAILED: KindInfo(False, "step", "a run failed with no failed step to name the cause"),
     _K.ERROR: KindInfo(False, "step", "the projector's name for a failure event that carries no kind"),
     _K.CHILD_FAILED: KindInfo(
@@ -272,6 +279,9 @@ ERROR_KINDS: dict[ErrorKind, KindInfo] = {
     _K.FIRM_DB_UNAVAILABLE: KindInfo(True, "action", "firm: the database cannot be reached"),
     _K.CONFLICT: KindInfo(False, "action", "firm: the record exists, or the key is another tenant's"),
     _K.NOT_FOUND: KindInfo(False, "action", "firm: no record with that id"),
+    _K.RESULT_TOO_LARGE: KindInfo(
+        False, "action", "firm: a read's result is larger than SWITCHYARD_FIRM_READ_MAX_BYTES"
+    ),
 }
 
 #: Kinds never retried whatever a step's retry policy says (the same inputs fail the same way).

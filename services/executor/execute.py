@@ -35,6 +35,9 @@ kind                   retryable   when
                                    :mod:`.cancellation`) and its task was cancelled
 =====================  ==========  ===============================================================
 
+and ``context_not_read_only`` (not retried): a ``context.<name>`` step names an action that does
+not declare ``mutates = False`` (:func:`.permissions.check_context_read`); the action never runs.
+
 The kinds, their ``retryable`` flags and meanings are defined once in
 :mod:`services.contracts.vocabulary` (a unit test checks that the flags here agree).
 
@@ -399,6 +402,10 @@ def _permitted_scopes(action: Action, command: StepCommand, guards: Guardrails) 
     """The scopes the workflow declared, once the action is known to need no more than those (and
     than the tenant's grants)."""
     declared = frozenset(command.get("scopes") or ())
+    try:
+        permissions.check_context_read(action, command["step_id"])
+    except permissions.NotReadOnly as exc:
+        raise _Failure(ErrorKind.CONTEXT_NOT_READ_ONLY, str(exc), False) from exc
     try:
         permissions.check(action, command["tenant"], declared, guards.grants)
     except permissions.PermissionDenied as exc:

@@ -10,6 +10,14 @@ Both sets must be subsets of
   nothing: an action that needs a scope is then denied (fail closed). Passing no lookup at all
   (``grants=None``, embedding and unit tests) skips the tenant check only.
 
+A read action (``firm.get_record``, ``firm.query``) declares ``firm_data:read`` in its ``scopes``, so
+the same two checks hold for reads, before anything is read.
+
+The hidden step of a definition's ``context:`` entry (``context.<name>``) may only run an action
+that declares ``mutates = False`` (:func:`check_context_read`, error kind ``context_not_read_only``):
+the context is read once and kept for replays, so it must not change anything. Validation refuses
+the built-in actions that mutate; this check covers plugins, which the router cannot inspect.
+
 A denial is the non-retryable error kind ``permission_denied``; the router records it in the run's
 history, which is the audit trail, and the executor logs it at warning level with the tenant, run
 and correlation id.
@@ -19,6 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+from services.executor.plugins import mutates
+from services.workflow.models import is_context_step
 
 FIRM_DATA_WRITE = "firm_data:write"
 FIRM_DATA_READ = "firm_data:read"
@@ -66,4 +77,19 @@ def check(action: Any, tenant: str, declared: frozenset[str], grants: GrantsLook
         raise PermissionDenied(
             f"tenant {tenant!r} is not granted {sorted(missing)} needed by action {action.name!r}",
             missing,
+        )
+
+
+class NotReadOnly(Exception):
+    """A ``context:`` entry names an action that may mutate."""
+
+
+def check_context_read(action: Any, step_id: str) -> None:
+    """Raise :class:`NotReadOnly` when ``step_id`` reads a definition's context and ``action`` does
+    not declare ``mutates = False``."""
+    if is_context_step(step_id) and mutates(action):
+        raise NotReadOnly(
+            f"{step_id} runs action {action.name!r}, which does not declare mutates = False; a"
+            " context entry is read once at run start and kept for replays, so it may only run a"
+            " read action (e.g. firm.get_record, firm.query). Make it a step instead"
         )

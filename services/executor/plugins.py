@@ -12,6 +12,11 @@ An action is any object with
 
 and optionally
 
+- ``mutates`` (default True, for safety) — whether running it may change anything outside the run
+  (a record, a remote system, a message sent). Only an action that declares ``mutates = False``
+  may read a definition's ``context:`` (read once at run start and kept for replays); the
+  executor refuses any other there (``context_not_read_only``). An action that
+  ``mutates_firm_data`` cannot declare ``mutates = False``;
 - ``external`` (default False) — it calls a system outside the firm: it is subject to the
   tenant's external-call rate limit and to a circuit breaker;
 - ``def target(self, inputs) -> str`` — what it talks to (a host, a database), keying its
@@ -112,16 +117,25 @@ class Action(Protocol):
 
 
 class BaseAction:
-    """Convenience base class: no scopes, does not mutate firm data. Subclasses set ``name``/``Input``."""
+    """Convenience base class: no scopes, does not mutate firm data, but may mutate something else
+    (``mutates``: a subclass that only reads says ``mutates = False``). Subclasses set
+    ``name``/``Input``."""
 
     name: ClassVar[str]
     Input: ClassVar[type[BaseModel]]
     scopes: ClassVar[frozenset[str]] = frozenset()
     mutates_firm_data: ClassVar[bool] = False
+    mutates: ClassVar[bool] = True
     external: ClassVar[bool] = False
 
     async def aclose(self) -> None:
         """Release resources (HTTP clients, pools) bound to the running event loop."""
+
+
+def mutates(action: Any) -> bool:
+    """Whether ``action`` may change anything outside the run: unless it says ``mutates = False``
+    (an action that predates the attribute is assumed to), and always if it mutates firm data."""
+    return bool(getattr(action, "mutates", True)) or bool(getattr(action, "mutates_firm_data", False))
 
 
 class ActionLoadError(RuntimeError):
@@ -147,6 +161,13 @@ def _check_action(action: Any, source: str) -> None:
         raise ActionLoadError(f"{source}: action {name!r}: scopes must be a frozenset of strings")
     if not isinstance(getattr(action, "mutates_firm_data", None), bool):
         raise ActionLoadError(f"{source}: action {name!r}: mutates_firm_data must be a bool")
+    if not isinstance(getattr(action, "mutates", True), bool):
+        raise ActionLoadError(f"{source}: action {name!r}: mutates must be a bool")
+    if action.mutates_firm_data and getattr(action, "mutates", True) is False:
+        raise ActionLoadError(
+            f"{source}: action {name!r} declares mutates_firm_data = True and mutates = False;"
+            " an action that changes firm data mutates"
+        )
     if not isinstance(getattr(action, "external", False), bool):
         raise ActionLoadError(f"{source}: action {name!r}: external must be a bool")
     target = getattr(action, "target", None)

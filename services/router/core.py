@@ -512,6 +512,7 @@ class CoreProcessor:
             self.rand(),
             max_run_output_bytes=self.settings.max_run_output_bytes,
             deadline_grace_ms=self.settings.deadline_grace_ms,
+            max_context_bytes=self.settings.max_context_bytes,
         )
         self._step(state, run, compute, out, rejects=True)
 

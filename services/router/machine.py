@@ -31,6 +31,7 @@ from services.router.event_details import (
 from services.router.state import RunState, StepRecord
 from services.workflow.compiled import CompiledWorkflow
 from services.workflow.expressions import EvalContext, ExpressionError
+from services.workflow.models import CONTEXT_STEP_PREFIX, is_context_step
 
 #: Default of ``deadline_grace_ms`` (``SWITCHYARD_DEADLINE_GRACE_MS``): the router waits this long
 #: past a step's deadline before declaring it timed out, so that the executor's own timeout report
@@ -94,12 +95,22 @@ class Effects:
 
 
 def context(run: RunState) -> EvalContext:
-    outputs = {sid: rec.output for sid, rec in run.steps.items() if rec.status == StepStatus.SUCCEEDED}
-    return EvalContext(trigger=run.trigger_view(), step_outputs=outputs)
+    """What expressions see: ``steps`` from the succeeded steps, ``context`` from the succeeded
+    hidden ``context.<name>`` steps (read once at run start and kept, replays included)."""
+    outputs: dict[str, Any] = {}
+    firm_context: dict[str, Any] = {}
+    for sid, rec in run.steps.items():
+        if rec.status == StepStatus.SUCCEEDED:
+            if is_context_step(sid):
+                firm_context[sid[len(CONTEXT_STEP_PREFIX) :]] = rec.output
+            else:
+                outputs[sid] = rec.output
+    return EvalContext(trigger=run.trigger_view(), step_outputs=outputs, context=firm_context)
 
 
 def new_run_steps(workflow: CompiledWorkflow) -> dict[str, StepRecord]:
-    return {step.id: StepRecord() for step in workflow.definition.steps}
+    """A record per step, the hidden context steps included."""
+    return {step_id: StepRecord() for step_id in workflow.step_ids()}
 
 
 #: Longest idempotency key a lean ``run_pending`` (trigger omitted) carries.
@@ -146,12 +157,15 @@ def on_result(
     *,
     max_run_output_bytes: int | None = None,
     deadline_grace_ms: int = DEADLINE_GRACE_MS,
+    max_context_bytes: int | None = None,
 ) -> Effects:
     """Apply one StepResult. Stale or duplicate results are reported, never applied.
 
     A run keeps its steps' outputs (later steps read them); ``max_run_output_bytes`` bounds their
     total, because the run's state must fit in one Kafka record. An output that would pass the
-    bound fails its step, not retryable (the same action would return the same output)."""
+    bound fails its step, not retryable (the same action would return the same output). The
+    context reads' outputs count toward it too, and ``max_context_bytes`` bounds them alone
+    (``context_too_large``: every expression of the run is handed the context)."""
     stale = stale_result(run, result)
     if stale is not None:
         return stale
@@ -168,12 +182,16 @@ def on_result(
     text = result.get("output_json")
     size = len(text.encode("utf-8", "surrogatepass")) if text else 0
     too_large = _output_budget_refusal(run, step_id, size, max_run_output_bytes)
+    kind = ErrorKind.RUN_OUTPUT_TOO_LARGE
+    if too_large is None and is_context_step(step_id):
+        too_large = _context_budget_refusal(run, step_id, size, max_context_bytes)
+        kind = ErrorKind.CONTEXT_TOO_LARGE
     if too_large is not None:
         _failed_attempt(
             run,
             workflow,
             step_id,
-            ErrorKind.RUN_OUTPUT_TOO_LARGE,
+            kind,
             too_large,
             False,
             now_ms,
@@ -234,6 +252,20 @@ def _output_budget_refusal(run: RunState, step_id: str, size: int, limit: int | 
         f"output of {size} bytes would bring the run's kept step outputs to {kept + size} bytes,"
         f" above SWITCHYARD_MAX_RUN_OUTPUT_BYTES ({limit}); return less (e.g. a"
         " reference to the data) from this step"
+    )
+
+
+def _context_budget_refusal(run: RunState, step_id: str, size: int, limit: int | None) -> str | None:
+    """Why a context read's output of ``size`` bytes cannot be kept (the run's context would pass
+    ``limit``), or ``None``."""
+    if limit is None:
+        return None
+    kept = sum(r.output_bytes for sid, r in run.steps.items() if sid != step_id and is_context_step(sid))
+    if kept + size <= limit:
+        return None
+    return (
+        f"{step_id} read {size} bytes, bringing the run's context to {kept + size} bytes, above"
+        f" SWITCHYARD_MAX_CONTEXT_BYTES ({limit}); read less (filters, a lower limit, get_record)"
     )
 
 
@@ -388,6 +420,15 @@ def steps_to_replay(run: RunState, workflow: CompiledWorkflow, kind: str, from_s
         raise ValueError(retention.refusal(run.compacted))
     if from_step is not None and from_step not in run.steps:
         raise ValueError(f"workflow {run.workflow} v{run.version} has no step {from_step!r}")
+    if (
+        from_step is not None
+        and is_context_step(from_step)
+        and run.steps[from_step].status == StepStatus.SUCCEEDED
+    ):
+        raise ValueError(
+            f"{from_step} is the run's context, read once at its start; a replay keeps what it read"
+            " (start a new run to read it again)"
+        )
     if kind == "replay_step":
         if from_step is None:
             raise ValueError("replay_step needs a step id")

@@ -8,6 +8,11 @@
   (:meth:`~CompiledWorkflow.advance`)
 * what are a step's inputs / is its condition true? (:meth:`~CompiledWorkflow.render_inputs`,
   :meth:`~CompiledWorkflow.evaluate_when`)
+
+A definition's ``context:`` entries are hidden steps here: ``context.<name>`` (no needs, the read
+action, inputs over ``trigger``), which every root step needs, so the DAG itself holds the rule
+"the context is read, once, before any step". They are in :meth:`~CompiledWorkflow.step_ids`,
+:meth:`~CompiledWorkflow.step` and the graph, not in ``definition.steps``.
 """
 
 from __future__ import annotations
@@ -85,7 +90,7 @@ class CompiledWorkflow:
         return self._steps[step_id]
 
     def step_ids(self) -> tuple[str, ...]:
-        """All step ids in declaration order."""
+        """All step ids in declaration order, the hidden context steps first."""
         return self.dag.order
 
     def retry_policy(self, step_id: str) -> RetryPolicy:
@@ -208,5 +213,5 @@ def compile_workflow(
         _filter=parts.trigger_filter,
         _when=dict(parts.when),
         _inputs=dict(parts.inputs),
-        _steps={s.id: s for s in defn.steps},
+        _steps={s.id: s for s in [*defn.context_steps(), *defn.steps]},
     )

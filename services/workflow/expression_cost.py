@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 BUDGET = 25_000_000.0
 #: A ``matches`` pattern may cost at most this to compile (it is compiled on every call).
 MAX_PATTERN_COST = 10_000_000.0
-ROOTS = ("trigger", "steps")
+ROOTS = ("trigger", "steps", "context")
 
 # Coefficients (units), measured by benchmarks/expression_cost.py on a loaded 2-core machine and
 # rounded up. Converting a value into the runtime is the dominant cost: the binding tries about

@@ -1,12 +1,14 @@
 """The expression language of definitions: CEL (Common Expression Language), never Python ``eval``.
 
 Expressions appear in ``trigger.filter``, ``steps[].when`` and inside input templates. They are
-compiled once, when a definition is validated, and evaluated against two variables:
+compiled once, when a definition is validated, and evaluated against three variables:
 
 * ``trigger`` — a map describing the event that started the run: ``event`` (type), ``data``
   (payload), ``key`` (idempotency key), ``tenant`` and whatever else the router adds;
 * ``steps`` — a map of step id to ``{"output": <the step's output>}``, holding only steps that have
   succeeded (a skipped step has no entry; test with ``has(steps.x)``).
+* ``context`` — a map of ``context:`` entry name to what its read returned at run start (the
+  definition's firm context; empty when it declares none).
 
 Why evaluation is bounded: CEL is deliberately not Turing-complete. It has no loops, recursion,
 user-defined functions or variable bindings; its only iteration is the comprehension macros
@@ -32,7 +34,8 @@ bounded *before* it runs, by :mod:`services.workflow.expression_cost`:
 
 Static checks done at compile time: syntax, unknown variables, unknown functions, comprehension
 depth, and the set of ``steps.<id>`` references (which validation checks against the DAG's
-ancestors). A reference must name a step literally (``steps.fetch`` or ``steps["fetch"]``).
+ancestors), likewise of ``context.<name>`` references (checked against the declared entries). A
+reference must name a step or entry literally (``steps.fetch``, ``steps["fetch"]``, ``context.client``).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ MAX_COMPREHENSION_DEPTH = 2
 #: Upper bound of the JSON encoding of one step's rendered inputs.
 MAX_RENDERED_BYTES = 256 * 1024
 
-VARIABLES = ("trigger", "steps")
+VARIABLES = ("trigger", "steps", "context")
 _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 
 #: Functions the CEL runtime provides natively (standard definitions).
@@ -147,12 +150,15 @@ class EvalContext:
 
     trigger: Mapping[str, Any]
     step_outputs: Mapping[str, Any] = field(default_factory=dict)
+    context: Mapping[str, Any] = field(default_factory=dict)
+    """``context:`` entry name -> what its read returned (the CEL variable ``context``)."""
 
     def variables(self) -> JsonObject:
         """The CEL variables for this context."""
         return {
             "trigger": dict(self.trigger),
             "steps": {step_id: {"output": out} for step_id, out in self.step_outputs.items()},
+            "context": dict(self.context),
         }
 
 
@@ -238,14 +244,25 @@ def tokenize(src: str) -> Iterator[Token]:
 @dataclass(frozen=True, slots=True)
 class _Analysis:
     step_refs: frozenset[str]
+    context_refs: frozenset[str]
     bound: frozenset[str]
     depth: int
     problems: tuple[str, ...]
 
 
+#: Variables whose first key must be literal (validation checks it names a step / a context entry).
+_NAMED_ROOTS = {
+    "steps": "`steps` must be followed by a literal step id, e.g. `steps.fetch.output` "
+    'or `steps["fetch"].output`',
+    "context": "`context` must be followed by a literal context entry name, e.g. `context.client` "
+    'or `context["client"]`',
+}
+
+
 def _analyse(src: str) -> _Analysis:
     tokens = list(tokenize(src))
     refs: set[str] = set()
+    context_refs: set[str] = set()
     bound: set[str] = set()
     problems: list[str] = []
     open_parens = 0
@@ -273,17 +290,17 @@ def _analyse(src: str) -> _Analysis:
             if macro_stack and macro_stack[-1] == open_parens:
                 macro_stack.pop()
             open_parens -= 1
-        elif tok.kind == "ident" and tok.text == "steps" and not (prev and prev.text == "."):
+        elif tok.kind == "ident" and tok.text in _NAMED_ROOTS and not (prev and prev.text == "."):
             if len(nxt) >= 2 and nxt[0].text == "." and nxt[1].kind == "ident":
-                refs.add(nxt[1].text)
+                name: str | None = nxt[1].text
             elif len(nxt) >= 3 and nxt[0].text == "[" and nxt[1].kind == "string" and nxt[2].text == "]":
-                refs.add(nxt[1].value)
+                name = nxt[1].value
             else:
-                problems.append(
-                    "`steps` must be followed by a literal step id, e.g. `steps.fetch.output` "
-                    'or `steps["fetch"].output`'
-                )
-    return _Analysis(frozenset(refs), frozenset(bound), depth, tuple(problems))
+                name = None
+                problems.append(_NAMED_ROOTS[tok.text])
+            if name is not None:
+                (refs if tok.text == "steps" else context_refs).add(name)
+    return _Analysis(frozenset(refs), frozenset(context_refs), frozenset(bound), depth, tuple(problems))
 
 
 # --- compiled expressions ------------------------------------------------------------------------
@@ -334,6 +351,8 @@ class CompiledExpression:
     _functions: dict[str, Callable[..., Any]]
     #: For a bare path (``trigger.data``, ``steps.x.output``): read directly, without the runtime.
     _direct: tuple[str, ...] | None = None
+    #: Names of the ``context:`` entries it reads (``context.<name>``).
+    context_refs: frozenset[str] = frozenset()
 
     def prepare(self, variables: Mapping[str, Any]) -> Prepared:
         """Reduce ``variables`` to what this expression reads and bound the cost of evaluating it.
@@ -464,6 +483,7 @@ def compile_expression(source: str) -> CompiledExpression:
     return CompiledExpression(
         source=stripped,
         step_refs=analysis.step_refs,
+        context_refs=analysis.context_refs,
         _program=runnable,
         _tree=tree,
         _reads=expression_cost.reads(tree),

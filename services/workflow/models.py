@@ -10,15 +10,17 @@ to ``schemas/workflow-definition.schema.json`` (see :mod:`services.workflow.sche
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     JsonValue,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -46,6 +48,14 @@ SUBWORKFLOW_TIMEOUT_SECONDS = 24 * 60 * 60.0
 
 STEP_ID_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 WORKFLOW_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
+#: A ``context:`` entry's name (``context.<name>`` in expressions). Shorter than a step id: its
+#: hidden step is ``context.<name>``, and step ids travel in records bounded to 64 characters.
+CONTEXT_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"
+#: Prefix of the hidden step that reads one ``context:`` entry. A dot never occurs in a step id
+#: (STEP_ID_PATTERN), so these ids cannot collide with an author's steps.
+CONTEXT_STEP_PREFIX = "context."
+#: Most ``context:`` entries one definition may declare (each is one read at run start).
+MAX_CONTEXT_ENTRIES = 16
 ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
 ERROR_KIND_PATTERN = r"^[a-z][a-z0-9_.]{0,63}$"
 
@@ -249,6 +259,32 @@ class Step(BaseModel):
         return next(name for name in STEP_KIND_FIELDS if getattr(self, name, None) is not None)
 
 
+class ContextEntry(BaseModel):
+    """One ``context:`` entry: a read action evaluated once at run start, before any step."""
+
+    model_config = _CONFIG
+
+    action: Annotated[str, StringConstraints(pattern=ACTION_PATTERN)] = Field(
+        description="A read action (one that declares it does not mutate), e.g. `firm.get_record`."
+    )
+    inputs: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="Action inputs; templates may read `trigger` only (the context is read before any step).",
+    )
+    timeout: float = Field(
+        30.0, gt=0, le=MAX_TIMEOUT_SECONDS, description="Seconds one attempt of the read may run."
+    )
+
+    @field_validator("inputs")
+    @classmethod
+    def _json_numbers(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        _check_json_numbers(value)
+        return value
+
+
+ContextName = Annotated[str, StringConstraints(pattern=CONTEXT_NAME_PATTERN)]
+
+
 class WorkflowDefinition(BaseModel):
     """A versioned, declarative DAG workflow. ``(tenant, name, version)`` identifies it; versions are
     immutable once published."""
@@ -279,13 +315,57 @@ class WorkflowDefinition(BaseModel):
     scopes: list[Scope] = Field(
         default_factory=list, description="Permission scopes the workflow needs, e.g. `firm_data:write`."
     )
+    context: dict[ContextName, ContextEntry] = Field(
+        default_factory=dict,
+        description="Firm context read once at run start, before any step: name -> read action. "
+        "Expressions see each result as `context.<name>`; replays keep it.",
+        json_schema_extra={"maxProperties": MAX_CONTEXT_ENTRIES},
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_context(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A definition is signed over its dump (services.workflow.signing): one without a
+        # context must dump exactly as before the field existed, or every definition published
+        # earlier would fail its content hash and signature after an upgrade.
+        data: dict[str, Any] = handler(self)
+        if not self.context:
+            data.pop("context", None)
+        return data
 
     def step(self, step_id: str) -> Step:
-        """The step with id ``step_id`` (``KeyError`` when absent)."""
+        """The step with id ``step_id``, or the hidden step of a ``context:`` entry
+        (``context.<name>``); ``KeyError`` when absent."""
         for step in self.steps:
             if step.id == step_id:
                 return step
+        if step_id.startswith(CONTEXT_STEP_PREFIX):
+            entry = self.context.get(step_id[len(CONTEXT_STEP_PREFIX) :])
+            if entry is not None:
+                return context_step(step_id, entry)
         raise KeyError(step_id)
+
+    def context_steps(self) -> list[Step]:
+        """The hidden steps that read the ``context:`` entries, in declaration order."""
+        return [context_step(CONTEXT_STEP_PREFIX + name, entry) for name, entry in self.context.items()]
+
+
+def context_step(step_id: str, entry: ContextEntry) -> Step:
+    """The hidden step reading one ``context:`` entry: a root with the default retry policy. Built
+    without validation, since its id (``context.<name>``) is deliberately not a valid step id."""
+    return Step.model_construct(
+        id=step_id,
+        action=entry.action,
+        inputs=entry.inputs,
+        needs=[],
+        when=None,
+        timeout=entry.timeout,
+        retry=RetryPolicy(),
+    )
+
+
+def is_context_step(step_id: str) -> bool:
+    """Whether ``step_id`` is the hidden step of a ``context:`` entry."""
+    return step_id.startswith(CONTEXT_STEP_PREFIX)
 
 
 def to_json_value(model: BaseModel) -> JsonObject:

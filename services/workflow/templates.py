@@ -280,6 +280,11 @@ class CompiledInputs:
         """Ids of the steps referenced by any template."""
         return frozenset(ref for expr in _expressions(self._root) for ref in expr.step_refs)
 
+    @property
+    def context_refs(self) -> frozenset[str]:
+        """Names of the ``context:`` entries referenced by any template."""
+        return frozenset(ref for expr in _expressions(self._root) for ref in expr.context_refs)
+
     def render(self, variables: Mapping[str, Any]) -> JsonObject:
         """Evaluate all templates; :class:`ExpressionError` on failure or oversized output.
 

@@ -1,9 +1,14 @@
 """Validation of a whole definition: shape (pydantic) plus every cross-field rule, all problems at once.
 
 Rules owned here: size limits, unique step ids, known ``needs`` (no self-loops, no cycles, named
-as ``a -> b -> a``), known actions, expressions that compile, and expression references to
-``steps.<id>`` only where ``<id>`` is an ancestor of the step. The graph rules also run when the
-pydantic shape check failed (on whatever ids and needs can be read), so one pass reports them all.
+as ``a -> b -> a``), known actions, expressions that compile, expression references to
+``steps.<id>`` only where ``<id>`` is an ancestor of the step, and the ``context:`` block: at most
+:data:`~services.workflow.models.MAX_CONTEXT_ENTRIES` entries, each a read action (a built-in
+action that mutates is refused here; the executor refuses any other action that does not declare
+``mutates = False``), inputs that read only ``trigger``, and ``context.<name>`` references only to
+declared entries (never in the trigger filter, which runs before a run exists). The graph rules
+also run when the pydantic shape check failed (on whatever ids and needs can be read), so one pass
+reports them all.
 
 On "unreachable steps": in an acyclic graph every step is reachable from a root (follow ``needs``
 backwards until a step has none), so once cycles are rejected there is nothing left to check.
@@ -18,9 +23,19 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from services.workflow.actions import BUILTIN_ACTIONS, BUILTIN_READ_ACTIONS
 from services.workflow.dag import Dag, ancestors, find_cycles
 from services.workflow.expressions import CompiledExpression, ExpressionError, compile_expression
-from services.workflow.models import RetryPolicy, Step, SubWorkflow, Trigger, WorkflowDefinition
+from services.workflow.models import (
+    CONTEXT_STEP_PREFIX,
+    MAX_CONTEXT_ENTRIES,
+    ContextEntry,
+    RetryPolicy,
+    Step,
+    SubWorkflow,
+    Trigger,
+    WorkflowDefinition,
+)
 from services.workflow.problems import DefinitionError, PathPart, Problem, format_path
 from services.workflow.templates import CompiledInputs, compile_inputs
 
@@ -43,9 +58,19 @@ class _StepView:
 
 
 @dataclass(slots=True)
+class _ContextView:
+    """A ``context:`` entry, read leniently like :class:`_StepView`."""
+
+    name: str
+    action: str | None
+    inputs: Mapping[str, Any] | None
+
+
+@dataclass(slots=True)
 class _View:
     steps: list[_StepView]
     trigger_filter: str | None
+    context: list[_ContextView] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -87,7 +112,17 @@ def _view_from_data(data: Mapping[str, Any]) -> _View:
                 calls=calls,
             )
         )
-    return _View(steps, flt if isinstance(flt, str) else None)
+    raw_context = data.get("context")
+    context = [
+        _ContextView(
+            str(name),
+            raw["action"] if isinstance(raw.get("action"), str) else None,
+            raw["inputs"] if isinstance(raw.get("inputs"), dict) else None,
+        )
+        for name, raw in (raw_context.items() if isinstance(raw_context, dict) else ())
+        if isinstance(raw, dict)
+    ]
+    return _View(steps, flt if isinstance(flt, str) else None, context)
 
 
 def _view_from_model(defn: WorkflowDefinition) -> _View:
@@ -106,7 +141,8 @@ def _view_from_model(defn: WorkflowDefinition) -> _View:
         )
         for i, s in enumerate(defn.steps)
     ]
-    return _View(steps, defn.trigger.filter)
+    context = [_ContextView(name, e.action, e.inputs) for name, e in defn.context.items()]
+    return _View(steps, defn.trigger.filter, context)
 
 
 def _suggest(word: str, choices: Collection[str]) -> str:
@@ -123,6 +159,8 @@ def _model_at(loc: Sequence[PathPart]) -> type[BaseModel] | None:
     ]
     if len(loc) == 3 and loc[2] == "workflow":
         return SubWorkflow
+    if len(loc) == 2 and loc[0] == "context":
+        return ContextEntry
     for shape, model in shapes:
         if len(loc) == len(shape) and all(isinstance(p, t) for p, t in zip(loc, shape, strict=True)):
             return model
@@ -257,6 +295,15 @@ def _expression_problems(
                         "the trigger filter runs before any step; it cannot use `steps`",
                     )
                 )
+            if parts.trigger_filter.context_refs:
+                problems.append(
+                    Problem(
+                        file,
+                        "trigger.filter",
+                        "the trigger filter decides whether a run starts, before its context is read;"
+                        " it cannot use `context`",
+                    )
+                )
         except ExpressionError as exc:
             problems.append(Problem(file, "trigger.filter", str(exc)))
     first_at: dict[str, int] = {}
@@ -280,6 +327,7 @@ def _expression_problems(
             try:
                 expr = compile_expression(step.when)
                 problems.extend(_reference_problems(expr.step_refs, step, ancestry, first_at, where, file))
+                problems.extend(_context_reference_problems(expr.context_refs, view, where, file))
                 if step.id is not None:
                     parts.when[step.id] = expr
             except ExpressionError as exc:
@@ -296,6 +344,7 @@ def _expression_problems(
                 sub, _ = compile_inputs({key: value})
                 where = format_path(("steps", step.index, *step.inputs_at, key))
                 problems.extend(_reference_problems(sub.step_refs, step, ancestry, first_at, where, file))
+                problems.extend(_context_reference_problems(sub.context_refs, view, where, file))
             if step.id is not None:
                 parts.inputs[step.id] = compiled
             if step.calls is not None and compiled.secret_refs:
@@ -326,6 +375,91 @@ def _call_problems(view: _View, name: str | None, file: str) -> list[Problem]:
     ]
 
 
+def _context_reference_problems(refs: Collection[str], view: _View, where: str, file: str) -> list[Problem]:
+    declared = [c.name for c in view.context]
+    return [
+        Problem(
+            file,
+            where,
+            f"references unknown context entry {ref!r}{_suggest(ref, declared)}; "
+            + (
+                f"declared entries: {', '.join(declared)}"
+                if declared
+                else "declare it under `context:` at the top of the definition"
+            ),
+        )
+        for ref in sorted(refs)
+        if ref not in declared
+    ]
+
+
+def _context_problems(
+    view: _View, file: str, known_actions: Collection[str] | None, parts: CompiledParts
+) -> list[Problem]:
+    """The ``context:`` block: bounded, read actions only, inputs over ``trigger`` only."""
+    problems: list[Problem] = []
+    if len(view.context) > MAX_CONTEXT_ENTRIES:
+        problems.append(
+            Problem(
+                file,
+                "context",
+                f"{len(view.context)} context entries; the limit is {MAX_CONTEXT_ENTRIES}."
+                " Read related records with one firm.query",
+            )
+        )
+    reads = ", ".join(sorted(a for a in BUILTIN_READ_ACTIONS if a.startswith("firm.")))
+    for entry in view.context:
+        where = format_path(("context", entry.name))
+        if entry.action in BUILTIN_ACTIONS and entry.action not in BUILTIN_READ_ACTIONS:
+            problems.append(
+                Problem(
+                    file,
+                    f"{where}.action",
+                    f"{entry.action!r} is not a read action; context is read once at run start and kept"
+                    f" for replays, so it may only read ({reads}, or an action that declares"
+                    " mutates = False). Make it a step instead",
+                )
+            )
+        elif known_actions is not None and entry.action is not None and entry.action not in known_actions:
+            problems.append(
+                Problem(
+                    file,
+                    f"{where}.action",
+                    f"unknown action {entry.action!r}{_suggest(entry.action, known_actions)};"
+                    f" the firm's read actions: {reads}",
+                )
+            )
+        if entry.inputs is None:
+            continue
+        compiled, template_problems = compile_inputs(entry.inputs)
+        for tp in template_problems:
+            problems.append(
+                Problem(file, format_path(("context", entry.name, "inputs", *tp.path)), str(tp.error))
+            )
+        if compiled.step_refs or compiled.context_refs:
+            problems.append(
+                Problem(
+                    file,
+                    f"{where}.inputs",
+                    "context is read before any step, all entries at once: its inputs can use"
+                    " `trigger` only, not `steps` or `context`",
+                )
+            )
+        parts.inputs[CONTEXT_STEP_PREFIX + entry.name] = compiled
+    return problems
+
+
+def context_needs(defn: WorkflowDefinition) -> dict[str, list[str]]:
+    """``{step_id: needs}`` of the run's whole graph: the hidden ``context.<name>`` steps first (no
+    needs), then the author's steps, each root also needing every context step, so that no step
+    starts before the whole context is read."""
+    hidden = [CONTEXT_STEP_PREFIX + name for name in defn.context]
+    needs: dict[str, list[str]] = {sid: [] for sid in hidden}
+    for step in defn.steps:
+        needs[step.id] = list(step.needs) if step.needs else list(hidden)
+    return needs
+
+
 def _attach_lines(problems: Sequence[Problem], lines: Mapping[str, int] | None) -> list[Problem]:
     if not lines:
         return list(problems)
@@ -350,8 +484,9 @@ def check_definition(
     problems = _graph_problems(view, file)
     problems.extend(_expression_problems(view, file, known_actions, parts))
     problems.extend(_call_problems(view, defn.name, file))
+    problems.extend(_context_problems(view, file, known_actions, parts))
     if not problems:
-        parts.dag = Dag.from_needs({s.id: s.needs for s in defn.steps})
+        parts.dag = Dag.from_needs(context_needs(defn))
     return problems, parts
 
 
@@ -382,6 +517,7 @@ def validate_definition_data(
         found.extend(_expression_problems(view, file, known_actions, CompiledParts()))
         name = data.get("name")
         found.extend(_call_problems(view, name if isinstance(name, str) else None, file))
+        found.extend(_context_problems(view, file, known_actions, CompiledParts()))
     if found:
         located = _attach_lines(found, lines)
         raise DefinitionError(sorted(located, key=lambda p: (p.line is None, p.line or 0)))
@@ -404,6 +540,15 @@ def step_timeout_problems(
         )
         for index, step in enumerate(defn.steps)
         if step.timeout > max_step_timeout_s
+    ] + [
+        Problem(
+            file,
+            f"context.{name}.timeout",
+            f"timeout {entry.timeout:g} s exceeds the runtime's limit of {max_step_timeout_s:g} s per"
+            " attempt (SWITCHYARD_MAX_STEP_TIMEOUT_S); lower the timeout or raise the limit",
+        )
+        for name, entry in defn.context.items()
+        if entry.timeout > max_step_timeout_s
     ]
 
 
