@@ -117,6 +117,8 @@ class ErrorKind(StrEnum):
     RUN_OUTPUT_TOO_LARGE = "run_output_too_large"
     FAILED = "failed"
     ERROR = "error"
+    APPROVAL_REJECTED = "approval_rejected"
+    APPROVAL_TIMED_OUT = "approval_timed_out"
     # A dead-lettered record.
     BAD_FRAMING = "bad_framing"
     BAD_AVRO = "bad_avro"
@@ -203,6 +205,8 @@ ERROR_KINDS: dict[ErrorKind, KindInfo] = {
     _K.RUN_OUTPUT_TOO_LARGE: KindInfo(False, "step", "the run's kept step outputs would pass their bound"),
     _K.FAILED: KindInfo(False, "step", "a run failed with no failed step to name the cause"),
     _K.ERROR: KindInfo(False, "step", "the projector's name for a failure event that carries no kind"),
+    _K.APPROVAL_REJECTED: KindInfo(False, "step", "an operator rejected the approval step"),
+    _K.APPROVAL_TIMED_OUT: KindInfo(False, "step", "no decision on the approval step by its timeout"),
     _K.BAD_FRAMING: KindInfo(False, "record", "not Confluent-framed Avro (or empty where a record was due)"),
     _K.BAD_AVRO: KindInfo(False, "record", "the Avro body does not decode with its writer schema"),
     _K.UNKNOWN_SCHEMA: KindInfo(False, "record", "the record's schema id is not known to this build"),
@@ -250,4 +254,6 @@ ERROR_KINDS: dict[ErrorKind, KindInfo] = {
 }
 
 #: Kinds never retried whatever a step's retry policy says (the same inputs fail the same way).
-ALWAYS_NON_RETRYABLE: frozenset[str] = frozenset({ErrorKind.EXPRESSION_ERROR})
+ALWAYS_NON_RETRYABLE: frozenset[str] = frozenset(
+    {ErrorKind.EXPRESSION_ERROR, ErrorKind.APPROVAL_REJECTED, ErrorKind.APPROVAL_TIMED_OUT}
+)

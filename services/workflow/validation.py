@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from services.workflow.dag import Dag, ancestors, find_cycles
 from services.workflow.expressions import CompiledExpression, ExpressionError, compile_expression
-from services.workflow.models import RetryPolicy, Step, Trigger, WorkflowDefinition
+from services.workflow.models import ApprovalSpec, RetryPolicy, Step, Trigger, WaitSpec, WorkflowDefinition
 from services.workflow.problems import DefinitionError, PathPart, Problem, format_path
 from services.workflow.templates import CompiledInputs, compile_inputs
 
@@ -38,6 +38,8 @@ class _StepView:
     needs: list[tuple[int, str]]
     when: str | None
     inputs: Mapping[str, Any] | None
+    #: CEL expressions inside the step's kind spec, by field path (e.g. ``wait.until``).
+    expressions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -54,6 +56,23 @@ class CompiledParts:
     trigger_filter: CompiledExpression | None = None
     when: dict[str, CompiledExpression] = field(default_factory=dict)
     inputs: dict[str, CompiledInputs] = field(default_factory=dict)
+    #: Expressions of the kind specs, by step id and field path (``("pause", "wait.until")``).
+    spec_expressions: dict[tuple[str, str], CompiledExpression] = field(default_factory=dict)
+
+
+#: The CEL fields of the step kind specs (bare CEL, not templates), as ``(kind field, field)``.
+SPEC_EXPRESSION_FIELDS: tuple[tuple[str, str], ...] = (("wait", "until"),)
+
+
+def _spec_expressions(step: Mapping[str, Any]) -> dict[str, str]:
+    """The CEL sources of a step's kind specs (``step``: the step's fields, read leniently)."""
+    found: dict[str, str] = {}
+    for kind, name in SPEC_EXPRESSION_FIELDS:
+        spec = step.get(kind)
+        source = spec.get(name) if isinstance(spec, Mapping) else None
+        if isinstance(source, str):
+            found[f"{kind}.{name}"] = source
+    return found
 
 
 def _view_from_data(data: Mapping[str, Any]) -> _View:
@@ -76,6 +95,7 @@ def _view_from_data(data: Mapping[str, Any]) -> _View:
                 else [],
                 when=raw["when"] if isinstance(raw.get("when"), str) else None,
                 inputs=inputs if isinstance(inputs, dict) else None,
+                expressions=_spec_expressions(raw),
             )
         )
     return _View(steps, flt if isinstance(flt, str) else None)
@@ -83,10 +103,22 @@ def _view_from_data(data: Mapping[str, Any]) -> _View:
 
 def _view_from_model(defn: WorkflowDefinition) -> _View:
     steps = [
-        _StepView(i, s.id, s.action, list(enumerate(s.needs)), s.when, s.inputs)
+        _StepView(
+            i,
+            s.id,
+            s.action,
+            list(enumerate(s.needs)),
+            s.when,
+            s.inputs,
+            _spec_expressions({kind: _dumped(getattr(s, kind, None)) for kind, _ in SPEC_EXPRESSION_FIELDS}),
+        )
         for i, s in enumerate(defn.steps)
     ]
     return _View(steps, defn.trigger.filter)
+
+
+def _dumped(spec: Any) -> Mapping[str, Any] | None:
+    return spec.model_dump() if isinstance(spec, BaseModel) else None
 
 
 def _suggest(word: str, choices: Collection[str]) -> str:
@@ -95,14 +127,19 @@ def _suggest(word: str, choices: Collection[str]) -> str:
 
 
 def _model_at(loc: Sequence[PathPart]) -> type[BaseModel] | None:
-    shapes: list[tuple[tuple[type, ...], type[BaseModel]]] = [
+    # A shape part is a type (any key of it) or a field name (that key only).
+    shapes: list[tuple[tuple[type | str, ...], type[BaseModel]]] = [
         ((), WorkflowDefinition),
         ((str,), Trigger),
         ((str, int), Step),
-        ((str, int, str), RetryPolicy),
+        ((str, int, "retry"), RetryPolicy),
+        ((str, int, "wait"), WaitSpec),
+        ((str, int, "approval"), ApprovalSpec),
     ]
     for shape, model in shapes:
-        if len(loc) == len(shape) and all(isinstance(p, t) for p, t in zip(loc, shape, strict=True)):
+        if len(loc) == len(shape) and all(
+            p == t if isinstance(t, str) else isinstance(p, t) for p, t in zip(loc, shape, strict=True)
+        ):
             return model
     return None
 
@@ -260,6 +297,15 @@ def _expression_problems(
                 problems.extend(_reference_problems(expr.step_refs, step, ancestry, first_at, where, file))
                 if step.id is not None:
                     parts.when[step.id] = expr
+            except ExpressionError as exc:
+                problems.append(Problem(file, where, str(exc)))
+        for path, source in step.expressions.items():
+            where = f"steps[{step.index}].{path}"
+            try:
+                expr = compile_expression(source)
+                problems.extend(_reference_problems(expr.step_refs, step, ancestry, first_at, where, file))
+                if step.id is not None:
+                    parts.spec_expressions[(step.id, path)] = expr
             except ExpressionError as exc:
                 problems.append(Problem(file, where, str(exc)))
         if step.inputs is not None:
