@@ -95,6 +95,7 @@ class ControlDetail(TypedDict):
     step_id: str | None
     command_correlation_id: str | None
     refusal: NotRequired[str]
+    decision: NotRequired[str | None]  # an approval decision's (kind ``approve``)
 
 
 class StepResetDetail(TypedDict):

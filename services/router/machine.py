@@ -379,6 +379,8 @@ def control_event(command: ControlCommand, refusal: str | None = None) -> Event:
     }
     if refusal is not None:
         detail["refusal"] = refusal
+    if command["kind"] == "approve":
+        detail["decision"] = command.get("decision")
     return Event(EventType.CONTROL_REFUSED if refusal else EventType.CONTROL_ACCEPTED, detail=detail)
 
 
