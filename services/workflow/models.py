@@ -10,15 +10,17 @@ to ``schemas/workflow-definition.schema.json`` (see :mod:`services.workflow.sche
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     JsonValue,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -261,6 +263,20 @@ class Step(BaseModel):
                     f"time limits in `{chosen[0]}:`"
                 )
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump_its_kind_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A step's JSON (what is signed, as RFC 8785 of the dump) holds its one kind field and
+        # leaves out the others, so a definition written before the kinds existed signs the same
+        # bytes as then; a router-run step leaves out the action-only fields it cannot have.
+        data: dict[str, Any] = handler(self)
+        for kind in KIND_FIELDS:
+            if data.get(kind, "") is None:
+                del data[kind]
+        if self.action is None:
+            for field in ACTION_ONLY_FIELDS:
+                data.pop(field, None)
+        return data
 
     @property
     def kind(self) -> StepKind:

@@ -116,3 +116,12 @@ def test_until_is_compiled_once_with_the_workflow() -> None:
 def test_unknown_action_check_applies_to_action_steps_only() -> None:
     found = messages([{"id": "a", "action": "ecko"}, {"id": "b", "wait": {"duration": 1}}])
     assert "unknown action 'ecko'" in found and "steps[1]" not in found
+
+
+def test_a_step_dumps_only_its_kind_so_signatures_made_before_the_kinds_still_verify() -> None:
+    defn = definition([{"id": "a", "action": "echo"}, {"id": "b", "wait": {"duration": 5}, "needs": ["a"]}])
+    action, wait = defn.model_dump(mode="json")["steps"]
+    # exactly the keys an action step had before the step kinds: its canonical JSON is unchanged
+    assert set(action) == {"id", "action", "inputs", "needs", "when", "timeout", "retry"}
+    assert set(wait) == {"id", "wait", "needs", "when"}
+    assert type(defn).model_validate(defn.model_dump(mode="json")) == defn  # round trip (publishing)
