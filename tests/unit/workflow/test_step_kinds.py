@@ -3,12 +3,14 @@ and the CEL inside a kind's spec (``wait.until``) checked like a ``when``."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
 
 from services.workflow import BUILTIN_ACTIONS, DefinitionError, Problem, load_definition_text
 from services.workflow.models import MAX_TEXT_CHARS, MAX_WAIT_SECONDS
+from services.workflow.signing import canonical_definition
 
 from .helpers import compiled, definition
 
@@ -125,3 +127,21 @@ def test_a_step_dumps_only_its_kind_so_signatures_made_before_the_kinds_still_ve
     assert set(action) == {"id", "action", "inputs", "needs", "when", "timeout", "retry"}
     assert set(wait) == {"id", "wait", "needs", "when"}
     assert type(defn).model_validate(defn.model_dump(mode="json")) == defn  # round trip (publishing)
+
+
+#: An action-only definition and the SHA-256 of its canonical JSON (what its signature covers) as
+#: computed before the step kinds existed: published definitions must keep verifying.
+BEFORE_KINDS = """
+name: chain
+version: 3
+trigger: {event: go, filter: "trigger.data.n > 1"}
+steps:
+  - {id: a, action: echo, inputs: {x: "${{ trigger.data.n }}"}, timeout: 5}
+  - {id: b, action: noop, needs: [a], when: "steps.a.output.x > 2", retry: {max_attempts: 2}}
+"""
+BEFORE_KINDS_SHA256 = "aece4d3dd037a2d67eaa1b3aba66b2e10bac8d10a98e998fcbcdf1224581934f"
+
+
+def test_the_canonical_json_of_an_action_only_definition_is_what_it_was_before_the_kinds() -> None:
+    defn = load_definition_text(BEFORE_KINDS, "chain.yaml")
+    assert hashlib.sha256(canonical_definition(defn)).hexdigest() == BEFORE_KINDS_SHA256
