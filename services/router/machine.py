@@ -5,6 +5,10 @@ step commands, timers and dead letters — which the Kafka-facing core turns int
 (``now_ms``) and jitter (``rand``) come in as arguments, so every transition is reproducible in
 unit tests.
 
+Steps of the kinds the router runs itself (``wait``, ``approval``: no command, no executor) start,
+park on the run's durable deadline timer and end through their kind's pure module (see
+:mod:`services.router.step_kinds`); an operator's approval decision is :func:`decide`.
+
 Run status: ``pending`` (admitted, waiting for a concurrency slot) → ``running`` ⇄ ``retrying``
 (some step waits for its backoff) → ``succeeded`` | ``failed`` | ``cancelled``.
 """
@@ -315,7 +319,7 @@ def on_timer(
     elif timer.kind == "deadline" and rec.status == StepStatus.RUNNING and rec.deadline_ms is not None:
         step = workflow.definition.step(timer.step_id)
         if step.action is None:  # a wait's wake-up, an approval's timeout: the kind decides
-            ending = _router_deadline(run, workflow, step, rec.deadline_ms)
+            ending = _router_deadline(step, rec.deadline_ms)
             _end_in_router(
                 run,
                 workflow,
@@ -650,15 +654,14 @@ def _start_in_router(
         _failed_unscheduled(run, step.id, outcome.error_kind, outcome.message, effects)
 
 
-def _router_deadline(run: RunState, workflow: CompiledWorkflow, step: Step, due_ms: int) -> step_kinds.Ending:
+def _router_deadline(step: Step, due_ms: int) -> step_kinds.Ending:
     """What the deadline (wake-up, timeout) of a step the router runs itself comes to."""
     if step.wait is not None:
         return waits.woken(due_ms)
     if step.approval is not None:
         return approvals.timed_out(step)
-    raise AssertionError(
-        f"step {step.id!r} of kind {step.kind} has no deadline in the router"
-    )  # pragma: no cover
+    # pragma: no cover - models.Step admits no other kind
+    raise AssertionError(f"step {step.id!r} of kind {step.kind} has no deadline in the router")
 
 
 def _end_in_router(

@@ -1,8 +1,10 @@
 """Validation of a whole definition: shape (pydantic) plus every cross-field rule, all problems at once.
 
 Rules owned here: size limits, unique step ids, known ``needs`` (no self-loops, no cycles, named
-as ``a -> b -> a``), known actions, expressions that compile, and expression references to
-``steps.<id>`` only where ``<id>`` is an ancestor of the step. The graph rules also run when the
+as ``a -> b -> a``), known actions (of action steps), expressions that compile (filters, ``when``,
+templates and the CEL inside a step kind's spec, :data:`SPEC_EXPRESSION_FIELDS`, e.g.
+``wait.until``), and expression references to ``steps.<id>`` only where ``<id>`` is an ancestor
+of the step. The graph rules also run when the
 pydantic shape check failed (on whatever ids and needs can be read), so one pass reports them all.
 
 On "unreachable steps": in an acyclic graph every step is reachable from a root (follow ``needs``
