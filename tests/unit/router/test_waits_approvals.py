@@ -353,3 +353,17 @@ def test_the_decision_and_comment_are_signed_and_older_commands_sign_as_before()
     del cancel["decision"], cancel["comment"]
     assert b"decision" not in signing_payload(cancel) and b"comment" not in signing_payload(cancel)
     assert signing_payload(cancel) == signing_payload({**cancel, "decision": None, "comment": None})
+
+
+def test_a_replay_of_a_rejected_run_asks_again() -> None:
+    wf = approval_wf()
+    run, _ = started(wf)
+    machine.decide(run, wf, decision("ask", "reject"), T0 + 1000)
+    assert status(run) == RunStatus.FAILED
+    steps = machine.steps_to_replay(run, wf, "replay_run", None)
+    assert steps == ["ask", "other"]  # the rejected approval, and the action the failure cancelled
+    machine.replay(run, steps, {**decision(None, None, "cmd-2"), "kind": "replay_run"})
+    fx = machine.start(run, wf, T0 + 2000)
+    assert machine.Timer(T0 + 62_000, "r1", "ask", 2, "deadline") in fx.timers
+    machine.decide(run, wf, decision("ask", "approve", "cmd-3"), T0 + 3000)
+    assert run.steps["ask"].output["decision"] == "approve" and run.steps["send"].status == "running"
