@@ -53,6 +53,7 @@ app.command()(processes.run)
 app.command()(processes.trigger)
 app.command()(control.replay)
 app.command()(control.cancel)
+app.command()(control.approve)
 app.command()(demo.demo)
 status.register(app)
 

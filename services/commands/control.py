@@ -1,4 +1,4 @@
-"""`switchyard replay` and `switchyard cancel`: operator commands through the control topic.
+"""`switchyard replay`, `cancel` and `approve`: operator commands through the control topic.
 
 Every command is signed with an operator key (``--key FILE`` or ``SWITCHYARD_OPERATOR_KEY_FILE``);
 intake verifies it (an operator key of the run's tenant, or a global operator key), the router core
@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from enum import StrEnum
 from typing import Any
 
 import typer
@@ -80,17 +81,39 @@ def _report_one(cmd: ControlCommand, wait: float) -> None:
         raise typer.Exit(3)
     if outcome.outcome == "accepted":
         run_id = esc(cmd["run_id"])
-        err.print(f"[green]accepted:[/] {cmd['kind']} of run {run_id} (command {cmd['command_id']})")
+        what = f"{cmd['kind']} of run {run_id}"
+        if cmd["kind"] == "approve":
+            what = f"{cmd.get('decision')} of step {esc(cmd['step_id'])} of run {run_id}"
+        err.print(f"[green]accepted:[/] {what} (command {cmd['command_id']})")
         return
     err.print(f"[red]refused:[/] {esc(outcome.refusal)}")
     raise typer.Exit(1)
 
 
 def _send_one(
-    kind: Kind, run_id: str, tenant: str | None, key: OperatorKey, reason: str, step: str | None, wait: float
+    kind: Kind,
+    run_id: str,
+    tenant: str | None,
+    key: OperatorKey,
+    reason: str,
+    step: str | None,
+    wait: float,
+    *,
+    decision: str | None = None,
+    comment: str | None = None,
 ) -> None:
     settings = kafka_settings()
-    cmd = command(kind, tenant or _run_tenant(run_id), run_id, key.key_id, reason, step_id=step, key=key)
+    cmd = command(
+        kind,
+        tenant or _run_tenant(run_id),
+        run_id,
+        key.key_id,
+        reason,
+        step_id=step,
+        key=key,
+        decision=decision,
+        comment=comment,
+    )
     sender = ControlSender(settings)
     sender.send(cmd)
     sender.flush()
@@ -111,6 +134,52 @@ def cancel(
 ) -> None:
     """Cancel a pending or running run: open steps are cancelled, late results ignored."""
     _send_one("cancel", run_id, tenant, _key(key, key_id), reason, None, wait)
+
+
+class Decision(StrEnum):
+    approve = "approve"
+    reject = "reject"
+
+
+def approve(
+    run_id: str = typer.Argument(..., help="The run whose approval step is waiting."),
+    step_id: str = typer.Argument(..., help="The approval step to decide (its id in the workflow)."),
+    decision: Decision = typer.Option(
+        ..., help="approve: the step succeeds; reject: it fails (or goes on, with on_reject: continue)."
+    ),
+    comment: str = typer.Option(
+        ..., help="Why (recorded in the run's history, the audit and the step's output)."
+    ),
+    tenant: str | None = typer.Option(None, help="The run's tenant (default: looked up in the history)."),
+    key: str | None = typer.Option(None, help=KEY_HELP),
+    key_id: str | None = typer.Option(None, help=KEY_ID_HELP),
+    wait: float = typer.Option(
+        30.0,
+        callback=options.finite_seconds,
+        help="Seconds to wait for the router's decision (0: don't wait).",
+    ),
+) -> None:
+    """Decide an approval step that is waiting: approve or reject, with a comment.
+
+    Signed with your operator key; the approver recorded (the step's output
+    `by`, the audit) is the verified key id, or a gateway's operator.
+    A decision for a step that is not waiting (another kind of step, not
+    started, already decided or timed out, a finished run) is refused with
+    the reason; each command is applied once.
+    Exit 0: accepted, 1: refused, 3: no outcome within --wait."""
+    text = comment.strip()
+    reason = f"{decision.value}: {text}" if text else decision.value
+    _send_one(
+        "approve",
+        run_id,
+        tenant,
+        _key(key, key_id),
+        reason,
+        step_id,
+        wait,
+        decision=decision.value,
+        comment=comment,
+    )
 
 
 def replay(

@@ -13,7 +13,7 @@ Decoding checks the schema before a record is typed: the ``decode_*`` helpers ra
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeAlias, TypedDict, cast
+from typing import Any, Literal, NotRequired, TypeAlias, TypedDict, cast
 
 from services.contracts import serde
 
@@ -22,7 +22,7 @@ from services.contracts import serde
 JsonObject: TypeAlias = dict[str, Any]
 
 AttemptStatus: TypeAlias = Literal["succeeded", "failed"]
-ControlKind: TypeAlias = Literal["cancel", "replay_run", "replay_step", "replay_bulk"]
+ControlKind: TypeAlias = Literal["cancel", "replay_run", "replay_step", "replay_bulk", "approve"]
 
 
 class TriggerEvent(TypedDict):
@@ -101,7 +101,9 @@ class StepResult(TypedDict):
 
 
 class ControlCommand(TypedDict):
-    """An operator's cancel / replay, on the control topic and (authorised) in the inbox."""
+    """An operator's cancel / replay / approval decision, on the control topic and (authorised) in
+    the inbox. ``decision`` and ``comment`` (kind ``approve``) came later: records written before
+    them lack them (read with ``get``)."""
 
     command_id: str
     kind: ControlKind
@@ -117,6 +119,8 @@ class ControlCommand(TypedDict):
     key_id: str | None
     signature: bytes | None
     on_behalf_of: str | None
+    decision: NotRequired[str | None]
+    comment: NotRequired[str | None]
 
 
 class RunEvent(TypedDict):

@@ -125,6 +125,8 @@ class ErrorKind(StrEnum):
     CHILD_UNAVAILABLE = "child_unavailable"
     CHILD_THROTTLED = "child_throttled"
     SUBWORKFLOW_TOO_DEEP = "subworkflow_too_deep"
+    APPROVAL_REJECTED = "approval_rejected"
+    APPROVAL_TIMED_OUT = "approval_timed_out"
     # A dead-lettered record.
     BAD_FRAMING = "bad_framing"
     BAD_AVRO = "bad_avro"
@@ -235,6 +237,8 @@ ERROR_KINDS: dict[ErrorKind, KindInfo] = {
     _K.SUBWORKFLOW_TOO_DEEP: KindInfo(
         False, "step", "a child run would nest deeper than SWITCHYARD_MAX_SUBWORKFLOW_DEPTH"
     ),
+    _K.APPROVAL_REJECTED: KindInfo(False, "step", "an operator rejected the approval step"),
+    _K.APPROVAL_TIMED_OUT: KindInfo(False, "step", "no decision on the approval step by its timeout"),
     _K.BAD_FRAMING: KindInfo(False, "record", "not Confluent-framed Avro (or empty where a record was due)"),
     _K.BAD_AVRO: KindInfo(False, "record", "the Avro body does not decode with its writer schema"),
     _K.UNKNOWN_SCHEMA: KindInfo(False, "record", "the record's schema id is not known to this build"),
@@ -285,7 +289,9 @@ ERROR_KINDS: dict[ErrorKind, KindInfo] = {
 }
 
 #: Kinds never retried whatever a step's retry policy says (the same inputs fail the same way).
-ALWAYS_NON_RETRYABLE: frozenset[str] = frozenset({ErrorKind.EXPRESSION_ERROR})
+ALWAYS_NON_RETRYABLE: frozenset[str] = frozenset(
+    {ErrorKind.EXPRESSION_ERROR, ErrorKind.APPROVAL_REJECTED, ErrorKind.APPROVAL_TIMED_OUT}
+)
 
 #: Dead-letter kinds of a *trigger* that a re-drive (``switchyard dlq redrive``) may cure: the cause
 #: lies outside the record (a tenant registered or resumed since, a workflow filter or an intake bug

@@ -1,11 +1,11 @@
-"""Operator control commands (cancel, replay): the map of their life, and their pure logic.
+"""Operator control commands (cancel, replay, approval decisions): their life, and their pure logic.
 
 A ``ControlCommand`` (``schemas/avro/ControlCommand.avsc``) goes, step by step, through:
 
 1. **Made and signed** — :mod:`.commands` (``command``: a fresh id, issued now; ``ControlSender``:
    one producer to ``<p>.control``, keyed by run), :mod:`.signing` (Ed25519 over RFC 8785 JSON of
    the signed fields), :mod:`.keys` (which operator key signs). Callers, edges that only parse
-   input and show outcomes: the CLI ``switchyard replay|cancel`` (``services/commands/control.py``)
+   input and show outcomes: the CLI ``switchyard replay|cancel|approve`` (``services/commands/control.py``)
    and the console's buttons (``services/console/actions.py``, a gateway signing
    ``on_behalf_of`` its logged-in operator).
 2. **Intake** (``services/router/intake.py``, ``IntakeProcessor._control``: decode, dead-letter,
@@ -17,7 +17,7 @@ A ``ControlCommand`` (``schemas/avro/ControlCommand.avsc``) goes, step by step, 
 3. **Core** (``services/router/core.py``, ``CoreProcessor._control``: the transaction and the
    partition state) follows :mod:`services.router.control`: find the run (memory, or read back
    from its history), admit the command id once per run within the window (:mod:`.command_log`),
-   then refuse, cancel or replay, as one step.
+   then refuse, cancel, decide an approval step or replay, as one step.
 4. **The run's history** — the decision is the step's first event, ``control_accepted`` or
    ``control_refused`` with the reason (``services/router/machine.py``, ``control_event``), then the
    cancel or replay events; a command about no run of its tenant, or whose decision cannot be

@@ -1,6 +1,7 @@
-"""Building, signing and sending `ControlCommand`s. Intake verifies the signature and the router
-core applies them; the outcome (accepted or refused, with the reason) lands in the run's history
-or the DLQ, and the projector stores it in ``control_commands`` for audit."""
+"""Building, signing and sending `ControlCommand`s (cancel, replay, approval decisions). Intake
+verifies the signature and the router core applies them; the outcome (accepted or refused, with
+the reason) lands in the run's history or the DLQ, and the projector stores it in
+``control_commands`` for audit."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from services.contracts.records import ControlCommand
 from services.control.keys import OperatorKey
 from services.control.signing import sign
 
-Kind = Literal["cancel", "replay_run", "replay_step"]
+Kind = Literal["cancel", "replay_run", "replay_step", "approve"]
 
 
 def command(
@@ -32,9 +33,12 @@ def command(
     *,
     key: OperatorKey | None = None,
     on_behalf_of: str | None = None,
+    decision: str | None = None,
+    comment: str | None = None,
 ) -> ControlCommand:
     """A new command (fresh id, issued now), signed by ``key`` when given (the requester then
-    becomes the identity intake records: ``on_behalf_of`` or the key id)."""
+    becomes the identity intake records: ``on_behalf_of`` or the key id). An approval decision
+    (kind ``approve``) carries ``decision`` and ``comment``, both signed."""
     cmd: ControlCommand = {
         "command_id": str(uuid.uuid4()),
         "kind": kind,
@@ -51,6 +55,9 @@ def command(
         "signature": None,
         "on_behalf_of": on_behalf_of,
     }
+    if decision is not None or comment is not None:
+        cmd["decision"] = decision
+        cmd["comment"] = comment
     return cmd if key is None else sign(cmd, key.key_id, key.private_key)
 
 

@@ -22,6 +22,8 @@ CONTROL_LIMITS = {
     "reason": 4000,
     "correlation_id": MAX_ID_LENGTH,
     "filter_json": 64 * 1024,
+    "decision": 16,
+    "comment": 2000,
 }
 
 

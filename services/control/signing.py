@@ -5,6 +5,9 @@ The signed message is the canonical JSON of::
     {"purpose": "switchyard.control.v1", "command_id": ..., "kind": ..., "tenant": ..., "run_id": ...,
      "step_id": ..., "reason": ..., "issued_at": <ms>, "key_id": ..., "on_behalf_of": ...}
 
+plus ``"decision"`` and ``"comment"`` when the command has them (an approval decision: these
+fields came later, so a command without them signs exactly what it signed before).
+
 ``purpose`` separates these signatures from definition signatures (same keys' algorithm, other
 messages); ``key_id`` and ``on_behalf_of`` are signed so that neither can be swapped in transit.
 ``requester`` and ``correlation_id`` are not: intake replaces the requester with the verified
@@ -38,6 +41,11 @@ def signing_payload(command: ControlCommand) -> bytes:
         "on_behalf_of": command.get("on_behalf_of"),
         "purpose": PURPOSE,
     }
+    # Signed when set: the signatures of commands without them (all before them) stay valid.
+    if command.get("decision") is not None:
+        message["decision"] = command.get("decision")
+    if command.get("comment") is not None:
+        message["comment"] = command.get("comment")
     try:
         return rfc8785.dumps(message)
     except Exception as exc:  # lone surrogates, integers past 2**53: not something we signed

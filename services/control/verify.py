@@ -73,7 +73,7 @@ def verify_command(
         raise CommandRefused(
             Reason.UNSIGNED,
             f"{what} is not signed; operator commands must be signed with an operator key "
-            "(`switchyard replay|cancel --key FILE`)",
+            "(`switchyard replay|cancel|approve --key FILE`)",
         )
     entry = tenant.keyring_or_empty().get(key_id)
     public: Ed25519PublicKey

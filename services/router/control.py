@@ -9,8 +9,9 @@ one the core (``CoreProcessor._control``)
    saying where the core looked (:func:`no_such_run`): the DLQ, then ``control_commands``;
 2. decides (:func:`plan`): the command id is admitted once per run within the staleness window
    (:mod:`services.control.command_log`), then the command is refused with the reason, cancels
-   the run, or replays it (its failed and cancelled steps, a step and what follows it, or one
-   step: :func:`services.router.machine.steps_to_replay`). The plan is the compute of one
+   the run, decides an approval step (:func:`services.router.machine.decide`), or replays it
+   (its failed and cancelled steps, a step and what follows it, or one step:
+   :func:`services.router.machine.steps_to_replay`). The plan is the compute of one
    core step, so the decision — ``control_accepted`` or ``control_refused`` first in the run's
    history (:func:`services.router.machine.control_event`) — and its effects are written together
    or not at all;
@@ -41,7 +42,8 @@ from services.router.rejection import StepRejected
 from services.router.state import RunState
 from services.workflow.compiled import CompiledWorkflow
 
-#: The command kinds that replay a run (the others: ``cancel``; ``replay_bulk`` is expanded by the CLI).
+#: The command kinds that replay a run (the others: ``cancel``, ``approve``; ``replay_bulk`` is
+#: expanded by the CLI).
 REPLAYS = ("replay_run", "replay_step")
 
 Lookup = Callable[[str, str, int], CompiledWorkflow | None]
@@ -157,6 +159,9 @@ def plan(
     if why_not is not None:
         return partial(_refused, command, why_not)
     kind = command["kind"]
+    if kind == "approve":
+        grace = settings.deadline_grace_ms
+        return partial(machine.decide, run, workflow_of(run), command, now_ms, deadline_grace_ms=grace)
     if kind == "cancel":
         if run.status.terminal:
             return partial(_refused, command, f"run is already {run.status.value}")

@@ -57,10 +57,16 @@ class StepFailureDetail(TypedDict):
 
 
 class StepScheduledDetail(TypedDict):
-    action: str
+    """An attempt sent to the executors, or a step the router runs itself (``action`` None): its
+    ``kind`` (``wait``, ``approval``, …), ``deadline`` its wake-up or timeout, ``waiting`` what
+    it waits for."""
+
+    action: str | None
     inputs: JsonObject
     deadline: int
     idempotency_key: str
+    kind: NotRequired[str]
+    waiting: NotRequired[JsonObject]
 
 
 class ChildScheduledDetail(TypedDict):
@@ -101,6 +107,7 @@ class ControlDetail(TypedDict):
     step_id: str | None
     command_correlation_id: str | None
     refusal: NotRequired[str]
+    decision: NotRequired[str | None]  # an approval decision's (kind ``approve``)
 
 
 class StepResetDetail(TypedDict):

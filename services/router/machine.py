@@ -5,6 +5,10 @@ step commands, timers and dead letters — which the Kafka-facing core turns int
 (``now_ms``) and jitter (``rand``) come in as arguments, so every transition is reproducible in
 unit tests.
 
+Steps of the kinds the router runs itself (``wait``, ``approval``: no command, no executor) start,
+park on the run's durable deadline timer and end through their kind's pure module (see
+:mod:`services.router.step_kinds`); an operator's approval decision is :func:`decide`.
+
 Run status: ``pending`` (admitted, waiting for a concurrency slot) → ``running`` ⇄ ``retrying``
 (some step waits for its backoff) → ``succeeded`` | ``failed`` | ``cancelled``.
 """
@@ -18,20 +22,21 @@ from services.config import Settings
 from services.contracts import strict_json
 from services.contracts.records import ControlCommand, JsonObject, StepResult
 from services.contracts.vocabulary import RUN_END_EVENTS, ErrorKind, EventType, RunStatus, StepStatus
-from services.router import retention, subworkflows
+from services.router import approvals, retention, step_kinds, subworkflows, waits
 from services.router.event_details import (
     AttemptTiming,
     ControlDetail,
     EventDetail,
     RunPendingDetail,
     StepFailureDetail,
+    StepScheduledDetail,
     StepSucceededDetail,
     TriggerSummary,
 )
 from services.router.state import RunState, StepRecord
 from services.workflow.compiled import CompiledWorkflow
 from services.workflow.expressions import EvalContext, ExpressionError
-from services.workflow.models import CONTEXT_STEP_PREFIX, is_context_step
+from services.workflow.models import CONTEXT_STEP_PREFIX, Step, is_context_step
 
 #: Default of ``deadline_grace_ms`` (``SWITCHYARD_DEADLINE_GRACE_MS``): the router waits this long
 #: past a step's deadline before declaring it timed out, so that the executor's own timeout report
@@ -282,16 +287,23 @@ def _succeeded(
     grace_ms: int,
 ) -> None:
     """Keep a succeeded attempt's output (``text``, ``size`` bytes) and move the run on."""
+    _record_success(run, step_id, attempt, _loads(text), size, timing, effects)
+    _advance(run, workflow, now_ms, effects, grace_ms)
+
+
+def _record_success(
+    run: RunState, step_id: str, attempt: int, output: Any, size: int, timing: AttemptTiming, effects: Effects
+) -> None:
+    """Mark the step succeeded with ``output`` (``size`` bytes of JSON); the caller moves the run on."""
     rec = run.steps[step_id]
     rec.status = StepStatus.SUCCEEDED
-    rec.output = _loads(text)
+    rec.output = output
     rec.output_bytes = size
     rec.deadline_ms = None
-    succeeded: StepSucceededDetail = {"output": rec.output, **timing}
+    succeeded: StepSucceededDetail = {"output": output, **timing}
     effects.events.append(
         Event(EventType.STEP_SUCCEEDED, step_id, attempt, StepStatus.SUCCEEDED.value, succeeded)
     )
-    _advance(run, workflow, now_ms, effects, grace_ms)
 
 
 def stale_result(run: RunState, result: StepResult) -> Effects | None:
@@ -342,11 +354,24 @@ def on_timer(
     if timer.kind == "retry" and rec.status == StepStatus.RETRYING:
         _schedule(run, workflow, timer.step_id, now_ms, effects, deadline_grace_ms)
         _refresh_status(run, effects)
-    elif timer.kind == "deadline" and rec.status == StepStatus.RUNNING:
-        spec = workflow.definition.step(timer.step_id).workflow
-        if spec is not None:
+    elif timer.kind == "deadline" and rec.status == StepStatus.RUNNING and rec.deadline_ms is not None:
+        step = workflow.definition.step(timer.step_id)
+        if step.workflow is not None:
             subworkflows.on_deadline(
-                run, workflow, timer.step_id, spec, now_ms, rand, effects, deadline_grace_ms
+                run, workflow, timer.step_id, step.workflow, now_ms, rand, effects, deadline_grace_ms
+            )
+            return effects
+        if step.action is None:  # a wait's wake-up, an approval's timeout: the kind decides
+            ending = _router_deadline(step, rec.deadline_ms)
+            _end_in_router(
+                run,
+                workflow,
+                timer.step_id,
+                ending,
+                now_ms,
+                effects,
+                deadline_grace_ms,
+                EventType.STEP_TIMED_OUT,
             )
             return effects
         _failed_attempt(
@@ -404,6 +429,8 @@ def control_event(command: ControlCommand, refusal: str | None = None) -> Event:
     }
     if refusal is not None:
         detail["refusal"] = refusal
+    if command["kind"] == "approve":
+        detail["decision"] = command.get("decision")
     return Event(EventType.CONTROL_REFUSED if refusal else EventType.CONTROL_ACCEPTED, detail=detail)
 
 
@@ -585,28 +612,13 @@ def _schedule(
     step = workflow.definition.step(step_id)
     rec.attempt += 1
     rec.retry_at_ms = None
+    if step.action is None and step.workflow is None:
+        _start_in_router(run, workflow, step, now_ms, effects)
+        return
     try:
         inputs = workflow.render_inputs(step_id, context(run))
     except ExpressionError as exc:
-        rec.status = StepStatus.FAILED
-        rec.error_kind, rec.error_message = ErrorKind.EXPRESSION_ERROR, str(exc)[:STATE_ERROR_CHARS]
-        effects.events.append(
-            Event(
-                EventType.STEP_FAILED,
-                step_id,
-                rec.attempt,
-                StepStatus.FAILED.value,
-                {"error_kind": ErrorKind.EXPRESSION_ERROR, "error_message": str(exc)},
-            )
-        )
-        effects.dead_letters.append(
-            {
-                "step_id": step_id,
-                "attempt": rec.attempt,
-                "error_kind": ErrorKind.EXPRESSION_ERROR,
-                "error_message": str(exc),
-            }
-        )
+        _failed_unscheduled(run, step_id, ErrorKind.EXPRESSION_ERROR, str(exc), effects)
         return
     if step.workflow is not None:
         subworkflows.schedule(run, step_id, step.workflow, inputs, now_ms, effects)
@@ -632,6 +644,154 @@ def _schedule(
             },
         )
     )
+
+
+def _failed_unscheduled(run: RunState, step_id: str, kind: str, message: str, effects: Effects) -> None:
+    """Fail a step as it starts (its inputs or kind spec cannot be evaluated): no retry, and no
+    advance here: the caller's :func:`_advance` loop goes on from it."""
+    rec = run.steps[step_id]
+    rec.status = StepStatus.FAILED
+    rec.error_kind, rec.error_message, rec.deadline_ms = kind, message[:STATE_ERROR_CHARS], None
+    effects.events.append(
+        Event(
+            EventType.STEP_FAILED,
+            step_id,
+            rec.attempt,
+            StepStatus.FAILED.value,
+            {"error_kind": kind, "error_message": message},
+        )
+    )
+    effects.dead_letters.append(
+        {"step_id": step_id, "attempt": rec.attempt, "error_kind": kind, "error_message": message}
+    )
+
+
+# --- steps the router runs itself (services.router.step_kinds) -------------------------------------------
+
+
+def _start_in_router(
+    run: RunState, workflow: CompiledWorkflow, step: Step, now_ms: int, effects: Effects
+) -> None:
+    """Start a step of a kind the router runs itself: no command, no executor slot. Its kind's
+    module says whether it parks (running until a wake-up or timeout kept as ``deadline_ms``, the
+    run's durable timer), finishes or fails at once; the step is scheduled in history either way."""
+    outcome: step_kinds.Outcome
+    if step.wait is not None:
+        outcome = waits.start(step, workflow, context(run), now_ms)
+    elif step.approval is not None:
+        outcome = approvals.start(step, now_ms)
+    else:  # pragma: no cover - models.Step admits no other kind
+        raise AssertionError(f"step {step.id!r} of kind {step.kind} has no start in the router")
+    rec = run.steps[step.id]
+    detail: StepScheduledDetail = {
+        "action": None,
+        "kind": step.kind,
+        "inputs": {},
+        "deadline": outcome.due_ms if isinstance(outcome, step_kinds.Park) else now_ms,
+        "idempotency_key": f"{run.run_id}:{step.id}:{rec.attempt}",
+    }
+    if isinstance(outcome, step_kinds.Park):
+        detail["waiting"] = outcome.waiting
+    rec.status = StepStatus.RUNNING
+    effects.events.append(
+        Event(EventType.STEP_SCHEDULED, step.id, rec.attempt, StepStatus.RUNNING.value, detail)
+    )
+    if isinstance(outcome, step_kinds.Park):
+        rec.deadline_ms = outcome.due_ms
+        effects.timers.append(Timer(outcome.due_ms, run.run_id, step.id, rec.attempt, "deadline"))
+    elif isinstance(outcome, step_kinds.Finish):
+        _record_success(
+            run,
+            step.id,
+            rec.attempt,
+            outcome.output,
+            _json_size(outcome.output),
+            _router_timing(now_ms),
+            effects,
+        )
+    else:
+        _failed_unscheduled(run, step.id, outcome.error_kind, outcome.message, effects)
+
+
+def _router_deadline(step: Step, due_ms: int) -> step_kinds.Ending:
+    """What the deadline (wake-up, timeout) of a step the router runs itself comes to."""
+    if step.wait is not None:
+        return waits.woken(due_ms)
+    if step.approval is not None:
+        return approvals.timed_out(step)
+    # pragma: no cover - models.Step admits no other kind
+    raise AssertionError(f"step {step.id!r} of kind {step.kind} has no deadline in the router")
+
+
+def _end_in_router(
+    run: RunState,
+    workflow: CompiledWorkflow,
+    step_id: str,
+    ending: step_kinds.Ending,
+    now_ms: int,
+    effects: Effects,
+    grace_ms: int,
+    failure_event: EventType = EventType.STEP_FAILED,
+) -> None:
+    """Apply how a parked step ended (success, or a failure never retried) and move the run on."""
+    rec = run.steps[step_id]
+    if isinstance(ending, step_kinds.Finish):
+        _record_success(
+            run,
+            step_id,
+            rec.attempt,
+            ending.output,
+            _json_size(ending.output),
+            _router_timing(now_ms),
+            effects,
+        )
+        _advance(run, workflow, now_ms, effects, grace_ms)
+        return
+    _failed_attempt(
+        run,
+        workflow,
+        step_id,
+        ending.error_kind,
+        ending.message,
+        False,
+        now_ms,
+        0.0,
+        effects,
+        event_type=failure_event,
+        extra=_router_timing(now_ms),
+        deadline_grace_ms=grace_ms,
+    )
+
+
+def _json_size(output: JsonObject) -> int:
+    """Bytes of ``output`` as JSON (a router step's output is small and the engine's own)."""
+    return len(strict_json.dumps(output))
+
+
+def _router_timing(now_ms: int) -> AttemptTiming:
+    return {"started_at": None, "finished_at": now_ms, "executor_id": None}
+
+
+def decide(
+    run: RunState,
+    workflow: CompiledWorkflow | None,
+    command: ControlCommand,
+    now_ms: int,
+    *,
+    deadline_grace_ms: int = DEADLINE_GRACE_MS,
+) -> Effects:
+    """Apply an operator's approval decision (a verified ``approve`` command): ``control_accepted``
+    then the step's end, or ``control_refused`` saying why it decides nothing."""
+    why_not = approvals.refusal(run, workflow, command)
+    if why_not is not None or workflow is None:
+        return Effects(
+            events=[control_event(command, why_not or "the run's definition is no longer verified")]
+        )
+    effects = Effects(events=[control_event(command)])
+    step_id = command.get("step_id") or ""
+    ending = approvals.decided(workflow.definition.step(step_id), command, now_ms)
+    _end_in_router(run, workflow, step_id, ending, now_ms, effects, deadline_grace_ms)
+    return effects
 
 
 def _advance(run: RunState, workflow: CompiledWorkflow, now_ms: int, effects: Effects, grace_ms: int) -> None:

@@ -18,7 +18,7 @@ action, inputs over ``trigger``), which every root step needs, so the DAG itself
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from services.contracts.vocabulary import ErrorKind
@@ -76,6 +76,8 @@ class CompiledWorkflow:
     _when: Mapping[str, CompiledExpression]
     _inputs: Mapping[str, CompiledInputs]
     _steps: Mapping[str, Step]
+    #: Expressions inside the steps' kind specs, by (step id, field path), e.g. ``wait.until``.
+    _spec_expressions: Mapping[tuple[str, str], CompiledExpression] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -131,6 +133,10 @@ class CompiledWorkflow:
         self._steps[step_id]  # KeyError for unknown steps
         expr = self._when.get(step_id)
         return True if expr is None else expr.evaluate_bool(ctx.variables())
+
+    def spec_expression(self, step_id: str, path: str) -> CompiledExpression:
+        """The compiled expression at ``path`` of the step's kind spec (``KeyError`` if none)."""
+        return self._spec_expressions[(step_id, path)]
 
     def render_inputs(self, step_id: str, ctx: EvalContext) -> JsonObject:
         """The step's inputs with templates evaluated; :class:`ExpressionError` on failure."""
@@ -214,4 +220,5 @@ def compile_workflow(
         _when=dict(parts.when),
         _inputs=dict(parts.inputs),
         _steps={s.id: s for s in [*defn.context_steps(), *defn.steps]},
+        _spec_expressions=dict(parts.spec_expressions),
     )

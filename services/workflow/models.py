@@ -10,7 +10,7 @@ to ``schemas/workflow-definition.schema.json`` (see :mod:`services.workflow.sche
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -41,10 +41,12 @@ CEL_RESERVED_WORDS = frozenset(
 MAX_SAFE_INTEGER = 2**53 - 1
 #: Upper bound of a step timeout: one day.
 MAX_TIMEOUT_SECONDS = 24 * 60 * 60.0
-#: Upper bound of anything a step waits for without an executor (a child run, a wait): 366 days.
+#: Upper bound of anything a step waits for in the router (a wait, an approval, a child run): 366 days.
 MAX_WAIT_SECONDS = 366 * 24 * 60 * 60.0
 #: How long a `workflow:` step waits for its child run unless it says otherwise: one day.
 SUBWORKFLOW_TIMEOUT_SECONDS = 24 * 60 * 60.0
+#: Upper bound of an author's text shown to people (an approval's prompt).
+MAX_TEXT_CHARS = 2000
 
 STEP_ID_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 WORKFLOW_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
@@ -196,22 +198,84 @@ class SubWorkflow(BaseModel):
         return value
 
 
-#: The fields that choose a step's kind; a step has exactly one.
-STEP_KIND_FIELDS = ("action", "wait", "wait_for", "approval", "workflow")
+OnTimeout = Literal["fail", "continue"]
+
+
+class WaitSpec(BaseModel):
+    """A durable pause the router keeps itself: for ``duration`` seconds, or until the time ``until``
+    evaluates to. No executor is involved; the wake-up is a timer in the run's state."""
+
+    model_config = _CONFIG
+
+    duration: float | None = Field(
+        None, gt=0, le=MAX_WAIT_SECONDS, description="Seconds to wait (at most 366 days)."
+    )
+    until: Expression | None = Field(
+        None,
+        description="CEL expression over `trigger` and `steps` (not a template) giving an RFC 3339 "
+        "timestamp string or a CEL timestamp, evaluated when the step starts; a past time ends the "
+        "wait at once.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> WaitSpec:
+        if (self.duration is None) == (self.until is None):
+            raise ValueError("a wait needs exactly one of `duration` (seconds) or `until` (a CEL timestamp)")
+        return self
+
+
+class ApprovalSpec(BaseModel):
+    """A human decision the run waits for: an operator approves or rejects with
+    ``switchyard approve``; with no decision by ``timeout`` seconds, ``on_timeout`` applies."""
+
+    model_config = _CONFIG
+
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)] = Field(
+        description="What the approver is asked (shown in the run's history and the CLI)."
+    )
+    timeout: float = Field(
+        7 * 24 * 60 * 60.0,
+        gt=0,
+        le=MAX_WAIT_SECONDS,
+        description="Seconds to wait for a decision (default 7 days, at most 366 days).",
+    )
+    on_timeout: OnTimeout = Field(
+        "fail",
+        description="No decision in time: `fail` the step (`approval_timed_out`) or `continue` "
+        "(the step succeeds with decision `timeout`).",
+    )
+    on_reject: OnTimeout = Field(
+        "fail",
+        description="Rejected: `fail` the step (`approval_rejected`, never retried) or `continue` "
+        "(the step succeeds with decision `reject`).",
+    )
+
+
+#: The step kinds, each chosen by the one field of its name (``action`` for executor steps).
+StepKind = Literal["action", "wait", "approval", "workflow"]
+#: The fields that choose a step's kind; a step has exactly one of them.
+KIND_FIELDS: tuple[StepKind, ...] = ("action", "wait", "approval", "workflow")
+STEP_KIND_FIELDS = KIND_FIELDS
+#: Fields only an action step may set (the router runs the other kinds itself; a `workflow` step
+#: keeps `retry`, which its `retry_failed` uses).
+ACTION_ONLY_FIELDS = ("inputs", "timeout", "retry")
 
 
 class Step(BaseModel):
-    """One node of the DAG: an action with templated inputs, its dependencies and its policies."""
+    """One node of the DAG: its kind (an action with templated inputs, a wait, an approval), its
+    dependencies and its policies."""
 
     model_config = _CONFIG
 
     id: StepId = Field(description="Unique step id; other steps refer to it in `needs` and `steps.<id>`.")
     action: Annotated[str, StringConstraints(pattern=ACTION_PATTERN)] | None = Field(
-        None, description="Action to run, e.g. `echo` or `firm.update_record`."
+        None, description="Action an executor runs, e.g. `echo` or `firm.update_record`."
     )
     workflow: SubWorkflow | None = Field(
         None, description="Run another workflow of the tenant as a child run and wait for its outcome."
     )
+    wait: WaitSpec | None = Field(None, description="Pause the run (durably, in the router).")
+    approval: ApprovalSpec | None = Field(None, description="Wait for an operator's decision.")
     inputs: dict[str, JsonValue] = Field(
         default_factory=dict,
         description="Action inputs. Strings may contain templates: a whole value `${{ expr }}` keeps the "
@@ -243,20 +307,46 @@ class Step(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _one_kind(self) -> Step:
-        chosen = [name for name in STEP_KIND_FIELDS if getattr(self, name, None) is not None]
+    def _exactly_one_kind(self) -> Step:
+        chosen = [name for name in KIND_FIELDS if getattr(self, name) is not None]
         if len(chosen) != 1:
-            raise ValueError("a step has exactly one of action, wait, wait_for, approval, workflow")
+            found = f"it has {' and '.join(chosen)}" if chosen else "it has none"
+            raise ValueError(f"a step needs exactly one of {', '.join(KIND_FIELDS)}; {found}")
         if self.workflow is not None and self.inputs:
             raise ValueError("a workflow step's inputs go under `workflow.inputs` (the child's trigger data)")
-        if self.workflow is not None and self.timeout != Step.model_fields["timeout"].default:
+        if self.workflow is not None and "timeout" in self.model_fields_set:
             raise ValueError("a workflow step's timeout goes under `workflow.timeout` (default one day)")
+        if chosen[0] not in ("action", "workflow"):
+            extra = [name for name in ACTION_ONLY_FIELDS if name in self.model_fields_set]
+            if extra:
+                raise ValueError(
+                    f"{', '.join(extra)} apply to action steps only; a {chosen[0]} step sets its "
+                    f"time limits in `{chosen[0]}:`"
+                )
         return self
 
+    @model_serializer(mode="wrap")
+    def _dump_its_kind_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A step's JSON (what is signed, as RFC 8785 of the dump) holds its one kind field and
+        # leaves out the others, so a definition written before the kinds existed signs the same
+        # bytes as then; a router-run step leaves out the action-only fields it cannot have.
+        data: dict[str, Any] = handler(self)
+        for kind in KIND_FIELDS:
+            if data.get(kind, "") is None:
+                del data[kind]
+        if self.action is None:
+            for field in ACTION_ONLY_FIELDS:
+                if not (field == "retry" and self.workflow is not None):
+                    data.pop(field, None)
+        return data
+
     @property
-    def kind(self) -> str:
-        """``action`` | ``wait`` | ``wait_for`` | ``approval`` | ``workflow``: which field the step has."""
-        return next(name for name in STEP_KIND_FIELDS if getattr(self, name, None) is not None)
+    def kind(self) -> StepKind:
+        """Which kind of step this is: the one of :data:`KIND_FIELDS` it has."""
+        for name in KIND_FIELDS:
+            if getattr(self, name) is not None:
+                return name
+        raise AssertionError("a validated step has a kind")  # pragma: no cover
 
 
 class ContextEntry(BaseModel):

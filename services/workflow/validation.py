@@ -1,8 +1,10 @@
 """Validation of a whole definition: shape (pydantic) plus every cross-field rule, all problems at once.
 
 Rules owned here: size limits, unique step ids, known ``needs`` (no self-loops, no cycles, named
-as ``a -> b -> a``), known actions, expressions that compile, expression references to
-``steps.<id>`` only where ``<id>`` is an ancestor of the step, and the ``context:`` block: at most
+as ``a -> b -> a``), known actions (of action steps), expressions that compile (filters, ``when``,
+templates and the CEL inside a step kind's spec, :data:`SPEC_EXPRESSION_FIELDS`, e.g.
+``wait.until``), expression references to ``steps.<id>`` only where ``<id>`` is an ancestor of the
+step, a `workflow:` step that calls its own workflow, and the ``context:`` block: at most
 :data:`~services.workflow.models.MAX_CONTEXT_ENTRIES` entries, each a read action (a built-in
 action that mutates is refused here; the executor refuses any other action that does not declare
 ``mutates = False``), inputs that read only ``trigger``, and ``context.<name>`` references only to
@@ -29,11 +31,13 @@ from services.workflow.expressions import CompiledExpression, ExpressionError, c
 from services.workflow.models import (
     CONTEXT_STEP_PREFIX,
     MAX_CONTEXT_ENTRIES,
+    ApprovalSpec,
     ContextEntry,
     RetryPolicy,
     Step,
     SubWorkflow,
     Trigger,
+    WaitSpec,
     WorkflowDefinition,
 )
 from services.workflow.problems import DefinitionError, PathPart, Problem, format_path
@@ -55,6 +59,8 @@ class _StepView:
     inputs: Mapping[str, Any] | None
     inputs_at: tuple[str, ...] = ("inputs",)  # where the inputs are in the step (for problems)
     calls: str | None = None  # a `workflow:` step's child workflow name
+    #: CEL expressions inside the step's kind spec, by field path (e.g. ``wait.until``).
+    expressions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -81,6 +87,23 @@ class CompiledParts:
     trigger_filter: CompiledExpression | None = None
     when: dict[str, CompiledExpression] = field(default_factory=dict)
     inputs: dict[str, CompiledInputs] = field(default_factory=dict)
+    #: Expressions of the kind specs, by step id and field path (``("pause", "wait.until")``).
+    spec_expressions: dict[tuple[str, str], CompiledExpression] = field(default_factory=dict)
+
+
+#: The CEL fields of the step kind specs (bare CEL, not templates), as ``(kind field, field)``.
+SPEC_EXPRESSION_FIELDS: tuple[tuple[str, str], ...] = (("wait", "until"),)
+
+
+def _spec_expressions(step: Mapping[str, Any]) -> dict[str, str]:
+    """The CEL sources of a step's kind specs (``step``: the step's fields, read leniently)."""
+    found: dict[str, str] = {}
+    for kind, name in SPEC_EXPRESSION_FIELDS:
+        spec = step.get(kind)
+        source = spec.get(name) if isinstance(spec, Mapping) else None
+        if isinstance(source, str):
+            found[f"{kind}.{name}"] = source
+    return found
 
 
 def _view_from_data(data: Mapping[str, Any]) -> _View:
@@ -110,6 +133,7 @@ def _view_from_data(data: Mapping[str, Any]) -> _View:
                 inputs=inputs if isinstance(inputs, dict) else None,
                 inputs_at=("workflow", "inputs") if isinstance(child, dict) else ("inputs",),
                 calls=calls,
+                expressions=_spec_expressions(raw),
             )
         )
     raw_context = data.get("context")
@@ -127,22 +151,25 @@ def _view_from_data(data: Mapping[str, Any]) -> _View:
 
 def _view_from_model(defn: WorkflowDefinition) -> _View:
     steps = [
-        _StepView(i, s.id, s.action, list(enumerate(s.needs)), s.when, s.inputs)
-        if s.workflow is None
-        else _StepView(
+        _StepView(
             i,
             s.id,
-            None,
+            s.action,
             list(enumerate(s.needs)),
             s.when,
-            s.workflow.inputs,
-            ("workflow", "inputs"),
-            s.workflow.name,
+            s.inputs if s.workflow is None else s.workflow.inputs,
+            ("inputs",) if s.workflow is None else ("workflow", "inputs"),
+            None if s.workflow is None else s.workflow.name,
+            _spec_expressions({kind: _dumped(getattr(s, kind, None)) for kind, _ in SPEC_EXPRESSION_FIELDS}),
         )
         for i, s in enumerate(defn.steps)
     ]
     context = [_ContextView(name, e.action, e.inputs) for name, e in defn.context.items()]
     return _View(steps, defn.trigger.filter, context)
+
+
+def _dumped(spec: Any) -> Mapping[str, Any] | None:
+    return spec.model_dump() if isinstance(spec, BaseModel) else None
 
 
 def _suggest(word: str, choices: Collection[str]) -> str:
@@ -151,18 +178,23 @@ def _suggest(word: str, choices: Collection[str]) -> str:
 
 
 def _model_at(loc: Sequence[PathPart]) -> type[BaseModel] | None:
-    shapes: list[tuple[tuple[type, ...], type[BaseModel]]] = [
+    # A shape part is a type (any key of it) or a field name (that key only).
+    shapes: list[tuple[tuple[type | str, ...], type[BaseModel]]] = [
         ((), WorkflowDefinition),
         ((str,), Trigger),
         ((str, int), Step),
-        ((str, int, str), RetryPolicy),
+        ((str, int, "retry"), RetryPolicy),
+        ((str, int, "wait"), WaitSpec),
+        ((str, int, "approval"), ApprovalSpec),
     ]
     if len(loc) == 3 and loc[2] == "workflow":
         return SubWorkflow
     if len(loc) == 2 and loc[0] == "context":
         return ContextEntry
     for shape, model in shapes:
-        if len(loc) == len(shape) and all(isinstance(p, t) for p, t in zip(loc, shape, strict=True)):
+        if len(loc) == len(shape) and all(
+            p == t if isinstance(t, str) else isinstance(p, t) for p, t in zip(loc, shape, strict=True)
+        ):
             return model
     return None
 
@@ -330,6 +362,15 @@ def _expression_problems(
                 problems.extend(_context_reference_problems(expr.context_refs, view, where, file))
                 if step.id is not None:
                     parts.when[step.id] = expr
+            except ExpressionError as exc:
+                problems.append(Problem(file, where, str(exc)))
+        for path, source in step.expressions.items():
+            where = f"steps[{step.index}].{path}"
+            try:
+                expr = compile_expression(source)
+                problems.extend(_reference_problems(expr.step_refs, step, ancestry, first_at, where, file))
+                if step.id is not None:
+                    parts.spec_expressions[(step.id, path)] = expr
             except ExpressionError as exc:
                 problems.append(Problem(file, where, str(exc)))
         if step.inputs is not None:

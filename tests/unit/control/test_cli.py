@@ -1,9 +1,10 @@
 """The operator-key parts of the CLI, with the registry and Kafka faked: `tenant create|update
---operator-key`, and replay/cancel refusing to send without a key."""
+--operator-key`, replay/cancel refusing to send without a key, and approve signing its decision."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -76,3 +77,45 @@ def test_replay_and_cancel_refuse_to_send_unsigned(monkeypatch: pytest.MonkeyPat
     result = CliRunner().invoke(app, ["run-1", "--reason", "x", "--tenant", "acme"])
     assert result.exit_code == 2
     assert "no operator key" in result.output and "switchyard operator keygen" in result.output
+
+
+def test_approve_sends_a_signed_decision_with_its_comment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from services.control.signing import signature_matches
+    from tests.fixtures.operators import PRIVATE, write_key
+
+    sent: list[Any] = []
+
+    class Sender:
+        def __init__(self, _settings: Settings) -> None: ...
+
+        def send(self, cmd: Any) -> None:
+            sent.append(cmd)
+
+        def flush(self) -> None: ...
+
+    monkeypatch.setattr(
+        control_cmd, "kafka_settings", lambda: Settings(kafka_bootstrap_servers="unused:9092")
+    )
+    monkeypatch.setattr(control_cmd, "ControlSender", Sender)
+    app = typer.Typer()
+    app.command()(control_cmd.approve)
+    key = write_key(tmp_path, "alice@acme")
+    args = ["run-1", "ask", "--decision", "reject", "--comment", "wrong client", "--tenant", "acme"]
+    result = CliRunner().invoke(app, [*args, "--key", str(key), "--wait", "0"])
+    assert result.exit_code == 0, result.output
+    [cmd] = sent
+    assert (cmd["kind"], cmd["step_id"], cmd["decision"], cmd["comment"]) == (
+        "approve",
+        "ask",
+        "reject",
+        "wrong client",
+    )
+    assert cmd["reason"] == "reject: wrong client" and cmd["requester"] == "alice@acme"
+    assert signature_matches(cmd, PRIVATE.public_key())
+
+    bad = CliRunner().invoke(
+        app, ["run-1", "ask", "--decision", "maybe", "--comment", "x", "--key", str(key)]
+    )
+    assert bad.exit_code == 2 and "maybe" in bad.output
