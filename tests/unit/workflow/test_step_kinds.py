@@ -46,7 +46,7 @@ def test_each_kind_is_chosen_by_its_one_field() -> None:
 @pytest.mark.parametrize(
     ("step", "expected"),
     [
-        ({"id": "a"}, "exactly one of action, wait, approval; it has none"),
+        ({"id": "a"}, "a step needs exactly one of action, wait, approval, workflow; it has none"),
         ({"id": "a", "action": "echo", "wait": {"duration": 1}}, "it has action and wait"),
         ({"id": "a", "wait": {"duration": 1}, "approval": {"prompt": "p"}}, "it has wait and approval"),
         ({"id": "a", "wait": {"duration": 1}, "timeout": 5}, "timeout apply to action steps only"),
