@@ -102,7 +102,7 @@ def _publish_examples(settings: Settings, private: str, known_actions: set[str])
     names: dict[str, str] = {}
     for path in sorted(EXAMPLES.glob("*.yaml")):
         definition = load_definition_file(path)
-        missing = {s.action for s in definition.steps} - known_actions
+        missing = {s.action for s in definition.steps if s.action is not None} - known_actions
         if missing:
             _step(f"skipping {path.name}: actions {sorted(missing)} are not installed")
             continue

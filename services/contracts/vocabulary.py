@@ -81,6 +81,7 @@ class EventType(StrEnum):
     STEP_SKIPPED = "step_skipped"  # its condition was false, or a skipped step upstream
     STEP_CANCELLED = "step_cancelled"
     STEP_RESET = "step_reset"  # back to pending by a replay
+    STEP_WAITING_FOR_EVENT = "step_waiting_for_event"  # a wait_for step started waiting (state running)
     RESULT_IGNORED = "result_ignored"  # a late, duplicate or unknown attempt's result
     CONTROL_ACCEPTED = "control_accepted"  # an operator's command, applied
     CONTROL_REFUSED = "control_refused"  # an operator's command, refused (the reason is in detail)
@@ -155,6 +156,7 @@ class ErrorKind(StrEnum):
     FIRM_DB_UNAVAILABLE = "firm_db_unavailable"
     CONFLICT = "conflict"
     NOT_FOUND = "not_found"
+    WAIT_TIMED_OUT = "wait_timed_out"
 
     @property
     def retryable(self) -> bool:
@@ -247,6 +249,9 @@ ERROR_KINDS: dict[ErrorKind, KindInfo] = {
     _K.FIRM_DB_UNAVAILABLE: KindInfo(True, "action", "firm: the database cannot be reached"),
     _K.CONFLICT: KindInfo(False, "action", "firm: the record exists, or the key is another tenant's"),
     _K.NOT_FOUND: KindInfo(False, "action", "firm: no record with that id"),
+    _K.WAIT_TIMED_OUT: KindInfo(
+        False, "step", "a wait_for step saw no matching event by its timeout (on_timeout: fail)"
+    ),
 }
 
 #: Kinds never retried whatever a step's retry policy says (the same inputs fail the same way).

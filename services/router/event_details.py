@@ -103,6 +103,14 @@ class RunReplayedDetail(TypedDict):
     steps: list[str]
 
 
+class StepWaitingForEventDetail(TypedDict):
+    """A ``wait_for`` step started waiting: for which event type, under which condition, until when."""
+
+    event: str
+    match: str | None
+    deadline: int  # epoch ms: past it, on_timeout applies
+
+
 EventDetail: TypeAlias = (
     RunPendingDetail
     | StepSucceededDetail
@@ -114,4 +122,5 @@ EventDetail: TypeAlias = (
     | ControlDetail
     | StepResetDetail
     | RunReplayedDetail
+    | StepWaitingForEventDetail
 )

@@ -18,7 +18,7 @@ from services.config import Settings
 from services.contracts import strict_json
 from services.contracts.records import ControlCommand, JsonObject, StepResult
 from services.contracts.vocabulary import RUN_END_EVENTS, ErrorKind, EventType, RunStatus, StepStatus
-from services.router import retention
+from services.router import event_waits, retention
 from services.router.event_details import (
     AttemptTiming,
     ControlDetail,
@@ -303,6 +303,12 @@ def on_timer(
     if timer.kind == "retry" and rec.status == StepStatus.RETRYING:
         _schedule(run, workflow, timer.step_id, now_ms, effects, deadline_grace_ms)
         _refresh_status(run, effects)
+    elif (
+        timer.kind == "deadline"
+        and rec.status == StepStatus.RUNNING
+        and workflow.step(timer.step_id).kind == "wait_for"
+    ):
+        event_waits.timed_out(run, workflow, timer.step_id, now_ms, rand, effects, deadline_grace_ms)
     elif timer.kind == "deadline" and rec.status == StepStatus.RUNNING:
         _failed_attempt(
             run,
@@ -318,6 +324,31 @@ def on_timer(
             deadline_grace_ms=deadline_grace_ms,
         )
     return effects
+
+
+def on_event(
+    run: RunState,
+    workflow: CompiledWorkflow,
+    step_ids: list[str],
+    event: event_waits.WaitEvent,
+    now_ms: int,
+    rand: float,
+    *,
+    max_run_output_bytes: int | None = None,
+    deadline_grace_ms: int = DEADLINE_GRACE_MS,
+) -> Effects:
+    """A tenant event matched the waiting ``wait_for`` steps ``step_ids`` (see
+    :mod:`services.router.event_waits`): they succeed with it and the run moves on."""
+    return event_waits.deliver(
+        run,
+        workflow,
+        step_ids,
+        event,
+        now_ms,
+        rand,
+        max_run_output_bytes=max_run_output_bytes,
+        deadline_grace_ms=deadline_grace_ms,
+    )
 
 
 def cancel(run: RunState, requester: str, reason: str) -> Effects:
@@ -528,6 +559,11 @@ def _schedule(
     step = workflow.definition.step(step_id)
     rec.attempt += 1
     rec.retry_at_ms = None
+    if step.kind == "wait_for":
+        event_waits.begin(run, workflow, step_id, now_ms, effects)
+        return
+    action = step.action
+    assert action is not None  # every other kind returned above
     try:
         inputs = workflow.render_inputs(step_id, context(run))
     except ExpressionError as exc:
@@ -554,7 +590,7 @@ def _schedule(
     deadline = now_ms + int(step.timeout * 1000)
     rec.status = StepStatus.RUNNING
     rec.deadline_ms = deadline + grace_ms
-    command = Command(step_id, rec.attempt, step.action, inputs, deadline)
+    command = Command(step_id, rec.attempt, action, inputs, deadline)
     effects.commands.append(command)
     effects.timers.append(Timer(rec.deadline_ms, run.run_id, step_id, rec.attempt, "deadline"))
     effects.events.append(
@@ -564,7 +600,7 @@ def _schedule(
             rec.attempt,
             StepStatus.RUNNING.value,
             {
-                "action": step.action,
+                "action": action,
                 "inputs": inputs,
                 "deadline": deadline,
                 "idempotency_key": command.idempotency_key(run.run_id),

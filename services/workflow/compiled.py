@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from services.contracts.vocabulary import ErrorKind
@@ -71,6 +71,7 @@ class CompiledWorkflow:
     _when: Mapping[str, CompiledExpression]
     _inputs: Mapping[str, CompiledInputs]
     _steps: Mapping[str, Step]
+    _match: Mapping[str, CompiledExpression] = field(default_factory=dict)  # wait_for.match by step
 
     @property
     def name(self) -> str:
@@ -126,6 +127,12 @@ class CompiledWorkflow:
         self._steps[step_id]  # KeyError for unknown steps
         expr = self._when.get(step_id)
         return True if expr is None else expr.evaluate_bool(ctx.variables())
+
+    def evaluate_match(self, step_id: str, variables: Mapping[str, Any]) -> bool:
+        """A ``wait_for`` step's ``match`` over ``variables`` (``event``, ``trigger``, ``steps``);
+        ``True`` when it has none; :class:`ExpressionError` on failure."""
+        expr = self._match.get(step_id)
+        return True if expr is None else expr.evaluate_bool(variables)
 
     def render_inputs(self, step_id: str, ctx: EvalContext) -> JsonObject:
         """The step's inputs with templates evaluated; :class:`ExpressionError` on failure."""
@@ -209,4 +216,5 @@ def compile_workflow(
         _when=dict(parts.when),
         _inputs=dict(parts.inputs),
         _steps={s.id: s for s in defn.steps},
+        _match=dict(parts.match),
     )

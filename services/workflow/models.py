@@ -10,7 +10,7 @@ to ``schemas/workflow-definition.schema.json`` (see :mod:`services.workflow.sche
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -39,10 +39,15 @@ CEL_RESERVED_WORDS = frozenset(
 MAX_SAFE_INTEGER = 2**53 - 1
 #: Upper bound of a step timeout: one day.
 MAX_TIMEOUT_SECONDS = 24 * 60 * 60.0
+#: Upper bound of anything a step waits for (a duration, an event, an approval): 366 days.
+MAX_WAIT_SECONDS = 366 * 24 * 60 * 60.0
+#: Default of ``wait_for.timeout``: seven days.
+DEFAULT_WAIT_FOR_SECONDS = 7 * 24 * 60 * 60.0
 
 STEP_ID_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
 ERROR_KIND_PATTERN = r"^[a-z][a-z0-9_.]{0,63}$"
+EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$"
 
 StepId = Annotated[str, StringConstraints(pattern=STEP_ID_PATTERN)]
 ErrorKind = Annotated[str, StringConstraints(pattern=ERROR_KIND_PATTERN)]
@@ -130,7 +135,7 @@ class Trigger(BaseModel):
 
     model_config = _CONFIG
 
-    event: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")] = Field(
+    event: Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)] = Field(
         description="Event type that starts a run, e.g. `client.created`."
     )
     filter: Expression | None = Field(
@@ -140,14 +145,49 @@ class Trigger(BaseModel):
     )
 
 
+class WaitFor(BaseModel):
+    """A step that waits for one of the tenant's events (run by the router, no executor)."""
+
+    model_config = _CONFIG
+
+    event: Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)] = Field(
+        description="Event type to wait for, as sent to the tenant's trigger topic, e.g. `document.signed`."
+    )
+    match: Expression | None = Field(
+        None,
+        description="CEL condition over `event` (`event.type`, `event.data`, `event.key`), `trigger` and "
+        "`steps` that an event must satisfy, e.g. `event.data.engagement_id == trigger.data.engagement_id`; "
+        "without it any event of that type matches.",
+    )
+    timeout: float = Field(
+        DEFAULT_WAIT_FOR_SECONDS,
+        gt=0,
+        le=MAX_WAIT_SECONDS,
+        description="Seconds to wait for a matching event (default 7 days, at most 366 days).",
+    )
+    on_timeout: Literal["fail", "continue"] = Field(
+        "fail",
+        description="`fail`: the step fails `wait_timed_out`; `continue`: it succeeds with "
+        '`{"timed_out": true}`.',
+    )
+
+
+StepKind = Literal["action", "wait", "wait_for", "approval", "workflow"]
+#: The fields that choose a step's kind; a step has exactly one.
+STEP_KINDS: tuple[StepKind, ...] = ("action", "wait", "wait_for", "approval", "workflow")
+
+
 class Step(BaseModel):
     """One node of the DAG: an action with templated inputs, its dependencies and its policies."""
 
     model_config = _CONFIG
 
     id: StepId = Field(description="Unique step id; other steps refer to it in `needs` and `steps.<id>`.")
-    action: Annotated[str, StringConstraints(pattern=ACTION_PATTERN)] = Field(
-        description="Action to run, e.g. `echo` or `firm.update_record`."
+    action: Annotated[str, StringConstraints(pattern=ACTION_PATTERN)] | None = Field(
+        None, description="Action to run, e.g. `echo` or `firm.update_record`."
+    )
+    wait_for: WaitFor | None = Field(
+        None, description="Wait for one of the tenant's events instead of running an action."
     )
     inputs: dict[str, JsonValue] = Field(
         default_factory=dict,
@@ -165,6 +205,29 @@ class Step(BaseModel):
         30.0, gt=0, le=MAX_TIMEOUT_SECONDS, description="Seconds one attempt may run (at most one day)."
     )
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Step:
+        chosen = [name for name in STEP_KINDS if getattr(self, name, None) is not None]
+        if len(chosen) != 1:
+            raise ValueError("a step has exactly one of action, wait, wait_for, approval, workflow")
+        return self
+
+    @model_validator(mode="after")
+    def _wait_for_alone(self) -> Step:
+        if self.wait_for is not None:
+            extra = [name for name in ("inputs", "timeout", "retry") if name in self.model_fields_set]
+            if extra:
+                raise ValueError(
+                    f"a wait_for step takes no {', '.join(extra)} (they belong to action steps); "
+                    "its time limit is wait_for.timeout"
+                )
+        return self
+
+    @property
+    def kind(self) -> StepKind:
+        """Which kind of step this is: the one field of :data:`STEP_KINDS` it has."""
+        return cast(StepKind, next(name for name in STEP_KINDS if getattr(self, name, None) is not None))
 
     @field_validator("id")
     @classmethod

@@ -19,8 +19,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from services.workflow.dag import Dag, ancestors, find_cycles
-from services.workflow.expressions import CompiledExpression, ExpressionError, compile_expression
-from services.workflow.models import RetryPolicy, Step, Trigger, WorkflowDefinition
+from services.workflow.expressions import (
+    MATCH_VARIABLES,
+    CompiledExpression,
+    ExpressionError,
+    compile_expression,
+)
+from services.workflow.models import RetryPolicy, Step, Trigger, WaitFor, WorkflowDefinition
 from services.workflow.problems import DefinitionError, PathPart, Problem, format_path
 from services.workflow.templates import CompiledInputs, compile_inputs
 
@@ -38,6 +43,7 @@ class _StepView:
     needs: list[tuple[int, str]]
     when: str | None
     inputs: Mapping[str, Any] | None
+    match: str | None = None  # wait_for.match
 
 
 @dataclass(slots=True)
@@ -54,6 +60,7 @@ class CompiledParts:
     trigger_filter: CompiledExpression | None = None
     when: dict[str, CompiledExpression] = field(default_factory=dict)
     inputs: dict[str, CompiledInputs] = field(default_factory=dict)
+    match: dict[str, CompiledExpression] = field(default_factory=dict)  # wait_for.match by step id
 
 
 def _view_from_data(data: Mapping[str, Any]) -> _View:
@@ -66,6 +73,8 @@ def _view_from_data(data: Mapping[str, Any]) -> _View:
             continue
         needs = raw.get("needs")
         inputs = raw.get("inputs")
+        wait_for = raw.get("wait_for")
+        match = wait_for.get("match") if isinstance(wait_for, dict) else None
         steps.append(
             _StepView(
                 index=i,
@@ -76,6 +85,7 @@ def _view_from_data(data: Mapping[str, Any]) -> _View:
                 else [],
                 when=raw["when"] if isinstance(raw.get("when"), str) else None,
                 inputs=inputs if isinstance(inputs, dict) else None,
+                match=match if isinstance(match, str) else None,
             )
         )
     return _View(steps, flt if isinstance(flt, str) else None)
@@ -83,7 +93,15 @@ def _view_from_data(data: Mapping[str, Any]) -> _View:
 
 def _view_from_model(defn: WorkflowDefinition) -> _View:
     steps = [
-        _StepView(i, s.id, s.action, list(enumerate(s.needs)), s.when, s.inputs)
+        _StepView(
+            i,
+            s.id,
+            s.action,
+            list(enumerate(s.needs)),
+            s.when,
+            s.inputs,
+            s.wait_for.match if s.wait_for is not None else None,
+        )
         for i, s in enumerate(defn.steps)
     ]
     return _View(steps, defn.trigger.filter)
@@ -95,6 +113,8 @@ def _suggest(word: str, choices: Collection[str]) -> str:
 
 
 def _model_at(loc: Sequence[PathPart]) -> type[BaseModel] | None:
+    if len(loc) == 3 and loc[2] == "wait_for":
+        return WaitFor
     shapes: list[tuple[tuple[type, ...], type[BaseModel]]] = [
         ((), WorkflowDefinition),
         ((str,), Trigger),
@@ -262,6 +282,8 @@ def _expression_problems(
                     parts.when[step.id] = expr
             except ExpressionError as exc:
                 problems.append(Problem(file, where, str(exc)))
+        if step.match is not None:
+            problems.extend(_match_problems(step, ancestry, first_at, file, parts))
         if step.inputs is not None:
             compiled, template_problems = compile_inputs(step.inputs)
             for tp in template_problems:
@@ -275,6 +297,22 @@ def _expression_problems(
             if step.id is not None:
                 parts.inputs[step.id] = compiled
     return problems
+
+
+def _match_problems(
+    step: _StepView, ancestry: Collection[str], known: Collection[str], file: str, parts: CompiledParts
+) -> list[Problem]:
+    """A ``wait_for.match``: CEL over ``event``, ``trigger`` and the steps it needs, cost-checked
+    like a ``when`` (it runs on the router's thread, once per waiting run per event)."""
+    assert step.match is not None
+    where = f"steps[{step.index}].wait_for.match"
+    try:
+        expr = compile_expression(step.match, MATCH_VARIABLES)
+    except ExpressionError as exc:
+        return [Problem(file, where, str(exc))]
+    if step.id is not None:
+        parts.match[step.id] = expr
+    return _reference_problems(expr.step_refs, step, ancestry, known, where, file)
 
 
 def _attach_lines(problems: Sequence[Problem], lines: Mapping[str, int] | None) -> list[Problem]:

@@ -77,4 +77,4 @@ class Registry:
 
     def steps(self, version: int = 1) -> list[str] | None:
         workflow = self.catalog.get("acme", "chain", version)
-        return None if workflow is None else [s.action for s in workflow.definition.steps]
+        return None if workflow is None else [s.action or s.kind for s in workflow.definition.steps]
