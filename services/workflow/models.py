@@ -10,7 +10,7 @@ to ``schemas/workflow-definition.schema.json`` (see :mod:`services.workflow.sche
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -227,7 +227,7 @@ class Step(BaseModel):
     @property
     def kind(self) -> StepKind:
         """Which kind of step this is: the one field of :data:`STEP_KINDS` it has."""
-        return cast(StepKind, next(name for name in STEP_KINDS if getattr(self, name, None) is not None))
+        return next(name for name in STEP_KINDS if getattr(self, name, None) is not None)
 
     @field_validator("id")
     @classmethod
