@@ -10,15 +10,17 @@ to ``schemas/workflow-definition.schema.json`` (see :mod:`services.workflow.sche
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     JsonValue,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -215,14 +217,29 @@ class Step(BaseModel):
 
     @model_validator(mode="after")
     def _wait_for_alone(self) -> Step:
+        # By value, not by fields set: a definition read back from its signed JSON has them all.
         if self.wait_for is not None:
-            extra = [name for name in ("inputs", "timeout", "retry") if name in self.model_fields_set]
+            extra = [
+                name
+                for name, default in (("inputs", {}), ("timeout", 30.0), ("retry", RetryPolicy()))
+                if getattr(self, name) != default
+            ]
             if extra:
                 raise ValueError(
                     f"a wait_for step takes no {', '.join(extra)} (they belong to action steps); "
                     "its time limit is wait_for.timeout"
                 )
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_other_kinds(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The kind fields a step does not have are left out, not written ``null``: a definition
+        signed before they existed keeps its canonical JSON, hence its content hash and signature."""
+        data: dict[str, Any] = handler(self)
+        for name in STEP_KINDS:
+            if name in data and data[name] is None:
+                del data[name]
+        return data
 
     @property
     def kind(self) -> StepKind:

@@ -115,3 +115,28 @@ def test_the_json_schema_knows_wait_for() -> None:
 
     schema = json.dumps(definition_schema())
     assert "WaitFor" in schema and "on_timeout" in schema
+
+
+def test_definitions_signed_before_step_kinds_keep_their_content_hash() -> None:
+    """An action step's canonical JSON has no ``wait_for: null`` (nor any other kind): what was
+    signed before step kinds existed still verifies (hash computed by the version before them)."""
+    from pathlib import Path
+
+    from services.workflow.loader import load_definition_file
+    from services.workflow.signing import canonical_definition, content_hash
+
+    linear = load_definition_file(Path(__file__).resolve().parents[3] / "deploy/examples/linear-chain.yaml")
+    assert content_hash(linear) == "f8ed11bb601635b3f9b228c553dc0ef683cb77de2c511bed83e759d263d45517"
+    assert b"wait_for" not in canonical_definition(linear)
+
+
+def test_a_wait_for_definition_survives_its_signed_round_trip() -> None:
+    from services.workflow.models import WorkflowDefinition
+
+    defn = load_definition_text(
+        definition({"id": "s", "wait_for": {"event": "x", "match": "event.key == trigger.key"}}),
+        filename="w.json",
+    )
+    again = WorkflowDefinition.model_validate_json(defn.model_dump_json())
+    assert again == defn and again.steps[0].kind == "wait_for"
+    assert "action" not in defn.model_dump(mode="json")["steps"][0]
