@@ -538,13 +538,18 @@ class CoreProcessor:
         event = event_waits.WaitEvent(body["event_type"], data, body["key"], body["source"])
         run_ids, over = state.waits.candidates(tenant, event.type, self.settings.event_wait_candidates)
         matched = 0
-        for run_id in run_ids:
+        budget = event_waits.EVENT_COST_BUDGET
+        for tried, run_id in enumerate(run_ids):
             run = state.runs.get(run_id)
             workflow = self._workflow(run) if run is not None else None
             if run is None or workflow is None or run.tenant != tenant:
                 continue  # untrusted now: the trust check ends it
-            steps, errors = event_waits.matching_steps(run, workflow, event)
-            for error in errors:
+            found = event_waits.matching_steps(run, workflow, event, budget)
+            budget -= found.cost
+            if found.exhausted:
+                over += len(run_ids) - tried
+            steps = found.steps
+            for error in found.errors:
                 metrics.EVENT_MATCH_ERRORS.labels(tenant).inc()
                 log.warning(
                     "wait_for match failed; the step keeps waiting: %s",
@@ -552,6 +557,8 @@ class CoreProcessor:
                     extra={"tenant": tenant, "run_id": run_id, "correlation_id": run.correlation_id},
                 )
             if not steps:
+                if found.exhausted:
+                    break
                 continue
             matched += 1
             compute = partial(
@@ -569,21 +576,31 @@ class CoreProcessor:
                 self._step(state, run, compute, out)
             except StepRejected as exc:  # not even its failure could be written: the others go on
                 self._log_run(run, "matched wait could not be applied nor failed", exc)
-        outcome = "matched" if matched else "unmatched"
-        metrics.EVENT_DELIVERIES.labels(self._label(tenant), outcome).inc()
+            if found.exhausted:
+                break
+        self._report_delivery(body, matched, over)
+
+    def _report_delivery(self, body: EventDelivered, matched: int, over: int) -> None:
+        """Count one delivery (matched / unmatched, over_cap) and say what was not seen."""
+        tenant, label = body["tenant"], self._label(body["tenant"])
+        metrics.EVENT_DELIVERIES.labels(label, "matched" if matched else "unmatched").inc()
+        identity = {
+            "tenant": tenant,
+            "event_type": body["event_type"],
+            "correlation_id": body["correlation_id"],
+        }
         if over:
-            metrics.EVENT_DELIVERIES.labels(self._label(tenant), "over_cap").inc()
+            metrics.EVENT_DELIVERIES.labels(label, "over_cap").inc()
             log.warning(
-                "event tried on %d waiting runs; %d more waiting runs did not see it"
-                " (SWITCHYARD_EVENT_WAIT_CANDIDATES)",
-                len(run_ids),
+                "%d waiting runs did not see the event (past SWITCHYARD_EVENT_WAIT_CANDIDATES or"
+                " the cost budget of one event)",
                 over,
-                extra={"tenant": tenant, "event_type": event.type, "correlation_id": body["correlation_id"]},
+                extra=identity,
             )
         if not matched:
             log.info(
                 "event matched no waiting step (it is not kept; re-send it to the tenant's topic)",
-                extra={"tenant": tenant, "event_type": event.type, "source": body["source"]},
+                extra={**identity, "source": body["source"]},
             )
 
     def _resync_waits(self, runs: list[tuple[int, str]]) -> None:

@@ -134,6 +134,11 @@ class CompiledWorkflow:
         expr = self._match.get(step_id)
         return True if expr is None else expr.evaluate_bool(variables)
 
+    def match_expression(self, step_id: str) -> CompiledExpression | None:
+        """A ``wait_for`` step's compiled ``match`` (None: any event of its type matches), for a
+        caller that budgets the cost of many evaluations (:mod:`services.router.event_waits`)."""
+        return self._match.get(step_id)
+
     def render_inputs(self, step_id: str, ctx: EvalContext) -> JsonObject:
         """The step's inputs with templates evaluated; :class:`ExpressionError` on failure."""
         return self._inputs[step_id].render(ctx.variables())

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from services.contracts import serde
 from services.observability import metrics
+from services.router import event_waits
 from tests.unit.router.fakes import TENANT, TOPICS, Harness, workflow
 
 WAITS = workflow(
@@ -144,3 +147,22 @@ def test_a_bad_delivery_is_dead_lettered() -> None:
     h.feed(delivered("e1", event_type=""))
     assert [d["error_kind"] for d in h.out.dead_letters()] == ["invalid_json", "invalid_request"]
     assert all(d["original_topic"] == TOPICS.inbox for d in h.out.dead_letters())
+
+
+def test_past_the_cost_budget_of_one_event_the_other_waits_do_not_see_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = Harness(WAITS)
+    first = waiting(h, "e1")
+    second = h.start("k2", {"engagement": "e1"}, wf=WAITS)
+    h.feed(h.result(second, "open"))
+    run = h.state.runs[first]
+    one = event_waits.matching_steps(
+        run, WAITS, event_waits.WaitEvent("doc.signed", {"engagement": "e1"}, "k", "s")
+    )
+    monkeypatch.setattr(event_waits, "EVENT_COST_BUDGET", one.cost * 1.5)
+    before = count("over_cap")
+    h.feed(delivered("e1"))
+    assert h.state.runs[first].steps["signed"].status == "succeeded"
+    assert h.state.runs[second].steps["signed"].status == "running"
+    assert count("over_cap") == before + 1

@@ -80,8 +80,9 @@ def test_a_wait_for_step_waits_without_a_command_until_its_deadline() -> None:
 
 def test_a_matching_event_completes_the_step_with_its_data_and_the_run_moves_on() -> None:
     run, _ = started()
-    steps, errors = event_waits.matching_steps(run, WF, event())
-    assert (steps, errors) == (["signed"], [])
+    found = event_waits.matching_steps(run, WF, event())
+    assert (found.steps, found.errors, found.exhausted) == (["signed"], [], False) and found.cost > 0
+    steps = found.steps
     effects = machine.on_event(run, WF, steps, event(), NOW + 5, 0.5, max_run_output_bytes=10_000)
     rec = run.steps["signed"]
     assert rec.status == StepStatus.SUCCEEDED
@@ -97,16 +98,17 @@ def test_a_matching_event_completes_the_step_with_its_data_and_the_run_moves_on(
 
 def test_an_event_that_does_not_match_leaves_the_step_waiting() -> None:
     run, _ = started()
-    assert event_waits.matching_steps(run, WF, event("e2")) == ([], [])
+    assert event_waits.matching_steps(run, WF, event("e2")).steps == []
     other_type = WaitEvent("doc.rejected", {"engagement": "e1"}, "k", "s/0/1")
-    assert event_waits.matching_steps(run, WF, other_type) == ([], [])
+    assert event_waits.matching_steps(run, WF, other_type) == event_waits.Matches()
     assert run.steps["signed"].status == StepStatus.RUNNING
 
 
 def test_a_match_that_fails_to_evaluate_keeps_the_step_waiting_and_says_why() -> None:
     run, _ = started()
-    steps, errors = event_waits.matching_steps(run, WF, event(data={"other": 1}))
-    assert steps == []
+    found = event_waits.matching_steps(run, WF, event(data={"other": 1}))
+    errors = found.errors
+    assert found.steps == []
     assert len(errors) == 1 and "step signed: match failed" in errors[0] and "engagement" in errors[0]
 
 
@@ -136,7 +138,7 @@ def test_cancel_while_waiting_cancels_the_step_and_its_timer_is_dead() -> None:
     machine.cancel(run, "ops", "no longer needed")
     assert run.steps["signed"].status == StepStatus.CANCELLED
     assert not machine.timer_is_live(run, effects.timers[0])
-    assert event_waits.matching_steps(run, WF, event()) == ([], [])
+    assert event_waits.matching_steps(run, WF, event()) == event_waits.Matches()
     assert event_waits.waiting_keys(run, WF) == ()
 
 
@@ -171,12 +173,20 @@ steps:
     )
     run, _ = started(wf)
     once = event()
-    machine.on_event(run, wf, event_waits.matching_steps(run, wf, once)[0], once, NOW, 0.5)
+    machine.on_event(run, wf, event_waits.matching_steps(run, wf, once).steps, once, NOW, 0.5)
     assert run.steps["second"].status == StepStatus.RUNNING
     # The same record again (same topic/partition/offset): not a second signature.
-    assert event_waits.matching_steps(run, wf, once) == ([], [])
+    assert event_waits.matching_steps(run, wf, once) == event_waits.Matches()
     other = event(source="wf.tenant.t.triggers/0/8")
-    assert event_waits.matching_steps(run, wf, other) == (["second"], [])
+    assert event_waits.matching_steps(run, wf, other).steps == ["second"]
+
+
+def test_matching_stops_when_the_cost_budget_would_be_passed() -> None:
+    run, _ = started()
+    cost = event_waits.matching_steps(run, WF, event()).cost
+    starved = event_waits.matching_steps(run, WF, event(), budget=cost / 2)
+    assert starved == event_waits.Matches(exhausted=True)
+    assert event_waits.matching_steps(run, WF, event(), budget=cost).steps == ["signed"]
 
 
 def test_the_index_follows_runs_and_keeps_the_order_they_started_waiting() -> None:
