@@ -152,6 +152,11 @@ def on_result(
     stale = stale_result(run, result)
     if stale is not None:
         return stale
+    if workflow.step(result["step_id"]).kind != "action":  # the router runs it: no executor reports it
+        ignored = Event(
+            EventType.RESULT_IGNORED, result["step_id"], result["attempt"], detail={"reason": "not_an_action"}
+        )
+        return Effects(events=[ignored])
     effects = Effects()
     step_id = result["step_id"]
     timing: AttemptTiming = {

@@ -224,3 +224,27 @@ def test_the_event_types_waited_for_by_definitions() -> None:
     )
     assert event_waits.waited_event_types([plain, WF]) == frozenset({"doc.signed"})
     assert event_waits.waited_event_types([plain]) == frozenset()
+
+
+def test_an_executor_result_for_a_wait_for_step_is_ignored() -> None:
+    run, _ = started()
+    result: Any = {
+        "run_id": "r1", "tenant": "t", "step_id": "signed", "attempt": 1, "status": "succeeded",
+        "output_json": '{"forged": true}', "error_kind": None, "error_message": None, "retryable": False,
+        "started_at": 0, "finished_at": 0, "correlation_id": "c", "executor_id": "e", "retry_after_ms": None,
+    }  # fmt: skip
+    effects = machine.on_result(run, WF, result, NOW, 0.5)
+    assert [(e.type, e.detail) for e in effects.events] == [("result_ignored", {"reason": "not_an_action"})]
+    assert run.steps["signed"].status == StepStatus.RUNNING
+
+
+def test_a_replayed_wait_waits_again_with_a_new_deadline() -> None:
+    run, effects = started()
+    machine.on_timer(run, WF, effects.timers[0], NOW + 60_000, 0.5)
+    assert run.status == RunStatus.FAILED
+    command: Any = {"command_id": "c1", "kind": "replay_run", "requester": "ops", "reason": "again"}
+    machine.replay(run, machine.steps_to_replay(run, WF, "replay_run", None), command)
+    again = machine.start(run, WF, NOW + 100_000)
+    rec = run.steps["signed"]
+    assert (rec.status, rec.attempt, rec.deadline_ms) == (StepStatus.RUNNING, 2, NOW + 160_000)
+    assert [t.due_ms for t in again.timers] == [NOW + 160_000]
