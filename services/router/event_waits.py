@@ -21,7 +21,6 @@ topic/partition/offset, its ``source``) as another ``wait_for`` step of its run 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -37,8 +36,6 @@ from services.router.state import RunState
 from services.workflow.compiled import CompiledWorkflow
 from services.workflow.expression_cost import BUDGET
 from services.workflow.expressions import ExpressionError
-
-log = logging.getLogger(__name__)
 
 #: Longest event type, key, source and correlation id an ``EventDelivered`` may carry.
 MAX_EVENT_TYPE = 200
