@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import islice
 from typing import Any
 
 from services.contracts import strict_json
@@ -165,8 +166,8 @@ class WaitIndex:
         runs = self.by_event.get((tenant, event_type))
         if not runs:
             return [], 0
-        ids = list(runs)
-        return ids[:cap], max(0, len(ids) - cap)
+        ids = list(islice(runs, cap))  # not a copy of all: a popular event type may have many
+        return ids, len(runs) - len(ids)
 
 
 # --- matching -------------------------------------------------------------------------------------
