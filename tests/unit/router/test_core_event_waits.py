@@ -7,9 +7,11 @@ import json
 from typing import Any
 
 import pytest
+from confluent_kafka import TopicPartition
 
 from services.contracts import serde
 from services.observability import metrics
+from services.router import core as core_module
 from services.router import event_waits
 from tests.unit.router.fakes import TENANT, TOPICS, Harness, workflow
 
@@ -166,3 +168,49 @@ def test_past_the_cost_budget_of_one_event_the_other_waits_do_not_see_it(
     assert h.state.runs[first].steps["signed"].status == "succeeded"
     assert h.state.runs[second].steps["signed"].status == "running"
     assert count("over_cap") == before + 1
+
+
+def test_after_a_restore_the_waiting_runs_are_indexed_and_an_event_completes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = Harness(WAITS)
+    run_id = waiting(first, "e1")
+    records = [
+        (s.key.encode() if isinstance(s.key, str) else s.key, s.value)
+        for s in first.out.on(TOPICS.router_state)
+    ]
+
+    def changelog(settings: Any, numbers: list[int], load: Any, deadline_s: float) -> None:
+        for key, value in records:
+            load(0, key, value)
+
+    monkeypatch.setattr(core_module, "read_changelog", changelog)
+    second = Harness(WAITS)
+    del second.core.partitions[0]
+    second.core.on_assigned([TopicPartition(TOPICS.inbox, 0)])
+    second.tick()  # the loop restores the partition
+    assert list(second.state.waits.of_run) == [run_id]
+    second.feed(delivered("e1"))
+    assert second.state.runs[run_id].steps["signed"].status == "succeeded"
+
+
+def test_the_same_event_record_read_twice_completes_one_wait_only() -> None:
+    twice = workflow(
+        """
+name: twice
+version: 1
+trigger: {event: go}
+steps:
+  - {id: first, wait_for: {event: doc.signed}}
+  - {id: second, needs: [first], wait_for: {event: doc.signed}}
+"""
+    )
+    h = Harness(twice)
+    run_id = h.start("k", {}, wf=twice)
+    record = delivered("e1", offset=5)
+    h.feed(record)
+    h.feed(record)  # e.g. re-produced to the inbox by hand: same source topic/partition/offset
+    steps = h.state.runs[run_id].steps
+    assert (steps["first"].status, steps["second"].status) == ("succeeded", "running")
+    h.feed(delivered("e1", offset=6))  # a new record of the same event type
+    assert h.state.runs[run_id].status == "succeeded"
