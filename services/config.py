@@ -269,6 +269,15 @@ class Settings(BaseSettings):
             " so that the executor's own timeout report (sent at the deadline) normally wins."
         ),
     )
+    event_wait_candidates: int = Field(
+        default=1_000,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Waiting runs (wait_for) one event is tried on per router partition, oldest waits first;"
+            " the others do not see that event (counted: switchyard_event_deliveries_total, over_cap)."
+        ),
+    )
     executor_max_in_flight: int = Field(
         default=2_000,
         ge=1,

@@ -35,3 +35,10 @@ def slice_limit(limit: int, slices: int, slice_index: int) -> int:
     """The share of ``limit`` enforced by one slice; shares differ by at most one and sum to ``limit``."""
     base, extra = divmod(limit, slices)
     return base + (1 if slice_index < extra else 0)
+
+
+def tenant_partitions(tenant: str, partitions: int, slices: int = 1, pinned: int | None = None) -> list[int]:
+    """Every partition of the tenant's slices (where any of its runs may live), in slice order."""
+    slices = max(1, min(slices, partitions))
+    base = tenant_base(tenant, partitions, pinned)
+    return [(base + i) % partitions for i in range(slices)]

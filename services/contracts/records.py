@@ -182,6 +182,19 @@ class DefinitionRecord(TypedDict):
     publisher: str
 
 
+class EventDelivered(TypedDict):
+    """Intake → core: a tenant event some workflow waits for (``wait_for``), one copy per inbox
+    partition of the tenant's slices (:mod:`services.router.event_waits`)."""
+
+    tenant: str
+    event_type: str
+    key: str
+    data_json: str
+    source: str
+    correlation_id: str
+    delivered_at: int
+
+
 class TenantRecord(TypedDict):
     """A tenant's configuration on the compacted tenants topic."""
 
@@ -191,7 +204,7 @@ class TenantRecord(TypedDict):
 
 
 #: What the router's inbox carries, by the kind :func:`decode_inbox` names.
-InboxBody: TypeAlias = RunRequested | StepResult | ControlCommand
+InboxBody: TypeAlias = RunRequested | StepResult | ControlCommand | EventDelivered
 
 # --- typed decoding: the schema is checked by serde, the shape then is the schema's ------------
 
@@ -229,7 +242,7 @@ def decode_dead_letter(data: bytes | None) -> DeadLetter:
 
 
 def decode_inbox(data: bytes | None) -> tuple[str, InboxBody]:
-    """(kind, body) of an inbox record: ``RunRequested`` / ``StepResult`` / ``ControlCommand``
-    and the body of that type (narrow on the kind)."""
+    """(kind, body) of an inbox record: ``RunRequested`` / ``StepResult`` / ``ControlCommand`` /
+    ``EventDelivered`` and the body of that type (narrow on the kind)."""
     kind, body = serde.decode_inbox(data)
     return kind, cast(InboxBody, body)

@@ -100,12 +100,13 @@ def decode(data: bytes | None, expected: str | None = None) -> tuple[str, dict[s
 
 
 def encode_inbox(kind: str, body: Mapping[str, Any]) -> bytes:
-    """Wrap a RunRequested / StepResult / ControlCommand for the router's inbox."""
+    """Wrap a RunRequested / StepResult / ControlCommand / EventDelivered for the router's inbox."""
     return encode("InboxRecord", {"body": (f"switchyard.{kind}", body)})
 
 
 def decode_inbox(data: bytes | None) -> tuple[str, dict[str, Any]]:
-    """(kind, body) of an inbox record, kind being RunRequested, StepResult or ControlCommand."""
+    """(kind, body) of an inbox record, kind being RunRequested, StepResult, ControlCommand or
+    EventDelivered."""
     _, record = decode(data, expected="InboxRecord")
     name, body = record["body"]
     return str(name).rsplit(".", 1)[-1], body

@@ -82,6 +82,7 @@ class EventType(StrEnum):
     STEP_SKIPPED = "step_skipped"  # its condition was false, or a skipped step upstream
     STEP_CANCELLED = "step_cancelled"
     STEP_RESET = "step_reset"  # back to pending by a replay
+    STEP_WAITING_FOR_EVENT = "step_waiting_for_event"  # a wait_for step started waiting (state running)
     RESULT_IGNORED = "result_ignored"  # a late, duplicate or unknown attempt's result
     CONTROL_ACCEPTED = "control_accepted"  # an operator's command, applied
     CONTROL_REFUSED = "control_refused"  # an operator's command, refused (the reason is in detail)
@@ -166,6 +167,7 @@ class ErrorKind(StrEnum):
     CONFLICT = "conflict"
     NOT_FOUND = "not_found"
     RESULT_TOO_LARGE = "result_too_large"
+    WAIT_TIMED_OUT = "wait_timed_out"
 
     @property
     def retryable(self) -> bool:
@@ -285,6 +287,9 @@ ERROR_KINDS: dict[ErrorKind, KindInfo] = {
     _K.NOT_FOUND: KindInfo(False, "action", "firm: no record with that id"),
     _K.RESULT_TOO_LARGE: KindInfo(
         False, "action", "firm: a read's result is larger than SWITCHYARD_FIRM_READ_MAX_BYTES"
+    ),
+    _K.WAIT_TIMED_OUT: KindInfo(
+        False, "step", "a wait_for step saw no matching event by its timeout (on_timeout: fail)"
     ),
 }
 

@@ -164,6 +164,20 @@ ROUTER_HISTORY_LOOKUP_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+EVENT_DELIVERIES = Counter(
+    "switchyard_event_deliveries_total",
+    "Tenant events forwarded to a router partition for waiting runs (wait_for), by outcome: matched"
+    " (completed at least one waiting step), unmatched (no waiting step matched: the event is not"
+    " kept), over_cap (some waiting runs were not tried: SWITCHYARD_EVENT_WAIT_CANDIDATES)",
+    ["tenant", "outcome"],
+    registry=REGISTRY,
+)
+EVENT_MATCH_ERRORS = Counter(
+    "switchyard_event_match_errors_total",
+    "wait_for match expressions that failed to evaluate on an event (the step keeps waiting)",
+    ["tenant"],
+    registry=REGISTRY,
+)
 TRIGGERS = Counter(
     "switchyard_triggers_total",
     "Triggers seen by intake, by outcome",

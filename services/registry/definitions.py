@@ -179,6 +179,18 @@ class DefinitionCatalog:
                 latest.append(found)
         return latest
 
+    def all_for(self, tenant: str) -> list[CompiledWorkflow]:
+        """Every version of each of the tenant's workflows that is trusted now (runs keep the
+        version they started on, so what they may wait for is in any of them)."""
+        snapshot = self._current()
+        now = self._clock()
+        return [
+            u.workflow
+            for versions in snapshot.by_tenant.get(tenant, [])
+            for u in versions
+            if any(w.covers(now) for w in u.windows)
+        ]
+
     def get(self, tenant: str, name: str, version: int) -> CompiledWorkflow | None:
         """A pinned version (runs keep the version they started on), if it is trusted now."""
         usable = self._current().usable.get((tenant, name, version))

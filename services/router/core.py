@@ -49,6 +49,7 @@ from services.contracts import serde, strict_json
 from services.contracts.dead_letters import bounded_identity, encode_dead_letter
 from services.contracts.records import (
     ControlCommand,
+    EventDelivered,
     InboxBody,
     RunParent,
     RunRequested,
@@ -56,9 +57,9 @@ from services.contracts.records import (
     decode_inbox,
 )
 from services.contracts.text import bounded_text
-from services.contracts.vocabulary import ErrorKind
+from services.contracts.vocabulary import ErrorKind, EventType
 from services.observability import metrics
-from services.router import control, machine, retention, subworkflow_records, subworkflows
+from services.router import control, event_waits, machine, retention, subworkflow_records, subworkflows
 from services.router.admission import ACTIVE
 from services.router.history import HistoryPaused, HistoryUnavailable, KnownRun, NoHistory, RunHistory
 from services.router.load import TenantLoad
@@ -208,7 +209,9 @@ class CoreProcessor:
     def on_abort(self) -> None:
         """The transaction was aborted: put back the runs it touched, from their pre-images."""
         touched = self.store.touched
+        rolled_back = self.store.touched_runs()
         self.store.roll_back()
+        self._resync_waits(rolled_back)
         self._wanted.clear()
         self._read_back.clear()
         self._in_history = {}
@@ -248,6 +251,7 @@ class CoreProcessor:
         read_changelog(self.settings, numbers, load, self.settings.restore_deadline_s)
         for number, state in states.items():
             reindex(state, sizes[number])
+            state.waits.rebuild(state.runs.values(), self._workflow)
             self.partitions[number] = state
         self._restoring.clear()
         metrics.ROUTER_RESTORE_SECONDS.observe(time.monotonic() - started)
@@ -286,6 +290,8 @@ class CoreProcessor:
                     self._result(state, cast(StepResult, body), out)
                 elif kind == "ControlCommand":
                     self._control(state, cast(ControlCommand, body), out)
+                elif kind == "EventDelivered":
+                    self._event(state, cast(EventDelivered, body), out)
                 else:
                     raise StepRejected("wrong_schema", f"{kind} is not an inbox record the core applies")
                 self._admit_wanted(out)
@@ -551,6 +557,98 @@ class CoreProcessor:
         compute = control.plan(run, body, self.now_ms(), self.settings, found.not_read_back, self._workflow)
         self._step(state, run, compute, out, rejects=True, write_rejects=True)
 
+    def _event(self, state: PartitionState, body: EventDelivered, out: Outbox) -> None:
+        """A tenant event for the partition's waiting runs (:mod:`services.router.event_waits`):
+        tried on the oldest ``SWITCHYARD_EVENT_WAIT_CANDIDATES`` waits of its (tenant, type); each
+        run it matches moves on in this transaction, so the delivery is applied once."""
+        problem = event_waits.delivery_problem(body)
+        if problem is not None:
+            raise StepRejected("invalid_request", problem)
+        try:
+            data = strict_json.loads(body["data_json"], "event delivery data_json")
+        except strict_json.StrictJSONError as exc:
+            raise StepRejected(exc.kind, str(exc)) from exc
+        tenant = body["tenant"]
+        event = event_waits.WaitEvent(body["event_type"], data, body["key"], body["source"])
+        run_ids, over = state.waits.candidates(tenant, event.type, self.settings.event_wait_candidates)
+        matched = 0
+        budget = event_waits.EVENT_COST_BUDGET
+        for tried, run_id in enumerate(run_ids):
+            run = state.runs.get(run_id)
+            workflow = self._workflow(run) if run is not None else None
+            if run is None or workflow is None or run.tenant != tenant:
+                continue  # untrusted now: the trust check ends it
+            found = event_waits.matching_steps(run, workflow, event, budget)
+            budget -= found.cost
+            if found.exhausted:
+                over += len(run_ids) - tried
+            steps = found.steps
+            for error in found.errors:
+                metrics.EVENT_MATCH_ERRORS.labels(tenant).inc()
+                log.warning(
+                    "wait_for match failed; the step keeps waiting: %s",
+                    error,
+                    extra={"tenant": tenant, "run_id": run_id, "correlation_id": run.correlation_id},
+                )
+            if not steps:
+                if found.exhausted:
+                    break
+                continue
+            matched += 1
+            compute = partial(
+                machine.on_event,
+                run,
+                workflow,
+                steps,
+                event,
+                self.now_ms(),
+                self.rand(),
+                max_run_output_bytes=self.settings.max_run_output_bytes,
+                deadline_grace_ms=self.settings.deadline_grace_ms,
+            )
+            try:
+                self._step(state, run, compute, out)
+            except StepRejected as exc:  # not even its failure could be written: the others go on
+                self._log_run(run, "matched wait could not be applied nor failed", exc)
+            if found.exhausted:
+                break
+        self._report_delivery(body, matched, over)
+
+    def _report_delivery(self, body: EventDelivered, matched: int, over: int) -> None:
+        """Count one delivery (matched / unmatched, over_cap) and say what was not seen."""
+        tenant, label = body["tenant"], self._label(body["tenant"])
+        metrics.EVENT_DELIVERIES.labels(label, "matched" if matched else "unmatched").inc()
+        identity = {
+            "tenant": tenant,
+            "event_type": body["event_type"],
+            "correlation_id": body["correlation_id"],
+        }
+        if over:
+            metrics.EVENT_DELIVERIES.labels(label, "over_cap").inc()
+            log.warning(
+                "%d waiting runs did not see the event (past SWITCHYARD_EVENT_WAIT_CANDIDATES or"
+                " the cost budget of one event)",
+                over,
+                extra=identity,
+            )
+        if not matched:
+            log.info(
+                "event matched no waiting step (it is not kept; re-send it to the tenant's topic)",
+                extra={**identity, "source": body["source"]},
+            )
+
+    def _resync_waits(self, runs: list[tuple[int, str]]) -> None:
+        """After an abort: the put-back runs wait for what they waited for before it."""
+        for number, run_id in runs:
+            state = self.partitions.get(number)
+            if state is None:
+                continue
+            run = state.runs.get(run_id)
+            if run is None:
+                state.waits.drop(run_id)
+            else:
+                state.waits.sync(run, self._workflow(run))
+
     # --- runs read back from history -------------------------------------------------------------
     def _take_in(self, state: PartitionState, run: RunState) -> None:
         """Put a run read back from its history for a command into its partition; it leaves memory
@@ -693,10 +791,15 @@ class CoreProcessor:
             metrics.DLQ_RECORDS.labels(SERVICE, dead["error_kind"], run.tenant).inc()
         if run.status.terminal:
             state.timers.drop_run(run.run_id)
+            state.waits.drop(run.run_id)
         else:
             for timer in effects.timers:
                 state.timers.add(timer)
             state.timers.keep(run.run_id, partial(machine.timer_is_live, run))
+            if run.run_id in state.waits.of_run or any(
+                e.type == EventType.STEP_WAITING_FOR_EVENT for e in effects.events
+            ):
+                state.waits.sync(run, self._workflow(run))
         self._transition(state, run, before, len(changelog.value or b""), out)
 
     def _transition(

@@ -122,6 +122,14 @@ class RunReplayedDetail(TypedDict):
     steps: list[str]
 
 
+class StepWaitingForEventDetail(TypedDict):
+    """A ``wait_for`` step started waiting: for which event type, under which condition, until when."""
+
+    event: str
+    match: str | None
+    deadline: int  # epoch ms: past it, on_timeout applies
+
+
 EventDetail: TypeAlias = (
     RunPendingDetail
     | StepSucceededDetail
@@ -134,4 +142,5 @@ EventDetail: TypeAlias = (
     | ControlDetail
     | StepResetDetail
     | RunReplayedDetail
+    | StepWaitingForEventDetail
 )

@@ -36,20 +36,21 @@ from typing import Protocol
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from services.bus.clients import headers_for
-from services.bus.placement import partition_for
+from services.bus.placement import partition_for, tenant_partitions
 from services.bus.record_budget import RecordTooLarge, record_size
 from services.bus.topics import TENANT_ID, Topics
 from services.bus.txloop import Outbox
 from services.config import Settings
 from services.contracts import serde
 from services.contracts.dead_letters import bounded_identity, encode_dead_letter
-from services.contracts.records import RunRequested, decode_control_command
+from services.contracts.records import EventDelivered, RunRequested, decode_control_command
 from services.contracts.text import bounded_text
 from services.contracts.vocabulary import ErrorKind
 from services.control.acceptance import accept, foreign_operator_key
 from services.control.plausibility import implausible
 from services.observability import metrics
 from services.router import records
+from services.router.event_waits import waited_event_types
 from services.router.load import TenantLoad
 from services.router.state import TriggerView
 from services.router.trigger_records import MAX_ID_LENGTH, Trigger, TriggerError, parse_trigger
@@ -333,6 +334,7 @@ class IntakeProcessor:
         sent = self._send_requests(msg, out, requests, tenant_id, correlation_id)
         if sent is None:
             return
+        self._forward_event(msg, out, tenant, trigger, key, correlation_id)
         self._report_trigger(msg, out, trigger, tenant_id, correlation_id, sent, failures)
         metrics.HANDLER_SECONDS.labels(SERVICE, "trigger", tenant_id).observe(time.perf_counter() - started)
 
@@ -456,6 +458,43 @@ class IntakeProcessor:
                 },
             )
         return sent
+
+    def _forward_event(
+        self, msg: Message, out: Outbox, tenant: TenantConfig, trigger: Trigger, key: str, correlation_id: str
+    ) -> None:
+        """An event some ``wait_for`` step of the tenant's trusted definitions waits for goes, as
+        well, to each inbox partition of the tenant's slices (where its waiting runs live), in this
+        transaction (:mod:`services.router.event_waits`). Others are not forwarded."""
+        versions = getattr(self.catalog, "all_for", self.catalog.latest_for)
+        if trigger.event_type not in waited_event_types(versions(tenant.tenant)):
+            return
+        body: EventDelivered = {
+            "tenant": tenant.tenant,
+            "event_type": trigger.event_type,
+            "key": key,
+            "data_json": trigger.data_json,
+            "source": f"{msg.topic()}/{msg.partition()}/{msg.offset()}",
+            "correlation_id": correlation_id,
+            "delivered_at": int(time.time() * 1000),
+        }
+        value = serde.encode_inbox("EventDelivered", body)
+        headers = headers_for(tenant.tenant, None, correlation_id)
+        partitions = tenant_partitions(
+            tenant.tenant, self.settings.internal_partitions, tenant.slices, tenant.base_partition
+        )
+        try:
+            for partition in partitions:
+                out.send(self.topics.inbox, value, key=tenant.tenant, partition=partition, headers=headers)
+        except RecordTooLarge as exc:  # not reachable while the budget fits the producer's limit
+            self._dead(
+                msg,
+                out,
+                ErrorKind.OVERSIZED,
+                f"event not delivered to waiting runs: {exc}",
+                tenant.tenant,
+                trigger=False,
+                correlation_id=correlation_id,
+            )
 
     def _report_trigger(
         self,

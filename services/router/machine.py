@@ -22,7 +22,7 @@ from services.config import Settings
 from services.contracts import strict_json
 from services.contracts.records import ControlCommand, JsonObject, StepResult
 from services.contracts.vocabulary import RUN_END_EVENTS, ErrorKind, EventType, RunStatus, StepStatus
-from services.router import approvals, retention, step_kinds, subworkflows, waits
+from services.router import approvals, event_waits, retention, step_kinds, subworkflows, waits
 from services.router.event_details import (
     AttemptTiming,
     ControlDetail,
@@ -174,6 +174,13 @@ def on_result(
     stale = stale_result(run, result)
     if stale is not None:
         return stale
+    # The router runs these kinds itself: no executor reports them (a `workflow` step's outcome
+    # does come as a result: its child run's, sent by the child's router).
+    if workflow.step(result["step_id"]).kind not in ("action", "workflow"):
+        ignored = Event(
+            EventType.RESULT_IGNORED, result["step_id"], result["attempt"], detail={"reason": "not_an_action"}
+        )
+        return Effects(events=[ignored])
     effects = Effects()
     step_id = result["step_id"]
     timing: AttemptTiming = {
@@ -361,6 +368,9 @@ def on_timer(
                 run, workflow, timer.step_id, step.workflow, now_ms, rand, effects, deadline_grace_ms
             )
             return effects
+        if step.kind == "wait_for":
+            event_waits.timed_out(run, workflow, timer.step_id, now_ms, rand, effects, deadline_grace_ms)
+            return effects
         if step.action is None:  # a wait's wake-up, an approval's timeout: the kind decides
             ending = _router_deadline(step, rec.deadline_ms)
             _end_in_router(
@@ -388,6 +398,31 @@ def on_timer(
             deadline_grace_ms=deadline_grace_ms,
         )
     return effects
+
+
+def on_event(
+    run: RunState,
+    workflow: CompiledWorkflow,
+    step_ids: list[str],
+    event: event_waits.WaitEvent,
+    now_ms: int,
+    rand: float,
+    *,
+    max_run_output_bytes: int | None = None,
+    deadline_grace_ms: int = DEADLINE_GRACE_MS,
+) -> Effects:
+    """A tenant event matched the waiting ``wait_for`` steps ``step_ids`` (see
+    :mod:`services.router.event_waits`): they succeed with it and the run moves on."""
+    return event_waits.deliver(
+        run,
+        workflow,
+        step_ids,
+        event,
+        now_ms,
+        rand,
+        max_run_output_bytes=max_run_output_bytes,
+        deadline_grace_ms=deadline_grace_ms,
+    )
 
 
 def cancel(run: RunState, requester: str, reason: str) -> Effects:
@@ -612,6 +647,9 @@ def _schedule(
     step = workflow.definition.step(step_id)
     rec.attempt += 1
     rec.retry_at_ms = None
+    if step.kind == "wait_for":
+        event_waits.begin(run, workflow, step_id, now_ms, effects)
+        return
     if step.action is None and step.workflow is None:
         _start_in_router(run, workflow, step, now_ms, effects)
         return

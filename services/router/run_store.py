@@ -27,6 +27,7 @@ from services.contracts.text import bounded_text
 from services.router import retention
 from services.router.admission import ACTIVE, Admission
 from services.router.bulk import collection_paused
+from services.router.event_waits import WaitIndex
 from services.router.machine import Timer
 from services.router.outgoing import Outgoing, RecordMapper
 from services.router.retention import ReplayStateBudget
@@ -49,6 +50,7 @@ class PartitionState:
     open_runs: dict[DefinitionKey, dict[str, None]] = field(default_factory=dict)  # not finished
     replay_budget: ReplayStateBudget = field(default_factory=lambda: ReplayStateBudget(64 * 1024 * 1024))
     arrivals: int = 0
+    waits: WaitIndex = field(default_factory=WaitIndex)  # runs waiting for an event (wait_for)
 
     def opened(self, run: RunState) -> None:
         self.open_runs.setdefault((run.tenant, run.workflow, run.version), {})[run.run_id] = None
@@ -200,6 +202,10 @@ class RunStore:
     @property
     def touched(self) -> int:
         return len(self._before)
+
+    def touched_runs(self) -> list[tuple[int, str]]:
+        """(partition, run id) of every run changed since the last commit."""
+        return list(self._before)
 
     def committed(self) -> None:
         """What memory holds is now what the changelog holds: forget the pre-images."""

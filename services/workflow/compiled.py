@@ -78,6 +78,7 @@ class CompiledWorkflow:
     _steps: Mapping[str, Step]
     #: Expressions inside the steps' kind specs, by (step id, field path), e.g. ``wait.until``.
     _spec_expressions: Mapping[tuple[str, str], CompiledExpression] = field(default_factory=dict)
+    _match: Mapping[str, CompiledExpression] = field(default_factory=dict)  # wait_for.match by step
 
     @property
     def name(self) -> str:
@@ -137,6 +138,17 @@ class CompiledWorkflow:
     def spec_expression(self, step_id: str, path: str) -> CompiledExpression:
         """The compiled expression at ``path`` of the step's kind spec (``KeyError`` if none)."""
         return self._spec_expressions[(step_id, path)]
+
+    def evaluate_match(self, step_id: str, variables: Mapping[str, Any]) -> bool:
+        """A ``wait_for`` step's ``match`` over ``variables`` (``event``, ``trigger``, ``steps``);
+        ``True`` when it has none; :class:`ExpressionError` on failure."""
+        expr = self._match.get(step_id)
+        return True if expr is None else expr.evaluate_bool(variables)
+
+    def match_expression(self, step_id: str) -> CompiledExpression | None:
+        """A ``wait_for`` step's compiled ``match`` (None: any event of its type matches), for a
+        caller that budgets the cost of many evaluations (:mod:`services.router.event_waits`)."""
+        return self._match.get(step_id)
 
     def render_inputs(self, step_id: str, ctx: EvalContext) -> JsonObject:
         """The step's inputs with templates evaluated; :class:`ExpressionError` on failure."""
@@ -221,4 +233,5 @@ def compile_workflow(
         _inputs=dict(parts.inputs),
         _steps={s.id: s for s in [*defn.context_steps(), *defn.steps]},
         _spec_expressions=dict(parts.spec_expressions),
+        _match=dict(parts.match),
     )

@@ -60,7 +60,8 @@ if TYPE_CHECKING:
 BUDGET = 25_000_000.0
 #: A ``matches`` pattern may cost at most this to compile (it is compiled on every call).
 MAX_PATTERN_COST = 10_000_000.0
-ROOTS = ("trigger", "steps", "context")
+#: The variables whose reads are tracked (``event`` only exists for ``wait_for.match``).
+ROOTS = ("trigger", "steps", "context", "event")
 
 # Coefficients (units), measured by benchmarks/expression_cost.py on a loaded 2-core machine and
 # rounded up. Converting a value into the runtime is the dominant cost: the binding tries about
@@ -403,7 +404,7 @@ def estimate(
 def static_problems(tree: ast.Expr, source: str, helpers: frozenset[str]) -> Iterator[str]:
     """What validation refuses in ``tree`` on cost grounds (empty when acceptable)."""
     for node in ast.walk(tree):
-        if isinstance(node, ast.Comp) and node.var in ROOTS:
+        if isinstance(node, ast.Comp) and node.var in ROOTS[:2]:  # `event` is free outside a match
             yield f"comprehension variable {node.var!r} hides the variable of the same name; rename it"
         if isinstance(node, ast.Call) and node.name == "matches":
             pattern = node.args[-1] if node.args else None

@@ -62,6 +62,8 @@ MAX_COMPREHENSION_DEPTH = 2
 MAX_RENDERED_BYTES = 256 * 1024
 
 VARIABLES = ("trigger", "steps", "context")
+#: What a ``wait_for.match`` sees: the incoming event, and the run's ``trigger``, ``steps``, ``context``.
+MATCH_VARIABLES = ("event", "trigger", "steps", "context")
 _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 
 #: Functions the CEL runtime provides natively (standard definitions).
@@ -431,8 +433,11 @@ class CompiledExpression:
         return result
 
 
-def compile_expression(source: str) -> CompiledExpression:
-    """Compile and statically check one CEL expression; :class:`ExpressionError` says what is wrong."""
+def compile_expression(source: str, variables: tuple[str, ...] = VARIABLES) -> CompiledExpression:
+    """Compile and statically check one CEL expression; :class:`ExpressionError` says what is wrong.
+
+    ``variables``: the names it may use (:data:`VARIABLES`, or :data:`MATCH_VARIABLES` for a
+    ``wait_for.match``)."""
     if len(source) > MAX_EXPRESSION_LENGTH:
         raise ExpressionError(
             f"expression is {len(source)} characters long; the limit is {MAX_EXPRESSION_LENGTH}. "
@@ -460,10 +465,10 @@ def compile_expression(source: str) -> CompiledExpression:
             f"{MAX_COMPREHENSION_DEPTH} are allowed",
             source,
         )
-    unknown_vars = sorted(set(program.variables()) - set(VARIABLES) - analysis.bound)
+    unknown_vars = sorted(set(program.variables()) - set(variables) - analysis.bound)
     if unknown_vars:
         raise ExpressionError(
-            f"unknown variable {unknown_vars[0]!r}; expressions can use {', '.join(VARIABLES)}", source
+            f"unknown variable {unknown_vars[0]!r}; expressions can use {', '.join(variables)}", source
         )
     unknown_funcs = sorted(f for f in program.functions() if f[:1].isalpha() and f not in ALLOWED_FUNCTIONS)
     if unknown_funcs:

@@ -47,6 +47,8 @@ MAX_WAIT_SECONDS = 366 * 24 * 60 * 60.0
 SUBWORKFLOW_TIMEOUT_SECONDS = 24 * 60 * 60.0
 #: Upper bound of an author's text shown to people (an approval's prompt).
 MAX_TEXT_CHARS = 2000
+#: Default of ``wait_for.timeout``: seven days.
+DEFAULT_WAIT_FOR_SECONDS = 7 * 24 * 60 * 60.0
 
 STEP_ID_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 WORKFLOW_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
@@ -60,6 +62,7 @@ CONTEXT_STEP_PREFIX = "context."
 MAX_CONTEXT_ENTRIES = 16
 ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
 ERROR_KIND_PATTERN = r"^[a-z][a-z0-9_.]{0,63}$"
+EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$"
 
 StepId = Annotated[str, StringConstraints(pattern=STEP_ID_PATTERN)]
 ErrorKind = Annotated[str, StringConstraints(pattern=ERROR_KIND_PATTERN)]
@@ -147,7 +150,7 @@ class Trigger(BaseModel):
 
     model_config = _CONFIG
 
-    event: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")] = Field(
+    event: Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)] = Field(
         description="Event type that starts a run, e.g. `client.created`."
     )
     filter: Expression | None = Field(
@@ -251,11 +254,38 @@ class ApprovalSpec(BaseModel):
     )
 
 
+class WaitFor(BaseModel):
+    """A step that waits for one of the tenant's events (run by the router, no executor)."""
+
+    model_config = _CONFIG
+
+    event: Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)] = Field(
+        description="Event type to wait for, as sent to the tenant's trigger topic, e.g. `document.signed`."
+    )
+    match: Expression | None = Field(
+        None,
+        description="CEL condition over `event` (`event.type`, `event.data`, `event.key`), `trigger` and "
+        "`steps` that an event must satisfy, e.g. `event.data.engagement_id == trigger.data.engagement_id`; "
+        "without it any event of that type matches.",
+    )
+    timeout: float = Field(
+        DEFAULT_WAIT_FOR_SECONDS,
+        gt=0,
+        le=MAX_WAIT_SECONDS,
+        description="Seconds to wait for a matching event (default 7 days, at most 366 days).",
+    )
+    on_timeout: Literal["fail", "continue"] = Field(
+        "fail",
+        description="`fail`: the step fails `wait_timed_out`; `continue`: it succeeds with "
+        '`{"timed_out": true}`.',
+    )
+
+
 #: The step kinds, each chosen by the one field of its name (``action`` for executor steps).
-StepKind = Literal["action", "wait", "approval", "workflow"]
+StepKind = Literal["action", "wait", "wait_for", "approval", "workflow"]
 #: The fields that choose a step's kind; a step has exactly one of them.
-KIND_FIELDS: tuple[StepKind, ...] = ("action", "wait", "approval", "workflow")
-STEP_KIND_FIELDS = KIND_FIELDS
+KIND_FIELDS: tuple[StepKind, ...] = ("action", "wait", "wait_for", "approval", "workflow")
+STEP_KIND_FIELDS = STEP_KINDS = KIND_FIELDS
 #: Fields only an action step may set (the router runs the other kinds itself; a `workflow` step
 #: keeps `retry`, which its `retry_failed` uses).
 ACTION_ONLY_FIELDS = ("inputs", "timeout", "retry")
@@ -270,6 +300,9 @@ class Step(BaseModel):
     id: StepId = Field(description="Unique step id; other steps refer to it in `needs` and `steps.<id>`.")
     action: Annotated[str, StringConstraints(pattern=ACTION_PATTERN)] | None = Field(
         None, description="Action an executor runs, e.g. `echo` or `firm.update_record`."
+    )
+    wait_for: WaitFor | None = Field(
+        None, description="Wait for one of the tenant's events instead of running an action."
     )
     workflow: SubWorkflow | None = Field(
         None, description="Run another workflow of the tenant as a child run and wait for its outcome."

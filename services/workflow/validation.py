@@ -27,7 +27,12 @@ from pydantic import BaseModel, ValidationError
 
 from services.workflow.actions import BUILTIN_ACTIONS, BUILTIN_READ_ACTIONS
 from services.workflow.dag import Dag, ancestors, find_cycles
-from services.workflow.expressions import CompiledExpression, ExpressionError, compile_expression
+from services.workflow.expressions import (
+    MATCH_VARIABLES,
+    CompiledExpression,
+    ExpressionError,
+    compile_expression,
+)
 from services.workflow.models import (
     CONTEXT_STEP_PREFIX,
     MAX_CONTEXT_ENTRIES,
@@ -37,6 +42,7 @@ from services.workflow.models import (
     Step,
     SubWorkflow,
     Trigger,
+    WaitFor,
     WaitSpec,
     WorkflowDefinition,
 )
@@ -61,6 +67,7 @@ class _StepView:
     calls: str | None = None  # a `workflow:` step's child workflow name
     #: CEL expressions inside the step's kind spec, by field path (e.g. ``wait.until``).
     expressions: dict[str, str] = field(default_factory=dict)
+    match: str | None = None  # wait_for.match
 
 
 @dataclass(slots=True)
@@ -89,6 +96,7 @@ class CompiledParts:
     inputs: dict[str, CompiledInputs] = field(default_factory=dict)
     #: Expressions of the kind specs, by step id and field path (``("pause", "wait.until")``).
     spec_expressions: dict[tuple[str, str], CompiledExpression] = field(default_factory=dict)
+    match: dict[str, CompiledExpression] = field(default_factory=dict)  # wait_for.match by step id
 
 
 #: The CEL fields of the step kind specs (bare CEL, not templates), as ``(kind field, field)``.
@@ -121,6 +129,8 @@ def _view_from_data(data: Mapping[str, Any]) -> _View:
         if isinstance(child, dict):
             inputs = child.get("inputs")
             calls = child["name"] if isinstance(child.get("name"), str) else None
+        wait_for = raw.get("wait_for")
+        match = wait_for.get("match") if isinstance(wait_for, dict) else None
         steps.append(
             _StepView(
                 index=i,
@@ -134,6 +144,7 @@ def _view_from_data(data: Mapping[str, Any]) -> _View:
                 inputs_at=("workflow", "inputs") if isinstance(child, dict) else ("inputs",),
                 calls=calls,
                 expressions=_spec_expressions(raw),
+                match=match if isinstance(match, str) else None,
             )
         )
     raw_context = data.get("context")
@@ -161,6 +172,7 @@ def _view_from_model(defn: WorkflowDefinition) -> _View:
             ("inputs",) if s.workflow is None else ("workflow", "inputs"),
             None if s.workflow is None else s.workflow.name,
             _spec_expressions({kind: _dumped(getattr(s, kind, None)) for kind, _ in SPEC_EXPRESSION_FIELDS}),
+            match=s.wait_for.match if s.wait_for is not None else None,
         )
         for i, s in enumerate(defn.steps)
     ]
@@ -178,6 +190,8 @@ def _suggest(word: str, choices: Collection[str]) -> str:
 
 
 def _model_at(loc: Sequence[PathPart]) -> type[BaseModel] | None:
+    if len(loc) == 3 and loc[2] == "wait_for":
+        return WaitFor
     # A shape part is a type (any key of it) or a field name (that key only).
     shapes: list[tuple[tuple[type | str, ...], type[BaseModel]]] = [
         ((), WorkflowDefinition),
@@ -369,10 +383,13 @@ def _expression_problems(
             try:
                 expr = compile_expression(source)
                 problems.extend(_reference_problems(expr.step_refs, step, ancestry, first_at, where, file))
+                problems.extend(_context_reference_problems(expr.context_refs, view, where, file))
                 if step.id is not None:
                     parts.spec_expressions[(step.id, path)] = expr
             except ExpressionError as exc:
                 problems.append(Problem(file, where, str(exc)))
+        if step.match is not None:
+            problems.extend(_match_problems(step, view, ancestry, first_at, file, parts))
         if step.inputs is not None:
             compiled, template_problems = compile_inputs(step.inputs)
             for tp in template_problems:
@@ -499,6 +516,30 @@ def context_needs(defn: WorkflowDefinition) -> dict[str, list[str]]:
     for step in defn.steps:
         needs[step.id] = list(step.needs) if step.needs else list(hidden)
     return needs
+
+
+def _match_problems(
+    step: _StepView,
+    view: _View,
+    ancestry: Collection[str],
+    known: Collection[str],
+    file: str,
+    parts: CompiledParts,
+) -> list[Problem]:
+    """A ``wait_for.match``: CEL over ``event``, ``trigger`` and the steps it needs, cost-checked
+    like a ``when`` (it runs on the router's thread, once per waiting run per event)."""
+    assert step.match is not None
+    where = f"steps[{step.index}].wait_for.match"
+    try:
+        expr = compile_expression(step.match, MATCH_VARIABLES)
+    except ExpressionError as exc:
+        return [Problem(file, where, str(exc))]
+    if step.id is not None:
+        parts.match[step.id] = expr
+    return [
+        *_reference_problems(expr.step_refs, step, ancestry, known, where, file),
+        *_context_reference_problems(expr.context_refs, view, where, file),
+    ]
 
 
 def _attach_lines(problems: Sequence[Problem], lines: Mapping[str, int] | None) -> list[Problem]:

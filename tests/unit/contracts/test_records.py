@@ -12,7 +12,7 @@ import pytest
 from services.contracts import records, serde
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "schemas" / "avro"
-#: Every record schema the engine writes has a type (InboxRecord is a union of three of them).
+#: Every record schema the engine writes has a type (InboxRecord is a union of some of them).
 TYPED = [p.stem for p in sorted(SCHEMAS.glob("*.avsc")) if p.stem != "InboxRecord"]
 AVRO_TO_PY: dict[str, Any] = {"string": str, "int": int, "long": int, "boolean": bool, "bytes": bytes}
 

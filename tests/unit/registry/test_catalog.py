@@ -181,3 +181,16 @@ def test_history_per_version_is_bounded_and_keeps_the_first() -> None:
     assert history[0].signed.definition.steps[0].action == "echo"
     assert history[-1].signed.definition.steps[0].action == "act49"
     assert reg.steps() == ["echo"]
+
+
+def test_all_for_lists_every_trusted_version_of_every_workflow() -> None:
+    """What runs may wait for is in any version they started on (intake forwards events by it)."""
+    reg = Registry(key())
+    for e in (entry(1), entry(2), entry(1, name="other")):
+        reg.publish(e)
+    assert sorted((w.name, w.version) for w in reg.catalog.all_for("acme")) == [
+        ("chain", 1),
+        ("chain", 2),
+        ("other", 1),
+    ]
+    assert reg.catalog.all_for("nobody") == []

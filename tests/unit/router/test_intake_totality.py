@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -185,6 +186,7 @@ class Exploding:
     """A workflow whose filter evaluation raises something that is not an ExpressionError."""
 
     name, version = "exploding", 1
+    definition = SimpleNamespace(steps=())  # waits for no event
 
     def matches(self, trigger: Any) -> bool:
         raise MemoryError("the CEL runtime gave up")
