@@ -353,8 +353,8 @@ class Step(BaseModel):
             extra = [name for name in ACTION_ONLY_FIELDS if name in self.model_fields_set]
             if extra:
                 raise ValueError(
-                    f"{', '.join(extra)} apply to action steps only; a {chosen[0]} step sets its "
-                    f"time limits in `{chosen[0]}:`"
+                    f"{', '.join(extra)} {'apply' if len(extra) > 1 else 'applies'} to action steps"
+                    f" only; a {chosen[0]} step sets its time limits in `{chosen[0]}:`"
                 )
         return self
 

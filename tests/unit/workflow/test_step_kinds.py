@@ -46,11 +46,11 @@ def test_each_kind_is_chosen_by_its_one_field() -> None:
 @pytest.mark.parametrize(
     ("step", "expected"),
     [
-        ({"id": "a"}, "a step needs exactly one of action, wait, approval, workflow; it has none"),
+        ({"id": "a"}, "a step needs exactly one of action, wait, wait_for, approval, workflow; it has none"),
         ({"id": "a", "action": "echo", "wait": {"duration": 1}}, "it has action and wait"),
         ({"id": "a", "wait": {"duration": 1}, "approval": {"prompt": "p"}}, "it has wait and approval"),
-        ({"id": "a", "wait": {"duration": 1}, "timeout": 5}, "timeout apply to action steps only"),
-        ({"id": "a", "approval": {"prompt": "p"}, "inputs": {"x": 1}}, "inputs apply to action steps only"),
+        ({"id": "a", "wait": {"duration": 1}, "timeout": 5}, "timeout applies to action steps only"),
+        ({"id": "a", "approval": {"prompt": "p"}, "inputs": {"x": 1}}, "inputs applies to action steps only"),
     ],
 )
 def test_a_step_has_exactly_one_kind_and_action_fields_only_on_actions(

@@ -79,8 +79,14 @@ def test_match_sees_event_trigger_and_the_steps_it_needs() -> None:
         ({"id": "s", "wait_for": {"event": "x", "on_timeout": "retry"}}, "'fail' or 'continue'"),
         ({"id": "s", "wait_for": {"event": "bad event"}}, "does not match the pattern"),
         ({"id": "s", "wait_for": {"event": "x", "matches": "true"}}, "allowed fields: event, match"),
-        ({"id": "s", "wait_for": {"event": "x"}, "inputs": {"a": 1}}, "a wait_for step takes no inputs"),
-        ({"id": "s", "wait_for": {"event": "x"}, "timeout": 5}, "its time limit is wait_for.timeout"),
+        (
+            {"id": "s", "wait_for": {"event": "x"}, "inputs": {"a": 1}},
+            "inputs applies to action steps only; a wait_for step",
+        ),
+        (
+            {"id": "s", "wait_for": {"event": "x"}, "timeout": 5},
+            "a wait_for step sets its time limits in `wait_for:`",
+        ),
         ({"id": "s", "wait_for": {"event": "x", "match": "event.data.x >"}}, "does not compile"),
         ({"id": "s", "wait_for": {"event": "x", "match": "evnt.data.x"}}, "unknown variable 'evnt'"),
         ({"id": "s", "wait_for": {"event": "x", "match": "steps.other.output"}}, "unknown step 'other'"),
