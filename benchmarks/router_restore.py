@@ -243,6 +243,7 @@ class Restored:
     seconds: float
     runs: int
     timers: int
+    waiting_for_events: int = 0  # entries of the index of runs waiting for an event (wait_for)
 
 
 def restore(settings: Settings, profile: str | None, workflow: CompiledWorkflow = WORKFLOW) -> Restored:
@@ -263,9 +264,10 @@ def restore(settings: Settings, profile: str | None, workflow: CompiledWorkflow 
         profiler.dump_stats(profile)
     runs = sum(len(state.runs) for state in core.partitions.values())
     timers = sum(len(state.timers) for state in core.partitions.values())
+    waiting = sum(len(getattr(state, "waits", ())) for state in core.partitions.values())
     if out.records:
         raise RuntimeError(f"the restore wrote {len(out.records)} state records; a restore writes none")
-    return Restored(seconds, runs, timers)
+    return Restored(seconds, runs, timers, waiting)
 
 
 def delete_topics(settings: Settings) -> None:
@@ -309,6 +311,7 @@ def measure(
         "restore_s": restored.seconds,
         "restored_runs": restored.runs,
         "restored_timers": restored.timers,
+        "restored_event_waits": restored.waiting_for_events,
         "floor_runs_per_s": runs / floor_s,
         "restore_runs_per_s": runs / restored.seconds,
         "restore_over_floor": restored.seconds / floor_s,
