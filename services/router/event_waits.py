@@ -21,7 +21,7 @@ topic/partition/offset, its ``source``) as another ``wait_for`` step of its run 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import islice
@@ -76,9 +76,9 @@ def delivery_problem(body: EventDelivered) -> str | None:
 
 
 @lru_cache(maxsize=4096)
-def waits_of(workflow: CompiledWorkflow) -> dict[str, str]:
-    """The workflow's ``wait_for`` steps: step id -> event type (cached per compiled definition)."""
-    return {s.id: s.wait_for.event for s in workflow.definition.steps if s.wait_for is not None}
+def waits_of(workflow: CompiledWorkflow) -> Mapping[str, str]:
+    """The workflow's ``wait_for`` steps: step id -> event type (computed once, at compile time)."""
+    return workflow.event_waits
 
 
 def waited_event_types(workflows: Iterable[CompiledWorkflow]) -> frozenset[str]:
@@ -173,7 +173,7 @@ class WaitIndex:
 # --- matching -------------------------------------------------------------------------------------
 
 
-def _taken(run: RunState, waits: dict[str, str], source: str) -> bool:
+def _taken(run: RunState, waits: Mapping[str, str], source: str) -> bool:
     """Whether a ``wait_for`` step of ``run`` already took the event record at ``source``."""
     for step_id in waits:
         rec = run.steps.get(step_id)

@@ -79,6 +79,8 @@ class CompiledWorkflow:
     #: Expressions inside the steps' kind specs, by (step id, field path), e.g. ``wait.until``.
     _spec_expressions: Mapping[tuple[str, str], CompiledExpression] = field(default_factory=dict)
     _match: Mapping[str, CompiledExpression] = field(default_factory=dict)  # wait_for.match by step
+    #: The ``wait_for`` steps: step id -> the event type each waits for (intake asks per trigger).
+    event_waits: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -234,4 +236,5 @@ def compile_workflow(
         _steps={s.id: s for s in [*defn.context_steps(), *defn.steps]},
         _spec_expressions=dict(parts.spec_expressions),
         _match=dict(parts.match),
+        event_waits={s.id: s.wait_for.event for s in defn.steps if s.wait_for is not None},
     )

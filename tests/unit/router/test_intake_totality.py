@@ -186,7 +186,8 @@ class Exploding:
     """A workflow whose filter evaluation raises something that is not an ExpressionError."""
 
     name, version = "exploding", 1
-    definition = SimpleNamespace(steps=())  # waits for no event
+    definition = SimpleNamespace(steps=())
+    event_waits: dict[str, str] = {}  # waits for no event
 
     def matches(self, trigger: Any) -> bool:
         raise MemoryError("the CEL runtime gave up")
