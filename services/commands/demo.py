@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import typer
 from confluent_kafka import Producer
@@ -27,6 +28,7 @@ from services.config import Settings, get_settings
 from services.contracts import serde
 from services.contracts.records import JsonObject, TriggerEvent
 from services.contracts.vocabulary import RUN_TERMINAL
+from services.control.keys import OperatorKey, configured_key
 from services.devinfra import launcher, paths
 from services.package_data import examples_dir
 from services.runtime import ServiceFn, install_signal_handlers, run_services, setup_logging
@@ -48,6 +50,7 @@ TENANT = "demo"
 KEY_ID = "demo-key-1"
 OPERATOR_KEY_ID = "operator@demo"
 EXAMPLES = examples_dir()
+DEMO_SCOPES = ("firm_data:read", "firm_data:write", "email:send")
 
 
 def _step(msg: str) -> None:
@@ -87,9 +90,11 @@ def _setup_tenant(settings: Settings, public: str, operator_public: str) -> None
             KeyEntry(key_id=OPERATOR_KEY_ID, public_key=operator_public, role="operator"),
         ],
     )
-    config = (existing or TenantConfig(tenant=TENANT, scopes=["firm_data:write", "email:send"])).model_copy(
-        update={"keyring": keyring, "status": "active"}
-    )
+    base = existing or TenantConfig(tenant=TENANT)
+    # The examples read and write firm data and send email; a tenant saved by an older demo may
+    # lack a scope added since.
+    scopes = sorted({*base.scopes, *DEMO_SCOPES})
+    config = base.model_copy(update={"keyring": keyring, "status": "active", "scopes": scopes})
     create_trigger_topic(settings, config)
     if existing != config:
         save_tenant(settings, config, wait_visible_s=10)
@@ -132,7 +137,11 @@ def _fire(settings: Settings, triggers: list[JsonObject]) -> list[str]:
 
 
 def _wait_for_runs(
-    settings: Settings, keys: list[str], expected: int, timeout_s: float
+    settings: Settings,
+    keys: list[str],
+    expected: int,
+    timeout_s: float,
+    follow_ups: FollowUps | None = None,
 ) -> list[dict[str, object]]:
     import psycopg
 
@@ -150,10 +159,67 @@ def _wait_for_runs(
             )
             names = [c.name for c in cur.description or []]
             rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+            if follow_ups is not None:
+                follow_ups.act(conn, [str(r["run_id"]) for r in rows if r["state"] not in RUN_TERMINAL])
         if len(rows) >= expected and all(r["state"] in RUN_TERMINAL for r in rows):
             return rows
         time.sleep(0.3)
     return rows
+
+
+class FollowUps:
+    """What the outside world does while the example runs wait (``follow-ups.json``): once a run of
+    ``workflow`` is waiting at ``step``, send an event to the tenant's topic (a ``wait_for``) or a
+    signed approval decision (an ``approval``), once per run and step."""
+
+    def __init__(self, settings: Settings, specs: list[JsonObject], key: OperatorKey, suffix: str) -> None:
+        self.settings = settings
+        self.specs = specs
+        self.key = key
+        self.suffix = suffix
+        self.done: set[tuple[str, str]] = set()
+
+    def act(self, conn: Any, open_runs: list[str]) -> None:
+        if not open_runs:
+            return
+        waiting = conn.execute(
+            "select r.run_id, r.workflow, s.step_id from runs r join steps s using (run_id) "
+            "where r.run_id = any(%s) and s.state = 'running'",
+            (open_runs,),
+        ).fetchall()
+        for run_id, workflow, step_id in waiting:
+            for spec in self.specs:
+                if (spec["workflow"], spec["step"]) != (workflow, step_id) or (run_id, step_id) in self.done:
+                    continue
+                self.done.add((run_id, step_id))
+                _step(f"{spec.get('about', 'follow-up')}: run {run_id[:8]} step {step_id}")
+                if "send" in spec:
+                    event = spec["send"]
+                    _fire(
+                        self.settings,
+                        [{**event, "idempotency_key": f"{event['event_type']}-{run_id[:8]}-{self.suffix}"}],
+                    )
+                if "approve" in spec:
+                    self._approve(run_id, step_id, spec["approve"])
+
+    def _approve(self, run_id: str, step_id: str, decision: JsonObject) -> None:
+        from services.control.commands import ControlSender, command
+
+        text = str(decision.get("comment") or "")
+        cmd = command(
+            "approve",
+            TENANT,
+            run_id,
+            self.key.key_id,
+            f"{decision['decision']}: {text}",
+            step_id=step_id,
+            key=self.key,
+            decision=str(decision["decision"]),
+            comment=text,
+        )
+        sender = ControlSender(self.settings)
+        sender.send(cmd)
+        sender.flush()
 
 
 def demo(
@@ -222,7 +288,13 @@ def demo(
         f"waiting for {expected} runs"
     )
     started = time.monotonic()
-    rows = _wait_for_runs(settings, keys, expected, timeout)
+    follow_ups = FollowUps(
+        settings,
+        json.loads((EXAMPLES / "follow-ups.json").read_text()),
+        configured_key(settings, str(operator_key_file), OPERATOR_KEY_ID),
+        demo_id,
+    )
+    rows = _wait_for_runs(settings, keys, expected, timeout, follow_ups)
     table = Table(
         "run",
         "workflow",
