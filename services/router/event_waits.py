@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from itertools import islice
 from typing import Any
 
@@ -75,7 +74,6 @@ def delivery_problem(body: EventDelivered) -> str | None:
     return None
 
 
-@lru_cache(maxsize=4096)
 def waits_of(workflow: CompiledWorkflow) -> Mapping[str, str]:
     """The workflow's ``wait_for`` steps: step id -> event type (computed once, at compile time)."""
     return workflow.event_waits
