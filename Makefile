@@ -7,7 +7,8 @@
 # the `serial` tests alone (they assert wall-clock bounds that other workers' load would break).
 # `make test-slow` is the fault suite (tests/faults: kills, restarts, a hostile tenant) and the
 # benchmark smoke, one at a time: minutes each, and timing-sensitive. CI (.ci/run) runs both;
-# `python -m pytest` alone still runs everything serially. Markers: tests/conftest.py.
+# `python -m pytest` alone still runs everything serially. Markers: tests/conftest.py. Each part
+# ends with its slowest tests (--durations): where the suite's time goes, run by run.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -29,12 +30,12 @@ demo: $(BIN)/.installed
 # Both parts always run; the target fails with the first part's failing exit code.
 test: $(BIN)/.installed
 	rc=0; \
-	$(BIN)/python -m pytest -m "not slow and not serial" -n $(PYTEST_WORKERS) --dist loadgroup || rc=$$?; \
-	$(BIN)/python -m pytest -m "serial and not slow" || { s=$$?; [ "$$rc" -ne 0 ] || rc=$$s; }; \
+	$(BIN)/python -m pytest -m "not slow and not serial" -n $(PYTEST_WORKERS) --dist loadgroup --durations=25 || rc=$$?; \
+	$(BIN)/python -m pytest -m "serial and not slow" --durations=10 || { s=$$?; [ "$$rc" -ne 0 ] || rc=$$s; }; \
 	exit $$rc
 
 test-slow: $(BIN)/.installed
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow --durations=10
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
