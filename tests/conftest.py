@@ -81,6 +81,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
 
 
+@pytest.hookimpl(trylast=True)  # after xdist's own hook, which tags a grouped test's id with its group
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """On an xdist worker with ``--dist loadgroup``: stop at once if xdist could not tag the grouped
+    tests' ids (``<id>@<group>``), as with pytest 9 and xdist 3.8 — the groups would be ignored
+    without a word, and every module-scoped engine, secured broker or cluster started on every
+    worker (the suite took a third longer so, unnoticed, until 2026-11-30)."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    untagged = [
+        item.nodeid
+        for item in session.items
+        if item.get_closest_marker("xdist_group") is not None and "@" not in item.nodeid
+    ]
+    if untagged:
+        raise pytest.UsageError(
+            f"pytest-xdist did not tag {len(untagged)} grouped test(s) with their group (e.g. "
+            f"{untagged[0]}): --dist loadgroup would ignore the groups with pytest "
+            f"{pytest.__version__}; install the pytest version pyproject.toml pins"
+        )
+
+
 def utf8_safe(value: Any) -> Any:
     """``value`` with every lone surrogate in its strings escaped (``\\ud800``), recursively."""
     if isinstance(value, str):
