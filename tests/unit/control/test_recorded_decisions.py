@@ -28,7 +28,13 @@ def letter(topic: str, value: bytes, message: str = "no run run-1 of tenant acme
 
 
 @pytest.mark.parametrize(
-    ("topic", "value"), [("wf.control", BARE), ("wf.inbox", BARE), ("wf.inbox", ENVELOPE)]
+    ("topic", "value"),
+    [("wf.control", BARE), ("wf.inbox", BARE), ("wf.inbox", ENVELOPE)],
+    ids=[
+        "control-bare",
+        "inbox-bare",
+        "inbox-envelope",
+    ],  # the values hold a fresh uuid: the same ids on every worker
 )
 def test_refusals_of_intake_and_of_the_core_are_control_decisions(topic: str, value: bytes) -> None:
     row = control_from_dead_letter(letter(topic, value))
