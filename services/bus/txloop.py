@@ -29,6 +29,7 @@ The loop knows nothing of workflows: processors own the semantics.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -48,6 +49,7 @@ from confluent_kafka import (
 )
 
 from services.bus.clients import ClientConfig, consumer_config, headers_for, transactional_producer_config
+from services.bus.connection_loss import makes_producer_stale
 from services.bus.consumer import PauseAwareConsumer
 from services.bus.fetch import consume_ready
 from services.bus.poison import (
@@ -76,6 +78,13 @@ CALL_BUDGET_S = 30.0  # one transactional call, retries included
 ABORT_BUDGET_S = 10.0  # abort_transaction, before falling back to a new producer
 REWIND_BUDGET_S = 120.0  # reading committed offsets back after an abort
 INIT_BUDGET_S = 120.0  # init_transactions of a new producer (the broker may be restarting)
+#: ``send_offsets_to_transaction`` runs on a helper thread: librdkafka #5511 can block it past its
+#: timeout. Still running this long (its budget spent), or this long after the clients reported
+#: the connection lost, the loop abandons the producer to that thread and goes on with a new one.
+OFFSETS_ABANDON_S = CALL_BUDGET_S + 5
+OFFSETS_ABANDON_LOST_S = 2.0
+OFFSETS_POLL_S = 0.2  # how often the loop serves the producer's error reports while it waits
+CLUSTER_SIZE_TIMEOUT_S = 5.0  # the metadata request that counts the brokers, once per loop
 OBSERVE_INTERVAL_S = 1.0  # consumer positions against cached watermarks, for the stall detector
 
 
@@ -185,6 +194,7 @@ class TransactionalLoop:
         self._clock = clock
         self._sleep = sleep
         self._cluster_lost = False  # set by the producer's and the consumer's error callbacks
+        self._brokers = 0  # counted once the first producer is up (services/bus/connection_loss.py)
         # The consumer's lost connections count too: after a broker restart a producer may report
         # nothing (fault suite, 2 of 4 runs: router core and executor blocked 180 s in
         # send_offsets_to_transaction, librdkafka #5511) while its loop's consumer, fetching all
@@ -196,6 +206,7 @@ class TransactionalLoop:
         )
         self.producer = self._new_producer()
         self.guard = HangGuard(service, overdue_after_s=CALL_BUDGET_S + 5)
+        self._offsets_worker = _offsets_worker(service)
         bind = getattr(processor, "bind", None)
         if bind is not None:
             bind(self.consumer)
@@ -222,33 +233,48 @@ class TransactionalLoop:
         retrying(
             producer.init_transactions, budget_s=INIT_BUDGET_S, what="init_transactions", service=self.service
         )
+        if self._brokers == 0:
+            self._brokers = self._count_brokers(producer)
         return producer
 
-    def _on_producer_error(self, error: KafkaError) -> None:
-        """Served by the producer's polls. A lost broker connection marks the producer stale: after
-        a broker restart librdkafka may keep a dead group-coordinator handle cached and block
-        ``send_offsets_to_transaction`` past its timeout (librdkafka #5511), so the loop replaces
-        the producer at the next transaction boundary instead of calling it.
+    def _count_brokers(self, producer: Producer) -> int:
+        """How many brokers the cluster has (0: not known, and the one-broker rule applies), for
+        :func:`services.bus.connection_loss.makes_producer_stale`."""
+        try:
+            # One topic that always exists, not the whole cluster's metadata (a full refresh makes
+            # librdkafka decommission brokers missing from it: the path of librdkafka #5511).
+            metadata = producer.list_topics(self.topics.dlq, timeout=CLUSTER_SIZE_TIMEOUT_S)
+            brokers = len(metadata.brokers)
+        except KafkaException as exc:
+            log.warning("could not count the brokers", extra={"service": self.service, "error": str(exc)})
+            return 0
+        log.info("cluster size", extra={"service": self.service, "brokers": brokers})
+        return brokers
 
-        On a cluster this replaces every producer whenever one node goes (issue 18, known issue 5
-        in tests/faults/README.md). Tried and undone: marking stale on ``_ALL_BROKERS_DOWN`` only,
-        together with forgetting what a new producer reported while ``init_transactions`` ran —
-        the next broker-restart scenario failed with an executor blocked 180 s in
-        ``send_offsets_to_transaction`` (the hang ignores the call's timeout; the hang guard then
-        exited the process) — though a later run failed the same way with this rule, before the
-        loop's consumer reports counted too (:meth:`_on_consumer_error`). A narrower rule must
-        pass that scenario, several times, first."""
-        lost = error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
+    def _on_producer_error(self, error: KafkaError) -> None:
+        """Served by the producer's polls. A lost connection that
+        :func:`~services.bus.connection_loss.makes_producer_stale` counts marks the producer stale:
+        after a broker restart librdkafka may keep a dead coordinator handle cached and block
+        ``send_offsets_to_transaction`` past its timeout (librdkafka #5511), so the loop replaces
+        the producer at the next transaction boundary instead of calling it. On one broker any lost
+        connection counts; on a cluster only a coordinator's or all brokers' (known issue 5 in
+        tests/faults/README.md: replacing every producer whenever one node went stalled the
+        engine). Tried and undone in an earlier session: ``_ALL_BROKERS_DOWN`` only on one broker
+        too — an executor then blocked 180 s in ``send_offsets_to_transaction`` in the
+        broker-restart scenario."""
+        lost = makes_producer_stale(error, self._brokers)
         if lost and self._cluster_lost:
             log.debug("producer error", extra={"service": self.service, "error": str(error)})
             return  # already marked stale: one warning per outage is enough
         self._cluster_lost = self._cluster_lost or lost
-        log.warning("producer error", extra={"service": self.service, "error": str(error)})
+        log.warning(
+            "producer error", extra={"service": self.service, "error": str(error), "replaces_producer": lost}
+        )
 
     def _on_consumer_error(self, error: KafkaError) -> None:
         """Served by ``consume()``: the same rule as :meth:`_on_producer_error` (the producer is
         replaced at the next transaction boundary, or instead of the commit)."""
-        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+        if makes_producer_stale(error, self._brokers):
             if not self._cluster_lost:
                 log.warning(
                     "consumer lost its broker connection",
@@ -396,14 +422,48 @@ class TransactionalLoop:
         if self._cluster_lost:  # lost during this batch: do not commit through a stale client
             self._recover(None, replace=True)
             return False
-        if positions:
-            group = self.consumer.consumer_group_metadata()
-            self._call(
-                "send_offsets_to_transaction",
-                lambda t: self.producer.send_offsets_to_transaction(positions, group, t),
-            )
+        if positions and not self._send_offsets(positions):
+            self._recover(None, replace=True)  # a new producer's init aborts what the old one left
+            return False
         self._call("commit_transaction", lambda t: self.producer.commit_transaction(t))
         return True
+
+    def _send_offsets(self, positions: list[TopicPartition]) -> bool:
+        """``send_offsets_to_transaction`` on the helper thread, the loop serving the producer's
+        error reports meanwhile (its reports wait for a poll, and the loop is their only poller).
+        False: the call hangs (librdkafka #5511: a dead coordinator handle, the call's timeout
+        ignored) and the producer is given up to it. Safe: nothing is committed before
+        ``commit_transaction``, and the new producer's ``init_transactions`` fences the old epoch
+        and aborts its transaction. What the call raises propagates as before."""
+        producer = self.producer
+        group = self.consumer.consumer_group_metadata()
+        future = self._offsets_worker.submit(
+            retrying,
+            lambda t: producer.send_offsets_to_transaction(positions, group, t),
+            budget_s=CALL_BUDGET_S,
+            what="send_offsets_to_transaction",
+            service=self.service,
+        )
+        started = time.monotonic()
+        while True:
+            try:
+                future.result(timeout=OFFSETS_POLL_S)
+                return True
+            except concurrent.futures.TimeoutError:
+                pass
+            with contextlib.suppress(KafkaException, RuntimeError):
+                producer.poll(0)
+            waited = time.monotonic() - started
+            if waited >= OFFSETS_ABANDON_S or (self._cluster_lost and waited >= OFFSETS_ABANDON_LOST_S):
+                break
+        log.error(
+            "send_offsets_to_transaction has not returned; abandoning the producer (librdkafka #5511)",
+            extra={"service": self.service, "blocked_s": round(waited, 1), "lost": self._cluster_lost},
+        )
+        metrics.TXN_OVERDUE_CALLS.labels(self.service, "send_offsets_to_transaction").inc()
+        self._offsets_worker.shutdown(wait=False)  # its thread stays with the hung call
+        self._offsets_worker = _offsets_worker(self.service)
+        return False
 
     def _call(self, what: str, call: Callable[[float], None], budget_s: float = CALL_BUDGET_S) -> None:
         """A blocking transaction call: repeated on retriable errors, watched for hangs."""
@@ -695,6 +755,7 @@ class TransactionalLoop:
 
     def close(self) -> None:
         self.guard.close()
+        self._offsets_worker.shutdown(wait=False)
         self._board.unregister(self.progress)
         try:
             self.consumer.close()
@@ -758,3 +819,8 @@ def _is_benign_error(msg: Message) -> bool:
         raise KafkaException(err)
     log.warning("consumer error", extra={"error": str(err)})
     return True
+
+
+def _offsets_worker(service: str) -> concurrent.futures.ThreadPoolExecutor:
+    """The helper thread of :meth:`TransactionalLoop._send_offsets` (a new one after a hang)."""
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{service}.offsets")

@@ -9,9 +9,11 @@ Only the protocol the loop and the test processors use is implemented. No I/O, n
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
@@ -108,6 +110,15 @@ class FakeProducer:
         self.commits = 0
         self.aborts = 0
         self.calls: list[str] = []
+        #: the brokers its metadata lists (a cluster's size, for the loop's lost-connection rule)
+        self.brokers = 1
+        #: set: ``send_offsets_to_transaction`` blocks until it is released, then fails as a
+        #: fenced producer's would (librdkafka #5511's hang, the call's timeout ignored)
+        self.hang_offsets: threading.Event | None = None
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> SimpleNamespace:
+        self._fault("list_topics")
+        return SimpleNamespace(brokers={node: object() for node in range(1, self.brokers + 1)}, topics={})
 
     def _fault(self, call: str) -> None:
         self.calls.append(call)
@@ -141,6 +152,9 @@ class FakeProducer:
         self, positions: list[TopicPartition], group: Any, timeout: float = -1
     ) -> None:
         self._fault("send_offsets_to_transaction")
+        if self.hang_offsets is not None:
+            self.hang_offsets.wait()
+            raise KafkaException(KafkaError(KafkaError._FENCED, "fenced by a newer producer", fatal=True))
         assert self.in_txn
         self.offsets.extend(positions)
 
@@ -308,6 +322,7 @@ def harness(
     broker: FakeBroker | None = None,
     service: str = "test.loop",
     init_reports: Sequence[KafkaError] = (),
+    brokers: int = 1,
     **setting_overrides: Any,
 ) -> Harness:
     broker = broker if broker is not None else FakeBroker()
@@ -316,6 +331,7 @@ def harness(
 
     def new_producer(conf: dict[str, Any]) -> FakeProducer:
         producers.append(FakeProducer(broker, conf.get("error_cb")))
+        producers[-1].brokers = brokers
         if len(producers) == 1:  # the first one only: a broker that comes back
             producers[-1].reports_on_init = list(init_reports)
         return producers[-1]
