@@ -20,7 +20,9 @@ Two things live here, both about the broker or the client misbehaving, not about
   :mod:`services.bus.clients`, so that a stuck request sees state changes; a metadata refresh
   from another thread, tried first, does not help). Those idle closes must not cost latency: the
   reconnect backoff is capped under half the idle time, or the first transaction after idle
-  waits seconds for a reconnect (issue 17). The guard is the last resort: a call that is
+  waits seconds for a reconnect (issue 17). ``send_offsets_to_transaction`` itself runs on a
+  helper thread and is abandoned with its producer when it hangs (``TransactionalLoop._send_offsets``).
+  The guard is the last resort for the other calls: a call that is
   overdue is logged and counted, and one that has not returned after ``exit_after_s`` means the
   process cannot make progress, so it exits (code 70) for its supervisor to restart it: a
   restart is safe (a new producer fences the old epoch), a silently wedged engine is not.

@@ -491,6 +491,7 @@ class EventTail:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.events: list[dict[str, Any]] = []
+        self.event_ids: set[str] = set()
         self.terminal: dict[str, str] = {}
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -519,6 +520,7 @@ class EventTail:
                     event["_partition"] = msg.partition()  # for per-partition recovery times
                     with self.lock:
                         self.events.append(event)
+                        self.event_ids.add(event["event_id"])
                         if event["type"] in TERMINAL:
                             self.terminal[event["run_id"]] = event["type"]
         finally:
@@ -527,6 +529,12 @@ class EventTail:
     def count(self) -> int:
         with self.lock:
             return len(self.events)
+
+    def distinct(self) -> int:
+        """Distinct event ids read: what PostgreSQL must hold (it keeps one row per id), so that a
+        duplicate in Kafka is reported by the invariants rather than waited for."""
+        with self.lock:
+            return len(self.event_ids)
 
     def first_event_after(self, killed_ms: int, predicate: Callable[[dict[str, Any]], bool]) -> int | None:
         """``at`` (ms) of the earliest event with ``at > killed_ms`` satisfying ``predicate``."""
