@@ -83,6 +83,9 @@ INIT_BUDGET_S = 120.0  # init_transactions of a new producer (the broker may be 
 #: the connection lost, the loop abandons the producer to that thread and goes on with a new one.
 OFFSETS_ABANDON_S = CALL_BUDGET_S + 5
 OFFSETS_ABANDON_LOST_S = 2.0
+#: Abandoned calls still blocked (each holds its producer and a thread): past this many the client
+#: is wedged for good, and the process exits for its supervisor to restart it (the hang guard's way).
+MAX_ABANDONED_CALLS = 4
 OFFSETS_POLL_S = 0.2  # how often the loop serves the producer's error reports while it waits
 CLUSTER_SIZE_TIMEOUT_S = 5.0  # the metadata request that counts the brokers, once per loop
 OBSERVE_INTERVAL_S = 1.0  # consumer positions against cached watermarks, for the stall detector
@@ -207,6 +210,7 @@ class TransactionalLoop:
         self.producer = self._new_producer()
         self.guard = HangGuard(service, overdue_after_s=CALL_BUDGET_S + 5)
         self._offsets_worker = _offsets_worker(service)
+        self._abandoned: list[concurrent.futures.Future[None]] = []
         bind = getattr(processor, "bind", None)
         if bind is not None:
             bind(self.consumer)
@@ -463,6 +467,11 @@ class TransactionalLoop:
         metrics.TXN_OVERDUE_CALLS.labels(self.service, "send_offsets_to_transaction").inc()
         self._offsets_worker.shutdown(wait=False)  # its thread stays with the hung call
         self._offsets_worker = _offsets_worker(self.service)
+        self._abandoned = [call for call in self._abandoned if not call.done()] + [future]
+        if len(self._abandoned) > MAX_ABANDONED_CALLS:
+            self.guard.give_up(
+                "send_offsets_to_transaction", f"{len(self._abandoned)} abandoned calls still blocked"
+            )
         return False
 
     def _call(self, what: str, call: Callable[[float], None], budget_s: float = CALL_BUDGET_S) -> None:
@@ -744,7 +753,10 @@ class TransactionalLoop:
         def committed(timeout: float) -> list[TopicPartition]:
             return list(self.consumer.committed(assignment, timeout=timeout))
 
-        for tp in retrying(committed, budget_s=REWIND_BUDGET_S, what="committed", service=self.service):
+        offsets = retrying(
+            committed, budget_s=REWIND_BUDGET_S, what="committed", service=self.service, any_error=True
+        )
+        for tp in offsets:
             target = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             try:
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition, target))

@@ -74,10 +74,15 @@ def kafka_error(exc: KafkaException) -> KafkaError | None:
     return first if isinstance(first, KafkaError) else None
 
 
-def retrying(call: Callable[[float], T], *, budget_s: float, what: str, service: str) -> T:
+def retrying(
+    call: Callable[[float], T], *, budget_s: float, what: str, service: str, any_error: bool = False
+) -> T:
     """Run ``call(timeout)`` again while it fails with a retriable error and budget is left.
 
-    Abortable and fatal errors (and a retriable one once the budget is spent) propagate."""
+    Abortable and fatal errors (and a retriable one once the budget is spent) propagate.
+    ``any_error``: every Kafka error is retried within the budget — for reads without side effects,
+    whose errors librdkafka does not flag retriable (``committed()`` raising ``NOT_COORDINATOR``
+    while a group coordinator moves, which once ended a router's loop on a cluster)."""
     deadline = time.monotonic() + budget_s
     attempt = 0
     while True:
@@ -87,7 +92,8 @@ def retrying(call: Callable[[float], T], *, budget_s: float, what: str, service:
         except KafkaException as exc:
             error = kafka_error(exc)
             attempt += 1
-            if classify(error) is not Action.RETRY or time.monotonic() >= deadline:
+            retry = any_error or classify(error) is Action.RETRY
+            if not retry or time.monotonic() >= deadline:
                 raise
             metrics.TXN_RETRIES.labels(service, what).inc()
             log.warning(
@@ -132,6 +138,14 @@ class HangGuard:
 
     def close(self) -> None:
         self._stop.set()
+
+    def give_up(self, what: str, why: str) -> None:
+        """Exit now, as for a call blocked past ``exit_after_s``: the loop found itself wedged."""
+        log.critical(
+            "transactional client wedged; exiting so that the process is restarted",
+            extra={"service": self.service, "call": what, "why": why},
+        )
+        self._exit(HANG_EXIT_CODE)
 
     def _watch(self) -> None:
         reported: float | None = None

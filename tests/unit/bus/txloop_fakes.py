@@ -206,6 +206,8 @@ class FakeConsumer:
         self.paused: set[Key] = set()
         self.on_assign: Callable[..., None] | None = None
         self.assigned = False
+        #: exceptions ``committed()`` raises, one per call, in order (a group coordinator moving)
+        self.committed_faults: list[KafkaException] = []
         self.seeks: list[tuple[Key, int]] = []
 
     def subscribe(self, topics: list[str], on_assign: Callable[..., None], **_: Any) -> None:
@@ -241,6 +243,8 @@ class FakeConsumer:
         ]
 
     def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]:
+        if self.committed_faults:
+            raise self.committed_faults.pop(0)
         return [
             TopicPartition(tp.topic, tp.partition, self.broker.committed.get((tp.topic, tp.partition), -1001))
             for tp in partitions
