@@ -17,7 +17,7 @@ from confluent_kafka import Consumer
 from services.contracts import serde
 from services.contracts.records import ControlCommand
 from services.control.commands import ControlSender, command
-from tests.fixtures.engine import Engine
+from tests.fixtures.engine import Engine, router_until
 from tests.fixtures.kafka import consume_until
 from tests.fixtures.operators import signed
 
@@ -60,24 +60,6 @@ def wait_sql(url: str, sql: str, args: tuple[Any, ...], expected: object, timeou
             return
         time.sleep(0.2)
     raise AssertionError(f"{sql} {args} = {value!r}, expected {expected!r} within {timeout_s}s")
-
-
-def router_until(stop_router: threading.Event) -> Callable[..., None]:
-    """``run_router`` that also stops when ``stop_router`` is set (a restart within one engine)."""
-    from services.router.service import run_router
-
-    def run(settings: Any, stop: threading.Event, **kwargs: Any) -> None:
-        either = threading.Event()
-
-        def relay() -> None:
-            while not stop.wait(0.1) and not stop_router.is_set():
-                pass
-            either.set()
-
-        threading.Thread(target=relay, daemon=True).start()
-        run_router(settings, either, **kwargs)
-
-    return run
 
 
 def start(engine_factory: Callable[..., Engine], database_url: str, stop_router: threading.Event) -> Engine:

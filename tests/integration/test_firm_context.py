@@ -28,7 +28,7 @@ from services.executor.plugins import ActionContext
 from services.observability.logs import bind
 from services.workflow.signing import generate_keypair
 from tests.fixtures.database import create_database, drop_database
-from tests.fixtures.engine import Engine, EventLog, make_settings, register_tenant
+from tests.fixtures.engine import Engine, EventLog, make_settings, register_tenant, router_until
 from tests.fixtures.operators import signed
 
 pytestmark = pytest.mark.integration
@@ -141,24 +141,6 @@ class World:
         eng = self.engine
         run_id = eng.run_id(workflow, eng.trigger(event, data, tenant=tenant), tenant=tenant)
         return run_id, eng.wait_terminal([run_id], timeout_s=90)[run_id]
-
-
-def router_until(stop_router: threading.Event) -> Callable[..., None]:
-    """``run_router`` that also stops when ``stop_router`` is set (a restart within one engine)."""
-    from services.router.service import run_router
-
-    def run(settings: Any, stop: threading.Event, **kwargs: Any) -> None:
-        either = threading.Event()
-
-        def relay() -> None:
-            while not stop.wait(0.1) and not stop_router.is_set():
-                pass
-            either.set()
-
-        threading.Thread(target=relay, daemon=True).start()
-        run_router(settings, either, **kwargs)
-
-    return run
 
 
 @pytest.fixture(scope="module")

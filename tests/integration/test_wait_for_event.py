@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from services.observability import metrics
-from tests.fixtures.engine import Engine
+from tests.fixtures.engine import Engine, router_until
 
 pytestmark = pytest.mark.integration
 
@@ -65,24 +65,6 @@ def wait_metric(outcome: str, at_least: float, timeout_s: float = 30) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"{outcome} deliveries stayed at {deliveries(outcome)}, expected {at_least}")
-
-
-def router_until(stop_router: threading.Event) -> Callable[..., None]:
-    """``run_router`` that also stops when ``stop_router`` is set (a restart within one engine)."""
-    from services.router.service import run_router
-
-    def run(settings: Any, stop: threading.Event, **kwargs: Any) -> None:
-        either = threading.Event()
-
-        def relay() -> None:
-            while not stop.wait(0.1) and not stop_router.is_set():
-                pass
-            either.set()
-
-        threading.Thread(target=relay, daemon=True).start()
-        run_router(settings, either, **kwargs)
-
-    return run
 
 
 def waiting(eng: Engine, run_id: str) -> None:
