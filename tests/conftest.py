@@ -23,6 +23,8 @@ from typing import Any
 import hypothesis
 import pytest
 
+from services.config import Settings
+
 pytest_plugins = [
     "tests.fixtures.infra",
     "tests.fixtures.database",
@@ -128,6 +130,12 @@ def pytest_report_to_serializable(config: pytest.Config, report: Any) -> Any:
 @pytest.hookimpl(optionalhook=True)  # an xdist hook, run by the controller for each worker
 def pytest_configure_node(node: Any) -> None:
     node.workerinput["controller_columns"] = os.environ.get("COLUMNS")
+    # The broker and database the run was started with (tests/fixtures/infra.py).
+    try:
+        settings = Settings()
+    except ValueError:  # invalid settings: the tests that read them say so themselves
+        return
+    node.workerinput["controller_infra"] = [settings.kafka_bootstrap_servers, settings.database_url]
 
 
 def pytest_configure(config: pytest.Config) -> None:

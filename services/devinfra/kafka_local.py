@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import uuid
@@ -110,6 +111,8 @@ class LocalKafka:
             except TimeoutError as exc:
                 raise LauncherError(f"{exc}{self.data_hint()}") from exc
             return False
+        if taken := [port for port in (self.port, self.controller_port) if port_taken(port)]:
+            return self._wait_for_the_broker_on(taken)
         java, libs = _require_tools(), ensure_jars(progress)
         self.home.mkdir(parents=True, exist_ok=True)
         data = self.home / "data"
@@ -172,6 +175,20 @@ class LocalKafka:
                 f"last lines of {self.log_file}:\n{tail(self.log_file)}"
             )
         return True
+
+    def _wait_for_the_broker_on(self, ports: list[int]) -> bool:
+        """A process we have no pid file for holds our ports: a broker still starting, or one
+        started from another state directory, is used as it is (a second one would die on its
+        ports); anything else is a clear error. Returns False: this call started nothing."""
+        try:
+            wait_until(self.answers, self.ready_timeout_s(), f"Kafka at {self.bootstrap}")
+        except TimeoutError:
+            raise LauncherError(
+                f"port(s) {', '.join(map(str, ports))} on 127.0.0.1 are taken by a process that does not "
+                f"answer as a Kafka broker at {self.bootstrap}: stop it, or give the local broker other "
+                "ports (SWITCHYARD_DEV_KAFKA_PORT, SWITCHYARD_DEV_KAFKA_CONTROLLER_PORT)"
+            ) from None
+        return False
 
     def stop(self) -> bool:
         pid = self.pid()
@@ -306,6 +323,13 @@ controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 {storage_properties(data)}"""
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on ``host:port`` now."""
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
 
 
 def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:

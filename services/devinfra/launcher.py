@@ -6,7 +6,9 @@ Each service is taken from the first source that works:
 3. a local process: Kafka from the official jars, PostgreSQL from ``pgserver``.
 
 ``up`` is idempotent. The record in ``<state dir>/dev-state.json`` lists only what ``up`` started,
-so ``down`` never stops a broker or database it did not start.
+so ``down`` never stops a broker or database it did not start. Processes that ensure a service at
+the same time (``make test``'s pytest workers on a machine where nothing runs yet) take turns under
+``<state dir>/launcher.lock``: the first starts it, the others find it running.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import fasteners
 
 from services.config import Settings
 from services.devinfra import kafka_cluster, kafka_secure, paths
@@ -81,6 +86,14 @@ def _compose_up(services: list[str], progress: Progress) -> None:
     subprocess.run(["docker", "compose", "-f", str(compose), "up", "-d", "--wait", *services], check=True)
 
 
+@contextmanager
+def _one_starter_at_a_time() -> Iterator[None]:
+    """Hold the state directory's launcher lock: without it, two processes that both find no broker
+    start two, and the second dies on the first's ports."""
+    with fasteners.InterProcessLock(str(paths.state_dir() / "launcher.lock")):
+        yield
+
+
 def _local_kafka(settings: Settings) -> LocalKafka:
     return LocalKafka(settings.dev_kafka_port, settings.dev_kafka_controller_port)
 
@@ -90,6 +103,11 @@ def ensure_kafka(settings: Settings, progress: Progress = print, use_docker: boo
     if settings.kafka_bootstrap_servers:
         wait_for_broker(settings.kafka_bootstrap_servers, timeout_s=30)
         return Endpoint(settings.kafka_bootstrap_servers, "environment")
+    with _one_starter_at_a_time():
+        return _ensure_kafka_locked(settings, progress, use_docker)
+
+
+def _ensure_kafka_locked(settings: Settings, progress: Progress, use_docker: bool | None) -> Endpoint:
     state = DevState.load()
     if state.kafka and state.kafka.source != "environment" and broker_answers(state.kafka.address):
         return state.kafka
@@ -117,6 +135,11 @@ def ensure_postgres(
     """Return a reachable PostgreSQL, starting one if none is configured."""
     if settings.database_url:
         return Endpoint(settings.database_url, "environment")
+    with _one_starter_at_a_time():
+        return _ensure_postgres_locked(progress, use_docker)
+
+
+def _ensure_postgres_locked(progress: Progress, use_docker: bool | None) -> Endpoint:
     state = DevState.load()
     if use_docker if use_docker is not None else docker_engine_answers():
         _compose_up(["postgres"], progress)
