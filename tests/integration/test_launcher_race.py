@@ -24,7 +24,9 @@ print("ENDPOINT", endpoint.address)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_processes_ensuring_a_broker_at_once_start_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_processes_ensuring_a_broker_at_once_start_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     port = free_port_run(2)
     env = {
         key: value
