@@ -23,10 +23,11 @@ last stable offset: whatever transaction was open on it has then committed or ab
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -58,6 +59,7 @@ CONSUME_WAIT_S = 0.5
 ADMIN_TIMEOUT_S = 10.0
 UNSTABLE_RETRY_S = 0.2
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def read_changelog(settings: Settings, numbers: list[int], load: Load, deadline_s: float) -> None:
@@ -93,29 +95,24 @@ def wait_for_stable_offsets(
     """Return once no transaction holds offsets of ``group`` on these partitions of ``topic``
     (the previous owner's last one has committed or aborted). ``KafkaException`` at ``deadline``."""
     request = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, n) for n in numbers])]
-    waited_since: float | None = None
-    while True:
-        unstable = False
+
+    def unstable() -> bool:
         try:
             (future,) = admin.list_consumer_group_offsets(
                 request, require_stable=True, request_timeout=ADMIN_TIMEOUT_S
             ).values()
             result = future.result(timeout=ADMIN_TIMEOUT_S + 5)
-            unstable = any(
-                tp.error is not None and tp.error.code() == KafkaError.UNSTABLE_OFFSET_COMMIT
-                for tp in result.topic_partitions or []
-            )
         except KafkaException as exc:
-            if kafka_code(exc) != KafkaError.UNSTABLE_OFFSET_COMMIT:
-                raise
-            unstable = True
-        if not unstable:
-            if waited_since is not None:
-                log.info(
-                    "a previous owner's transaction ended; restoring",
-                    extra={"partitions": numbers, "waited_s": round(time.monotonic() - waited_since, 3)},
-                )
-            return
+            if kafka_code(exc) == KafkaError.UNSTABLE_OFFSET_COMMIT:
+                return True
+            raise
+        return any(
+            tp.error is not None and tp.error.code() == KafkaError.UNSTABLE_OFFSET_COMMIT
+            for tp in result.topic_partitions or []
+        )
+
+    waited_since: float | None = None
+    while _until(deadline, deadline_s, numbers, "the group's offsets could not be read", unstable):
         if waited_since is None:
             waited_since = time.monotonic()
             log.warning(
@@ -125,6 +122,25 @@ def wait_for_stable_offsets(
         if time.monotonic() > deadline:
             raise _timed_out("a previous owner's transaction did not end", deadline_s, numbers)
         time.sleep(UNSTABLE_RETRY_S)
+    if waited_since is not None:
+        log.info(
+            "a previous owner's transaction ended; restoring",
+            extra={"partitions": numbers, "waited_s": round(time.monotonic() - waited_since, 3)},
+        )
+
+
+def _until(deadline: float, deadline_s: float, numbers: list[int], what: str, call: Callable[[], T]) -> T:
+    """``call``, repeated while the cluster answers with an error or not at all (a coordinator or
+    leader moving), until ``deadline``: then a ``KafkaException`` the loop treats as the
+    infrastructure's (abort, rewind, restore again), never as the records' fault."""
+    while True:
+        try:
+            return call()
+        except (KafkaException, concurrent.futures.TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise _timed_out(f"{what} ({exc})", deadline_s, numbers) from exc
+            log.info("restore: retrying", extra={"what": what, "error": str(exc)})
+            time.sleep(UNSTABLE_RETRY_S)
 
 
 def kafka_code(exc: KafkaException) -> int | None:
@@ -172,7 +188,13 @@ def _read(
     transaction open on it any more): an end-of-partition short of it waits for the next one."""
     consumer.assign([TopicPartition(topic, n, OFFSET_BEGINNING) for n in numbers])
     remaining = set(numbers)
-    ends = high_watermarks(admin, topic, numbers)
+    ends = _until(
+        deadline,
+        deadline_s,
+        numbers,
+        "the changelog's ends could not be read",
+        lambda: high_watermarks(admin, topic, numbers),
+    )
     warned: set[int] = set()
     while remaining and time.monotonic() < deadline:
         # librdkafka's batch consume returns early only when the batch is full: the read that met
