@@ -260,13 +260,18 @@ class Projector:
         self._forget(partitions)
         consumer.incremental_unassign(partitions)
         if partitions:
-            log.info("partitions revoked", extra={"partitions": [tp.partition for tp in partitions]})
+            log.info(
+                "partitions revoked",
+                extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in partitions]},
+            )
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._forget(partitions)
         consumer.incremental_unassign(partitions)
         if partitions:
-            log.warning("partitions lost", extra={"partitions": [tp.partition for tp in partitions]})
+            log.warning(
+                "partitions lost", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in partitions]}
+            )
 
     # -- batches -----------------------------------------------------------------------------
 
