@@ -24,7 +24,7 @@ from services.bus.topics import Topics, admin_client, ensure_topics, internal_sp
 from services.control.commands import ControlSender, command
 from services.workflow.signing import generate_keypair
 from tests.fixtures.database import create_database, drop_database
-from tests.fixtures.engine import Engine, EventLog, make_settings, register_tenant
+from tests.fixtures.engine import Engine, EventLog, make_settings, register_tenant, router_until
 from tests.fixtures.infra import _HANDED_OUT
 from tests.fixtures.operators import signed, write_key
 
@@ -64,23 +64,10 @@ class Routers:
         self.stop_current = threading.Event()
 
     def start(self) -> None:
-        from services.router.service import run_router
-
         self.generation += 1
-        stop_mine = self.stop_current = threading.Event()
-
-        def run(settings: Any, stop: threading.Event, **kwargs: Any) -> None:
-            either = threading.Event()
-
-            def relay() -> None:
-                while not stop.wait(0.1) and not stop_mine.is_set():
-                    pass
-                either.set()
-
-            threading.Thread(target=relay, daemon=True).start()
-            run_router(settings, either, **kwargs)
-
+        self.stop_current = threading.Event()
         name = f"router-{self.generation}"
+        run = router_until(self.stop_current)
         assert self.eng.start(name, run, instance_id=f"r{self.generation}").wait(60), name
 
     def restart(self) -> None:
